@@ -1,0 +1,109 @@
+"""Attention back-tracking: which tokens each layer must keep, from the top down.
+
+Start from the tokens the head reads (CLS, and a distillation token if any). At layer
+l, the tokens the layer must output (kept by layer l+1) distribute importance over
+their keys through layer l's attention; the most important keys become layer l's
+inputs. Sets are nested: a layer's inputs always include its own kept outputs.
+
+Propagation weight ``p``: each kept output row weighs its attention row by
+``(1 - p) / |kept| + p * importance`` (importance normalised to sum 1), so p = 0
+treats every kept token as equally needed and p = 1 is a pure attention rollout.
+
+Shapes: attention maps (L, B, H, N, N); padding mask (B, N) bool, True = real.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
+
+NEG_INF = float("-inf")
+POS_INF = float("inf")
+
+
+@dataclass
+class Backtrack:
+    """Nested keep masks (L+1 entries, see KeepPlan), static sizes and scores."""
+
+    keep: list[torch.Tensor]
+    sizes: list[int]
+    scores: list[torch.Tensor]  # (B, N) importance of layer l's inputs
+
+
+def reduce_heads(attn: torch.Tensor, head_reduce: str = "mean") -> torch.Tensor:
+    """(..., H, N, N) -> (..., N, N)."""
+    if head_reduce == "mean":
+        return attn.mean(dim=-3)
+    if head_reduce == "max":
+        return attn.amax(dim=-3)
+    raise ValueError(f"head_reduce must be 'mean' or 'max', got {head_reduce!r}")
+
+
+def row_weights(keep_out: torch.Tensor, importance: torch.Tensor, p: float) -> torch.Tensor:
+    """Weight of each kept output row when back-propagating importance. (B, N) -> (B, N)."""
+    keep_out = keep_out.to(importance.dtype)
+    count = keep_out.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    imp = importance * keep_out
+    imp = imp / imp.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return keep_out * ((1.0 - p) / count + p * imp)
+
+
+def input_importance(attn_l: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Importance of layer inputs: weighted sum of attention rows. (B, N, N), (B, N) -> (B, N)."""
+    return torch.bmm(weights.unsqueeze(1), attn_l).squeeze(1)
+
+
+def ratio_schedule(keep_ratio: float | Sequence[float], num_layers: int) -> list[float]:
+    """One ratio per layer input; a scalar applies to every layer."""
+    if isinstance(keep_ratio, (int, float)):
+        ratios = [float(keep_ratio)] * num_layers
+    else:
+        ratios = [float(r) for r in keep_ratio]
+    if len(ratios) != num_layers:
+        raise ValueError(f"keep_ratio schedule has {len(ratios)} entries, model has {num_layers} layers")
+    if any(not 0.0 < r <= 1.0 for r in ratios):
+        raise ValueError(f"keep ratios must be in (0, 1], got {ratios}")
+    return ratios
+
+
+def topk_backtrack(
+    attn: torch.Tensor,
+    pad_mask: torch.Tensor,
+    keep_ratio: float | Sequence[float],
+    num_prefix_tokens: int = 1,
+    p: float = 0.1,
+    head_reduce: str = "mean",
+) -> Backtrack:
+    """Top-k back-tracking; k is ceil(ratio * real length) per sample, never below the
+    layer's own kept outputs (nesting) nor the prefix."""
+    num_layers, _, _, n, _ = attn.shape
+    ratios = ratio_schedule(keep_ratio, num_layers)
+    n_real = pad_mask.sum(dim=1)  # (B,)
+    keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
+    importance = keep_out.to(attn.dtype)
+    keep, sizes, scores = [keep_out], [num_prefix_tokens], []
+    for layer in reversed(range(num_layers)):
+        a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
+        s = input_importance(a, row_weights(keep_out, importance, p))  # (B, N)
+        forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
+        k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
+        k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
+        size = min(n, max(math.ceil(n * ratios[layer]), sizes[0]))
+        keep_in = rank_topk_mask(forced, k, size) | keep_out
+        keep.insert(0, keep_in)
+        sizes.insert(0, size)
+        scores.insert(0, s)
+        keep_out, importance = keep_in, s
+    return Backtrack(keep, sizes, scores)
+
+
+def retention(keep: Sequence[torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of real tokens entering each layer, per sample: (B, L). Soft masks allowed."""
+    pad = pad_mask.to(torch.float32)
+    n_real = pad.sum(dim=1, keepdim=True)
+    return torch.stack([(k.to(torch.float32) * pad).sum(dim=1) for k in keep[:-1]], dim=1) / n_real

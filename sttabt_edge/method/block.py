@@ -1,0 +1,90 @@
+"""One encoder layer computed on a subset of tokens.
+
+Queries (and everything after attention: O projection, residual, MLP) run only on
+the tokens this layer must output; keys and values on the tokens it receives. This is
+where the FLOPs and latency savings come from. The block drives the model's own
+submodules (see :mod:`sttabt_edge.compat`), so no upstream forward code is copied.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from sttabt_edge.compat import LayerParts
+from sttabt_edge.method.tokens import batched_gather
+
+
+class BlockOutput(NamedTuple):
+    hidden: torch.Tensor  # (B, Nq, C)
+    attn: torch.Tensor | None  # (B, H, Nq, Nk) probabilities
+    keys: torch.Tensor | None  # (B, H, Nk, D) for token-merging metrics
+
+
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, key_bias: torch.Tensor | None, key_weight: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + bias), then optional multiplicative key weights.
+
+    Weighting after the softmax and renormalizing equals removing the keys whose
+    weight is 0 — exactly — and stays differentiable in soft weights.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (B, H, Nq, Nk)
+    if key_bias is not None:
+        scores = scores + key_bias
+    probs = torch.softmax(scores, dim=-1)
+    if key_weight is not None:
+        probs = probs * key_weight
+        probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
+    return probs
+
+
+def block_forward(
+    layer: LayerParts,
+    x: torch.Tensor,
+    num_heads: int,
+    q_idx: torch.Tensor | None = None,
+    key_bias: torch.Tensor | None = None,
+    key_weight: torch.Tensor | None = None,
+    need_attn: bool = False,
+    need_keys: bool = False,
+    dropout: float = 0.0,
+) -> BlockOutput:
+    """Run one layer.
+
+    x: (B, Nk, C) tokens the layer receives. q_idx: (B, Nq) positions inside x whose
+    outputs are needed (None = all). key_bias: additive (B, 1, 1, Nk) (padding, ToMe
+    size). key_weight: multiplicative (B, 1, 1, Nk) soft/hard key mask (mask mode).
+    """
+    b, nk, c = x.shape
+    h = layer.norm1(x) if layer.pre_norm else x
+    hq = h if q_idx is None else batched_gather(h, q_idx)
+    res = x if q_idx is None else batched_gather(x, q_idx)
+    nq = hq.shape[1]
+    q = layer.q(hq).view(b, nq, num_heads, -1).transpose(1, 2)  # (B, H, Nq, D)
+    k = layer.k(h).view(b, nk, num_heads, -1).transpose(1, 2)  # (B, H, Nk, D)
+    v = layer.v(h).view(b, nk, num_heads, -1).transpose(1, 2)  # (B, H, Nk, D)
+    attn = None
+    if need_attn or key_weight is not None:
+        attn = attention_probs(q, k, key_bias, key_weight)
+        ctx = torch.matmul(attn, v)  # (B, H, Nq, D)
+    else:
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
+    ctx = ctx.transpose(1, 2).reshape(b, nq, -1)  # (B, Nq, C)
+    a = F.dropout(layer.o(ctx), dropout, layer.o.training)
+    if layer.pre_norm:
+        y = res + a
+        y = y + F.dropout(layer.fc2(layer.act(layer.fc1(layer.norm2(y)))), dropout, layer.o.training)
+    else:
+        y = layer.norm1(res + a)
+        y = layer.norm2(y + F.dropout(layer.fc2(layer.act(layer.fc1(y))), dropout, layer.o.training))
+    return BlockOutput(y, attn if need_attn else None, k if need_keys else None)
+
+
+def padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, K) bool -> additive key bias (B, 1, 1, K): 0 for real tokens, dtype-min for the rest."""
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    bias = bias.masked_fill(~valid, torch.finfo(dtype).min)
+    return bias[:, None, None, :]

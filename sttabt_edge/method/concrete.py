@@ -1,0 +1,103 @@
+"""Concrete masking: back-tracking with learned per-layer thresholds.
+
+Each layer l has a threshold logit θ_l. A token is kept when its back-tracked
+importance, normalised so that a uniform attention gives 1 (thresholds then do not
+shrink like 1/N with longer inputs), exceeds exp(θ_l). In training the decision is a
+concrete (relaxed Bernoulli) sample with a straight-through hard mask: the forward
+pass sees 0/1 masks, gradients flow through the soft ones. At inference it is a hard
+threshold, so each layer learns its own pruning rate.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sttabt_edge.method.backtrack import Backtrack, input_importance, reduce_heads, retention, row_weights
+from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
+
+
+def normalized_importance(s: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """Scale importance so its mean over real tokens is 1. (B, N) -> (B, N)."""
+    pad = pad_mask.to(s.dtype)
+    total = (s * pad).sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return s * pad * pad.sum(dim=1, keepdim=True) / total
+
+
+def concrete_backtrack(
+    attn: torch.Tensor,
+    pad_mask: torch.Tensor,
+    threshold_logits: torch.Tensor,
+    num_prefix_tokens: int = 1,
+    p: float = 0.1,
+    head_reduce: str = "mean",
+    temperature: float = 0.5,
+    training: bool = False,
+    min_keep: int = 1,
+    generator: torch.Generator | None = None,
+) -> Backtrack:
+    """Threshold back-tracking. Masks are float (straight-through) in training, bool at inference.
+
+    attn (L, B, H, N, N); threshold_logits (L,). ``min_keep`` real tokens beyond the
+    forced ones are always kept per layer, so no layer is ever emptied.
+    """
+    num_layers, b, _, n, _ = attn.shape
+    if threshold_logits.shape != (num_layers,):
+        raise ValueError(f"threshold_logits must have shape ({num_layers},), got {tuple(threshold_logits.shape)}")
+    dtype = attn.dtype
+    out_hard = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
+    out = out_hard.to(dtype)
+    importance = out
+    keep: list[torch.Tensor] = [out if training else out_hard]
+    scores: list[torch.Tensor] = []
+    for layer in reversed(range(num_layers)):
+        a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
+        s = input_importance(a, row_weights(out, importance, p))  # (B, N)
+        s_norm = normalized_importance(s, pad_mask)
+        logit = (torch.log(s_norm + 1e-9) - threshold_logits[layer]) / temperature
+        if training:
+            u = torch.rand(s.shape, generator=generator, dtype=dtype, device=s.device).clamp(1e-6, 1 - 1e-6)
+            logit = logit + (torch.log(u) - torch.log1p(-u)) / temperature
+        floor = rank_topk_mask(
+            torch.where(pad_mask & ~out_hard, s, float("-inf")),
+            torch.full((b,), min_keep, device=s.device, dtype=torch.long).minimum(pad_mask.sum(1) - out_hard.sum(1)),
+            min_keep,
+        )
+        forced = out_hard | floor
+        hard = ((logit > 0) | forced) & pad_mask
+        if training:
+            soft = torch.sigmoid(logit) * pad_mask.to(dtype)
+            st = hard.to(dtype) + soft - soft.detach()  # forward: hard, backward: soft
+            forced_f = forced.to(dtype)
+            out = forced_f + (1.0 - forced_f) * st * pad_mask.to(dtype)  # nested: forced ⊇ outputs
+        else:
+            out = hard
+        out_hard = hard
+        keep.insert(0, out)
+        scores.insert(0, s)
+        importance = s
+    return Backtrack(keep, [], scores)
+
+
+def retention_loss(keep: list[torch.Tensor], pad_mask: torch.Tensor, target: float) -> torch.Tensor:
+    """Squared gap between the mean per-layer retention (over real tokens) and the target."""
+    return (retention(keep, pad_mask).mean() - target) ** 2
+
+
+class ConcreteThresholds(nn.Module):
+    """Learnable per-layer threshold logits (thin wrapper over :func:`concrete_backtrack`)."""
+
+    def __init__(self, num_layers: int, init: float = 0.0, temperature: float = 0.5, min_keep: int = 1):
+        super().__init__()
+        self.logits = nn.Parameter(torch.full((num_layers,), float(init)))
+        self.temperature = temperature
+        self.min_keep = min_keep
+
+    def forward(
+        self, attn: torch.Tensor, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
+        head_reduce: str = "mean",
+    ) -> Backtrack:
+        return concrete_backtrack(
+            attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce,
+            self.temperature, self.training, self.min_keep,
+        )

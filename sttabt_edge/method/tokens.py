@@ -1,0 +1,73 @@
+"""Per-sample token selection and gathering with padded, variable counts.
+
+A batch keeps a different number of tokens per sample. We represent a kept set as a
+boolean mask over the original positions `(B, N)` and compact it to indices `(B, K)`
+where K is the batch maximum (or a static bound); extra slots are marked invalid.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def batched_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, ...) gathered along dim 1 with idx (B, K) -> (B, K, ...)."""
+    if x.dim() == 2:
+        return torch.gather(x, 1, idx)
+    expand = idx.reshape(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, expand)
+
+
+def compact_size(keep: torch.Tensor) -> int:
+    """Largest per-sample count of a mask.
+
+    Data-dependent shapes need the count on the host; callers use static bounds
+    (top-k schedules) wherever possible and only threshold masks come here.
+    """
+    return int(keep.sum(dim=1).max())
+
+
+def compact_indices(keep: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending positions of kept tokens, padded to `size`.
+
+    keep: (B, N) bool. Returns idx (B, size) long and valid (B, size) bool. Invalid
+    slots point at a kept-or-not position and must be ignored via `valid`.
+    Uses a float top-k (no int64 sort) so the same code exports to ONNX/TFLite.
+    """
+    n = keep.shape[1]
+    ramp = torch.arange(n, device=keep.device, dtype=torch.float32)  # (N,)
+    key = torch.where(keep, ramp, ramp + n)  # kept first, in position order
+    idx = torch.topk(-key, size, dim=1, largest=True, sorted=True).indices  # (B, K)
+    valid = torch.gather(keep, 1, idx)
+    return idx, valid
+
+
+def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: int) -> torch.Tensor:
+    """Keep the `k[b]` highest scores of each row (k may differ per sample).
+
+    scores: (B, N) float (use +inf to force, -inf to forbid); k: (B,) long with
+    k[b] <= size. `size` is a static upper bound so no host sync is needed.
+    """
+    size = min(size, scores.shape[1])
+    top = torch.topk(scores, size, dim=1, sorted=True).indices  # (B, K)
+    slot = torch.arange(size, device=scores.device).unsqueeze(0)  # (1, K)
+    chosen = slot < k.unsqueeze(1)  # (B, K)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    return keep.scatter(1, top, chosen)
+
+
+def local_positions(keep_in: torch.Tensor, idx_out: torch.Tensor) -> torch.Tensor:
+    """Where each output position sits inside the compacted input set.
+
+    keep_in (B, N) bool, idx_out (B, K_out) original positions with keep_out ⊆ keep_in.
+    Returns (B, K_out) indices into the compact input tensor (0 for invalid slots).
+    """
+    offset = torch.cumsum(keep_in.long(), dim=1) - 1  # (B, N)
+    return torch.gather(offset, 1, idx_out).clamp_min(0)
+
+
+def prefix_mask(pad_mask: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """(B, N) bool mask of the protected prefix tokens (CLS, distillation token)."""
+    keep = torch.zeros_like(pad_mask, dtype=torch.bool)
+    keep[:, :num_prefix_tokens] = True
+    return keep
