@@ -15,3 +15,11 @@ class InputError(SttabtError, ValueError):
 
 class ExportError(SttabtError, RuntimeError):
     """Export failed or its verification exceeded tolerance."""
+
+
+class UnsupportedModelError(SttabtError, ValueError):
+    """The checkpoint's architecture is not one the STTABT method handles."""
+
+
+class ModelNotFoundError(SttabtError, FileNotFoundError):
+    """Neither an existing local path nor a hub id that can be fetched (the hub is unreachable offline)."""

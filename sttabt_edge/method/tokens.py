@@ -60,7 +60,7 @@ def local_positions(keep_in: torch.Tensor, idx_out: torch.Tensor) -> torch.Tenso
     """Where each output position sits inside the compacted input set.
 
     keep_in (B, N) bool, idx_out (B, K_out) original positions with keep_out ⊆ keep_in.
-    Returns (B, K_out) indices into the compact input tensor (0 for invalid slots).
+    Returns (B, K_out) indices into the compact input tensor (arbitrary for invalid slots).
     """
     offset = torch.cumsum(keep_in.long(), dim=1) - 1  # (B, N)
     return torch.gather(offset, 1, idx_out).clamp_min(0)

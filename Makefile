@@ -1,0 +1,30 @@
+# Developer and CI entry points. torch is installed first and pinned through a constraints
+# file, so no dependency (transformers, onnxscript, ...) can pull a different torch build.
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+CONSTRAINTS := $(VENV)/constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install torch==$(TORCH_VERSION)
+	printf 'torch==%s\n' '$(TORCH_VERSION)' > $(CONSTRAINTS)
+	$(VPY) -m pip install -c $(CONSTRAINTS) -e '.[all]'
+	touch $(STAMP)
+
+test: venv
+	$(VPY) -m pytest -n 2 -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+demo: venv
+	$(VPY) benchmarks/quickstart.py

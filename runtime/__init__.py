@@ -1,0 +1,10 @@
+"""Torch-free inference runtime (installed as ``sttabt_edge.runtime``).
+
+Everything here depends only on numpy, pillow, tokenizers and onnxruntime, so it runs on an
+edge device without torch or transformers. Nothing in this package may import torch,
+directly or indirectly; ``tests/test_runtime_no_torch.py`` enforces that.
+"""
+
+from .preprocess import ImagePreprocess, TextPreprocess
+
+__all__ = ["ImagePreprocess", "TextPreprocess"]

@@ -1,0 +1,152 @@
+"""Back-tracking on hand-built attention maps with answers worked out by hand."""
+
+import pytest
+import torch
+
+from sttabt_edge.method.backtrack import retention, row_weights, topk_backtrack
+from sttabt_edge.method.concrete import ConcreteThresholds, concrete_backtrack, retention_loss
+from sttabt_edge.method.tokens import compact_indices, local_positions, rank_topk_mask
+
+
+def _attn(rows_per_layer: list[dict[int, list[float]]], n: int = 5) -> torch.Tensor:
+    """(L, 1, 1, N, N) with the given query rows; other rows uniform."""
+    layers = []
+    for rows in rows_per_layer:
+        a = torch.full((n, n), 1.0 / n)
+        for q, row in rows.items():
+            a[q] = torch.tensor(row)
+        layers.append(a)
+    return torch.stack(layers)[:, None, None]
+
+
+# Layer 2 (top): CLS attends mostly to token 1. Layer 1: token 0 -> 3, token 1 -> 2.
+# Layer 0 with outputs {0, 1, 3} (p=0): scores (row0+row1+row3)/3 -> token 2 (0.6/3) beats token 4 (0.4/3).
+A2 = {0: [0.1, 0.5, 0.2, 0.1, 0.1]}
+A1 = {0: [0.1, 0.1, 0.1, 0.6, 0.1], 1: [0.2, 0.2, 0.5, 0.05, 0.05]}
+A0 = {0: [0.2] * 5, 1: [0.1, 0.1, 0.1, 0.6, 0.1], 2: [0.1, 0.1, 0.1, 0.2, 0.5], 3: [0.1, 0.1, 0.3, 0.4, 0.1]}
+PAD = torch.ones(1, 5, dtype=torch.bool)
+
+
+def _sets(keep: list[torch.Tensor]) -> list[set[int]]:
+    return [set(torch.nonzero(k[0]).flatten().tolist()) for k in keep]
+
+
+def test_hand_built_p0_uniform_rows():
+    # p=0: kept outputs weigh equally. Layer 1 scores: 0.5*(row0+row1) -> token 3 (0.325) beats 2 (0.3).
+    bt = topk_backtrack(_attn([A0, A1, A2]), PAD, [0.8, 0.6, 0.4], num_prefix_tokens=1, p=0.0)
+    assert _sets(bt.keep) == [{0, 1, 2, 3}, {0, 1, 3}, {0, 1}, {0}]
+    torch.testing.assert_close(bt.scores[1][0], torch.tensor([0.15, 0.15, 0.3, 0.325, 0.075]))
+
+
+def test_hand_built_p1_importance_weighted():
+    # p=1: rows weighed by importance from layer 2 (token 0: 0.1, token 1: 0.5 -> 1/6, 5/6): token 2 wins.
+    bt = topk_backtrack(_attn([A0, A1, A2]), PAD, [0.8, 0.6, 0.4], num_prefix_tokens=1, p=1.0)
+    assert _sets(bt.keep)[1:] == [{0, 1, 2}, {0, 1}, {0}]
+    torch.testing.assert_close(bt.scores[1][0], (torch.tensor(A1[0]) + 5 * torch.tensor(A1[1])) / 6)
+
+
+def test_nesting_and_prefix_always_kept():
+    torch.manual_seed(0)
+    attn = torch.softmax(torch.randn(4, 3, 2, 12, 12), dim=-1)
+    pad = torch.ones(3, 12, dtype=torch.bool)
+    pad[1, 9:] = False
+    bt = topk_backtrack(attn, pad, 0.3, num_prefix_tokens=2, p=0.1)
+    for upper, lower in zip(bt.keep[1:], bt.keep[:-1], strict=True):
+        assert not (upper & ~lower).any(), "a layer's inputs must contain its kept outputs"
+    for k in bt.keep:
+        assert k[:, :2].all(), "prefix tokens are never dropped"
+        assert not (k & ~pad).any(), "padding is never kept"
+
+
+def test_k_from_real_length_per_sample():
+    torch.manual_seed(1)
+    attn = torch.softmax(torch.randn(3, 2, 2, 10, 10), dim=-1)
+    pad = torch.ones(2, 10, dtype=torch.bool)
+    pad[1, 4:] = False  # 4 real tokens
+    bt = topk_backtrack(attn, pad, 0.5, p=0.1)
+    assert bt.keep[0].sum(1).tolist() == [5, 2]  # ceil(0.5*10), ceil(0.5*4)
+
+
+def test_batch_equals_single_samples():
+    """Per-sample correctness at batch > 1 (a union over the batch would be wrong)."""
+    torch.manual_seed(2)
+    attn = torch.softmax(torch.randn(3, 3, 2, 9, 9) * 3, dim=-1)
+    pad = torch.ones(3, 9, dtype=torch.bool)
+    pad[2, 6:] = False
+    batch = topk_backtrack(attn, pad, [0.7, 0.5, 0.3], p=0.1)
+    for i in range(3):
+        n = int(pad[i].sum())
+        single = topk_backtrack(attn[:, i : i + 1, :, :n, :n], pad[i : i + 1, :n], [0.7, 0.5, 0.3], p=0.1)
+        for kb, ks in zip(batch.keep, single.keep, strict=True):
+            assert torch.equal(kb[i, :n], ks[0])
+
+
+def test_ratio_one_keeps_every_real_token():
+    attn = torch.softmax(torch.randn(2, 2, 1, 6, 6), dim=-1)
+    pad = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    bt = topk_backtrack(attn, pad, 1.0)
+    assert torch.equal(bt.keep[0], pad) and torch.equal(bt.keep[1], pad)
+    torch.testing.assert_close(retention(bt.keep, pad), torch.ones(2, 2))
+
+
+def test_bad_schedule_is_rejected():
+    attn = torch.softmax(torch.randn(2, 1, 1, 4, 4), dim=-1)
+    with pytest.raises(ValueError, match="schedule"):
+        topk_backtrack(attn, torch.ones(1, 4, dtype=torch.bool), [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        topk_backtrack(attn, torch.ones(1, 4, dtype=torch.bool), 0.0)
+
+
+def test_row_weights_interpolate_uniform_and_importance():
+    keep = torch.tensor([[True, True, False]])
+    imp = torch.tensor([[0.3, 0.1, 0.6]])
+    torch.testing.assert_close(row_weights(keep, imp, 0.0), torch.tensor([[0.5, 0.5, 0.0]]))
+    torch.testing.assert_close(row_weights(keep, imp, 1.0), torch.tensor([[0.75, 0.25, 0.0]]))
+
+
+def test_token_helpers():
+    keep = torch.tensor([[True, False, True, True], [True, True, False, False]])
+    idx, valid = compact_indices(keep, 3)
+    assert idx[0].tolist() == [0, 2, 3] and valid[0].tolist() == [True, True, True]
+    assert idx[1, :2].tolist() == [0, 1] and valid[1].tolist() == [True, True, False]
+    out = torch.tensor([[True, False, False, True], [True, False, False, False]])
+    idx_out, _ = compact_indices(out, 2)
+    local = local_positions(keep, idx_out)
+    assert local[0].tolist() == [0, 2] and local[1, 0].item() == 0  # invalid slot (1, 1) is ignored
+    m = rank_topk_mask(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), torch.tensor([2]), 3)
+    assert m.tolist() == [[False, True, False, True]]
+
+
+class TestConcrete:
+    def setup_method(self):
+        torch.manual_seed(3)
+        self.attn = torch.softmax(torch.randn(3, 2, 2, 8, 8) * 2, dim=-1)
+        self.pad = torch.ones(2, 8, dtype=torch.bool)
+        self.pad[1, 5:] = False
+
+    def test_low_threshold_keeps_all_high_keeps_floor(self):
+        low = concrete_backtrack(self.attn, self.pad, torch.full((3,), -30.0))
+        assert all(torch.equal(k, self.pad) for k in low.keep[:-1])
+        high = concrete_backtrack(self.attn, self.pad, torch.full((3,), 30.0), min_keep=1)
+        # only CLS + one token per layer going down (nesting adds the layer above's picks)
+        assert [int(k[0].sum()) for k in high.keep] == [4, 3, 2, 1]
+
+    def test_inference_masks_are_bool_and_nested(self):
+        bt = concrete_backtrack(self.attn, self.pad, torch.tensor([0.0, 0.2, 0.4]))
+        assert all(k.dtype == torch.bool for k in bt.keep)
+        for upper, lower in zip(bt.keep[1:], bt.keep[:-1], strict=True):
+            assert not (upper & ~lower).any()
+        assert all(k[:, 0].all() for k in bt.keep)
+
+    def test_training_straight_through_reaches_thresholds(self):
+        th = ConcreteThresholds(3, init=0.0)
+        th.train()
+        bt = th(self.attn, self.pad)
+        for k in bt.keep:
+            assert ((k - k.round()).abs() < 1e-6).all(), "forward masks are hard (straight-through)"
+        loss = retention_loss(bt.keep, self.pad, target=0.2)
+        loss.backward()
+        assert th.logits.grad is not None and th.logits.grad.abs().sum() > 0
+        # keeping too much -> raising thresholds lowers the loss -> gradient is negative
+        if retention(bt.keep, self.pad).mean() > 0.2:
+            assert th.logits.grad.sum() < 0

@@ -1,0 +1,55 @@
+"""Real checkpoints from ../shared: keep ratio 1.0 reproduces the dense model."""
+
+import pytest
+import torch
+
+from sttabt_edge.reducers import SttabtReducer
+from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
+from sttabt_edge.sparse_model import SparseClassifier
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def deit(shared_dir):
+    from sttabt_edge.models.loading import load_model
+
+    return load_model(shared_dir / "models" / "deit-tiny-imagenet")
+
+
+@pytest.fixture(scope="module")
+def minilm(shared_dir):
+    from sttabt_edge.models.loading import load_model
+
+    return load_model(shared_dir / "models" / "minilm-l6-sst2")
+
+
+def test_deit_tiny_keep_ratio_one_is_dense(deit, shared_dir):
+    files = sorted((shared_dir / "data" / "imagenet-sample").glob("*.JPEG"))[:4]
+    px = torch.from_numpy(ImagePreprocess()(files))
+    with torch.no_grad():
+        ref = deit(pixel_values=px).logits
+        out = SparseClassifier(deit, SttabtReducer(keep_ratio=1.0))(pixel_values=px)
+        pruned = SparseClassifier(deit, SttabtReducer(keep_ratio=0.5))(pixel_values=px)
+    torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=0)
+    assert out.n_in[0, 0] == 197
+    assert pruned.n_in[:, 0].tolist() == [99] * 4  # ceil(0.5 * 197), really removed
+    # the oracle at half the tokens keeps the dense prediction on these images
+    assert (pruned.logits.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+
+
+def test_minilm_keep_ratio_one_is_dense_padded(minilm, shared_dir):
+    rows = (shared_dir / "data" / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:7]
+    texts = [r.split("\t")[0] for r in rows]
+    tok = TextPreprocess.from_file(shared_dir / "models" / "minilm-l6-sst2" / "tokenizer.json")
+    enc = {k: torch.from_numpy(v) for k, v in tok(texts).items()}
+    assert (enc["attention_mask"] == 0).any(), "the batch must contain padding"
+    with torch.no_grad():
+        ref = minilm(**enc).logits
+        out = SparseClassifier(minilm, SttabtReducer(keep_ratio=1.0))(**enc)
+        single = [SparseClassifier(minilm, SttabtReducer(keep_ratio=0.4))(**{
+            k: v[i : i + 1, : int(enc["attention_mask"][i].sum())] for k, v in enc.items()
+        }).logits for i in range(len(texts))]
+        batch = SparseClassifier(minilm, SttabtReducer(keep_ratio=0.4))(**enc).logits
+    torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch, torch.cat(single), atol=1e-5, rtol=0)

@@ -1,0 +1,174 @@
+"""The sparse forward against the dense HF model, on tiny random models."""
+
+import pytest
+import torch
+from tiny import text_batch, tiny_bert, tiny_deit_distilled, tiny_vit
+
+from sttabt_edge.errors import InputError
+from sttabt_edge.method.concrete import ConcreteThresholds
+from sttabt_edge.reducers import DenseReducer, SttabtReducer
+from sttabt_edge.sparse_model import SparseClassifier, patch
+
+assert_close = torch.testing.assert_close
+VISION_MODELS = [tiny_vit, tiny_deit_distilled]
+
+
+def _pixels(b: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed))}
+
+
+@pytest.mark.parametrize("build", VISION_MODELS)
+def test_vision_keep_ratio_one_is_dense(build):
+    model, inputs = build(), _pixels()
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        for reducer in (SttabtReducer(keep_ratio=1.0), DenseReducer()):
+            assert_close(SparseClassifier(model, reducer)(**inputs).logits, ref, atol=1e-5, rtol=0)
+
+
+def test_text_keep_ratio_one_is_dense_with_padding():
+    model, inputs = tiny_bert(), text_batch()
+    with torch.no_grad():
+        out = SparseClassifier(model, SttabtReducer(keep_ratio=1.0))(**inputs)
+        assert_close(out.logits, model(**inputs).logits, atol=1e-5, rtol=0)
+    assert out.n_in[:, 0].tolist() == [20, 12, 5]
+
+
+@pytest.mark.parametrize("build", [tiny_vit, tiny_deit_distilled, tiny_bert])
+@pytest.mark.parametrize("ratio", [0.7, 0.4, [0.9, 0.6, 0.3]])
+def test_removal_equals_mask_mode(build, ratio):
+    model = build()
+    inputs = text_batch() if build is tiny_bert else _pixels(3)
+    with torch.no_grad():
+        removed = SparseClassifier(model, SttabtReducer(keep_ratio=ratio), mode="remove")(**inputs)
+        masked = SparseClassifier(model, SttabtReducer(keep_ratio=ratio), mode="mask")(**inputs)
+    assert_close(removed.logits, masked.logits, atol=1e-5, rtol=0)
+    for a, b in zip(removed.keep, masked.keep, strict=True):
+        assert torch.equal(a, b.bool())
+    assert (removed.n_in <= removed.n_in[:, :1]).all()
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25])
+def test_padded_batch_equals_unpadded_runs(ratio):
+    model, inputs = tiny_bert(), text_batch()
+    sc = SparseClassifier(model, SttabtReducer(keep_ratio=ratio))
+    with torch.no_grad():
+        batch = sc(**inputs)
+        for i, n in enumerate(inputs["attention_mask"].sum(1).tolist()):
+            single = sc(input_ids=inputs["input_ids"][i : i + 1, :n])
+            assert_close(batch.logits[i : i + 1], single.logits, atol=1e-5, rtol=0)
+            assert torch.equal(batch.n_in[i], single.n_in[0])
+
+
+@pytest.mark.parametrize("build", VISION_MODELS)
+def test_prefix_tokens_never_dropped(build):
+    model = build()
+    num_prefix = 2 if build is tiny_deit_distilled else 1
+    with torch.no_grad():
+        out = SparseClassifier(model, SttabtReducer(keep_ratio=0.1))(**_pixels(4))
+    for k in out.keep:
+        assert k[:, :num_prefix].all()
+    assert out.keep[-1].sum(1).tolist() == [num_prefix] * 4  # the head reads only the prefix
+    assert (out.n_out[:, -1] == num_prefix).all()  # the last layer computes only those rows
+
+
+def test_keep_masks_are_nested_and_sparse_really_shrinks():
+    model = tiny_vit()
+    with torch.no_grad():
+        out = SparseClassifier(model, SttabtReducer(keep_ratio=[1.0, 0.6, 0.3]))(**_pixels())
+    for upper, lower in zip(out.keep[1:], out.keep[:-1], strict=True):
+        assert not (upper & ~lower).any()
+    assert out.n_in[0].tolist() == [17, 11, 6]  # ceil(ratio * 17)
+    assert_close(out.retention[0], torch.tensor([1.0, 11 / 17, 6 / 17]))
+
+
+@pytest.mark.parametrize("build", [tiny_vit, tiny_bert])
+def test_concrete_thresholds_remove_equals_mask(build):
+    model = build()
+    inputs = text_batch() if build is tiny_bert else _pixels(3)
+    th = ConcreteThresholds(3, init=0.0).eval()
+    with torch.no_grad():
+        removed = SparseClassifier(model, SttabtReducer(thresholds=th))(**inputs)
+        masked = SparseClassifier(model, SttabtReducer(thresholds=th), mode="mask")(**inputs)
+    assert_close(removed.logits, masked.logits, atol=1e-5, rtol=0)
+    assert (removed.retention < 1).any()
+
+
+def test_mask_mode_trains_model_and_thresholds():
+    model = tiny_vit().train()
+    th = ConcreteThresholds(3, init=0.0).train()
+    out = SparseClassifier(model, SttabtReducer(thresholds=th), mode="mask")(**_pixels())
+    (out.logits.sum() + out.retention.mean()).backward()
+    assert th.logits.grad is not None and th.logits.grad.abs().sum() > 0
+    assert model.classifier.weight.grad is not None
+
+
+def test_patch_is_undoable():
+    model, inputs = tiny_vit(), _pixels()
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        handle = patch(model, SttabtReducer(keep_ratio=0.3))
+        pruned = model(**inputs)
+        assert pruned.retention.mean() < 0.5
+        assert set(model.state_dict()) == keys
+        handle.remove()
+        assert_close(model(**inputs).logits, ref, atol=0, rtol=0)
+        with patch(model, SttabtReducer(keep_ratio=1.0)):
+            assert_close(model(**inputs).logits, ref, atol=1e-5, rtol=0)
+        assert type(model(**inputs)).__name__ == "ImageClassifierOutput"
+
+
+def test_oracle_beats_random_keep_on_fidelity():
+    """Back-tracking the model's own attention keeps logits closer to dense than a random keep set."""
+    model, inputs = tiny_vit(), _pixels(8)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        oracle = SparseClassifier(model, SttabtReducer(keep_ratio=0.5))(**inputs).logits
+        errs = []
+        for seed in range(5):
+            g = torch.Generator().manual_seed(seed)
+            rand_attn = torch.softmax(torch.randn(3, 8, 4, 17, 17, generator=g) * 5, -1)
+
+            class Rand(torch.nn.Module):
+                def attentions(self, _inputs, a=rand_attn):
+                    return a
+
+            rand = SparseClassifier(model, SttabtReducer(approx=Rand(), keep_ratio=0.5))(**inputs).logits
+            errs.append((rand - ref).abs().mean())
+    assert (oracle - ref).abs().mean() < torch.stack(errs).mean()
+
+
+class TestBadInput:
+    def test_wrong_image_size(self):
+        sc = SparseClassifier(tiny_vit(), SttabtReducer(keep_ratio=0.5))
+        with pytest.raises(InputError, match=r"wrong image size.*\(3, 32, 32\)"):
+            sc(pixel_values=torch.randn(1, 3, 64, 64))
+        with pytest.raises(InputError, match="wrong image size"):
+            sc(pixel_values=torch.randn(1, 1, 32, 32))
+
+    def test_empty_batch(self):
+        with pytest.raises(InputError, match="empty batch"):
+            SparseClassifier(tiny_vit(), DenseReducer())(pixel_values=torch.randn(0, 3, 32, 32))
+        with pytest.raises(InputError, match="empty batch"):
+            SparseClassifier(tiny_bert(), DenseReducer())(input_ids=torch.zeros(0, 4, dtype=torch.long))
+
+    def test_text_longer_than_positions(self):
+        with pytest.raises(InputError, match="longer than the model allows"):
+            SparseClassifier(tiny_bert(), DenseReducer())(input_ids=torch.ones(1, 65, dtype=torch.long))
+
+    def test_left_padding_rejected(self):
+        with pytest.raises(InputError, match="right padding"):
+            SparseClassifier(tiny_bert(), DenseReducer())(
+                input_ids=torch.ones(1, 4, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1]])
+            )
+
+    def test_missing_inputs_and_bad_mode(self):
+        with pytest.raises(InputError, match="pixel_values"):
+            SparseClassifier(tiny_vit(), DenseReducer())(input_ids=torch.ones(1, 4, dtype=torch.long))
+        with pytest.raises(ValueError, match="mode"):
+            SparseClassifier(tiny_vit(), SttabtReducer(keep_ratio=0.5), mode="soft")(**_pixels())
+
+    def test_reducer_needs_exactly_one_rule(self):
+        with pytest.raises(ValueError, match="exactly one"):
+            SttabtReducer()

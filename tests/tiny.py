@@ -1,0 +1,46 @@
+"""Tiny random HF models (hidden 32, 3 layers) shared by the unit tests."""
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+              image_size=32, patch_size=8, num_labels=5)
+
+
+def tiny_vit(seed: int = 0) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    return ViTForImageClassification(ViTConfig(**VISION, attn_implementation="eager")).eval()
+
+
+def tiny_deit_distilled(seed: int = 0) -> DeiTForImageClassificationWithTeacher:
+    torch.manual_seed(seed)
+    model = DeiTForImageClassificationWithTeacher(DeiTConfig(**VISION, attn_implementation="eager")).eval()
+    with torch.no_grad():  # HF inits these to zero; random values make the prefix tokens matter
+        model.deit.embeddings.distillation_token.normal_()
+        model.deit.embeddings.cls_token.normal_()
+    return model
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                     attn_implementation="eager")
+    return BertForSequenceClassification(cfg).eval()
+
+
+def text_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three right-padded sequences of lengths 20, 12 and 5."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (3, 20), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    mask[2, 5:] = 0
+    return {"input_ids": ids * mask, "attention_mask": mask}
