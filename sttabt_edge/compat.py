@@ -194,8 +194,3 @@ def bert_embed(embeddings: nn.Module, input_ids: torch.Tensor, token_type_ids: t
 def base_model_prefix(model: nn.Module) -> str:
     """Name of the backbone attribute ("vit", "deit", "bert"); "" for a bare backbone."""
     return str(getattr(model, "base_model_prefix", "") or "")
-
-
-def vit_patch_conv(embeddings: nn.Module) -> nn.Conv2d:
-    """The patch projection conv (C, 3, P, P), for analytic FLOPs."""
-    return embeddings.patch_embeddings.projection

@@ -20,7 +20,7 @@ the attention matmuls whatever kernel runs them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # avoid an import cycle: sparse_model -> reducers -> method
     from sttabt_edge.reducers.base import Reducer
     from sttabt_edge.sparse_model import SparseOutput
 
-Count = Union[torch.Tensor, float]  # a per-sample tensor or a plain number
+Count = torch.Tensor | float  # a per-sample tensor or a plain number
 
 _FLOAT = torch.float64  # exact for integer counts up to 2**53 (~9e15 FLOPs)
 
@@ -73,7 +73,9 @@ def _patch_conv(parts: ModelParts) -> nn.Conv2d:
 def _num_patches(conv: nn.Conv2d, image_size: tuple[int, int]) -> int:
     """Output positions of ``conv`` on the model's configured image (standard conv arithmetic)."""
     out = []
-    for size, k, s, p, d in zip(image_size, conv.kernel_size, conv.stride, conv.padding, conv.dilation):
+    for size, k, s, p, d in zip(
+        image_size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True
+    ):
         out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
     return out[0] * out[1]
 
@@ -88,7 +90,9 @@ def embedding_flops(parts: ModelParts, n_tokens: Count | None = None) -> Count:
     if parts.family != "vit":
         return torch.zeros_like(_as_float(n_tokens)) if isinstance(n_tokens, torch.Tensor) else 0.0
     conv = _patch_conv(parts)
-    per_patch = 2 * conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+    per_patch = (
+        2 * conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]
+    )
     if n_tokens is None:
         return float(per_patch * _num_patches(conv, compat.vit_image_size(parts.embeddings)))
     return (_as_float(n_tokens) - parts.num_prefix_tokens) * per_patch

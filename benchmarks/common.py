@@ -1,0 +1,97 @@
+"""Shared benchmark helpers: retention calibration and interleaved latency measurement."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.sparse_model import SparseClassifier
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@torch.no_grad()
+def mean_retention(model: torch.nn.Module, reducer: Reducer, inputs: Mapping[str, torch.Tensor]) -> float:
+    return float(SparseClassifier(model, reducer)(**inputs).retention.mean(1).mean())
+
+
+def calibrate(
+    model: torch.nn.Module,
+    make: Callable[[float], Reducer],
+    inputs: Mapping[str, torch.Tensor],
+    target: float,
+    lo: float = 0.02,
+    hi: float = 1.0,
+    steps: int = 12,
+) -> float:
+    """Bisect a method's knob so its mean retention on ``inputs`` is closest to ``target``.
+
+    Every method's knob (keep ratio, ToMe schedule ...) is monotone in retention, so
+    methods are compared at the same average retention instead of the same nominal knob.
+    """
+    best, best_gap = hi, float("inf")
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        r = mean_retention(model, make(mid), inputs)
+        if abs(r - target) < best_gap:
+            best, best_gap = mid, abs(r - target)
+        if r > target:
+            hi = mid
+        else:
+            lo = mid
+    return best
+
+
+def interleaved_latency(
+    fns: Mapping[str, Callable[[], object]], runs: int = 30, warmup: int = 5
+) -> dict[str, dict[str, float]]:
+    """Time several callables round-robin (A B C A B C ...) so machine drift hits all alike.
+
+    Returns per name: median and p90 latency in ms, and the median of per-round ratios to
+    the first callable (the reference).
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(runs):
+        for n in names:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    ref = times[names[0]]
+    out = {}
+    for n in names:
+        ts = sorted(times[n])
+        ratios = [a / b for a, b in zip(times[n], ref, strict=True)]
+        out[n] = {
+            "median_ms": statistics.median(ts),
+            "p90_ms": ts[int(0.9 * (len(ts) - 1))],
+            "ratio_vs_ref": statistics.median(ratios),
+        }
+    return out
+
+
+def environment() -> dict[str, str | int]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,181 @@
+"""DeiT-Tiny on imagenet-sample: dense vs oracle back-tracking vs top-k vs ToMe.
+
+For each target average retention (default 0.5 and 0.3) every method's knob is first
+calibrated on a few images so all are compared at the same retention; then top-1 over all
+images, the measured retention, analytic FLOPs, and the batch-1 PyTorch latency ratio
+vs dense, timed interleaved in this same run.
+
+Schedules: ``sttabt`` keeps the same fraction r at every layer; ``sttabt-geo``, ``topk`` and
+``tome`` use a progressive (geometric) schedule, the fraction q**l of the tokens entering
+layer l, as EViT and ToMe's decreasing schedule do (a constant ToMe r cannot go below
+~0.55 average retention on 12 layers; a scalar top-k would prune everything after layer
+0, where CLS attention is least informative). Each method's knob (r or q) is bisected.
+
+The oracle back-tracks the model's own attention: it shows what STTABT's pruning does
+with perfect attention prediction. Its latency is that of the sparse model alone (the
+oracle's dense attention pass is an analysis device, not part of any deployable cost).
+
+    python benchmarks/core_deit.py            # ~10 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from common import SHARED, calibrate, environment, interleaved_latency, write_json
+from rich.console import Console
+from rich.table import Table
+
+from sttabt_edge.data import image_folder, model_class_names
+from sttabt_edge.evaluate import evaluate
+from sttabt_edge.method.sparse import KeepPlan, plan_forward
+from sttabt_edge.models.loading import load_model
+from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.factory import make_reducer
+from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.runtime import ImagePreprocess
+from sttabt_edge.sparse_model import SparseClassifier
+
+
+class FixedPlan(Reducer):
+    """Replays a precomputed keep plan: times the sparse model without the plan's source."""
+
+    name = "fixed-plan"
+
+    def __init__(self, plan: KeepPlan):
+        super().__init__()
+        self.plan = plan
+
+    def run(self, parts, inputs, x, pad_mask, mode="remove"):
+        return plan_forward(parts, x, pad_mask, self.plan, mode)
+
+
+def _geometric(q: float, num_layers: int, offset: int) -> list[float]:
+    """Fraction q**(l+offset) per layer; reducers differ in whether entry l means layer l or l+1."""
+    return [q ** (layer + offset) for layer in range(num_layers)]
+
+
+# method -> knob -> reducer. sttabt's list entry l is layer l's input; topk/tome's entry l is
+# what enters layer l+1, hence the offsets: all three keep q**l of the tokens entering layer l.
+MAKERS = {
+    "sttabt": lambda r, L: make_reducer("sttabt", keep_ratio=r),
+    "sttabt-geo": lambda q, L: make_reducer("sttabt", keep_ratio=_geometric(q, L, 0)),
+    "topk": lambda q, L: make_reducer("topk", keep_ratio=_geometric(q, L, 1)),
+    "tome": lambda q, L: make_reducer("tome", keep_ratio=_geometric(q, L, 1)),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=SHARED / "models" / "deit-tiny-imagenet")
+    ap.add_argument("--data", type=Path, default=SHARED / "data" / "imagenet-sample")
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
+    ap.add_argument("--methods", nargs="+", default=list(MAKERS))
+    ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--calib-images", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/core_deit.json"))
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    console = Console()
+    model = load_model(args.model)
+    num_layers = model.config.num_hidden_layers
+    pre = ImagePreprocess()
+    examples = image_folder(args.data, model_class_names(args.model))[: args.max_images]
+    calib = {"pixel_values": torch.from_numpy(pre([e.inputs for e in examples[-args.calib_images :]]))}
+    one = {"pixel_values": calib["pixel_values"][:1]}
+
+    t_start = time.time()
+    results, knobs = [], {}
+    configs = [("dense", None)] + [(m, t) for t in args.targets for m in args.methods]
+    for method, target in configs:
+        if method == "dense":
+            reducer, knob = make_reducer("dense"), None
+        else:
+            lo = 0.5 if method == "tome" else 0.02  # one ToMe round merges at most half the tokens
+            knob = calibrate(model, lambda r, m=method: MAKERS[m](r, num_layers), calib, target, lo=lo)
+            reducer = MAKERS[method](knob, num_layers)
+        label = method if target is None else f"{method}@{target:g}"
+        res = evaluate(model, reducer, examples, image=pre, batch_size=args.batch_size, name=label)
+        res.extra["knob"] = float("nan") if knob is None else knob
+        results.append(res)
+        knobs[label] = reducer
+        console.print(f"{label:12s} top-1 {res.metrics['accuracy']:.3f} retention {res.retention:.3f} "
+                      f"FLOPs x{res.flops_ratio:.3f}")
+
+    # batch-1 latency, all configs interleaved in one loop; dense (HF's own forward) is the reference
+    fns = {"dense": lambda: model(**one)}
+    for label, reducer in knobs.items():
+        if label == "dense":
+            continue
+        if isinstance(reducer, SttabtReducer):
+            bt = reducer.backtrack(SparseClassifier(model, reducer).parts, one, *_embed(model, one))
+            reducer = FixedPlan(KeepPlan(bt.keep, bt.sizes))
+        sc = SparseClassifier(model, reducer).eval()
+        fns[label] = lambda sc=sc: sc(**one)
+    with torch.inference_mode():
+        lat = interleaved_latency(fns, runs=args.runs)
+    for r in results:
+        key = "dense" if r.method == "dense" else r.method
+        r.extra.update({f"latency_{k}": v for k, v in lat[key].items()})
+
+    table = Table(title=f"DeiT-Tiny, {len(examples)} images, batch-1 latency on {args.threads} threads")
+    for col in ("method", "top-1", "retention", "GFLOPs", "FLOPs ratio", "latency ms", "latency ratio"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(r.method, f"{100 * r.metrics['accuracy']:.1f}", f"{r.retention:.3f}", f"{r.gflops:.3f}",
+                      f"{r.flops_ratio:.3f}", f"{r.extra['latency_median_ms']:.1f}",
+                      f"{r.extra['latency_ratio_vs_ref']:.3f}")
+    console.print(table)
+    payload = {"benchmark": "core_deit", "model": str(args.model), "images": len(examples),
+               "wall_s": time.time() - t_start, "env": environment(), "results": [r.to_dict() for r in results]}
+    write_json(args.out, payload)
+    _plot(results, args.out.with_suffix(".png"))
+    console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def _embed(model, inputs):
+    from sttabt_edge.compat import model_parts
+    from sttabt_edge.models.adapter import embed
+
+    return embed(model_parts(model), inputs)
+
+
+def _plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, xlabel in ((axes[0], "flops_ratio", "FLOPs / dense"),
+                            (axes[1], "latency", "batch-1 latency / dense (PyTorch CPU)")):
+        by_method: dict[str, list] = {}
+        for r in results:
+            base = r.method.split("@")[0]
+            x = r.flops_ratio if key == "flops_ratio" else r.extra["latency_ratio_vs_ref"]
+            by_method.setdefault(base, []).append((x, 100 * r.metrics["accuracy"], r.retention))
+        for base, pts in by_method.items():
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "*", ms=8,
+                    label=base.replace("sttabt", "sttabt (oracle attn)"))
+            for x, y, ret in pts:
+                ax.annotate(f"r={ret:.2f}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("DeiT-Tiny on imagenet-sample: accuracy vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""HF model loading and timm checkpoint conversion."""

@@ -1,0 +1,349 @@
+"""Load supported HF classifiers (local directory, timm checkpoint or hub id) safely.
+
+Every path ends in the same state: eval mode, eager attention (STTABT needs the attention
+probabilities) and weights that were checked to match the model exactly. transformers 5.x
+only *warns* about missing/unexpected keys, and raises a bare RuntimeError on shape
+mismatches; both become a readable :class:`CheckpointMismatchError` here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+import transformers
+from torch import nn
+from transformers import PreTrainedModel
+
+from sttabt_edge import compat
+from sttabt_edge.errors import CheckpointMismatchError, InputError, ModelNotFoundError, UnsupportedModelError
+
+# Hub ids: resolving them needs network access (or a populated HF cache).
+MODEL_ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        "deit-t": "facebook/deit-tiny-patch16-224",
+        "deit-s": "facebook/deit-small-patch16-224",
+        "deit-b": "facebook/deit-base-patch16-224",
+        "deit-t-distilled": "facebook/deit-tiny-distilled-patch16-224",
+        "vit-b": "google/vit-base-patch16-224",
+        "bert-base": "google-bert/bert-base-uncased",
+        "bert-base-sst2": "textattack/bert-base-uncased-SST-2",
+    }
+)
+
+# Pretraining checkpoints that load as a classifier with a new (random) head, for fine-tuning.
+_BASE_TO_TASK: Mapping[str, str] = MappingProxyType(
+    {
+        "BertForMaskedLM": "BertForSequenceClassification",
+        "BertForPreTraining": "BertForSequenceClassification",
+    }
+)
+# Used only when config.json has no "architectures"; the strict key check catches a wrong guess.
+_MODEL_TYPE_DEFAULT: Mapping[str, str] = MappingProxyType(
+    {"bert": "BertForSequenceClassification", "vit": "ViTForImageClassification"}
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_CONTAINER_KEYS = ("model", "state_dict", "model_state_dict")
+_SHOW = 10
+
+
+def resolve_alias(name: str) -> str:
+    """Short alias -> hub id; anything else is returned unchanged."""
+    return MODEL_ALIASES.get(name, name)
+
+
+def load_model(
+    name_or_path: str | Path, *, num_labels: int | None = None, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """Load a supported classifier in eval mode with eager attention.
+
+    ``name_or_path``: a ``save_pretrained`` directory, a timm ViT/DeiT checkpoint file, an
+    alias from :data:`MODEL_ALIASES` or a hub id (hub needs network or the HF cache).
+    ``num_labels``: replace the classification head by a new one of this size (for fine-tuning).
+    ``dtype``: weights are cast to it (the shared MiniLM is stored in float16; we compute in float32).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        model = _load_local_dir(path, num_labels=num_labels, dtype=dtype)
+    elif path.is_file():
+        model = _load_timm_file(path, num_labels=num_labels, dtype=dtype)
+    elif _looks_like_path(str(name_or_path)):
+        raise ModelNotFoundError(
+            f"{str(name_or_path)!r} does not exist (resolved to {path.resolve()}); pass a directory "
+            f"written by save_pretrained, a timm checkpoint file, or one of the aliases {sorted(MODEL_ALIASES)}"
+        )
+    else:
+        model = _load_from_hub(str(name_or_path), num_labels=num_labels, dtype=dtype)
+    ensure_eager(model, switch=True)
+    return model.eval()
+
+
+def ensure_eager(model: nn.Module, *, switch: bool = False) -> nn.Module:
+    """Check (or, with ``switch=True``, set) eager attention: sdpa/flash return no attention probabilities."""
+    impl = compat.attn_implementation(model)
+    if impl == "eager":
+        return model
+    if not switch:
+        raise ValueError(
+            f"{compat.class_name(model)} uses attn_implementation={impl!r}, but STTABT needs 'eager' "
+            "(it reads attention probabilities); load with attn_implementation='eager' or call "
+            "ensure_eager(model, switch=True)"
+        )
+    compat.set_eager_attention(model)
+    if compat.attn_implementation(model) != "eager":
+        raise RuntimeError(f"could not switch {compat.class_name(model)} to eager attention")
+    return model
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch pickle (``weights_only=True``: no arbitrary code runs).
+
+    Unwraps ``{"model": sd}`` / ``{"state_dict": sd}`` containers and a DDP ``module.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"weights file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: object = load_file(str(path), device="cpu")
+    elif suffix in _WEIGHT_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError for pickled non-tensor objects, etc.
+            raise InputError(
+                f"cannot read {path.name} with torch.load(weights_only=True): {e}. "
+                "Re-save only the state dict (torch.save(model.state_dict(), ...) or safetensors)."
+            ) from e
+    else:
+        raise InputError(
+            f"unknown weights format {path.name!r}; expected one of {', '.join(_WEIGHT_SUFFIXES)}"
+        )
+    return _as_state_dict(obj, path.name)
+
+
+def _as_state_dict(obj: object, what: str) -> dict[str, torch.Tensor]:
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise InputError(f"{what} holds a {type(obj).__name__}, not a state dict")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InputError(f"{what}: entries that are not tensors: {_preview(bad)}")
+    sd = {str(k): v for k, v in obj.items()}
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "checkpoint"
+) -> None:
+    """Strict ``load_state_dict`` with a short, readable report instead of torch's wall of text."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(
+            mismatch_message(compat.class_name(model), what, missing, unexpected, mismatched)
+        )
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def mismatch_message(
+    class_name: str,
+    what: str,
+    missing: Iterable[str],
+    unexpected: Iterable[str],
+    mismatched: Iterable[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    hint: str = "",
+) -> str:
+    """One readable summary: counts, then the first few keys of each kind."""
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    mismatched = sorted((k, tuple(a), tuple(b)) for k, a, b in mismatched)
+    lines = [
+        f"{what} does not match {class_name}: {len(missing)} missing, {len(unexpected)} unexpected, "
+        f"{len(mismatched)} shape mismatches"
+    ]
+    if missing:
+        lines.append(f"  missing from {what}: {_preview(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected in {what}: {_preview(unexpected)}")
+    if mismatched:
+        shown = [f"{k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in mismatched[:_SHOW]]
+        more = f"\n    ... and {len(mismatched) - _SHOW} more" if len(mismatched) > _SHOW else ""
+        lines.append("  shape mismatches:\n    " + "\n    ".join(shown) + more)
+    if hint:
+        lines.append(hint)
+    return "\n".join(lines)
+
+
+def _preview(keys: list[str]) -> str:
+    more = f", ... and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _looks_like_path(s: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else that does not exist is a bad path."""
+    return (
+        s.startswith(("/", "./", "../", "~", "."))
+        or "\\" in s
+        or s.count("/") > 1
+        or s.lower().endswith(_WEIGHT_SUFFIXES)
+    )
+
+
+def _offline() -> bool:
+    """Read the env each call: huggingface_hub freezes HF_HUB_OFFLINE at import time."""
+    from huggingface_hub import is_offline_mode
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags) or is_offline_mode()
+
+
+def _pick_class(architectures: list[str] | None, model_type: str | None, source: str) -> tuple[str, bool]:
+    """-> (class name, whether the head is new). Raises for anything STTABT cannot run."""
+    arch = (architectures or [None])[0] or _MODEL_TYPE_DEFAULT.get(model_type or "")
+    if arch in _BASE_TO_TASK:
+        return _BASE_TO_TASK[arch], True
+    if arch not in compat.SUPPORTED_CLASSES:
+        raise UnsupportedModelError(
+            f"{source}: architecture {arch or '(none in config.json)'!r} (model_type {model_type!r}) is not "
+            f"supported; supported: {', '.join(compat.SUPPORTED_CLASSES)}"
+            f" (and {', '.join(_BASE_TO_TASK)} loaded with a new classification head)"
+        )
+    return arch, False
+
+
+def _load_local_dir(path: Path, *, num_labels: int | None, dtype: torch.dtype) -> PreTrainedModel:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ModelNotFoundError(
+            f"{path} has no config.json; expected a directory written by save_pretrained"
+        )
+    try:
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{cfg_file} is not valid JSON: {e}") from e
+    arch, new_head = _pick_class(raw.get("architectures"), raw.get("model_type"), str(path))
+    cls = getattr(transformers, arch)
+    try:
+        config = cls.config_class.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"{cfg_file} is not a valid {cls.config_class.__name__}: {e}") from e
+    return _from_pretrained(cls, str(path), config, num_labels=num_labels, new_head=new_head, dtype=dtype)
+
+
+def _load_from_hub(name: str, *, num_labels: int | None, dtype: torch.dtype) -> PreTrainedModel:
+    repo = resolve_alias(name)
+    offline = _offline()
+    try:
+        config = transformers.AutoConfig.from_pretrained(repo, local_files_only=offline)
+    except (OSError, ValueError) as e:
+        state = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub may be unreachable"
+        raise ModelNotFoundError(
+            f"{name!r} is not a local path, and hub model {repo!r} could not be loaded ({state}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Without network, pass a local "
+            "directory (config.json + model.safetensors) or a timm checkpoint file."
+        ) from e
+    arch, new_head = _pick_class(getattr(config, "architectures", None), config.model_type, repo)
+    cls = getattr(transformers, arch)
+    return _from_pretrained(
+        cls, repo, config, num_labels=num_labels, new_head=new_head, dtype=dtype, local_files_only=offline
+    )
+
+
+def _from_pretrained(
+    cls: type[PreTrainedModel],
+    source: str,
+    config: transformers.PreTrainedConfig,
+    *,
+    num_labels: int | None,
+    new_head: bool,
+    dtype: torch.dtype,
+    local_files_only: bool = False,
+) -> PreTrainedModel:
+    if num_labels is not None:
+        if cls.__name__ == "BertModel":
+            raise InputError("num_labels given, but BertModel has no classification head")
+        if num_labels < 1:
+            raise InputError(f"num_labels must be >= 1, got {num_labels}")
+        if num_labels != config.num_labels:
+            config.num_labels = num_labels
+            new_head = True
+    try:
+        # ignore_mismatched_sizes=True: get the full loading info instead of transformers' bare
+        # RuntimeError; we raise ourselves below unless the mismatch is in a head we replace.
+        model, info = cls.from_pretrained(
+            source,
+            config=config,
+            dtype=dtype,
+            attn_implementation="eager",
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            local_files_only=local_files_only,
+        )
+    except RuntimeError as e:
+        raise CheckpointMismatchError(f"{source}: weights do not fit {cls.__name__}: {e}") from e
+    except OSError as e:
+        raise ModelNotFoundError(f"{source}: no loadable weights for {cls.__name__}: {e}") from e
+    _check_loading_info(model, info, source, new_head=new_head)
+    return model
+
+
+def _check_loading_info(model: PreTrainedModel, info: Mapping, source: str, *, new_head: bool) -> None:
+    """Strict by default. With a new head: head/pooler may be (re)initialized, pretraining heads dropped."""
+    missing = set(info.get("missing_keys", ()))
+    unexpected = set(info.get("unexpected_keys", ()))
+    mismatched = {(k, tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys", ())}
+    if new_head:
+        fresh = _fresh_module_prefixes(model)
+        backbone = compat.base_model_prefix(model)
+        missing = {k for k in missing if not k.startswith(fresh)}
+        mismatched = {m for m in mismatched if not m[0].startswith(fresh)}
+        unexpected = {k for k in unexpected if backbone and k.startswith(backbone + ".")}
+    errors = list(info.get("error_msgs", ()))
+    if missing or unexpected or mismatched or errors:
+        hint = (
+            "config.json and the weights disagree (edited hidden_size / num_hidden_layers / num_labels, or "
+            "weights saved from another architecture); fix config.json or re-save the model."
+        )
+        if errors:
+            hint += "\n  loader errors: " + "; ".join(errors[:3])
+        raise CheckpointMismatchError(
+            mismatch_message(
+                compat.class_name(model), f"weights in {source}", missing, unexpected, mismatched, hint
+            )
+        )
+
+
+def _fresh_module_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the classification head(s) and pooler: the parts a new head may re-init."""
+    parts = compat.model_parts(model)
+    heads = [*parts.classifiers, *([parts.pooler] if parts.pooler is not None else [])]
+    return tuple(f"{name}." for name, mod in model.named_modules() if name and any(mod is h for h in heads))
+
+
+def _load_timm_file(path: Path, *, num_labels: int | None, dtype: torch.dtype) -> PreTrainedModel:
+    from sttabt_edge.models.timm_convert import load_timm_checkpoint  # lazy: it imports this module
+
+    model = load_timm_checkpoint(path)
+    if num_labels is not None and num_labels != model.config.num_labels:
+        raise InputError(
+            f"{path.name} has a {model.config.num_labels}-class head; num_labels={num_labels} cannot be applied "
+            "to a timm checkpoint (convert it, save_pretrained, then load the directory with num_labels)"
+        )
+    return model.to(dtype)
