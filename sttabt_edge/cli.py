@@ -53,16 +53,18 @@ def eval_cmd(
     """Task metric, retention and analytic FLOPs of a model under a token reducer."""
     import torch
 
-    from sttabt_edge.data import glue_tsv, image_folder, model_class_names
+    from sttabt_edge.data import glue_tsv, image_folder, image_preprocess_for, model_class_names
     from sttabt_edge.errors import SttabtError
     from sttabt_edge.evaluate import evaluate
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.reducers.factory import make_reducer
-    from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
+    from sttabt_edge.runtime import TextPreprocess
 
     try:
         net = load_model(model)
-        kwargs: dict = {} if method == Method.dense else {"keep_ratio": keep_ratio}
+        kwargs: dict = {} if method in (Method.dense, Method.ltp) else {"keep_ratio": keep_ratio}
+        if method == Method.ltp:
+            kwargs["num_layers"] = net.config.num_hidden_layers
         if method == Method.sttabt and approx is not None:
             from sttabt_edge.method.approxnet import ApproxNet
 
@@ -70,13 +72,20 @@ def eval_cmd(
         reducer = make_reducer(method.value, **kwargs)
         if data.is_dir():
             examples = image_folder(data, model_class_names(model) if Path(model).is_dir() else None)
-            pre = {"image": ImagePreprocess()}
+            pre = {"image": image_preprocess_for(net)}
             task = None
         else:
             examples = glue_tsv(data)
             pre = {"text": TextPreprocess.from_file(Path(model))}
             task = data.parent.name
         examples = examples[:max_samples] if max_samples else examples
+        if method == Method.ltp:  # untrained LTP: thresholds set on the first batch to reach keep_ratio
+            from sttabt_edge.compat import model_parts
+            from sttabt_edge.data import batches
+
+            first, _ = next(batches(examples, batch_size, **pre))
+            with torch.inference_mode():
+                reducer.calibrate(model_parts(net), {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
         with torch.inference_mode():
             res = evaluate(net, reducer, examples, batch_size=batch_size, task=task, name=method.value, **pre)
     except (SttabtError, ValueError, FileNotFoundError) as e:

@@ -66,6 +66,12 @@ def model_class_names(model_dir: str | Path) -> list[str] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def image_preprocess_for(model: object) -> ImagePreprocess:
+    """DeiT/ViT evaluation preprocessing for a model's input size (crop ratio 0.875: 224 <- 256)."""
+    size = int(model.config.image_size)
+    return ImagePreprocess(image_size=size, resize_size=int(size / 0.875))
+
+
 def glue_tsv(path: str | Path, task: str | None = None) -> list[Example]:
     """A GLUE TSV file (dev.tsv/train.tsv); the task is taken from the parent folder name."""
     path = Path(path)
