@@ -1,10 +1,12 @@
 """Torch-free inference runtime (installed as ``sttabt_edge.runtime``).
 
-Everything here depends only on numpy, pillow, tokenizers and onnxruntime, so it runs on an
-edge device without torch or transformers. Nothing in this package may import torch,
-directly or indirectly; ``tests/test_runtime_no_torch.py`` enforces that.
+Everything here depends only on numpy, pillow, tokenizers and onnxruntime (ai-edge-litert
+for .tflite), so it runs on an edge device without torch or transformers. Nothing in this
+package may import torch, directly or indirectly; ``tests/test_runtime_no_torch.py``
+enforces that.
 """
 
+from .predictor import ModelFileError, Prediction, Predictor, load
 from .preprocess import ImagePreprocess, TextPreprocess
 
-__all__ = ["ImagePreprocess", "TextPreprocess"]
+__all__ = ["ImagePreprocess", "ModelFileError", "Prediction", "Predictor", "TextPreprocess", "load"]

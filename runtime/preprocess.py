@@ -229,6 +229,11 @@ class TextPreprocess:
             )
         return int(max_length)
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The underlying ``tokenizers.Tokenizer`` (for decoding and token strings)."""
+        return self._tokenizer
+
     def __call__(
         self,
         texts: str | Sequence[str] | Sequence[tuple[str, str]],

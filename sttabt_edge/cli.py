@@ -95,6 +95,15 @@ def eval_cmd(
         json_out.write_text(json.dumps(res.to_dict(), indent=2))
 
 
+def _register_subcommands() -> None:
+    from sttabt_edge.cli_runtime import register
+
+    register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     app()
 

@@ -74,3 +74,16 @@ def test_missing_model_is_a_clear_error(tmp_path, image_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = runner.invoke(app, ["eval", "--model", str(tmp_path / "nope"), "--data", str(image_dir)])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_show_image_grid_and_text_html(vit_dir, image_dir, tmp_path, shared_dir):
+    out = tmp_path / "grid.png"
+    res = runner.invoke(app, ["show", "--model", str(vit_dir), "--image", str(image_dir / "a" / "0.png"),
+                              "--keep-ratio", "0.5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert Image.open(out).size[0] > 4 * 32
+    res = runner.invoke(app, ["show", "--model", str(shared_dir / "models/minilm-l6-sst2"), "--text",
+                              "a charming film", "--keep-ratio", "0.5", "--out", str(tmp_path / "t.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "t.html").read_text()
+    assert page.count("<tr>") == 6 and "charming" in page and 'class="d"' in page

@@ -1,0 +1,207 @@
+"""On-device latency benchmark for exported models (torch-free).
+
+Each model runs in its own worker process with explicit thread counts; the parent asks
+the workers for one run at a time, alternating A B A B ..., so machine drift hits both
+equally and two ONNX Runtime sessions never contend inside one process (they slow each
+other down, see ../shared/EXPORT_NOTES.md). Only one worker computes at any moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sttabt_edge.runtime.predictor import Predictor, load
+
+
+@dataclass
+class LatencyStats:
+    path: str
+    size_mb: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput_per_s: float  # samples per second at the median latency
+    peak_rss_mb: float
+    kept_per_layer: list[float] | None  # mean real tokens entering each layer
+    runs_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchResult:
+    batch: int
+    threads: int
+    seq_len: int | None
+    runs: int
+    a: LatencyStats
+    b: LatencyStats | None = None
+    ratio_p50: float | None = None  # median over rounds of latency(A) / latency(B)
+    ratio_p10: float | None = None
+    ratio_p90: float | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def synthetic_inputs(pred: Predictor, batch: int, seq_len: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
+    """A representative batch: normalized noise images, or random-vocabulary text of ``seq_len`` tokens."""
+    rng = np.random.default_rng(seed)
+    if pred.image is not None:
+        s = pred.image.image_size
+        return {"pixel_values": rng.standard_normal((batch, 3, s, s)).astype(np.float32)}
+    if pred.text is None:
+        raise ValueError(f"{pred.path.name} has no preprocessing metadata; cannot build inputs")
+    tok = pred.text.tokenizer
+    vocab = tok.get_vocab_size()
+    texts = [tok.decode(rng.integers(1000 if vocab > 2000 else 1, vocab, size=seq_len * 2).tolist())
+             for _ in range(batch)]
+    enc = pred.text(texts, max_length=seq_len, truncation=True)
+    return {k: v for k, v in enc.items() if k in pred.input_names}
+
+
+def _model_size_mb(path: Path) -> float:
+    extra = path.with_name(path.name + ".data")
+    return (path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)) / 2**20
+
+
+def _worker(path: str, threads: int, batch: int, seq_len: int) -> None:
+    """Serve runs over stdin/stdout: 'run' -> elapsed ms; 'stats' -> JSON; EOF ends."""
+    import resource
+
+    pred = load(path, threads=threads)
+    inputs = synthetic_inputs(pred, batch, seq_len)
+    kept: list[np.ndarray] = []
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "run":
+            t0 = time.perf_counter()
+            out = pred.run(inputs)
+            ms = (time.perf_counter() - t0) * 1e3
+            if "kept_counts" in out:
+                kept.append(np.asarray(out["kept_counts"], dtype=np.float64).mean(0))
+            print(f"{ms:.6f}", flush=True)
+        elif cmd == "stats":
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+            per_layer = np.mean(kept, 0).tolist() if kept else None
+            print(json.dumps({"peak_rss_mb": rss_mb, "kept_per_layer": per_layer}), flush=True)
+
+
+class _Worker:
+    def __init__(self, path: Path, threads: int, batch: int, seq_len: int):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sttabt_edge.runtime.bench", "--worker", str(path), str(threads), str(batch),
+             str(seq_len)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+
+    def ask(self, cmd: str) -> str:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker exited (code {self.proc.wait()}); see the error above")
+        return line.strip()
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _stats(path: Path, times: list[float], batch: int, extra: dict[str, Any]) -> LatencyStats:
+    ts = np.asarray(times)
+    p50 = float(np.percentile(ts, 50))
+    return LatencyStats(
+        path=str(path), size_mb=_model_size_mb(path), p50_ms=p50, p90_ms=float(np.percentile(ts, 90)),
+        p99_ms=float(np.percentile(ts, 99)), mean_ms=float(ts.mean()), throughput_per_s=batch * 1e3 / p50,
+        peak_rss_mb=float(extra["peak_rss_mb"]), kept_per_layer=extra["kept_per_layer"], runs_ms=list(times),
+    )
+
+
+def bench(
+    path: str | Path,
+    vs: str | Path | None = None,
+    threads: int = 2,
+    batch: int = 1,
+    runs: int = 50,
+    warmup: int = 10,
+    seq_len: int = 128,
+    progress: bool = True,
+) -> BenchResult:
+    """Latency percentiles, throughput, peak RSS, kept tokens; with ``vs``, the interleaved ratio."""
+    from rich.progress import Progress
+
+    paths = [Path(path)] + ([Path(vs)] if vs is not None else [])
+    is_text = [load(p).text is not None for p in paths][0]  # fail fast here with the loader's clear error
+    workers = [_Worker(p, threads, batch, seq_len) for p in paths]
+    times: list[list[float]] = [[] for _ in paths]
+    try:
+        with Progress(disable=not progress, transient=True) as bar:
+            job = bar.add_task("benchmark", total=warmup + runs)
+            for i in range(warmup + runs):
+                for w, t in zip(workers, times, strict=True):
+                    ms = float(w.ask("run"))
+                    if i >= warmup:
+                        t.append(ms)
+                bar.advance(job)
+        extras = [json.loads(w.ask("stats")) for w in workers]
+    finally:
+        for w in workers:
+            w.close()
+    a = _stats(paths[0], times[0], batch, extras[0])
+    res = BenchResult(batch, threads, seq_len if is_text else None, runs, a, environment=_environment())
+    if vs is not None:
+        res.b = _stats(paths[1], times[1], batch, extras[1])
+        ratios = sorted(x / y for x, y in zip(times[0], times[1], strict=True))
+        res.ratio_p50 = statistics.median(ratios)
+        res.ratio_p10 = float(np.percentile(ratios, 10))
+        res.ratio_p90 = float(np.percentile(ratios, 90))
+    return res
+
+
+def _environment() -> dict[str, Any]:
+    import platform
+
+    import onnxruntime
+
+    return {"machine": platform.machine(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count()}
+
+
+def plot(result: BenchResult, out: str | Path) -> None:
+    """Latency distributions of A (and B) as box plots, with the ratio in the title."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("--plot needs matplotlib (pip install matplotlib); the benchmark itself does not") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = [result.a] + ([result.b] if result.b else [])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.boxplot([s.runs_ms for s in stats], orientation="horizontal", showfliers=False)
+    ax.set_yticks(range(1, len(stats) + 1), [Path(s.path).name for s in stats])
+    ax.set_xlabel(f"latency ms (batch {result.batch}, {result.threads} threads)")
+    title = f"p50 {' vs '.join(f'{s.p50_ms:.1f}' for s in stats)} ms"
+    if result.ratio_p50 is not None:
+        title += f"; ratio {result.ratio_p50:.3f}"
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--worker":
+    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

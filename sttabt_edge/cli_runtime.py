@@ -1,0 +1,154 @@
+"""CLI commands for exported models: `run`, `bench` (torch-free) and `show` (torch).
+
+`run` and `bench` import only the runtime, so they work on a device with no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def run_cmd(
+    model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
+    image: Annotated[list[Path] | None, typer.Option(help="image file(s)")] = None,
+    text: Annotated[list[str] | None, typer.Option(help="text(s); 'a ||| b' for a sentence pair")] = None,
+    top_k: int = 5,
+    threads: Annotated[int | None, typer.Option(help="intra-op threads (default: runtime's choice)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Classify images or texts with an exported model (no torch needed)."""
+    from sttabt_edge.errors import SttabtError
+    from sttabt_edge.runtime import load
+
+    if not image and not text:
+        _fail("give --image PATH or --text TEXT")
+    try:
+        pred = load(model, threads=threads)
+        texts = [tuple(t.split(" ||| ", 1)) if " ||| " in t else t for t in text] if text else None
+        out = pred.predict(images=image or None, texts=texts, top_k=top_k)
+    except (SttabtError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    items = out.to_json()
+    if as_json:
+        typer.echo(json.dumps(items, indent=2))
+        return
+    sources = [str(p) for p in image] if image else list(text)
+    for src, item in zip(sources, items, strict=True):
+        typer.echo(src)
+        for t in item["top"]:
+            typer.echo(f"  {t['score']:.3f}  {t['label']}")
+        if "kept_counts" in item:
+            typer.echo(f"  kept tokens per layer: {item['kept_counts']}")
+
+
+def bench_cmd(
+    model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
+    vs: Annotated[Path | None, typer.Option(help="second model, timed interleaved (A B A B ...)")] = None,
+    threads: int = 2,
+    batch: int = 1,
+    runs: int = 50,
+    warmup: int = 10,
+    seq_len: Annotated[int, typer.Option(help="text models: tokens per synthetic input")] = 128,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
+    plot_out: Annotated[Path | None, typer.Option("--plot", help="write a latency plot (PNG)")] = None,
+) -> None:
+    """Latency p50/p90/p99, throughput, peak RSS, kept tokens; with --vs the latency ratio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sttabt_edge.errors import SttabtError
+    from sttabt_edge.runtime.bench import bench, plot
+
+    try:
+        res = bench(model, vs, threads=threads, batch=batch, runs=runs, warmup=warmup, seq_len=seq_len)
+    except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
+        _fail(str(e))
+    table = Table(title=f"batch {batch}, {threads} threads, {runs} runs after {warmup} warm-up")
+    for col in ("model", "MB", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MB", "mean kept / layer"):
+        table.add_column(col, justify="right")
+    for s in [res.a] + ([res.b] if res.b else []):
+        kept = "-" if s.kept_per_layer is None else " ".join(f"{v:.0f}" for v in s.kept_per_layer)
+        table.add_row(Path(s.path).name, f"{s.size_mb:.1f}", f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}",
+                      f"{s.p99_ms:.2f}", f"{s.throughput_per_s:.1f}", f"{s.peak_rss_mb:.0f}", kept)
+    console = Console()
+    console.print(table)
+    if res.ratio_p50 is not None:
+        console.print(f"latency ratio {model.name} / {vs.name}: median {res.ratio_p50:.3f} "
+                      f"(p10 {res.ratio_p10:.3f}, p90 {res.ratio_p90:.3f}), measured interleaved")
+    if json_out:
+        json_out.write_text(json.dumps(res.to_dict(), indent=2))
+    if plot_out:
+        plot(res, plot_out)
+
+
+def show_cmd(
+    model: Annotated[str, typer.Option(help="checkpoint directory (PyTorch)")],
+    out: Annotated[Path, typer.Option(help="output .png (image) or .html (text)")],
+    image: Annotated[Path | None, typer.Option(help="an image")] = None,
+    text: Annotated[str | None, typer.Option(help="a text")] = None,
+    method: Annotated[str, typer.Option(help="sttabt, topk, tome, ltp")] = "sttabt",
+    keep_ratio: float = 0.3,
+    approx: Annotated[Path | None, typer.Option(help="ApproxNet dir (sttabt; default: oracle)")] = None,
+) -> None:
+    """Render which tokens each layer keeps: a patch grid PNG or highlighted-text HTML."""
+    import numpy as np
+    import torch
+
+    from sttabt_edge.compat import model_parts
+    from sttabt_edge.data import image_preprocess_for
+    from sttabt_edge.errors import SttabtError
+    from sttabt_edge.models.loading import load_model
+    from sttabt_edge.reducers.factory import make_reducer
+    from sttabt_edge.runtime import TextPreprocess
+    from sttabt_edge.sparse_model import SparseClassifier
+    from sttabt_edge.visualize import denormalize, layer_grid, text_html
+
+    if (image is None) == (text is None):
+        _fail("give exactly one of --image or --text")
+    try:
+        net = load_model(model)
+        kwargs: dict = {"keep_ratio": keep_ratio}
+        if approx is not None:
+            from sttabt_edge.method.approxnet import ApproxNet
+
+            kwargs["approx"] = ApproxNet.load(approx)
+        reducer = make_reducer(method, **kwargs)
+        parts = model_parts(net)
+        if image is not None:
+            pre = image_preprocess_for(net)
+            px = pre([image])
+            with torch.no_grad():
+                res = SparseClassifier(net, reducer)(pixel_values=torch.from_numpy(px))
+            keep = [k[0].numpy() for k in res.keep[:-1]]
+            patch = int(net.config.patch_size)
+            label = net.config.id2label[int(res.logits.argmax())]
+            grid = layer_grid(denormalize(px[0], pre.mean, pre.std), keep, patch, parts.num_prefix_tokens)
+            grid.save(out)
+            typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
+        else:
+            tok = TextPreprocess.from_file(Path(model))
+            enc = tok([text])
+            with torch.no_grad():
+                res = SparseClassifier(net, reducer)(**{k: torch.from_numpy(v) for k, v in enc.items()})
+            tokens = [tok.tokenizer.id_to_token(int(i)) for i in enc["input_ids"][0]]
+            keep = [np.asarray(k[0]) for k in res.keep[:-1]]
+            label = net.config.id2label[int(res.logits.argmax())]
+            out.write_text(text_html(tokens, keep, f"{method} r={keep_ratio}: predicted {label}"))
+            typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
+    except (SttabtError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.command("bench")(bench_cmd)
+    app.command("show")(show_cmd)
