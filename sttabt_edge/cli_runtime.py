@@ -148,7 +148,49 @@ def show_cmd(
         _fail(str(e))
 
 
+def verify_cmd(
+    model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
+    reference: Annotated[str, typer.Option(help="the PyTorch checkpoint it was exported from")],
+    data: Annotated[Path, typer.Option(help="image folder or GLUE TSV")],
+    approx: Annotated[Path | None, typer.Option(help="ApproxNet dir, if not recorded in the metadata")] = None,
+    max_samples: Annotated[int | None, typer.Option(help="first N examples only")] = None,
+    batch_size: int = 16,
+    max_abs_logit: Annotated[float, typer.Option(help="tolerance on |logit diff|")] = 1e-3,
+    min_top1_agreement: float = 0.999,
+    min_kept_agreement: float = 0.99,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+) -> None:
+    """PyTorch vs exported parity on a dataset; exits 1 beyond tolerance (the CI check)."""
+    from sttabt_edge.data import glue_tsv, image_folder, model_class_names
+    from sttabt_edge.errors import SttabtError
+    from sttabt_edge.models.loading import load_model
+    from sttabt_edge.runtime import load
+    from sttabt_edge.verify import Tolerance, reference_reducer, verify
+
+    try:
+        pred = load(model)
+        net = load_model(reference)
+        reducer = reference_reducer(pred.metadata.raw, net, approx)
+        if data.is_dir():
+            examples, task = image_folder(data, model_class_names(reference) if Path(reference).is_dir() else None), None
+        else:
+            examples, task = glue_tsv(data), data.parent.name
+        examples = examples[:max_samples] if max_samples else examples
+        report = verify(pred, net, reducer, examples, batch_size,
+                        Tolerance(max_abs_logit, min_top1_agreement, min_kept_agreement), task)
+    except (SttabtError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+    if json_out:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+    if not report.passed:
+        typer.secho("verify FAILED: " + "; ".join(report.failures), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.secho(f"verify passed on {report.samples} samples", fg=typer.colors.GREEN, err=True)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("verify")(verify_cmd)
     app.command("run")(run_cmd)
     app.command("bench")(bench_cmd)
     app.command("show")(show_cmd)

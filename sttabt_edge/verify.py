@@ -1,0 +1,124 @@
+"""Accuracy-parity check of an exported model against its PyTorch reference.
+
+Runs the same pruning configuration in PyTorch (rebuilt from the export's metadata) and
+in the exported file (ONNX Runtime or LiteRT) over a dataset, and reports max/mean
+absolute logit difference, top-1 agreement, kept-count agreement and each one's task
+metric. ``sttabt-edge verify`` exits non-zero when a tolerance is exceeded, which is
+what CI runs on every submission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sttabt_edge.data import Example, batches
+from sttabt_edge.evaluate import task_metrics
+from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.runtime import load
+from sttabt_edge.runtime.predictor import Predictor
+from sttabt_edge.sparse_model import SparseClassifier
+
+
+@dataclass
+class Tolerance:
+    max_abs_logit: float = 1e-3  # fp32 graphs agree to ~1e-5; quantized ones need --max-abs-logit larger
+    min_top1_agreement: float = 0.999
+    min_kept_agreement: float = 0.99  # fraction of samples whose per-layer kept counts match exactly
+
+
+@dataclass
+class VerifyReport:
+    file: str
+    samples: int
+    max_abs_logit: float
+    mean_abs_logit: float
+    top1_agreement: float
+    kept_agreement: float | None
+    metrics_reference: dict[str, float]
+    metrics_exported: dict[str, float]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: Path | None = None) -> Reducer:
+    """Rebuild the export's reducer from its metadata (see docs/onnx_contract.md)."""
+    from sttabt_edge.reducers.factory import make_reducer
+
+    method = meta.get("method", "dense")
+    if method == "dense":
+        return make_reducer("dense")
+    if method != "sttabt":
+        return make_reducer(method, keep_ratio=meta["keep_schedule"])
+    from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
+
+    info = meta.get("approx") or {}
+    source = approx_dir or (Path(info["source"]) if info.get("source") else None)
+    if source is not None:
+        approx = ApproxNet.load(source)
+    elif info.get("init"):  # an untrained ApproxNet is rebuilt deterministically from the teacher
+        approx = build_approxnet(model, int(info["factor"]), info["init"], int(info.get("seed", 0)))
+    else:
+        raise ValueError("the export's ApproxNet is not recorded in its metadata; pass --approx DIR")
+    approx.eval()
+    if meta.get("thresholds") is not None:
+        from sttabt_edge.method.concrete import ConcreteThresholds
+
+        th = ConcreteThresholds(len(meta["thresholds"])).eval()
+        with torch.no_grad():
+            th.logits.copy_(torch.tensor(meta["thresholds"]))
+        return make_reducer("sttabt", approx=approx, thresholds=th)
+    return make_reducer("sttabt", approx=approx, keep_ratio=meta["keep_schedule"])
+
+
+@torch.no_grad()
+def verify(
+    exported: Predictor | str | Path,
+    model: torch.nn.Module,
+    reducer: Reducer,
+    examples: Sequence[Example],
+    batch_size: int = 16,
+    tolerance: Tolerance | None = None,
+    task: str | None = None,
+) -> VerifyReport:
+    """Compare PyTorch and the exported file on ``examples``."""
+    pred = exported if isinstance(exported, Predictor) else load(exported)
+    tol = tolerance or Tolerance()
+    ref_model = SparseClassifier(model, reducer).eval()
+    diffs, ref_logits, exp_logits, labels, kept_eq = [], [], [], [], []
+    for np_inputs, y in batches(examples, batch_size, pred.image, pred.text, pred.max_length):
+        feed = {k: v for k, v in np_inputs.items() if k in pred.input_names}
+        out = pred.run(feed)
+        ref = ref_model(**{k: torch.from_numpy(v) for k, v in np_inputs.items()})
+        r, e = ref.logits.float().numpy(), np.asarray(out["logits"], dtype=np.float32)
+        diffs.append(np.abs(r - e).max(axis=1))
+        ref_logits.append(r)
+        exp_logits.append(e)
+        labels.append(y)
+        if "kept_counts" in out:
+            kept_eq.append((np.asarray(out["kept_counts"]) == ref.n_in.numpy()).all(axis=1))
+    d = np.concatenate(diffs)
+    r, e, y = np.concatenate(ref_logits), np.concatenate(exp_logits), np.concatenate(labels)
+    agree = float((r.argmax(1) == e.argmax(1)).mean())
+    kept = float(np.concatenate(kept_eq).mean()) if kept_eq else None
+    failures = []
+    if d.max() > tol.max_abs_logit:
+        failures.append(f"max abs logit diff {d.max():.2e} > {tol.max_abs_logit:.0e}")
+    if agree < tol.min_top1_agreement:
+        failures.append(f"top-1 agreement {agree:.4f} < {tol.min_top1_agreement}")
+    if kept is not None and kept < tol.min_kept_agreement:
+        failures.append(f"kept-count agreement {kept:.4f} < {tol.min_kept_agreement}")
+    pick = (lambda z: z.squeeze(-1)) if task == "STS-B" else (lambda z: z.argmax(1))
+    return VerifyReport(
+        file=str(pred.path), samples=len(d), max_abs_logit=float(d.max()), mean_abs_logit=float(d.mean()),
+        top1_agreement=agree, kept_agreement=kept, metrics_reference=task_metrics(pick(r), y, task),
+        metrics_exported=task_metrics(pick(e), y, task), passed=not failures, failures=failures,
+    )
