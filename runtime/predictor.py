@@ -211,6 +211,8 @@ class TflitePredictor(Predictor):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         first = next(iter(inputs.values()))
+        if first.shape[0] == 0:
+            raise InputError("empty batch")
         want_b = int(next(iter(self._inputs.values()))["shape"][0])
         if first.shape[0] != want_b:  # static batch: run sample by sample
             if want_b != 1:

@@ -14,13 +14,12 @@ Shapes: attention maps (L, B, H, N, N); padding mask (B, N) bool, True = real.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
+from sttabt_edge.method.tokens import Size, ceil_ratio, prefix_mask, rank_topk_mask, size_max, size_min
 
 NEG_INF = float("-inf")
 POS_INF = float("inf")
@@ -31,7 +30,7 @@ class Backtrack:
     """Nested keep masks (L+1 entries, see KeepPlan), static sizes and scores."""
 
     keep: list[torch.Tensor]
-    sizes: list[int]
+    sizes: list[Size]
     scores: list[torch.Tensor]  # (B, N) importance of layer l's inputs
 
 
@@ -83,23 +82,35 @@ def topk_backtrack(
     layer's own kept outputs (nesting) nor the prefix."""
     num_layers, _, _, n, _ = attn.shape
     ratios = ratio_schedule(keep_ratio, num_layers)
+    sizes = topk_sizes(n, ratios, num_prefix_tokens)
     n_real = pad_mask.sum(dim=1)  # (B,)
     keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
     importance = keep_out.to(attn.dtype)
-    keep, sizes, scores = [keep_out], [num_prefix_tokens], []
+    keep, scores = [keep_out], []
     for layer in reversed(range(num_layers)):
         a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
         s = input_importance(a, row_weights(keep_out, importance, p))  # (B, N)
         forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
         k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
         k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
-        size = min(n, max(math.ceil(n * ratios[layer]), sizes[0]))
-        keep_in = rank_topk_mask(forced, k, size) | keep_out
+        keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
         keep.insert(0, keep_in)
-        sizes.insert(0, size)
         scores.insert(0, s)
         keep_out, importance = keep_in, s
     return Backtrack(keep, sizes, scores)
+
+
+def topk_sizes(n: Size, ratios: Sequence[float], num_prefix_tokens: int) -> list[Size]:
+    """Static compact bounds (L+1 entries) of a top-k plan on N tokens, from the shape only.
+
+    sizes[l] = min(N, max(ceil(ratio_l * N), sizes[l+1])) >= every sample's count (nested
+    sets); sizes[L] = the prefix. A separate function so an exported sparse model can
+    rebuild the bounds from its own input shape.
+    """
+    sizes: list[Size] = [num_prefix_tokens]
+    for ratio in reversed(ratios):
+        sizes.insert(0, size_min(n, size_max(ceil_ratio(n, ratio), sizes[0])))
+    return sizes
 
 
 def retention(keep: Sequence[torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor:

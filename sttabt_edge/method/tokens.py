@@ -7,7 +7,40 @@ where K is the batch maximum (or a static bound); extra slots are marked invalid
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+# A token-count bound: a Python int in eager mode (and a SymInt under torch.export); a 0-dim
+# int64 tensor while torch.jit.trace runs (it turns ``x.shape[i]`` into tensors). Keeping the
+# arithmetic on such bounds in torch ops lets an ONNX graph derive them from its input shape
+# instead of freezing the example's length.
+Size = int | torch.Tensor
+
+
+def size_min(a: Size, b: Size) -> Size:
+    """min() of two bounds that stays in a traced graph (eager: the plain int min)."""
+    if isinstance(a, torch.Tensor):
+        return torch.minimum(a, b) if isinstance(b, torch.Tensor) else a.clamp(max=b)
+    if isinstance(b, torch.Tensor):
+        return b.clamp(max=a)
+    return torch.sym_min(a, b)
+
+
+def size_max(a: Size, b: Size) -> Size:
+    """max() of two bounds that stays in a traced graph (eager: the plain int max)."""
+    if isinstance(a, torch.Tensor):
+        return torch.maximum(a, b) if isinstance(b, torch.Tensor) else a.clamp(min=b)
+    if isinstance(b, torch.Tensor):
+        return b.clamp(min=a)
+    return torch.sym_max(a, b)
+
+
+def ceil_ratio(n: Size, ratio: float) -> Size:
+    """ceil(ratio * n); float64 in the traced branch too, so it rounds exactly like math.ceil."""
+    if isinstance(n, torch.Tensor):
+        return torch.ceil(n.to(torch.float64) * ratio).long()
+    return math.ceil(n * ratio)
 
 
 def batched_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -18,16 +51,18 @@ def batched_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, expand)
 
 
-def compact_size(keep: torch.Tensor) -> int:
+def compact_size(keep: torch.Tensor) -> Size:
     """Largest per-sample count of a mask.
 
     Data-dependent shapes need the count on the host; callers use static bounds
-    (top-k schedules) wherever possible and only threshold masks come here.
+    (top-k schedules) wherever possible and only threshold masks come here. While
+    tracing for export it stays a 0-dim tensor (a data-dependent size in the graph).
     """
-    return int(keep.sum(dim=1).max())
+    count = keep.sum(dim=1).max()
+    return count if torch.jit.is_tracing() else int(count)
 
 
-def compact_indices(keep: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def compact_indices(keep: torch.Tensor, size: Size) -> tuple[torch.Tensor, torch.Tensor]:
     """Ascending positions of kept tokens, padded to `size`.
 
     keep: (B, N) bool. Returns idx (B, size) long and valid (B, size) bool. Invalid
@@ -42,13 +77,13 @@ def compact_indices(keep: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.
     return idx, valid
 
 
-def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: int) -> torch.Tensor:
+def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: Size) -> torch.Tensor:
     """Keep the `k[b]` highest scores of each row (k may differ per sample).
 
     scores: (B, N) float (use +inf to force, -inf to forbid); k: (B,) long with
     k[b] <= size. `size` is a static upper bound so no host sync is needed.
     """
-    size = min(size, scores.shape[1])
+    size = size_min(size, scores.shape[1])
     top = torch.topk(scores, size, dim=1, sorted=True).indices  # (B, K)
     slot = torch.arange(size, device=scores.device).unsqueeze(0)  # (1, K)
     chosen = slot < k.unsqueeze(1)  # (B, K)

@@ -96,7 +96,8 @@ def bipartite_soft_matching(
     rank = torch.where(has_pair, node_max, torch.where(valid[:, ::2], _LONE_RANK, _PAD_RANK))
     rank = rank.masked_fill(slot[::2].unsqueeze(0) < num_prefix_tokens, -torch.inf)  # prefix: never
     src = rank.topk(r, dim=-1).indices  # (B, r) into A
-    keep = torch.ones(b, k, dtype=torch.bool, device=metric.device).scatter(1, src * 2, False)
+    off = torch.zeros_like(src, dtype=torch.bool)  # a tensor: scatter(value=False) cannot be traced
+    keep = torch.ones(b, k, dtype=torch.bool, device=metric.device).scatter(1, src * 2, off)
     return Merge(
         src_slot=src * 2,
         dst_slot=torch.gather(node_idx, 1, src) * 2 + 1,
@@ -189,6 +190,7 @@ class TomeReducer(Reducer):
             raise NotImplementedError("ToMe merges tokens, which has no full-shape mask form; use mode='remove'")
         if mode != "remove":
             raise ValueError(f"mode must be 'remove' or 'mask', got {mode!r}")
-        schedule = self.schedule(x.shape[1], len(parts.layers), parts.num_prefix_tokens)
+        # int(): the schedule is Python ints; a trace freezes it at this N (fine for fixed-size ViT)
+        schedule = self.schedule(int(x.shape[1]), len(parts.layers), parts.num_prefix_tokens)
         step = tome_step(schedule, parts.num_prefix_tokens)
         return online_forward(parts, x, pad_mask, step, need_attn=False, need_keys=True, size_bias=True)

@@ -1,0 +1,158 @@
+"""Traceable wrappers: the whole STTABT pipeline as one module, plus its stages for profiling.
+
+:class:`ExportModule` is what goes into the ONNX file: embedding → reducer (for STTABT:
+ApproxNet → back-tracking → sparse layer loop with real removal) → head. It only calls
+the library (:func:`sttabt_edge.sparse_model.sparse_forward`), so the exported graph is
+the eager algorithm, not a re-implementation. Inputs are positional tensors in the
+contract's order (docs/onnx_contract.md); outputs are ``(logits, kept_counts)``.
+
+The stage modules (:class:`ApproxStage`, :class:`MaskStage`, :class:`SparseStage`) cut the
+same computation into three graphs so their latency can be measured one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from sttabt_edge.compat import ModelParts, model_parts
+from sttabt_edge.errors import ExportError
+from sttabt_edge.method.backtrack import Backtrack, ratio_schedule, topk_backtrack, topk_sizes
+from sttabt_edge.method.sparse import KeepPlan, plan_forward
+from sttabt_edge.models.adapter import classify, embed
+from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.sparse_model import sparse_forward
+
+INPUT_NAMES: Mapping[str, tuple[str, ...]] = {
+    "vit": ("pixel_values",),
+    "bert": ("input_ids", "attention_mask", "token_type_ids"),
+}
+OUTPUT_NAMES = ("logits", "kept_counts")
+# Reducers whose token counts follow from shapes and per-sample lengths inside the graph.
+EXPORTABLE = ("dense", "sttabt", "topk", "tome")
+
+
+def input_names(family: str) -> tuple[str, ...]:
+    return INPUT_NAMES[family]
+
+
+def check_exportable(parts: ModelParts, reducer: Reducer) -> None:
+    """Refuse what the graph cannot represent faithfully, with the reason."""
+    name = getattr(reducer, "name", type(reducer).__name__)
+    if name not in EXPORTABLE:
+        raise ExportError(f"method {name!r} is not exportable; exportable methods: {', '.join(EXPORTABLE)}")
+    if isinstance(reducer, SttabtReducer) and reducer.approx is None:
+        raise ExportError(
+            "STTABT without an ApproxNet (the self-attention oracle) is not exportable: it runs the dense "
+            "model first, so the graph would be slower than dense. Pass an ApproxNet (--approx DIR)."
+        )
+    if name in ("topk", "tome") and parts.family != "vit":
+        raise ExportError(
+            f"{name} export is for fixed-size (ViT) inputs only: its per-layer schedule is computed from N "
+            "in Python and would be frozen at the example length for text"
+        )
+
+
+def as_inputs(family: str, tensors: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Positional graph inputs -> the library's input mapping."""
+    names = input_names(family)
+    if len(tensors) != len(names):
+        raise ExportError(f"{family} graph takes {len(names)} inputs {names}, got {len(tensors)}")
+    return dict(zip(names, tensors, strict=True))
+
+
+def example_args(family: str, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The library's input mapping -> positional graph inputs; BERT's optional inputs filled in."""
+    if family == "vit":
+        return (inputs["pixel_values"].float(),)
+    ids = inputs["input_ids"].long()
+    mask = inputs.get("attention_mask")
+    types = inputs.get("token_type_ids")
+    mask = torch.ones_like(ids) if mask is None else mask.long()
+    types = torch.zeros_like(ids) if types is None else types.long()
+    return ids, mask, types
+
+
+class ExportModule(nn.Module):
+    """(model, reducer) -> forward(*inputs) = (logits (B, K) float, kept_counts (B, L) int64)."""
+
+    def __init__(self, model: nn.Module, reducer: Reducer):
+        super().__init__()
+        self.model = model
+        self.reducer = reducer
+        self.parts = model_parts(model)
+        check_exportable(self.parts, reducer)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return input_names(self.parts.family)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = sparse_forward(self.parts, self.reducer, as_inputs(self.parts.family, inputs))
+        return out.logits, out.n_in.long()  # n_in: real tokens entering each layer, (B, L)
+
+
+# ---- stages, for the latency breakdown ---------------------------------------------------------
+
+
+def _sttabt(reducer: Reducer) -> SttabtReducer:
+    if not isinstance(reducer, SttabtReducer) or reducer.approx is None:
+        raise ExportError("the stage breakdown needs an STTABT reducer with an ApproxNet")
+    return reducer
+
+
+def backtrack_masks(
+    reducer: SttabtReducer, attn: torch.Tensor, pad: torch.Tensor, num_prefix: int
+) -> Backtrack:
+    """The reducer's back-tracking on given attention maps (same dispatch as SttabtReducer.backtrack)."""
+    if reducer.thresholds is not None:
+        return reducer.thresholds(attn, pad, num_prefix, reducer.p, reducer.head_reduce)
+    return topk_backtrack(attn, pad, reducer.keep_ratio, num_prefix, reducer.p, reducer.head_reduce)
+
+
+class ApproxStage(nn.Module):
+    """forward(*inputs) -> ApproxNet attention maps (L, B, H, N, N)."""
+
+    def __init__(self, model: nn.Module, reducer: Reducer):
+        super().__init__()
+        self.approx = _sttabt(reducer).approx
+        self.family = model_parts(model).family
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.approx.attentions(as_inputs(self.family, inputs))
+
+
+class MaskStage(nn.Module):
+    """forward(attn (L, B, H, N, N), attention_mask (B, N)) -> keep masks (L+1, B, N) bool."""
+
+    def __init__(self, model: nn.Module, reducer: Reducer):
+        super().__init__()
+        self.reducer = _sttabt(reducer)
+        self.num_prefix = model_parts(model).num_prefix_tokens
+
+    def forward(self, attn: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        bt = backtrack_masks(self.reducer, attn, attention_mask.bool(), self.num_prefix)
+        return torch.stack([k.bool() for k in bt.keep])
+
+
+class SparseStage(nn.Module):
+    """forward(*inputs, keep (L+1, B, N) bool) -> (logits, kept_counts): the main model under a plan."""
+
+    def __init__(self, model: nn.Module, reducer: Reducer):
+        super().__init__()
+        self.model = model
+        self.reducer = _sttabt(reducer)
+        self.parts = model_parts(model)
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        *inputs, keep = args
+        x, pad = embed(self.parts, as_inputs(self.parts.family, tuple(inputs)))  # (B, N, C), (B, N)
+        sizes = None
+        if self.reducer.keep_ratio is not None:  # static bounds from the shape, as topk_backtrack makes them
+            ratios = ratio_schedule(self.reducer.keep_ratio, len(self.parts.layers))
+            sizes = topk_sizes(x.shape[1], ratios, self.parts.num_prefix_tokens)
+        res = plan_forward(self.parts, x, pad, KeepPlan(list(keep.unbind(0)), sizes))
+        return classify(self.parts, res.prefix_hidden), res.n_in.long()

@@ -1,0 +1,172 @@
+"""The ``sttabt_edge`` metadata JSON of docs/onnx_contract.md: build, write, read.
+
+The runtime is torch-free and learns everything it needs (labels, preprocessing, what the
+method did) from this one JSON object, so it is built from the model and reducer that
+were exported, never typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sttabt_edge.compat import model_parts
+from sttabt_edge.errors import ExportError
+from sttabt_edge.method.backtrack import ratio_schedule
+from sttabt_edge.reducers.base import Reducer
+
+FORMAT_VERSION = 1
+METADATA_KEY = "sttabt_edge"
+REQUIRED_KEYS = (
+    "format_version",
+    "task",
+    "family",
+    "method",
+    "labels",
+    "num_layers",
+    "num_prefix_tokens",
+    "keep_schedule",
+    "thresholds",
+    "approx_factor",
+    "preprocess",
+    "source_model",
+    "exporter",
+)
+TASKS = {"vit": "image-classification", "bert": "text-classification"}
+
+
+def labels(model: nn.Module) -> list[str]:
+    """Class names in logit order (config.id2label; its keys may be ints or strings)."""
+    cfg = model.config
+    id2label = {int(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(int(cfg.num_labels))]
+
+
+def keep_schedule(reducer: Reducer, num_layers: int) -> list[float] | None:
+    """Per-layer keep ratios of STTABT (top-k) and EViT top-k, else None (see docs/onnx_contract.md)."""
+    ratio = getattr(reducer, "keep_ratio", None)
+    if ratio is None or getattr(reducer, "name", "") not in ("sttabt", "topk"):
+        return None
+    return ratio_schedule(ratio, num_layers)
+
+
+def thresholds(reducer: Reducer) -> list[float] | None:
+    """Concrete threshold logits θ_l (a token is kept when normalised importance > exp(θ_l))."""
+    th = getattr(reducer, "thresholds", None)
+    return None if th is None else [float(v) for v in th.logits.detach().cpu()]
+
+
+def default_preprocess(model: nn.Module, family: str, stem: str) -> dict[str, Any]:
+    if family == "vit":
+        from sttabt_edge.data import image_preprocess_for
+
+        return {"image": image_preprocess_for(model).to_dict()}
+    max_len = int(model.config.max_position_embeddings)
+    return {"text": {"tokenizer_file": tokenizer_name(stem), "max_length": max_len}}
+
+
+def tokenizer_name(stem: str) -> str:
+    return f"{stem}.tokenizer.json"
+
+
+def build_metadata(
+    model: nn.Module,
+    reducer: Reducer,
+    *,
+    out_stem: str,
+    opset: int,
+    dynamo: bool,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The contract's JSON for ``model`` under ``reducer``; ``overrides`` (e.g. source_model) win."""
+    import transformers
+
+    parts = model_parts(model)
+    approx = getattr(reducer, "approx", None)
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "task": TASKS[parts.family],
+        "family": parts.family,
+        "method": getattr(reducer, "name", "dense"),
+        "labels": labels(model),
+        "num_layers": len(parts.layers),
+        "num_prefix_tokens": parts.num_prefix_tokens,
+        "keep_schedule": keep_schedule(reducer, len(parts.layers)),
+        "thresholds": thresholds(reducer),
+        "approx_factor": None if approx is None else int(approx.factor),
+        "preprocess": default_preprocess(model, parts.family, out_stem),
+        "source_model": str(getattr(model.config, "_name_or_path", "") or ""),
+        "exporter": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "opset": opset,
+            "dynamo": dynamo,
+        },
+    }
+    meta.update(overrides or {})
+    check_metadata(meta)
+    return meta
+
+
+def check_metadata(meta: Mapping[str, Any]) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ExportError(f"metadata lacks contract keys {missing} (docs/onnx_contract.md)")
+    try:
+        json.dumps(meta)
+    except TypeError as e:
+        raise ExportError(f"metadata is not JSON-serialisable: {e}") from e
+
+
+def set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
+    """Write (or replace) ``metadata_props["sttabt_edge"]`` of an onnx.ModelProto."""
+    keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, ensure_ascii=False)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an exported file; corrupt files and foreign models raise ExportError."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"ONNX file not found: {p}")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # google.protobuf DecodeError and friends
+        raise ExportError(f"cannot read {p} as an ONNX model (truncated or corrupt file?): {e}") from e
+    props = {m.key: m.value for m in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ExportError(f"{p} has no '{METADATA_KEY}' metadata: not exported by sttabt-edge")
+    try:
+        return json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{p}: '{METADATA_KEY}' metadata is not valid JSON: {e}") from e
+
+
+def copy_tokenizer(tokenizer_file: str | Path | None, model: nn.Module, out_path: Path) -> Path:
+    """Copy tokenizer.json to ``<stem>.tokenizer.json`` beside the graph (text models need it)."""
+    src = Path(tokenizer_file) if tokenizer_file is not None else None
+    if src is None:
+        guess = Path(str(getattr(model.config, "_name_or_path", "") or "")) / "tokenizer.json"
+        src = guess if guess.is_file() else None
+    if src is not None and src.is_dir():
+        src = src / "tokenizer.json"
+    if src is None or not src.is_file():
+        raise ExportError(
+            f"text export needs the model's tokenizer.json (got {tokenizer_file!r}); pass tokenizer_file= "
+            "or export from a model directory that holds tokenizer.json"
+        )
+    dst = out_path.with_name(tokenizer_name(out_path.stem))
+    if src.resolve() != dst.resolve():
+        shutil.copyfile(src, dst)
+    return dst

@@ -1,0 +1,112 @@
+"""onnxruntime helpers shared by verification, quantization and latency measurement.
+
+Sessions are created one at a time with explicit thread counts and intra-op spinning off:
+on a small shared CPU, spinning threads of one session slow every other process (and
+other sessions) down, which makes latency numbers meaningless.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from sttabt_edge.errors import ExportError
+
+INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3  # errors only: ORT warns about unused initializers after slimming
+    return so
+
+
+def open_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
+    """An ORT CPU session; a missing, truncated or corrupt file raises ExportError, not a protobuf trace."""
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"ONNX file not found: {p}")
+    try:
+        return ort.InferenceSession(str(p), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # InvalidProtobuf, Fail, InvalidGraph ... (pybind exception classes)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"cannot load {p} as an ONNX model (truncated or corrupt file?): {first}") from e
+
+
+def to_feeds(names: Sequence[str], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Torch tensors or arrays -> the graph's numpy feeds (int64 ids/masks, float32 pixels).
+
+    BERT's optional inputs default as in the library: mask = ones, token types = zeros.
+    """
+    arrays = {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in inputs.items()
+    }
+    feeds: dict[str, np.ndarray] = {}
+    for name in names:
+        if name in arrays:
+            a = arrays[name]
+        elif name == "attention_mask":
+            a = np.ones_like(arrays["input_ids"])
+        elif name == "token_type_ids":
+            a = np.zeros_like(arrays["input_ids"])
+        else:
+            raise ExportError(f"input {name!r} missing; the graph needs {list(names)}")
+        feeds[name] = np.ascontiguousarray(
+            a.astype(np.int64 if name in INT_INPUTS else np.float32, copy=False)
+        )
+    return feeds
+
+
+def run(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """session.run with a clear error when the inputs do not fit the graph (e.g. a static batch)."""
+    try:
+        return session.run(None, dict(feeds))
+    except Exception as e:
+        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"onnxruntime could not run the graph on inputs {shapes}: {first}") from e
+
+
+def median_latency_ms(
+    path: str | Path, feeds: Mapping[str, np.ndarray], threads: int = 2, runs: int = 20, warmup: int = 3
+) -> float:
+    """Median wall time of one run in its own session; the session is dropped before returning."""
+    session = open_session(path, threads)
+    for _ in range(warmup):
+        run(session, feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(session, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    del session
+    return statistics.median(times)
+
+
+def softmax_widths(path: str | Path, feeds: Mapping[str, np.ndarray]) -> list[int]:
+    """Key-axis length of every Softmax in the graph, in graph order, measured by running it.
+
+    The proof that tokens are really removed: in the sparse model the attention
+    matrices shrink layer by layer (ApproxNet's, first in the graph, stay N wide).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    names = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+    session = ort.InferenceSession(
+        model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"]
+    )
+    outs = dict(zip([o.name for o in session.get_outputs()], session.run(None, dict(feeds)), strict=True))
+    return [int(outs[n].shape[-1]) for n in names]

@@ -1,0 +1,257 @@
+"""What ``sttabt-edge export`` does, as one tested function: build, export, verify, quantize, time.
+
+Without ``--approx`` an STTABT export gets an UNTRAINED ApproxNet (interpolation init from
+the teacher's weights): the graph has the right shape and cost, so latency numbers are
+meaningful, but its token choices are not those of a distilled ApproxNet. A loud warning
+is emitted. Without ``--calib`` the export is verified on synthetic inputs (also warned).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sttabt_edge.compat import model_parts
+from sttabt_edge.errors import InputError
+from sttabt_edge.export import ort as ort_utils
+from sttabt_edge.export.graph import input_names
+from sttabt_edge.export.onnx import Batch, export_onnx, export_verified, first_sample
+from sttabt_edge.reducers.base import Reducer
+
+log = logging.getLogger(__name__)
+Warn = Callable[[str], None]
+QUANTIZE = {"int8": "dynamic", "int8-dynamic": "dynamic", "int8-static": "static"}
+
+
+@dataclass
+class ExportRequest:
+    model: str
+    out: Path
+    method: str = "sttabt"
+    approx: Path | None = None
+    approx_factor: int = 4  # only for the untrained fallback
+    keep_ratio: float = 0.5
+    quantize: str | None = None  # "int8" (= dynamic) | "int8-static"
+    batch: Batch = "dynamic"
+    calib: Path | None = None
+    calib_samples: int = 16
+    opset: int = 17
+    dynamo: bool = False
+    simplify: bool = True
+    latency_runs: int = 20  # 0: skip the latency breakdown
+    threads: int = 2
+
+
+def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
+    from sttabt_edge.reducers.factory import make_reducer
+
+    if req.method != "sttabt":
+        return make_reducer(req.method, **({} if req.method == "dense" else {"keep_ratio": req.keep_ratio}))
+    from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
+
+    if req.approx is not None:
+        approx = ApproxNet.load(req.approx, model.config)
+    else:
+        warn(
+            f"NO --approx: using an UNTRAINED ApproxNet (interpolate init, factor {req.approx_factor}). "
+            "Latency is representative; token selection and accuracy are NOT. Distil one, pass --approx DIR."
+        )
+        approx = build_approxnet(model, req.approx_factor, "interpolate")
+    return make_reducer("sttabt", approx=approx.eval(), keep_ratio=req.keep_ratio)
+
+
+def calibration_batch(
+    model: nn.Module, req: ExportRequest, warn: Warn
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The first ``calib_samples`` examples of an image folder or GLUE TSV, preprocessed like eval."""
+    family = model_parts(model).family
+    n = req.calib_samples
+    if n < 1:
+        raise InputError(f"--calib-samples must be >= 1, got {n}")
+    if req.calib is None:
+        warn("no --calib data: verifying the export on SYNTHETIC inputs; pass real data for a real check")
+        return synthetic_batch(model, family, n), "synthetic"
+    from sttabt_edge.data import batches, glue_tsv, image_folder, image_preprocess_for
+    from sttabt_edge.runtime import TextPreprocess
+
+    if family == "vit":
+        if not req.calib.is_dir():
+            raise InputError(f"--calib for an image model must be an image folder, got {req.calib}")
+        examples, pre = image_folder(req.calib)[:n], {"image": image_preprocess_for(model)}
+    else:
+        tok = Path(req.model) / "tokenizer.json"
+        if not req.calib.is_file() or not tok.is_file():
+            raise InputError(f"--calib for a text model must be a GLUE TSV file and {tok} must exist")
+        examples = glue_tsv(req.calib)[:n]
+        pre = {"text": TextPreprocess.from_file(tok), "max_length": int(model.config.max_position_embeddings)}
+    arrays, _ = next(batches(examples, n, **pre))
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}, str(req.calib)
+
+
+def synthetic_batch(model: nn.Module, family: str, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random pixels, or random token ids with varied lengths (right padding, real first token)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    if family == "vit":
+        size = int(cfg.image_size)
+        return {"pixel_values": torch.randn(n, 3, size, size, generator=g)}
+    width = min(32, int(cfg.max_position_embeddings))
+    lengths = torch.randint(max(2, width // 3), width + 1, (n,), generator=g)
+    lengths[0] = width
+    mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (n, width)
+    ids = torch.randint(1, int(cfg.vocab_size), (n, width), generator=g) * mask
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
+    """Export + verification + optional INT8 + latency breakdown; returns the summary."""
+    from sttabt_edge.models.loading import load_model
+
+    if req.quantize is not None and req.quantize not in QUANTIZE:
+        raise InputError(f"--quantize must be one of {sorted(QUANTIZE)}, got {req.quantize!r}")
+    model = load_model(req.model)
+    reducer = build_reducer(model, req, warn)
+    calib, calib_src = calibration_batch(model, req, warn)
+    kwargs = {"batch": req.batch, "opset": req.opset, "dynamo": req.dynamo, "simplify": req.simplify}
+    tokenizer = _tokenizer(req.model)
+    path, report = export_verified(
+        model,
+        reducer,
+        req.out,
+        example_inputs=calib,
+        metadata={"source_model": req.model},
+        tokenizer_file=tokenizer,
+        **kwargs,
+    )
+    summary: dict[str, Any] = {
+        "out": str(path),
+        "size_mb": path.stat().st_size / 2**20,
+        "method": reducer.name,
+        "batch": req.batch,
+        "exporter": "dynamo" if req.dynamo else "legacy (TorchScript)",
+        "opset": req.opset,
+        "calibration": calib_src,
+        "parity": {k: v for k, v in report.items() if k != "kept_counts"},
+        **kept_summary(report["kept_counts"], model, calib),
+    }
+    sample = timing_sample(calib, req.batch)
+    summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, _feeds(model, sample))
+    int8 = None
+    if req.quantize:
+        summary["quantization"] = _quantize(model, path, QUANTIZE[req.quantize], calib)
+        int8 = Path(summary["quantization"]["path"])
+    if req.latency_runs > 0:
+        summary["latency_ms"] = _latency(model, reducer, path, sample, calib, req, kwargs, tokenizer, int8)
+        summary["latency_note"] = (
+            f"batch 1, onnxruntime {req.threads} threads, spinning off, median of {req.latency_runs} runs, "
+            "each graph in its own session, one after another"
+        )
+    return summary
+
+
+def kept_summary(
+    kept_counts: list[list[int]], model: nn.Module, calib: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Mean real tokens entering each layer vs the mean real length (what the export keeps)."""
+    from sttabt_edge.models.adapter import embed
+
+    with torch.no_grad():
+        _, pad = embed(model_parts(model), calib)  # (B, N) real-token mask, for either family
+    kept = np.asarray(kept_counts, dtype=np.float64)  # (B, L)
+    return {
+        "kept_tokens_per_layer_mean": [round(v, 2) for v in kept.mean(0).tolist()],
+        "real_tokens_mean": float(pad.sum(1).double().mean()),
+    }
+
+
+def _tokenizer(model: str) -> Path | None:
+    tok = Path(model) / "tokenizer.json"
+    return tok if tok.is_file() else None
+
+
+def _feeds(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return ort_utils.to_feeds(input_names(model_parts(model).family), inputs)
+
+
+def timing_sample(calib: Mapping[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+    """One example (text: its real length); repeated to N rows for a graph with a fixed batch N."""
+    one = first_sample(calib)
+    return (
+        one
+        if batch == "dynamic"
+        else {k: v.repeat(int(batch), *([1] * (v.dim() - 1))) for k, v in one.items()}
+    )
+
+
+def _quantize(model: nn.Module, path: Path, mode: str, calib: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    from sttabt_edge.export.quantize import quantize_onnx
+
+    out = path.with_name(f"{path.stem}.int8.onnx")
+    return quantize_onnx(path, out, mode, _feeds(model, calib)).to_dict()
+
+
+def _latency(
+    model: nn.Module,
+    reducer: Reducer,
+    path: Path,
+    sample: Mapping[str, torch.Tensor],
+    calib: Mapping[str, torch.Tensor],
+    req: ExportRequest,
+    kwargs: dict[str, Any],
+    tokenizer: Path | None,
+    int8: Path | None,
+) -> dict[str, float]:
+    """Batch-1 medians; for STTABT also each stage. Dense is exported (and verified) to a temp dir."""
+    from sttabt_edge.export.profile import latency_breakdown
+    from sttabt_edge.reducers.dense import DenseReducer
+
+    feeds = _feeds(model, sample)
+    runs, threads = req.latency_runs, req.threads
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="sttabt-export-") as work:
+        if reducer.name == "sttabt":
+            dense = export_onnx(
+                model,
+                DenseReducer(),
+                Path(work) / "dense.onnx",
+                example_inputs=calib,
+                tokenizer_file=tokenizer,
+                **kwargs,
+            )
+            result = latency_breakdown(
+                model,
+                reducer,
+                path,
+                sample,
+                Path(work),
+                dense=dense,
+                opset=kwargs["opset"],
+                dynamo=req.dynamo,
+                threads=threads,
+                runs=runs,
+            )
+        elif reducer.name == "dense":
+            result["dense"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
+        else:
+            dense = export_onnx(
+                model,
+                DenseReducer(),
+                Path(work) / "dense.onnx",
+                example_inputs=calib,
+                tokenizer_file=tokenizer,
+                **kwargs,
+            )
+            result["pipeline"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
+            result["dense"] = ort_utils.median_latency_ms(dense, feeds, threads, runs)
+            result["pipeline_vs_dense"] = result["pipeline"] / result["dense"]
+    if int8 is not None:
+        result["int8"] = ort_utils.median_latency_ms(int8, feeds, threads, runs)
+    return result

@@ -1,0 +1,168 @@
+"""INT8 post-training quantization of an exported graph with onnxruntime.quantization.
+
+* ``dynamic``: int8 weights for MatMul/Gemm with a constant weight; activations are
+  quantized on the fly per run. No calibration needed; the usual choice for transformers.
+* ``static``: QDQ format, int8 weights (per channel) and uint8 activations whose ranges
+  come from a calibration reader over the given batches (MinMax).
+
+Only matmuls with a constant weight are quantized (``MatMulConstBOnly``): the attention
+products q·kᵀ and p·v stay float, which keeps the attention maps that drive token
+selection (and back-tracking) close to fp32. The metadata JSON is carried over with a
+``"quantization"`` entry added (docs/onnx_contract.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from sttabt_edge.errors import ExportError
+from sttabt_edge.export import ort as ort_utils
+from sttabt_edge.export.metadata import read_metadata, set_metadata
+
+MODES = ("dynamic", "static")
+Feeds = Mapping[str, Any]  # input name -> array/tensor, one batch
+
+
+@dataclass
+class QuantReport:
+    path: str
+    mode: str
+    fp32_bytes: int
+    int8_bytes: int
+    top1_agreement: float | None  # int8 vs fp32 argmax on the given inputs
+    max_abs_logit_diff: float | None
+    kept_counts_equal: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BatchReader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts (duck-typed: get_next/rewind)."""
+
+    def __init__(self, batches: Sequence[Mapping[str, np.ndarray]]):
+        self.batches = [dict(b) for b in batches]
+        self._it: Iterator[dict[str, np.ndarray]] = iter(self.batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def _as_batches(inputs: Feeds | Sequence[Feeds] | None) -> list[Feeds]:
+    if inputs is None:
+        return []
+    return [inputs] if isinstance(inputs, Mapping) else list(inputs)
+
+
+def _split(feeds: Mapping[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
+    """Batches of exactly ``size`` samples (the last one cycled), so static-batch graphs accept them."""
+    total = next(iter(feeds.values())).shape[0]
+    chunks = []
+    for start in range(0, total, size):
+        idx = np.arange(size) % (min(total, start + size) - start) + start
+        chunks.append({k: v[idx] for k, v in feeds.items()})
+    return chunks
+
+
+def quantize_onnx(
+    in_path: str | Path,
+    out_path: str | Path,
+    mode: str = "dynamic",
+    calibration_inputs: Feeds | Sequence[Feeds] | None = None,
+) -> QuantReport:
+    """Write an INT8 copy of ``in_path``; compare it with fp32 on ``calibration_inputs`` when given.
+
+    ``calibration_inputs``: one batch or a list of batches (name -> array); required for
+    ``static`` (activation ranges), optional for ``dynamic`` (only used for the report).
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if mode not in MODES:
+        raise ExportError(f"quantization mode must be one of {MODES}, got {mode!r}")
+    src, dst = Path(in_path), Path(out_path)
+    meta = read_metadata(src)  # also rejects corrupt files with a clear error
+    session = ort_utils.open_session(src)
+    names = tuple(i.name for i in session.get_inputs())
+    dim = session.get_inputs()[0].shape[0]
+    size = dim if isinstance(dim, int) else 1  # calibrate per sample unless the batch is fixed
+    batches = [c for b in _as_batches(calibration_inputs) for c in _split(ort_utils.to_feeds(names, b), size)]
+    if mode == "static" and not batches:
+        raise ExportError("static quantization needs calibration_inputs (a few real batches)")
+    options = {"MatMulConstBOnly": True}
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.stem}.") as work:
+        tmp = Path(work) / dst.name
+        pre = _preprocess(src, Path(work) / "pre.onnx")
+        try:
+            if mode == "dynamic":
+                quantize_dynamic(
+                    pre,
+                    tmp,
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    weight_type=QuantType.QInt8,
+                    extra_options=options,
+                )
+            else:
+                reader = BatchReader(batches)
+                quantize_static(
+                    pre,
+                    tmp,
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    extra_options=options,
+                )
+        except Exception as e:
+            raise ExportError(f"{mode} INT8 quantization of {src} failed: {e}") from e
+        proto = onnx.load(str(tmp))
+        set_metadata(proto, {**meta, "quantization": f"int8-{mode}"})
+        onnx.save(proto, str(dst))
+    return _report(src, dst, mode, session, names, batches)
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """ORT's recommended pre-pass (ONNX shape inference + graph optimisation), best effort.
+
+    Symbolic shape inference is skipped: it gives up on data-dependent token counts and
+    then leaves temp files in the working directory.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst
+    except Exception:  # an optional optimisation: quantization works without it
+        return src
+
+
+def _report(
+    src: Path, dst: Path, mode: str, fp32: Any, names: tuple[str, ...], batches: list[dict[str, np.ndarray]]
+) -> QuantReport:
+    report = QuantReport(str(dst), mode, src.stat().st_size, dst.stat().st_size, None, None, None)
+    if not batches:
+        return report
+    int8 = ort_utils.open_session(dst)
+    agree, diffs, kept_equal, total = 0, [], True, 0
+    for feeds in batches:
+        ref = ort_utils.run(fp32, feeds)
+        got = ort_utils.run(int8, feeds)
+        agree += int((ref[0].argmax(-1) == got[0].argmax(-1)).sum())
+        total += ref[0].shape[0]
+        diffs.append(float(np.abs(ref[0] - got[0]).max()))
+        kept_equal &= len(ref) < 2 or bool(np.array_equal(ref[1], got[1]))
+    report.top1_agreement = agree / total
+    report.max_abs_logit_diff = max(diffs)
+    report.kept_counts_equal = kept_equal
+    return report

@@ -1,0 +1,345 @@
+"""TFLite (LiteRT) export with litert-torch: a static, batch-1, still really sparse model.
+
+What the file holds: embedding → (STTABT) ApproxNet → back-tracking → sparse layer loop
+with real removal → head, as :class:`~sttabt_edge.export.graph.ExportModule` traces it,
+converted by ``litert_torch.convert`` and verified in the LiteRT interpreter. Files:
+``<name>.tflite``, its metadata sidecar ``<name>.tflite.json`` (docs/onnx_contract.md plus
+a ``tflite`` block: static shapes, kept sizes, verification reports) and, for text,
+``<name>.tokenizer.json``.
+
+Static shapes (TFLite has no usable dynamic token dimension):
+
+* batch 1 — ``sttabt_edge.runtime`` runs a batch sample by sample;
+* images: the model's (3, H, W); text: a caller-chosen sequence length N (e.g. 128)
+  that the runtime pads to (right padding, id 0, mask 0) and truncates at
+  (``preprocess.text.max_length`` in the sidecar is N);
+* per-layer compact sizes: ``topk_sizes(N, ratios)`` = min(N, max(ceil(r_l N), size_{l+1}))
+  slots enter layer l. The tensors really shrink (the Softmax widths go e.g. 17 → 9 on
+  the tiny ViT at keep 0.5); what is *data-dependent* is only which tokens fill the slots
+  and, for padded text, how many are real: each sample keeps ceil(r_l · n_real) tokens
+  (per-sample k, a value, not a shape), the other slots are masked. So a padded short text
+  gives the same logits and kept counts as PyTorch on the unpadded text, but costs what
+  the schedule costs at length N; ONNX (dynamic N) is cheaper for short texts.
+
+What converts (litert-torch 0.10, ai-edge-litert 2.3; checked by the tests): dense ViT/BERT;
+STTABT top-k with an ApproxNet, on images and on right-padded text. Runtime ops of the
+sparse files: FULLY_CONNECTED, BATCH_MATMUL, SOFTMAX, GELU, CONV_2D (patches),
+EMBEDDING_LOOKUP and TANH (BERT), the LayerNorm arithmetic (MEAN, SQUARED_DIFFERENCE,
+RSQRT, ...), and for the token selection TOPK_V2 (float keys), GATHER_ND, CUMSUM,
+STABLEHLO_SCATTER (the rank mask), SELECT_V2, LESS, LOGICAL_AND/OR, MINIMUM/MAXIMUM, CAST.
+STABLEHLO_SCATTER needs a runtime with StableHLO kernels (ai-edge-litert 2.3 has it; an old
+tflite-runtime may not). ``torch.arange`` in the library is fine here: with static sizes it
+is folded into a constant, so no STABLEHLO_IOTA reaches the runtime. Integer inputs become
+int32 (``enable_x64=False``), and so does ``kept_counts``.
+
+What does not, and how it is handled:
+
+* the in-graph float64 ``ceil(ratio · n_real)`` of ``topk_backtrack`` (``tfl.ceil`` on
+  f64 is illegal): :class:`StaticTopkReducer` replaces it by an exact constant table
+  ``ceil(r_l · m)`` for m = 0..N (Python ``math.ceil``, the same double arithmetic), the
+  rest of the back-tracking loop is the library's building blocks. Eager numerics are
+  identical (tested);
+* learned thresholds (concrete): a data-dependent token count has no static size. They
+  are exported as fixed counts: the per-layer keep ratios are the thresholds' mean
+  retention on the calibration batch (:func:`threshold_ratios`) — an approximation,
+  recorded in the sidecar (``tflite.threshold_approximation``), and the sidecar's
+  ``keep_schedule`` is what the file computes (``thresholds`` is null);
+* ``topk`` / ``tome`` / ``ltp`` reducers (float64 ceil or data-dependent counts inside
+  the online loop): refused with an ExportError; use ONNX.
+
+INT8: ``quantize="int8"`` is ai-edge-quantizer dynamic-range quantization (int8
+per-channel weights, float activations quantized on the fly) of FULLY_CONNECTED, CONV_2D
+and EMBEDDING_LOOKUP only. Not BATCH_MATMUL: in the back-tracking one operand can be a
+folded constant (the fixed prefix rows of a ViT), which the kernel cannot take as int8
+(it fails at allocation), and that float precision decides which tokens survive. The
+quantized ApproxNet may pick other tokens than PyTorch (counts stay equal): its logits
+are reported, not held to ``atol``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sttabt_edge.compat import model_parts
+from sttabt_edge.errors import ExportError
+from sttabt_edge.export.graph import ExportModule, example_args, input_names
+from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name
+from sttabt_edge.export.tflite_graph import (
+    QUANT_MODES,
+    Sample,
+    StaticTopkReducer,
+    TfliteModule,
+    convert,
+    quantize_bytes,
+    reference_reducer,
+    static_reducer,
+    threshold_ratios,
+)
+from sttabt_edge.models.adapter import embed
+from sttabt_edge.reducers.base import Reducer
+
+__all__ = [
+    "StaticTopkReducer", "TfliteModule", "export_tflite", "quantize_tflite", "read_sidecar", "threshold_ratios",
+    "verify_tflite",
+]
+
+
+# ---- static inputs --------------------------------------------------------------------------
+
+
+def token_count(model: nn.Module, sample: Sample) -> int:
+    """N of the static graph: the text length, or the ViT's patches + prefix tokens."""
+    parts = model_parts(model)
+    with torch.no_grad():
+        return int(embed(parts, sample)[0].shape[1])
+
+
+def samples(family: str, inputs: Mapping[str, torch.Tensor], seq_len: int | None) -> list[Sample]:
+    """Split a batch into batch-1 contract inputs; text right-padded (id/mask/type 0) to seq_len."""
+    args = example_args(family, inputs)
+    names = input_names(family)
+    out = []
+    for i in range(args[0].shape[0]):
+        one = {name: a[i : i + 1] for name, a in zip(names, args, strict=True)}
+        out.append(one if family == "vit" else _pad_text(one, seq_len or args[0].shape[1]))
+    return out
+
+
+def _pad_text(sample: Sample, seq_len: int) -> Sample:
+    n_real = int(sample["attention_mask"].sum())
+    if n_real > seq_len:
+        raise ExportError(f"a calibration text has {n_real} real tokens, more than the static length {seq_len}")
+    out = {}
+    for name, t in sample.items():  # (1, n) -> (1, seq_len)
+        t = t[:, :n_real]
+        out[name] = torch.cat([t, t.new_zeros(1, seq_len - n_real)], dim=1)
+    return out
+
+
+def unpadded(sample: Sample) -> Sample:
+    """A text sample cut to its real length (the PyTorch reference sees no padding)."""
+    if "attention_mask" not in sample:
+        return sample
+    n = int(sample["attention_mask"].sum())
+    return {k: v[:, :n] for k, v in sample.items()}
+
+
+# ---- verification ---------------------------------------------------------------------------
+
+
+def run_tflite(path: str | Path, batch: Sequence[Sample], threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """LiteRT on batch-1 samples -> (logits (S, K), kept_counts (S, L))."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"{path}: LiteRT cannot load it: {e}") from e
+    dtypes = {k: v["dtype"] for k, v in runner.get_input_details().items()}
+    logits, kept = [], []
+    for s in batch:
+        out = runner(**{k: v.numpy().astype(dtypes[k]) for k, v in s.items()})
+        logits.append(out["logits"]), kept.append(out["kept_counts"])
+    return np.concatenate(logits), np.concatenate(kept)
+
+
+@torch.no_grad()
+def run_torch(model: nn.Module, reducer: Reducer, batch: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """The eager library on each sample at its own length (no padding) -> (logits, kept_counts)."""
+    module = ExportModule(model, reducer).eval()
+    outs = [module(*unpadded(s).values()) for s in batch]
+    return torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
+
+
+def compare(got: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    (logits, kept), (r_logits, r_kept) = got, ref
+    diff = np.abs(logits - r_logits) if logits.shape == r_logits.shape else np.array([np.inf])
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": float((logits.argmax(-1) == r_logits.argmax(-1)).mean()) if np.isfinite(diff).all() else 0.0,
+        "kept_counts_equal": bool(kept.shape == r_kept.shape and np.array_equal(kept, r_kept)),
+        "kept_counts_mean": [float(v) for v in kept.mean(axis=0)],
+        "num_samples": int(r_logits.shape[0]),
+    }
+
+
+def _check(report: dict[str, Any], path: Path, atol: float | None) -> dict[str, Any]:
+    if atol is not None and not report["max_abs_diff"] <= atol:
+        raise ExportError(f"{path}: TFLite logits differ from PyTorch by {report['max_abs_diff']:.3g} > atol {atol:g}")
+    if not report["kept_counts_equal"]:
+        raise ExportError(f"{path}: TFLite kept token counts differ from PyTorch")
+    return report
+
+
+def _static_len(path: Path, family: str) -> int | None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    if family == "vit":
+        return None
+    details = Interpreter(model_path=str(path)).get_signature_runner().get_input_details()
+    return int(details["input_ids"]["shape"][1])
+
+
+def verify_tflite(
+    path: str | Path, model: nn.Module, reducer: Reducer, inputs: Mapping[str, torch.Tensor],
+    atol: float | None = 1e-4,
+) -> dict[str, Any]:
+    """LiteRT vs eager PyTorch, sample by sample: max |Δlogit| <= atol and identical kept counts.
+
+    Text is padded to the file's static length for LiteRT and left unpadded for PyTorch.
+    A threshold ``reducer`` is compared through the fixed ratios recorded in the sidecar.
+    ``atol=None`` only reports the logit gap (quantized files). Raises ExportError.
+    """
+    p = Path(path)
+    family = model_parts(model).family
+    ratios = None
+    if getattr(reducer, "thresholds", None) is not None:
+        ratios = read_sidecar(p)["keep_schedule"]
+    ref_reducer, _ = reference_reducer(model, reducer, inputs, ratios)
+    batch = samples(family, inputs, _static_len(p, family))
+    return _check(compare(run_tflite(p, batch), run_torch(model, ref_reducer, batch)), p, atol)
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    side = sidecar_path(Path(path))
+    if not side.is_file():
+        raise ExportError(f"{path}: metadata sidecar {side.name} is missing")
+    return json.loads(side.read_text(encoding="utf-8"))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, meta: Mapping[str, Any]) -> None:
+    _write_atomic(path, json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
+
+
+def tflite_metadata(
+    model: nn.Module, reducer: Reducer, out: Path, *, seq_len: int | None, sizes: list[int] | None,
+    approximation: dict[str, Any] | None, quantize: str | None, overrides: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The contract JSON, TFLite flavour: static shapes and (approximated) schedule recorded."""
+    import litert_torch
+    import transformers
+
+    own: dict[str, Any] = {
+        "exporter": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "litert_torch": litert_torch.__version__, "target": "tflite", "quantize": quantize},
+        "tflite": {"batch": 1, "sequence_length": seq_len, "kept_sizes": sizes, "quantize": quantize,
+                   "threshold_approximation": approximation},
+    }
+    if seq_len is not None:
+        own["preprocess"] = {"text": {"tokenizer_file": tokenizer_name(out.stem), "max_length": seq_len}}
+    if approximation is not None:
+        own.update(keep_schedule=approximation["keep_schedule"], thresholds=None)
+    meta = build_metadata(model, reducer, out_stem=out.stem, opset=0, dynamo=False, overrides=own)
+    meta.update(overrides or {})
+    return meta
+
+
+def export_tflite(
+    model: nn.Module,
+    reducer: Reducer,
+    out_path: str | Path,
+    *,
+    example_inputs: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any] | None = None,
+    quantize: str | None = None,
+    seq_len: int | None = None,
+    tokenizer_file: str | Path | None = None,
+    atol: float = 1e-4,
+) -> Path:
+    """Convert ``model`` under ``reducer`` to a static batch-1 .tflite, verify it, write ``<file>.json``.
+
+    ``example_inputs``: a small real batch: the conversion sample (its first row), the
+    threshold calibration set and the verification set. ``seq_len``: text only, the static
+    length (default: the batch's width). ``quantize="int8"``: the float file is verified at
+    ``atol`` first, the int8 one only for kept counts; both reports go to the sidecar.
+    Nothing is written to ``out_path`` (nor its sidecar) unless verification passed; the
+    tokenizer is copied first. ``metadata`` entries override the generated JSON.
+    """
+    if quantize is not None and quantize not in QUANT_MODES:
+        raise ExportError(f"quantize must be one of {QUANT_MODES} or None, got {quantize!r}")
+    model.eval()  # as ExportModule(...).eval() does for ONNX: no dropout, no concrete-mask noise
+    reducer.eval()
+    family = model_parts(model).family
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ref, approximation = reference_reducer(model, reducer, example_inputs)
+    batch = samples(family, example_inputs, seq_len)
+    n_tokens = token_count(model, batch[0])
+    graph_reducer = static_reducer(model, ref, n_tokens)
+    if family == "bert":  # before the (minutes-long) conversion: a missing tokenizer fails fast
+        copy_tokenizer(tokenizer_file, model, out)
+    tmp = out.with_name(out.name + ".float.tmp")
+    try:
+        tmp.write_bytes(convert(TfliteModule(model, graph_reducer), batch[0]))
+        torch_out = run_torch(model, ref, batch)
+        if approximation is not None:  # how far fixed counts are from the thresholds, in PyTorch
+            approximation["agreement_with_thresholds"] = compare(torch_out, run_torch(model, reducer, batch))
+        reports = {"float": _check(compare(run_tflite(tmp, batch), torch_out), out, atol)}
+        if quantize is not None:
+            tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize))
+            reports[quantize] = _check(compare(run_tflite(tmp, batch), torch_out), out, None)
+        meta = tflite_metadata(
+            model, ref, out, seq_len=n_tokens if family == "bert" else None,
+            sizes=getattr(graph_reducer, "sizes", None), approximation=approximation, quantize=quantize,
+            overrides=metadata,
+        )
+        meta["tflite"].update(verification=reports, size_bytes=tmp.stat().st_size)
+        _write_json(sidecar_path(out), meta)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def quantize_tflite(
+    float_path: str | Path, out_path: str | Path, *, model: nn.Module, reducer: Reducer,
+    inputs: Mapping[str, torch.Tensor], mode: str = "int8",
+) -> dict[str, Any]:
+    """Quantize an exported float .tflite without reconverting; sidecar (+ tokenizer) follow it.
+
+    Returns the agreement report (logit gap reported, kept counts must match); on failure
+    the quantized file and its sidecar are removed.
+    """
+    src, out = Path(float_path), Path(out_path)
+    meta = read_sidecar(src)
+    meta["exporter"]["quantize"] = meta["tflite"]["quantize"] = mode
+    text = (meta.get("preprocess") or {}).get("text")
+    if text:
+        tok = out.with_name(tokenizer_name(out.stem))
+        if (src.parent / text["tokenizer_file"]).resolve() != tok.resolve():
+            _write_atomic(tok, (src.parent / text["tokenizer_file"]).read_bytes())
+        text["tokenizer_file"] = tok.name
+    try:
+        _write_atomic(out, quantize_bytes(src.read_bytes(), mode))
+        meta["tflite"]["size_bytes"] = out.stat().st_size
+        _write_json(sidecar_path(out), meta)  # verify_tflite reads a threshold model's schedule from it
+        report = verify_tflite(out, model, reducer, inputs, atol=None)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        sidecar_path(out).unlink(missing_ok=True)
+        raise
+    meta["tflite"]["verification"] = {**(meta["tflite"].get("verification") or {}), mode: report}
+    _write_json(sidecar_path(out), meta)
+    return report

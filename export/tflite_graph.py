@@ -1,0 +1,204 @@
+"""The graph side of the TFLite export: a back-tracking LiteRT can run, the wrapper, the converter.
+
+Kept apart from :mod:`sttabt_edge.export.tflite` (files, verification) so each stays small.
+Everything here is an export-time switch: the library is called unchanged, except that the
+top-k back-tracking takes its per-sample k from a constant table (see
+:func:`static_topk_backtrack`), because LiteRT has no float64 CEIL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from sttabt_edge.compat import model_parts
+from sttabt_edge.errors import ExportError
+from sttabt_edge.export.graph import ExportModule
+from sttabt_edge.method.backtrack import (
+    NEG_INF,
+    POS_INF,
+    Backtrack,
+    input_importance,
+    ratio_schedule,
+    reduce_heads,
+    retention,
+    row_weights,
+    topk_sizes,
+)
+from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
+from sttabt_edge.models.adapter import embed
+from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.sttabt import SttabtReducer
+
+SUPPORTED = ("dense", "sttabt")
+QUANT_MODES = ("int8",)
+QUANT_OPS = ("FULLY_CONNECTED", "CONV_2D", "EMBEDDING_LOOKUP")  # weights only; never BATCH_MATMUL
+Sample = dict[str, torch.Tensor]  # one static-shape input: (1, ...) per contract name
+
+
+# ---- the TFLite-safe back-tracking ----------------------------------------------------------
+
+
+def keep_table(ratios: Sequence[float], n: int) -> torch.Tensor:
+    """(L, N+1) long: table[l, m] = ceil(ratios[l] * m), exactly as the float64 graph op rounds."""
+    return torch.tensor([[math.ceil(m * r) for m in range(n + 1)] for r in ratios], dtype=torch.long)
+
+
+def static_topk_backtrack(
+    attn: torch.Tensor, pad_mask: torch.Tensor, table: torch.Tensor, sizes: Sequence[int],
+    num_prefix_tokens: int, p: float, head_reduce: str,
+) -> Backtrack:
+    """``topk_backtrack`` with k looked up in ``table`` instead of a float64 ceil.
+
+    attn (L, B, H, N, N); pad_mask (B, N) bool; sizes: static compact bounds (L+1).
+    """
+    num_layers = attn.shape[0]
+    n_real = pad_mask.sum(dim=1)  # (B,)
+    keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
+    importance = keep_out.to(attn.dtype)
+    keep, scores = [keep_out], []
+    for layer in reversed(range(num_layers)):
+        a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
+        s = input_importance(a, row_weights(keep_out, importance, p))  # (B, N)
+        forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
+        k = table[layer][n_real]  # (B,) ceil(ratio * n_real)
+        k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
+        keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
+        keep.insert(0, keep_in)
+        scores.insert(0, s)
+        keep_out, importance = keep_in, s
+    return Backtrack(keep, list(sizes), scores)
+
+
+class StaticTopkReducer(SttabtReducer):
+    """An STTABT top-k reducer for a fixed token count N: constant k table, static sizes."""
+
+    def __init__(self, source: SttabtReducer, ratios: Sequence[float], n_tokens: int, num_prefix_tokens: int):
+        super().__init__(source.approx, keep_ratio=list(ratios), p=source.p, head_reduce=source.head_reduce)
+        self.n_tokens = n_tokens
+        self.sizes = [int(s) for s in topk_sizes(n_tokens, list(ratios), num_prefix_tokens)]
+        self.register_buffer("table", keep_table(ratios, n_tokens), persistent=False)
+
+    def backtrack(
+        self, parts: Any, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor
+    ) -> Backtrack:
+        attn = self.approx.attentions(inputs)  # (L, B, H, N, N)
+        if x.shape[1] != self.n_tokens or attn.shape[-1] != self.n_tokens:
+            raise ExportError(f"static reducer built for {self.n_tokens} tokens, got {x.shape[1]}")
+        return static_topk_backtrack(
+            attn, pad_mask, self.table, self.sizes, parts.num_prefix_tokens, self.p, self.head_reduce
+        )
+
+
+# ---- which reducer the file computes ---------------------------------------------------------
+
+
+def check_supported(reducer: Reducer) -> str:
+    """The reducer's name if LiteRT can run it, else an ExportError that says what to do instead."""
+    name = getattr(reducer, "name", type(reducer).__name__)
+    if name not in SUPPORTED:
+        raise ExportError(
+            f"TFLite export supports {', '.join(SUPPORTED)}; {name!r} needs a float64 ceil or data-dependent "
+            "token counts inside its layer loop, which LiteRT cannot run. Export it to ONNX instead."
+        )
+    if isinstance(reducer, SttabtReducer) and reducer.approx is None:
+        raise ExportError("STTABT TFLite export needs an ApproxNet (the self-attention oracle is a dense pass)")
+    return name
+
+
+@torch.no_grad()
+def threshold_ratios(model: nn.Module, reducer: SttabtReducer, inputs: Mapping[str, torch.Tensor]) -> list[float]:
+    """Per-layer keep ratios = the thresholds' mean retention over the real tokens of ``inputs``.
+
+    The approximation that turns a data-dependent threshold model into fixed counts. Call it
+    with the reducer in eval mode (training mode samples concrete noise).
+    """
+    parts = model_parts(model)
+    x, pad = embed(parts, inputs)
+    bt = reducer.backtrack(parts, inputs, x, pad)
+    mean = retention([k.bool() for k in bt.keep], pad).mean(dim=0)  # (L,)
+    return [min(1.0, max(1e-6, round(float(r), 6))) for r in mean]
+
+
+def reference_reducer(
+    model: nn.Module, reducer: Reducer, calib: Mapping[str, torch.Tensor], ratios: Sequence[float] | None = None
+) -> tuple[Reducer, dict[str, Any] | None]:
+    """The library reducer the TFLite file is equivalent to, plus the threshold approximation (or None).
+
+    Dense and top-k reducers are their own reference; a threshold reducer becomes top-k at
+    ``ratios`` (default: :func:`threshold_ratios` on ``calib``).
+    """
+    if check_supported(reducer) == "dense" or reducer.thresholds is None:
+        return reducer, None
+    ratios = list(ratios) if ratios is not None else threshold_ratios(model, reducer, calib)
+    info = {
+        "thresholds": [float(v) for v in reducer.thresholds.logits.detach().cpu()],
+        "keep_schedule": ratios,
+        "calibration_samples": int(next(iter(calib.values())).shape[0]),
+        "note": "fixed per-layer counts from the thresholds' mean retention on the calibration batch",
+    }
+    topk = SttabtReducer(reducer.approx, keep_ratio=ratios, p=reducer.p, head_reduce=reducer.head_reduce)
+    return topk.eval(), info
+
+
+def static_reducer(model: nn.Module, reducer: Reducer, n_tokens: int) -> Reducer:
+    """What goes into the graph: dense as is, top-k with the constant k table for N tokens."""
+    if getattr(reducer, "name", "") == "dense":
+        return reducer
+    parts = model_parts(model)
+    ratios = ratio_schedule(reducer.keep_ratio, len(parts.layers))
+    return StaticTopkReducer(reducer, ratios, n_tokens, parts.num_prefix_tokens).eval()
+
+
+# ---- conversion -----------------------------------------------------------------------------
+
+
+class TfliteModule(nn.Module):
+    """Keyword inputs named by the contract → {"logits": (1, K) float, "kept_counts": (1, L) int32}.
+
+    Keyword arguments and a dict output make litert-torch name the signature's tensors
+    ``input_ids``/``logits``..., which the runtime maps by name.
+    """
+
+    def __init__(self, model: nn.Module, reducer: Reducer):
+        super().__init__()
+        self.inner = ExportModule(model, reducer)
+
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        given = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+                 "token_type_ids": token_type_ids}
+        logits, kept = self.inner(*(given[n] for n in self.inner.input_names))
+        return {"logits": logits, "kept_counts": kept.to(torch.int32)}
+
+
+def convert(module: nn.Module, sample: Sample) -> bytes:
+    """litert_torch.convert with static shapes (the sample's); returns the flatbuffer."""
+    import litert_torch
+
+    try:
+        with torch.no_grad():
+            return bytes(litert_torch.convert(module.eval(), sample_kwargs=dict(sample)).model_content())
+    except Exception as e:
+        raise ExportError(f"litert-torch conversion failed: {type(e).__name__}: {e}") from e
+
+
+def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:
+    """Dynamic-range int8 (per-channel weights) of the QUANT_OPS via ai-edge-quantizer; the rest stays float."""
+    if mode not in QUANT_MODES:
+        raise ExportError(f"quantize must be one of {QUANT_MODES} or None, got {mode!r}")
+    from ai_edge_quantizer import quantizer, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    for op in QUANT_OPS:
+        manager.add_dynamic_config(regex=".*", operation_name=op, num_bits=8)
+    q = quantizer.Quantizer(bytearray(flatbuffer), manager.get_quantization_recipe())
+    return bytes(q.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+

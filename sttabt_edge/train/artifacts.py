@@ -1,0 +1,177 @@
+"""The final output of ``train concrete`` / ``train baseline``: a self-contained sparse model.
+
+    OUT/sttabt.json      method, reducer (thresholds / keep schedule), labels, preprocessing, configs
+    OUT/model/           the main model (HF save_pretrained) + tokenizer / synsets files of the source
+    OUT/approxnet/       the ApproxNet (STTABT only; ApproxNet.save)
+
+``model/`` and ``approxnet/`` are each swapped in as a whole, and ``sttabt.json`` is
+written last (atomically), so it only ever describes complete files.
+:func:`load_sttabt` rebuilds (model, reducer) for evaluation or export.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sttabt_edge import compat
+from sttabt_edge.errors import CheckpointMismatchError
+from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.train.checkpoint import atomic_dir, atomic_write_text
+
+TRAINED_FILE = "sttabt.json"
+FORMAT = "sttabt-trained"
+MODEL_DIR = "model"
+APPROX_DIR = "approxnet"
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "synsets.json",
+)
+
+
+def is_trained_dir(path: str | Path) -> bool:
+    return (Path(path) / TRAINED_FILE).is_file()
+
+
+def reducer_meta(reducer: Reducer) -> dict[str, Any]:
+    """JSON description of a trained reducer (what :func:`build_reducer` needs)."""
+    name = reducer.name
+    if name == "sttabt":
+        th = reducer.thresholds
+        return {
+            "name": name,
+            "thresholds": [float(v) for v in th.logits.detach().cpu()],
+            "temperature": th.temperature,
+            "min_keep": th.min_keep,
+            "p": reducer.p,
+            "head_reduce": reducer.head_reduce,
+            "approx": APPROX_DIR,
+        }
+    if name == "ltp":
+        return {
+            "name": name,
+            "thresholds": [float(v) for v in reducer.thresholds.detach().cpu()],
+            "temperature": reducer.temperature,
+            "min_keep": reducer.min_keep,
+        }
+    if name == "topk":
+        ratio = reducer.keep_ratio
+        return {
+            "name": name,
+            "keep_ratio": list(ratio) if not isinstance(ratio, float) else ratio,
+            "prune_layers": None if reducer.prune_layers is None else list(reducer.prune_layers),
+        }
+    raise ValueError(f"cannot save a {name!r} reducer")
+
+
+def build_reducer(meta: Mapping[str, Any], approx: nn.Module | None) -> Reducer:
+    """Inverse of :func:`reducer_meta` (inference form: hard thresholds)."""
+    import torch
+
+    from sttabt_edge.method.concrete import ConcreteThresholds
+    from sttabt_edge.reducers import LtpReducer, SttabtReducer, TopkReducer
+
+    name = meta["name"]
+    if name == "sttabt":
+        th = ConcreteThresholds(
+            len(meta["thresholds"]), 0.0, float(meta["temperature"]), int(meta["min_keep"])
+        )
+        with torch.no_grad():
+            th.logits.copy_(torch.tensor(meta["thresholds"], dtype=torch.float32))
+        return SttabtReducer(
+            approx, thresholds=th, p=float(meta["p"]), head_reduce=meta["head_reduce"]
+        ).eval()
+    if name == "ltp":
+        return LtpReducer(
+            meta["thresholds"],
+            temperature=float(meta["temperature"]),
+            min_keep=int(meta["min_keep"]),
+            soft=False,
+        ).eval()
+    if name == "topk":
+        return TopkReducer(meta["keep_ratio"], meta.get("prune_layers")).eval()
+    raise CheckpointMismatchError(f"unknown reducer {name!r} in {TRAINED_FILE}")
+
+
+def save_trained(
+    out: str | Path,
+    model: nn.Module,
+    reducer: Reducer,
+    meta: Mapping[str, Any],
+    source_dir: str | Path | None = None,
+    approx: nn.Module | None = None,
+) -> Path:
+    """Write the self-contained output directory (see the module docstring)."""
+    out = Path(out)
+    with atomic_dir(out / MODEL_DIR) as tmp:
+        model.save_pretrained(tmp)
+        for name in SIDE_FILES:
+            src = Path(source_dir) / name if source_dir is not None else None
+            if src is not None and src.is_file():
+                shutil.copy2(src, tmp / name)
+    if approx is not None:
+        with atomic_dir(out / APPROX_DIR) as tmp:
+            approx.save(tmp)
+    cfg = model.config
+    payload = {
+        "format": FORMAT,
+        "version": 1,
+        "method": reducer.name,
+        "model_class": compat.class_name(model),
+        "num_layers": int(cfg.num_hidden_layers),
+        "label_names": {str(k): v for k, v in cfg.id2label.items()},
+        "reducer": reducer_meta(reducer),
+        **meta,
+    }
+    atomic_write_text(out / TRAINED_FILE, json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return out
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / TRAINED_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: not an output of `sttabt-edge train concrete|baseline`")
+    meta = json.loads(p.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise CheckpointMismatchError(f"{p} is not a trained sparse model (format={meta.get('format')!r})")
+    return meta
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, Reducer, dict[str, Any]]:
+    """(model in eval mode, reducer in inference form, sttabt.json) of a trained output dir."""
+    from sttabt_edge.method.approxnet import ApproxNet
+    from sttabt_edge.models.loading import load_model
+
+    d = Path(path)
+    meta = read_meta(d)
+    model = load_model(d / MODEL_DIR)
+    if (
+        compat.class_name(model) != meta["model_class"]
+        or int(model.config.num_hidden_layers) != meta["num_layers"]
+    ):
+        raise CheckpointMismatchError(
+            f"{d / MODEL_DIR} holds a {compat.class_name(model)} with "
+            f"{model.config.num_hidden_layers} layers, "
+            f"but {TRAINED_FILE} describes a {meta['model_class']} with {meta['num_layers']}"
+        )
+    n_th = len(meta["reducer"].get("thresholds", [0] * meta["num_layers"]))
+    if n_th != meta["num_layers"]:
+        raise CheckpointMismatchError(f"{TRAINED_FILE} has {n_th} thresholds for {meta['num_layers']} layers")
+    approx = None
+    if meta["reducer"]["name"] == "sttabt":
+        approx = ApproxNet.load(d / meta["reducer"].get("approx", APPROX_DIR), model.config)
+    return model, build_reducer(meta["reducer"], approx), meta
+
+
+def load_sttabt(path: str | Path) -> tuple[nn.Module, Reducer]:
+    """(model, reducer) of a ``train concrete`` (or ``train baseline``) output, ready for eval/export."""
+    model, reducer, _ = load_trained(path)
+    return model, reducer

@@ -1,0 +1,182 @@
+"""Crash-safe training checkpoints: safetensors weights + JSON state, swapped in atomically.
+
+Layout of a run directory::
+
+    RUN/checkpoints/ckpt-000100/   <name>.safetensors per module, trainer.pt, state.json
+    RUN/checkpoints/latest         "ckpt-000100" (the only file a reader trusts)
+
+A checkpoint is written into a hidden temp dir beside its final place, renamed into
+place, and only then does ``latest`` (replaced with ``os.replace``) point to it. A crash
+at any moment leaves ``latest`` naming a complete checkpoint; stale temp dirs are
+ignored by readers and removed by the next save.
+
+Weights are safetensors. Optimizer / scheduler / GradScaler state (tensors, numbers and
+lists only) is ``torch.save``d and read back with ``torch.load(weights_only=True)``, so
+loading runs no pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sttabt_edge.errors import CheckpointMismatchError
+from sttabt_edge.models.loading import load_state_dict_checked
+
+CKPT_ROOT = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "state.json"
+TRAINER_FILE = "trainer.pt"
+FORMAT = "sttabt-train-checkpoint"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder + os.replace (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temp dir beside ``path``; on success it replaces ``path`` (old version removed).
+
+    The swap is two renames (old aside, new in). Readers that need a single atomic switch
+    use a pointer file instead (see :func:`save_checkpoint`).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def module_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of a state dict (copies: safetensors refuses tensors that share storage)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def save_module(module: nn.Module, path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file(module_tensors(module), str(path), metadata=dict(metadata or {}))
+
+
+def load_module(module: nn.Module, path: Path) -> None:
+    """Strict load; key or shape differences raise CheckpointMismatchError."""
+    from safetensors.torch import load_file
+
+    device = next((t.device for t in module.state_dict().values()), torch.device("cpu"))
+    load_state_dict_checked(module, load_file(str(path), device=str(device)), what=str(path))
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:06d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    modules: Mapping[str, nn.Module],
+    trainer_state: Mapping[str, Any],
+    state: Mapping[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` atomically, point ``latest`` at it, prune all but ``keep`` newest.
+
+    ``state`` (JSON-able) must hold a ``fingerprint``: what the checkpoint belongs to.
+    """
+    root = Path(run_dir) / CKPT_ROOT
+    final = root / checkpoint_name(step)
+    with atomic_dir(final) as tmp:
+        for name, module in modules.items():
+            save_module(module, tmp / f"{name}.safetensors", {"format": FORMAT, "step": str(step)})
+        torch.save(dict(trainer_state), tmp / TRAINER_FILE)
+        payload = {"format": FORMAT, "step": step, "modules": sorted(modules), **state}
+        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    atomic_write_text(root / LATEST, final.name)
+    _prune(root, keep, final.name)
+    return final
+
+
+def _prune(root: Path, keep: int, current: str) -> None:
+    ckpts = sorted(p for p in root.glob("ckpt-*") if p.is_dir())
+    for p in ckpts[: max(0, len(ckpts) - max(keep, 1))]:
+        if p.name != current:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".ckpt-*"):  # temp dirs of an interrupted save
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names, or None when the run has none."""
+    pointer = Path(run_dir) / CKPT_ROOT / LATEST
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointMismatchError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+    return path
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    if state.get("format") != FORMAT:
+        raise CheckpointMismatchError(f"{ckpt} is not a training checkpoint (format={state.get('format')!r})")
+    return state
+
+
+def check_fingerprint(saved: Mapping[str, Any], expected: Mapping[str, Any], where: Path) -> None:
+    """What the checkpoint was trained for (model class, sizes, method ...) must match this run."""
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs this run {expected.get(k)!r}"
+        for k in sorted(set(saved) | set(expected))
+        if saved.get(k) != expected.get(k)
+    ]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {where} was written for a different model or method: "
+            + "; ".join(diffs)
+            + ". Use another --out directory, or the same model/method options as the interrupted run."
+        )
+
+
+def load_checkpoint(
+    ckpt: Path, modules: Mapping[str, nn.Module], fingerprint: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load module weights in place; return (trainer_state, state.json). Mismatches raise."""
+    state = read_state(ckpt)
+    check_fingerprint(state.get("fingerprint", {}), fingerprint, ckpt)
+    missing = sorted(set(modules) - set(state.get("modules", [])))
+    if missing:
+        raise CheckpointMismatchError(f"checkpoint {ckpt} has no weights for {missing}")
+    for name, module in modules.items():
+        load_module(module, ckpt / f"{name}.safetensors")
+    trainer_state = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+    return trainer_state, state

@@ -1,0 +1,279 @@
+"""Concrete masking: learn STTABT's per-layer thresholds (and fine-tune the model) for a retention target.
+
+``SparseClassifier(model, SttabtReducer(approx, thresholds=ConcreteThresholds(L)), mode="mask")``
+is trained with task loss + KD from a frozen dense copy + a retention penalty. In the soft
+phase the thresholds are in train mode (concrete noise, hard forward masks, soft
+straight-through gradients); in the final hard phase (``hard_frac`` of the steps) they
+are frozen and hard, and only the model is fine-tuned to the masks it will see at
+inference. ``freeze_main=True`` trains the thresholds (+ ApproxNet) only.
+
+Thresholds start where the retention target is already met on a few batches
+(``init="calibrate"``), so training refines *which* tokens to keep instead of first
+spending steps dragging the pruning rate from 0.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sttabt_edge import compat
+from sttabt_edge.method.approxnet import ApproxNet
+from sttabt_edge.method.backtrack import retention
+from sttabt_edge.method.concrete import ConcreteThresholds, concrete_backtrack
+from sttabt_edge.method.sparse import dense_forward
+from sttabt_edge.models.adapter import embed
+from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.train.artifacts import load_sttabt, save_trained
+from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
+from sttabt_edge.train.data import TrainData
+from sttabt_edge.train.distributed import Dist, distributed
+from sttabt_edge.train.engine import decay_groups, fit
+from sttabt_edge.train.losses import SparseObjective, bisect_offset
+
+__all__ = ["load_sttabt", "snap_thresholds", "train_concrete"]
+
+
+def calibration_batches(
+    data: TrainData, scfg: SparseTrainConfig, cfg: TrainConfig, device: torch.device
+) -> list[dict[str, torch.Tensor]]:
+    """``scfg.calib_samples`` random training examples as tensors on ``device`` (see TrainData)."""
+    batches = data.calibration_batches(scfg.calib_samples, cfg.seed, cfg.max_length)
+    return [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in batches]
+
+
+@torch.no_grad()
+def snap_thresholds(
+    reducer: SttabtReducer,
+    parts: compat.ModelParts,
+    batches: Sequence[dict[str, torch.Tensor]],
+    target: float,
+    noisy: bool = False,
+    span: float = 20.0,
+) -> float:
+    """Add one offset to every threshold logit so the retention on ``batches`` is ``target``.
+
+    ``noisy=False``: the hard (inference) retention; at the start of the hard phase this removes
+    the retention bias of the soft phase's noise while keeping the learned per-layer
+    differences. ``noisy=True``: the training-mode retention under concrete noise (fixed
+    noise, so the bisection is deterministic); the init, so the soft phase starts at the
+    target it is penalised toward. The logistic noise has a std of 1.8 in log-importance
+    units, so the two differ a lot. Bisection on cached attention maps: each probe is a
+    back-tracking pass only, no model pass. Returns the offset.
+    """
+    reducer.eval()  # deterministic attention (callers restore train modes per step)
+    th = reducer.thresholds
+    base = th.logits.detach().clone()
+    cached = []
+    for inputs in batches:
+        x, pad = embed(parts, inputs)
+        if reducer.approx is not None:
+            attn = reducer.approx.attentions(inputs)
+        else:
+            attn = torch.stack(dense_forward(parts, x, pad, need_attn=True).attentions)  # (L, B, H, N, N)
+        cached.append((attn, pad))
+
+    def mean_retention(offset: float) -> float:
+        gen = torch.Generator(device=base.device).manual_seed(0) if noisy else None
+        vals = []
+        for a, pad in cached:
+            bt = concrete_backtrack(a, pad, base + offset, parts.num_prefix_tokens, reducer.p,
+                                    reducer.head_reduce, th.temperature, noisy, th.min_keep, gen)
+            vals.append(retention(bt.keep, pad))
+        return float(torch.cat(vals).mean())
+
+    offset = bisect_offset(mean_retention, target, -span, span)
+    th.logits.copy_(base + offset)
+    return offset
+
+
+def concrete_fingerprint(model: nn.Module, approx: ApproxNet, scfg: SparseTrainConfig) -> dict[str, Any]:
+    c = model.config
+    return {
+        "kind": "concrete",
+        "model_class": compat.class_name(model),
+        "layers": int(c.num_hidden_layers),
+        "hidden": int(c.hidden_size),
+        "heads": int(c.num_attention_heads),
+        "factor": approx.factor,
+        "target_retention": scfg.target_retention,
+        "freeze_main": scfg.freeze_main,
+        "train_approx": scfg.train_approx,
+    }
+
+
+def build_objective(
+    model: nn.Module,
+    approx: ApproxNet,
+    scfg: SparseTrainConfig,
+    calib: Sequence[dict[str, torch.Tensor]] = (),
+) -> SparseObjective:
+    """The objective and its reducer (thresholds at 0 or ``scfg.init``; snapped to the target on ``calib``
+    at the first hard step)."""
+    num_layers = int(model.config.num_hidden_layers)
+    init = 0.0 if scfg.init == "calibrate" else float(scfg.init)
+    thresholds = ConcreteThresholds(num_layers, init, scfg.temperature, scfg.min_keep)
+    reducer = SttabtReducer(approx, thresholds=thresholds, p=scfg.p, head_reduce=scfg.head_reduce)
+    train_approx = scfg.train_approx
+    for p in approx.parameters():
+        p.requires_grad_(train_approx)
+    for p in model.parameters():
+        p.requires_grad_(not scfg.freeze_main)
+
+    def set_phase(red: nn.Module, hard: bool) -> None:
+        red.thresholds.train(not hard)  # hard phase: deterministic hard masks, thresholds get no gradient
+        red.approx.eval()  # dropout off: masks follow the predicted attention, not noise
+
+    def groups(cfg: TrainConfig) -> list[dict[str, Any]]:
+        out = [{"params": [thresholds.logits], "lr": scfg.threshold_lr, "weight_decay": 0.0, "clip": "thr"}]
+        if train_approx:
+            lr = cfg.lr * scfg.approx_lr_scale
+            out += decay_groups(dict(approx.named_parameters()), lr, cfg.weight_decay, clip="approx")
+        return out
+
+    def snap() -> None:
+        snap_thresholds(reducer, compat.model_parts(model), calib, scfg.target_retention)
+
+    teacher = copy.deepcopy(model)
+    return SparseObjective(
+        model,
+        reducer,
+        teacher,
+        scfg,
+        set_phase,
+        groups,
+        {"approx": approx, "thresholds": thresholds},
+        snap if scfg.snap and calib else None,
+    )
+
+
+def train_concrete(
+    model: nn.Module,
+    approx: ApproxNet,
+    data: TrainData,
+    target_retention: float | None = None,
+    cfg: TrainConfig | None = None,
+    freeze_main: bool | None = None,
+    kd_weight: float | None = None,
+    retention_weight: float | None = None,
+    scfg: SparseTrainConfig | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    source_dir: str | Path | None = None,
+) -> tuple[nn.Module, SttabtReducer]:
+    """Train STTABT for ``target_retention``; returns (model, reducer) in inference form.
+
+    Keyword overrides (target, freeze_main, kd/retention weights) are applied on top of
+    ``scfg``. ``out`` receives the whole STTABT model (see train/artifacts.py) plus
+    checkpoints and metrics; ``source_dir`` (the dense model's folder) provides the
+    tokenizer / synsets files copied into it.
+    """
+    cfg = cfg or TrainConfig()
+    overrides = {
+        k: v
+        for k, v in {
+            "target_retention": target_retention,
+            "freeze_main": freeze_main,
+            "kd_weight": kd_weight,
+            "retention_weight": retention_weight,
+        }.items()
+        if v is not None
+    }
+    scfg = (scfg or SparseTrainConfig()).replace(**overrides)
+    if out is None:
+        raise ValueError("train_concrete needs an output directory (out=...)")
+    out = Path(out)
+    with distributed(cfg) as dist:
+        model.to(dist.device)
+        approx.to(dist.device)
+        source = data.source(cfg.batch_size, cfg.seed, cfg.augment, cfg.max_length, cfg.bucket_batches)
+        calib = calibration_batches(data, scfg, cfg, dist.device)
+        objective = build_objective(model, approx, scfg, calib)
+        reducer: SttabtReducer = objective.sparse.reducer
+        if scfg.init == "calibrate":
+            snap_thresholds(reducer, objective.sparse.parts, calib, scfg.target_retention, noisy=True)
+        res = fit(
+            objective,
+            source,
+            cfg,
+            out,
+            dist,
+            concrete_fingerprint(model, approx, scfg),
+            held_out_evaluator(model, reducer, data, cfg, dist),
+            resume,
+            name=f"concrete r={scfg.target_retention:g}",
+        )
+        if (
+            res.finished
+            and objective.snap is not None
+            and scfg.hard_start(res.total_steps) == res.total_steps
+        ):
+            objective.snap()  # no hard phase: snap the final thresholds instead
+        model.eval()
+        reducer.eval()
+        if dist.is_main and res.finished:
+            meta = trained_meta(cfg, scfg, data, res, hard_schedule(objective, calib))
+            save_trained(out, model, reducer, meta, source_dir, approx=approx)
+        dist.barrier()
+    return model, reducer
+
+
+@torch.no_grad()
+def hard_schedule(objective: SparseObjective, batches: Sequence[dict[str, torch.Tensor]]) -> list[float]:
+    """Hard per-layer retention on the calibration batches: the keep schedule the thresholds give."""
+    sc = objective.sparse.eval()
+    rets = [sc(**b).retention for b in batches]
+    return [float(v) for v in torch.cat(rets).mean(0)]
+
+
+def held_out_evaluator(
+    model: nn.Module, reducer: SttabtReducer, data: TrainData, cfg: TrainConfig, dist: Dist
+) -> Any:
+    """Task metric + retention on the held-out set, with real removal (what inference does)."""
+    if not data.eval:
+        return None
+    from sttabt_edge.evaluate import evaluate
+
+    examples = data.eval_examples(cfg.max_eval_samples)
+
+    def run() -> dict[str, float]:
+        res = evaluate(
+            model,
+            reducer,
+            examples,
+            image=data.image,
+            text=data.text,
+            batch_size=cfg.eval_batch_size,
+            task=data.task,
+            max_length=cfg.max_length,
+            progress=False,
+        )
+        return {**res.metrics, "retention": res.retention, "flops_ratio": res.flops_ratio}
+
+    return run
+
+
+def trained_meta(
+    cfg: TrainConfig, scfg: SparseTrainConfig, data: TrainData, res: Any, schedule: list[float]
+) -> dict:
+    pre: dict[str, Any] = (
+        {"image": data.image.to_dict()}
+        if data.image is not None
+        else {"text": {"max_length": cfg.max_length, "tokenizer": "model/tokenizer.json"}}
+    )
+    return {
+        "preprocessing": pre,
+        "task": data.task,
+        "train_config": cfg.to_dict(),
+        "sparse_config": scfg.to_dict(),
+        "step": res.step,
+        "keep_schedule": schedule,
+        "eval": res.eval,
+        "final_train_logs": res.last_logs,
+        "step_time_s": res.step_time,
+    }

@@ -1,0 +1,160 @@
+"""Typed training configs (nanoGPT style): plain dataclasses with a JSON round trip.
+
+Configs are stored in every checkpoint and final output, so a run can be resumed or
+reproduced from its directory alone. Unknown keys are an error on load: a typo in a
+JSON config must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+AMP_MODES = ("none", "bf16", "fp16")
+INITS = ("interpolate", "random")
+
+C = TypeVar("C", bound="JsonConfig")
+
+
+class JsonConfig:
+    """Mixin: ``to_dict`` / ``from_dict`` / ``save`` / ``load`` for a dataclass."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        from sttabt_edge.train.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass
+class TrainConfig(JsonConfig):
+    """The optimisation loop shared by every trainer (engine.py)."""
+
+    lr: float = 5e-5  # peak learning rate of the main model (other groups scale from it)
+    steps: int = 0  # optimizer steps; 0 = derive from ``epochs``
+    epochs: float = 1.0  # used only when steps == 0
+    batch_size: int = 32  # per-process micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    warmup: float = 0.1  # linear warmup: fraction of the steps if < 1, else a number of steps
+    weight_decay: float = 0.01  # AdamW; never applied to biases, norms, thresholds (params with dim < 2)
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    seed: int = 0  # data order, dropout and concrete noise all derive from (seed, step)
+    amp: str = "none"  # "none" | "bf16" (CPU or GPU autocast) | "fp16" (CUDA, with GradScaler)
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines
+    eval_every: int = 0  # optimizer steps between evaluations; 0 = only at the end
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2  # older checkpoints are deleted
+    max_length: int = 128  # text: truncate longer inputs (tokens, incl. [CLS]/[SEP])
+    bucket_batches: int = 50  # text: sort by length within chunks of this many batches
+    augment: bool = True  # images: RandomResizedCrop + flip for training batches
+    num_workers: int = 0  # DataLoader workers preparing batches
+    eval_batch_size: int = 64
+    max_eval_samples: int = 0  # 0 = the whole eval set
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu", "cuda"
+    stop_after: int = 0  # stop (with a checkpoint) after this many steps of the schedule; 0 = run to the end
+    progress: bool = True  # rich progress bar (rank 0 only)
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0 or (self.steps == 0 and self.epochs <= 0):
+            raise ValueError(f"give steps > 0 or epochs > 0 (steps={self.steps}, epochs={self.epochs})")
+        if self.lr <= 0 or self.warmup < 0 or self.grad_clip < 0:
+            raise ValueError(
+                f"lr must be > 0, warmup and grad_clip >= 0 (lr={self.lr}, warmup={self.warmup})"
+            )
+
+    def total_steps(self, local_batches_per_epoch: int) -> int:
+        """Optimizer steps of the whole schedule, given one process's batches per epoch."""
+        if self.steps:
+            return self.steps
+        return max(1, math.ceil(self.epochs * local_batches_per_epoch / self.grad_accum))
+
+    def warmup_steps(self, total: int) -> int:
+        return int(round(self.warmup * total)) if self.warmup < 1 else int(self.warmup)
+
+
+@dataclass
+class ApproxConfig(JsonConfig):
+    """ApproxNet distillation (approx.py)."""
+
+    factor: int = 4  # hidden and FFN widths are divided by this
+    init: str = "interpolate"  # "interpolate" (area-resized teacher weights; ViT) or "random" (text OK)
+    attn_weight: float = 1.0  # attention KL: what back-tracking consumes
+    hidden_weight: float = 1.0  # hidden-state MSE through the transfers
+    embed_weight: float = 1.0
+    logits_weight: float = 0.0  # logits KD: off, the ApproxNet only needs attention
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+
+
+@dataclass
+class SparseTrainConfig(JsonConfig):
+    """Losses and phases shared by concrete (STTABT) and baseline (LTP / top-k) training."""
+
+    target_retention: float = 0.5  # mean fraction of real tokens entering each layer
+    task_weight: float = 1.0  # CE (MSE for a 1-output regression head); skipped for unlabeled data
+    kd_weight: float = 1.0  # KL(dense teacher || sparse student) on logits
+    kd_temperature: float = 2.0
+    retention_weight: float = 10.0  # (mean retention - target)^2, soft phase only
+    threshold_lr: float = (
+        0.05  # Adam lr of the thresholds (logits of order 1: model lr would never move them)
+    )
+    approx_lr_scale: float = 1.0  # ApproxNet lr = lr * this (concrete only)
+    train_approx: bool = True  # concrete: let the task gradient also fine-tune the ApproxNet
+    freeze_main: bool = False  # train thresholds (+ ApproxNet) only; no hard phase
+    hard_frac: float = 0.2  # last fraction of the steps: thresholds frozen, hard masks, model fine-tuned
+    snap: bool = True  # at the first hard step (or the end): shift thresholds so hard retention = target
+    init: str = "calibrate"  # thresholds: "calibrate" (retention starts at the target) or a float
+    calib_samples: int = 64  # random training examples the thresholds are calibrated / snapped on
+    temperature: float = 0.5  # concrete relaxation temperature
+    ltp_temperature: float = 0.1  # LTP's sigmoid temperature (importances are O(1))
+    min_keep: int = 1  # real tokens always kept per layer beyond the prefix
+    p: float = 0.1  # back-tracking propagation weight (see method/backtrack.py)
+    head_reduce: str = "mean"
+    schedule: str = "geometric"  # top-k baseline: "geometric" (q**l per layer) or "constant"
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_retention <= 1.0:
+            raise ValueError(f"target_retention must be in (0, 1], got {self.target_retention}")
+        if not 0.0 <= self.hard_frac < 1.0:
+            raise ValueError(f"hard_frac must be in [0, 1), got {self.hard_frac}")
+        if self.init != "calibrate":
+            float(self.init)  # raises ValueError for anything else
+
+    def hard_start(self, total_steps: int) -> int:
+        """First step of the hard phase (== total_steps when there is none)."""
+        if self.freeze_main:
+            return total_steps
+        return total_steps - int(round(self.hard_frac * total_steps))

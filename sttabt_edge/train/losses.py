@@ -1,0 +1,179 @@
+"""Losses for training a sparse (token-pruned) model, and the objective they form.
+
+Task loss (CE, or MSE for a 1-output regression head such as STS-B) + knowledge
+distillation from a frozen copy of the dense model + a retention penalty pulling the
+mean retention toward the target. Shared by concrete (STTABT) and the LTP / top-k
+baselines; only the reducer, its parameters and its phases differ (``Phases``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sttabt_edge.compat import ModelParts, model_parts
+from sttabt_edge.method.distill import logits_kd
+from sttabt_edge.method.sparse import dense_forward
+from sttabt_edge.models.adapter import classify, embed
+from sttabt_edge.sparse_model import SparseClassifier
+from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
+from sttabt_edge.train.engine import Objective, StepLogs, decay_groups
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE for classification; MSE when the head has one output (regression). (B, K), (B,) -> scalar."""
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton KD on logits (KL with temperature); MSE to the teacher's output for regression."""
+    if student.shape[-1] == 1:
+        return F.mse_loss(student.float(), teacher.detach().float())
+    return logits_kd(student.float(), teacher.float(), temperature)
+
+
+def retention_penalty(retention: torch.Tensor, target: float) -> torch.Tensor:
+    """(mean retention - target)^2 over a (B, L) retention; equals method.concrete.retention_loss
+    on mask-mode keep masks, and also works for LTP's soft live counts."""
+    return (retention.float().mean() - target) ** 2
+
+
+@torch.no_grad()
+def dense_logits(parts: ModelParts, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The frozen dense teacher's logits (B, K)."""
+    x, pad = embed(parts, inputs)
+    return classify(parts, dense_forward(parts, x, pad).prefix_hidden)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def geometric_schedule(target: float, num_layers: int) -> list[float]:
+    """Keep fractions q**(l+1) entering layer l+1 (l = 0..L-1) whose mean retention is ``target``.
+
+    Retention entering layer l is q**l (layer 0 sees every token), so the mean is
+    (1 - q**L) / (L (1 - q)); q is found by bisection. Used by the top-k and LTP baselines.
+    """
+    if not 1.0 / num_layers <= target <= 1.0:
+        raise ValueError(
+            f"target retention {target} is below 1/L = {1 / num_layers:.3f}: layer 0 sees every token"
+        )
+
+    def mean_retention(q: float) -> float:
+        return 1.0 if q >= 1.0 else (1 - q**num_layers) / (num_layers * (1 - q))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_retention(mid) < target else (lo, mid)
+    q = (lo + hi) / 2
+    return [max(q ** (layer + 1), 1e-6) for layer in range(num_layers)]
+
+
+def constant_schedule(target: float, num_layers: int) -> list[float]:
+    """One keep fraction r after layer 0 only: mean retention (1 + (L-1) r) / L = target."""
+    r = (target * num_layers - 1) / max(1, num_layers - 1)
+    if not 0.0 < r <= 1.0:
+        raise ValueError(
+            f"target retention {target} not reachable with a constant schedule on {num_layers} layers"
+        )
+    return [r] * num_layers
+
+
+def bisect_offset(
+    measure: Callable[[float], float], target: float, lo: float, hi: float, iters: int = 30
+) -> float:
+    """Offset whose ``measure`` (a retention, non-increasing in the offset) is closest to ``target``."""
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if measure(mid) > target else (lo, mid)
+    return (lo + hi) / 2
+
+
+class SparseObjective(Objective):
+    """Task + KD + retention for ``SparseClassifier(model, reducer, mode="mask")``.
+
+    ``set_phase(reducer, hard)`` switches the reducer between its soft (learnable) and hard
+    form; ``reducer_groups`` gives the AdamW groups of the reducer's own parameters;
+    ``snap()`` runs once, at the first hard step, to put the hard retention on the target
+    (soft-phase noise biases it). All three are optional (top-k has none).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        reducer: nn.Module,
+        teacher: nn.Module,
+        scfg: SparseTrainConfig,
+        set_phase: Callable[[nn.Module, bool], None] | None = None,
+        reducer_groups: Callable[[TrainConfig], list[dict[str, Any]]] | None = None,
+        checkpoint_extra: Mapping[str, nn.Module] | None = None,
+        snap: Callable[[], None] | None = None,
+    ):
+        super().__init__()
+        self.sparse = SparseClassifier(model, reducer, mode="mask")
+        self.teacher = freeze(teacher)
+        self.teacher_parts = model_parts(teacher)
+        self.scfg = scfg
+        self._set_phase = set_phase
+        self._reducer_groups = reducer_groups
+        self._extra = dict(checkpoint_extra or {})
+        self.snap = snap
+        self.hard = False
+
+    def forward(
+        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, StepLogs]:
+        c = self.scfg
+        out = self.sparse(**inputs)
+        loss = out.logits.new_zeros((), dtype=torch.float32)
+        logs: StepLogs = {}
+        if labels is not None and c.task_weight > 0:
+            task = task_loss(out.logits, labels)
+            loss = loss + c.task_weight * task
+            logs["task"] = task.detach()
+        if c.kd_weight > 0:
+            kd = distill_loss(out.logits, dense_logits(self.teacher_parts, inputs), c.kd_temperature)
+            loss = loss + c.kd_weight * kd
+            logs["kd"] = kd.detach()
+        gap = retention_penalty(out.retention, c.target_retention)
+        if not self.hard and c.retention_weight > 0:
+            loss = loss + c.retention_weight * gap
+        logs["retention"] = out.retention.detach().float().mean()
+        logs["hard"] = torch.tensor(float(self.hard))
+        return loss, logs
+
+    def on_step(self, step: int, total: int) -> None:
+        start = self.scfg.hard_start(total)
+        self.hard = step >= start
+        if step == start and self.snap is not None:  # a function of the weights at this step: resumable
+            self.snap()
+        self.sparse.train()
+        self.teacher.eval()
+        if self.scfg.freeze_main:
+            self.sparse.model.eval()  # fixed weights: no dropout noise while thresholds learn
+        if self._set_phase is not None:
+            self._set_phase(self.sparse.reducer, self.hard)
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
+        groups = (
+            []
+            if self.scfg.freeze_main
+            else decay_groups(dict(self.sparse.model.named_parameters()), cfg.lr, cfg.weight_decay)
+        )
+        groups += self._reducer_groups(cfg) if self._reducer_groups is not None else []
+        if not groups:
+            raise ValueError("nothing to train: freeze_main=True and the reducer has no trainable parameters")
+        return groups
+
+    def checkpoint_modules(self) -> dict[str, nn.Module]:
+        return {"model": self.sparse.model, **self._extra}

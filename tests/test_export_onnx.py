@@ -1,0 +1,412 @@
+"""ONNX export: one graph (ApproxNet -> back-tracking -> sparse model), parity with PyTorch,
+real shrinking, dynamic batch and text length, metadata, corrupt files, INT8, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tiny import text_batch, tiny_bert, tiny_vit
+from typer.testing import CliRunner
+
+from sttabt_edge.cli import app
+from sttabt_edge.errors import ExportError
+from sttabt_edge.export import ort as ort_utils
+from sttabt_edge.export.graph import ExportModule
+from sttabt_edge.export.metadata import REQUIRED_KEYS, read_metadata
+from sttabt_edge.export.onnx import check_io_dims, compare, export_onnx, verify_onnx
+from sttabt_edge.export.profile import latency_breakdown
+from sttabt_edge.export.quantize import quantize_onnx
+from sttabt_edge.method.approxnet import build_approxnet
+from sttabt_edge.method.concrete import ConcreteThresholds
+from sttabt_edge.reducers.dense import DenseReducer
+from sttabt_edge.reducers.factory import make_reducer
+from sttabt_edge.reducers.sttabt import SttabtReducer
+
+TEXT = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from tokenizers import Tokenizer, models
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(path))
+    return path
+
+
+def sttabt(model, ratio: float) -> SttabtReducer:
+    return SttabtReducer(build_approxnet(model, 4, "random").eval(), keep_ratio=ratio)
+
+
+def images(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))}
+
+
+def padded_text(lengths: list[int], width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded ids (B, width) with the given real lengths."""
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
+    return {
+        "input_ids": torch.randint(5, 100, (len(lengths), width), generator=g) * mask,
+        "attention_mask": mask,
+    }
+
+
+def export(model, reducer, tmp_path, inputs, name="m", **kw):
+    kw.setdefault("simplify", False)  # onnxslim costs ~2 s; test_metadata_roundtrip covers it
+    return export_onnx(model, reducer, tmp_path / f"{name}.onnx", example_inputs=inputs, **kw)
+
+
+def dense_logits(model, inputs) -> np.ndarray:
+    with torch.no_grad():
+        return model(**inputs).logits.numpy()
+
+
+class Graph:
+    """An exported file with one ORT session (creating one costs ~0.3 s; tests reuse it)."""
+
+    def __init__(self, path, model, reducer):
+        self.path, self.session = path, ort_utils.open_session(path)
+        self.module = ExportModule(model, reducer).eval()
+
+    def verify(self, inputs, atol: float = 1e-4) -> dict:
+        """What verify_onnx does (ORT vs PyTorch, raises beyond atol), on the shared session."""
+        return compare(self.session, self.module, inputs, atol, self.path)
+
+    def outputs(self, inputs) -> list[np.ndarray]:
+        names = [i.name for i in self.session.get_inputs()]
+        return ort_utils.run(self.session, ort_utils.to_feeds(names, inputs))
+
+
+def ort_outputs(path, inputs) -> list[np.ndarray]:
+    session = ort_utils.open_session(path)
+    return ort_utils.run(session, ort_utils.to_feeds([i.name for i in session.get_inputs()], inputs))
+
+
+def first_layer_counts(inputs, ratio: float, n_tokens: int | None = None) -> list[int]:
+    mask = inputs.get("attention_mask")
+    n_real = mask.sum(1).tolist() if mask is not None else [n_tokens] * inputs["pixel_values"].shape[0]
+    return [math.ceil(ratio * n) for n in n_real]
+
+
+# ---- parity, shrink, dynamic shapes --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vit05(tmp_path_factory) -> Graph:
+    """Tiny ViT + random ApproxNet /4 at keep ratio 0.5, exported once for several tests."""
+    model = tiny_vit()
+    reducer = sttabt(model, 0.5)
+    return Graph(export(model, reducer, tmp_path_factory.mktemp("vit05"), images(2)), model, reducer)
+
+
+@pytest.fixture(scope="module")
+def bert05(tmp_path_factory, tokenizer) -> Graph:
+    model = tiny_bert()
+    reducer = sttabt(model, 0.5)
+    path = export(model, reducer, tmp_path_factory.mktemp("bert05"), text_batch(), tokenizer_file=tokenizer)
+    return Graph(path, model, reducer)
+
+
+def test_vit_sttabt_matches_pytorch_at_batch_1_and_3(vit05):
+    for batch in (1, 3):
+        x = images(batch, seed=batch)
+        rep = vit05.verify(x, atol=1e-4)
+        kept = np.asarray(rep["kept_counts"])  # (B, L)
+        assert kept.shape == (batch, 3) and rep["kept_counts_equal"]
+        assert kept[:, 0].tolist() == first_layer_counts(x, 0.5, n_tokens=17) and (kept < 17).all()
+
+
+def test_vit_ratio_one_is_dense(tmp_path):
+    model = tiny_vit()
+    reducer = sttabt(model, 1.0)
+    graph = Graph(export(model, reducer, tmp_path, images(2)), model, reducer)
+    for batch in (1, 3):
+        x = images(batch, seed=batch)
+        assert (np.asarray(graph.verify(x)["kept_counts"]) == 17).all()
+        np.testing.assert_allclose(graph.outputs(x)[0], dense_logits(model, x), atol=1e-4)
+
+
+TEXT_SETS = (text_batch(), padded_text([9], 9), padded_text([33, 21, 4], 33, seed=1))  # N = 20, 9, 33
+
+
+def test_bert_sttabt_one_file_many_lengths_and_batches(bert05):
+    for inputs in TEXT_SETS:
+        rep = bert05.verify(inputs, atol=1e-4)
+        kept = np.asarray(rep["kept_counts"])
+        assert kept[:, 0].tolist() == first_layer_counts(inputs, 0.5)
+        assert (kept < inputs["attention_mask"].sum(1).numpy()[:, None]).all()
+
+
+def test_bert_ratio_one_is_dense(tmp_path, tokenizer):
+    model = tiny_bert()
+    reducer = sttabt(model, 1.0)
+    graph = Graph(export(model, reducer, tmp_path, text_batch(), tokenizer_file=tokenizer), model, reducer)
+    for inputs in TEXT_SETS:
+        kept = np.asarray(graph.verify(inputs)["kept_counts"])
+        assert (kept == inputs["attention_mask"].sum(1).numpy()[:, None]).all()
+        np.testing.assert_allclose(graph.outputs(inputs)[0], dense_logits(model, inputs), atol=1e-4)
+
+
+def test_attention_really_shrinks(vit05):
+    """Softmax key widths in the running graph: ApproxNet's stay 17, the sparse model's drop to 9."""
+    widths = ort_utils.softmax_widths(vit05.path, {"pixel_values": images(1)["pixel_values"].numpy()})
+    assert widths == [17, 17, 17, 9, 9, 9]
+
+
+def test_padded_batch_equals_single_samples(bert05):
+    """k per sample from its real length: padding does not change anyone's result."""
+    batch = text_batch()
+    logits, kept = bert05.outputs(batch)
+    for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+        l1, k1 = bert05.outputs({k: v[i : i + 1, :n] for k, v in batch.items()})
+        np.testing.assert_allclose(l1[0], logits[i], atol=1e-5)
+        assert k1[0].tolist() == kept[i].tolist()
+
+
+def test_concrete_thresholds_data_dependent_counts(tmp_path, tokenizer):
+    model = tiny_bert()
+    th = ConcreteThresholds(3).eval()
+    with torch.no_grad():
+        th.logits.copy_(torch.tensor([-0.3, 0.0, 0.2]))
+    reducer = SttabtReducer(build_approxnet(model, 4, "random").eval(), thresholds=th)
+    graph = Graph(export(model, reducer, tmp_path, text_batch(), tokenizer_file=tokenizer), model, reducer)
+    for inputs in (text_batch(), padded_text([40, 17], 40, seed=2)):
+        assert graph.verify(inputs)["kept_counts_equal"]
+    assert read_metadata(graph.path)["thresholds"] == pytest.approx([-0.3, 0.0, 0.2])
+
+
+@pytest.mark.parametrize("method", ["dense", "topk", "tome"])
+def test_baselines_same_io(tmp_path, method):
+    model = tiny_vit()
+    reducer = make_reducer(method, **({} if method == "dense" else {"keep_ratio": 0.5}))
+    graph = Graph(export(model, reducer, tmp_path, images(2)), model, reducer)
+    x = images(3, seed=5)
+    rep = graph.verify(x)
+    assert np.asarray(rep["kept_counts"]).shape == (3, 3)
+    if method == "dense":
+        np.testing.assert_allclose(graph.outputs(x)[0], dense_logits(model, x), atol=1e-4)
+        assert (np.asarray(rep["kept_counts"]) == 17).all()
+
+
+def test_static_batch_and_specialisation_check(tmp_path):
+    model = tiny_vit()
+    reducer = sttabt(model, 0.5)
+    path = export(model, reducer, tmp_path, images(2), batch=2)
+    proto = onnx.load(str(path))
+    assert check_io_dims(proto, "vit", 2)["pixel_values"] == [2, 3, 32, 32]
+    assert verify_onnx(path, model, reducer, images(3))["num_samples"] == 3  # run in chunks of 2
+    proto.graph.input[0].type.tensor_type.shape.dim[
+        0
+    ].dim_value = 1  # what a silent specialisation looks like
+    with pytest.raises(ExportError, match="specialised"):
+        check_io_dims(proto, "vit", "dynamic")
+
+
+def test_unexportable_reducers_fail_clearly(tmp_path, tokenizer):
+    vit, bert = tiny_vit(), tiny_bert()
+    with pytest.raises(ExportError, match="oracle"):
+        ExportModule(vit, SttabtReducer(None, keep_ratio=0.5))
+    with pytest.raises(ExportError, match="not exportable"):
+        ExportModule(vit, make_reducer("ltp", num_layers=3))
+    with pytest.raises(ExportError, match="ViT"):
+        ExportModule(bert, make_reducer("topk", keep_ratio=0.5))
+    with pytest.raises(ExportError, match="tokenizer"):
+        export(bert, DenseReducer(), tmp_path, text_batch())  # text needs its tokenizer.json
+    with pytest.raises(ExportError, match="batch"):
+        export(vit, DenseReducer(), tmp_path, images(2), batch=0)
+
+
+def test_verification_catches_a_wrong_graph(tmp_path):
+    model, other = tiny_vit(0), tiny_vit(1)
+    path = export(model, DenseReducer(), tmp_path, images(2))
+    with pytest.raises(ExportError, match="differ"):
+        verify_onnx(path, other, DenseReducer(), images(2))
+
+
+# ---- metadata, files ----------------------------------------------------------------------------
+
+
+def test_metadata_roundtrip_with_onnxslim(tmp_path, tokenizer):
+    """Slimmed + metadata. The export verifies itself on the batch (N=20) and on sample 0 trimmed
+    to its 12 real tokens, so the slimmed graph is proven at two lengths (and dims stay symbolic)."""
+    model = tiny_bert()
+    reducer = sttabt(model, 0.5)
+    calib = padded_text([12, 20, 5], 20)
+    meta_in = {"source_model": "tiny-bert"}
+    path = export(
+        model,
+        reducer,
+        tmp_path,
+        calib,
+        name="bert",
+        simplify=True,
+        tokenizer_file=tokenizer,
+        metadata=meta_in,
+    )
+    meta = read_metadata(path)
+    assert set(REQUIRED_KEYS) <= set(meta) and meta["format_version"] == 1
+    assert (meta["task"], meta["family"], meta["method"]) == ("text-classification", "bert", "sttabt")
+    assert meta["labels"] == ["LABEL_0", "LABEL_1", "LABEL_2"] and meta["num_layers"] == 3
+    assert (
+        meta["num_prefix_tokens"] == 1 and meta["keep_schedule"] == [0.5] * 3 and meta["thresholds"] is None
+    )
+    assert meta["approx_factor"] == 4 and meta["source_model"] == "tiny-bert"
+    assert meta["preprocess"] == {"text": {"tokenizer_file": "bert.tokenizer.json", "max_length": 64}}
+    assert meta["exporter"]["opset"] == 17 and meta["exporter"]["dynamo"] is False
+    assert (tmp_path / "bert.tokenizer.json").read_text() == tokenizer.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bert.onnx",
+        "bert.tokenizer.json",
+    ]  # no temp files left
+
+
+def test_vit_metadata_preprocess(tmp_path):
+    model = tiny_vit()
+    meta = read_metadata(export(model, DenseReducer(), tmp_path, images(2)))
+    assert meta["preprocess"]["image"]["image_size"] == 32 and meta["keep_schedule"] is None
+    assert meta["task"] == "image-classification" and meta["approx_factor"] is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
+def test_corrupt_file_gives_clear_error(tmp_path, damage):
+    model = tiny_vit()
+    good = export(model, DenseReducer(), tmp_path, images(2))
+    bad = tmp_path / "bad.onnx"
+    if damage == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif damage == "garbage":
+        bad.write_bytes(b"\x08\xff" + bytes(range(256)) * 8)
+    with pytest.raises(ExportError, match="corrupt|not found"):
+        verify_onnx(bad, model, DenseReducer(), images(1))
+    with pytest.raises(ExportError, match="corrupt|not found|no 'sttabt_edge' metadata"):
+        read_metadata(bad)
+
+
+# ---- INT8 -----------------------------------------------------------------------------------------
+
+
+def test_int8_dynamic_agrees_except_near_ties(tmp_path, vit05):
+    """Tiny random models have near-tied logits, so raw agreement is a weak signal. The test
+    asks for >= 75% agreement and, stronger, that every flip is explained by the quantization
+    error: the fp32 top-2 margin of a flipped sample is below 2x the largest logit error."""
+    x = {"pixel_values": images(32, seed=7)["pixel_values"].numpy()}
+    rep = quantize_onnx(vit05.path, tmp_path / "q.onnx", "dynamic", x)
+    assert rep.int8_bytes < rep.fp32_bytes and rep.kept_counts_equal
+    fp32, int8 = vit05.outputs(x)[0], ort_outputs(tmp_path / "q.onnx", x)[0]
+    err = np.abs(fp32 - int8).max(1)  # (B,)
+    top2 = np.sort(fp32, axis=1)[:, -2:]
+    flips = fp32.argmax(1) != int8.argmax(1)
+    assert rep.top1_agreement == pytest.approx(1 - flips.mean()) and rep.top1_agreement >= 0.75
+    assert ((top2[:, 1] - top2[:, 0])[flips] <= 2 * err[flips]).all()
+    assert read_metadata(tmp_path / "q.onnx")["quantization"] == "int8-dynamic"
+
+
+def test_int8_static_needs_calibration(tmp_path):
+    model = tiny_vit()
+    path = export(model, DenseReducer(), tmp_path, images(2))
+    with pytest.raises(ExportError, match="calibration"):
+        quantize_onnx(path, tmp_path / "q.onnx", "static")
+    rep = quantize_onnx(path, tmp_path / "q.onnx", "static", images(4))
+    assert rep.top1_agreement is not None and rep.mode == "static"
+
+
+# ---- latency breakdown and CLI ----------------------------------------------------------------------
+
+
+def test_latency_breakdown_stages_match(tmp_path, bert05):
+    model, reducer = bert05.module.model, bert05.module.reducer
+    res = latency_breakdown(
+        model, reducer, bert05.path, padded_text([11], 11), tmp_path, threads=1, runs=2, warmup=0
+    )
+    assert set(res) == {"approxnet", "masks", "sparse_model", "stages_sum", "pipeline"}
+    assert all(v > 0 for v in res.values())
+
+
+def test_cli_export_dense_and_errors(tmp_path):
+    model_dir = tmp_path / "vit"
+    tiny_vit().save_pretrained(model_dir)
+    runner = CliRunner()
+    out = tmp_path / "dense.onnx"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(model_dir),
+            "--method",
+            "dense",
+            "--out",
+            str(out),
+            "--no-simplify",
+            "--latency-runs",
+            "0",
+            "--calib-samples",
+            "2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["parity"]["max_abs_diff"] <= 1e-4 and out.is_file()
+    assert summary["kept_tokens_per_layer_mean"] == [17.0] * 3 and "SYNTHETIC" in res.stderr
+    res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--out", str(out)])
+    assert res.exit_code == 2 and "not implemented yet (issue 4 part 3)" in res.output
+    res = runner.invoke(app, ["export", "--model", str(model_dir), "--batch", "x", "--out", str(out)])
+    assert res.exit_code == 2 and "--batch" in res.output
+
+
+def test_cli_untrained_approx_is_loud(tmp_path):
+    model_dir = tmp_path / "vit"
+    tiny_vit().save_pretrained(model_dir)
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "s.onnx"),
+            "--keep-ratio",
+            "0.3",
+            "--no-simplify",
+            "--latency-runs",
+            "0",
+            "--calib-samples",
+            "2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "UNTRAINED ApproxNet" in res.stderr
+    assert json.loads(res.stdout)["kept_tokens_per_layer_mean"] == [6.0] * 3  # ceil(0.3 * 17)
+
+
+# ---- real checkpoint -----------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_deit_tiny_untrained_approx_parity(tmp_path, shared_dir):
+    from sttabt_edge.data import image_folder, image_preprocess_for
+    from sttabt_edge.models.loading import load_model
+
+    torch.set_num_threads(2)
+    model = load_model(shared_dir / "models" / "deit-tiny-imagenet")
+    reducer = SttabtReducer(build_approxnet(model, 4, "interpolate").eval(), keep_ratio=0.3)
+    files = [e.inputs for e in image_folder(shared_dir / "data" / "imagenet-sample")[:8]]
+    x = {"pixel_values": torch.from_numpy(image_preprocess_for(model)(files))}
+    path = export(model, reducer, tmp_path, {k: v[:2] for k, v in x.items()})
+    rep = verify_onnx(path, model, reducer, x, atol=1e-4)
+    assert rep["max_abs_diff"] <= 1e-4 and rep["kept_counts_equal"] and rep["num_samples"] == 8
+    assert (np.asarray(rep["kept_counts"]) == math.ceil(0.3 * 197)).all()

@@ -1,0 +1,537 @@
+"""Trainers on tiny models and tiny synthetic data: distillation, concrete, baselines, resume, DDP, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import VISION, tiny_bert
+from transformers import ViTConfig, ViTForImageClassification
+from typer.testing import CliRunner
+
+from sttabt_edge.cli import app
+from sttabt_edge.data import Example
+from sttabt_edge.errors import CheckpointMismatchError, InputError
+from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
+from sttabt_edge.method.concrete import retention_loss
+from sttabt_edge.sparse_model import SparseClassifier
+from sttabt_edge.train import checkpoint as ckpt_mod
+from sttabt_edge.train.approx import train_approx
+from sttabt_edge.train.artifacts import load_sttabt
+from sttabt_edge.train.baselines import train_baseline
+from sttabt_edge.train.checkpoint import latest_checkpoint, load_checkpoint
+from sttabt_edge.train.concrete import build_objective, train_concrete
+from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
+from sttabt_edge.train.data import (
+    TrainData,
+    augment_image,
+    bucketed_batches,
+    prepare_data,
+    resized_crop_box,
+    shard,
+)
+from sttabt_edge.train.engine import lr_factor
+from sttabt_edge.train.losses import geometric_schedule, retention_penalty
+from sttabt_edge.train.sources import hf_examples, load_splits, read_hf_disk, split_half
+
+assert_close = torch.testing.assert_close
+WORDS = "a the film movie good bad great dull fun boring plot actor story is was not very and of it".split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def vit(seed: int = 0, dropout: float = 0.0) -> ViTForImageClassification:
+    """Tiny ViT with a wide init (attention not uniform, so importance means something)."""
+    torch.manual_seed(seed)
+    cfg = ViTConfig(**VISION, attn_implementation="eager", initializer_range=0.2, hidden_dropout_prob=dropout)
+    return ViTForImageClassification(cfg).eval()
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(lr=1e-3, steps=8, batch_size=4, warmup=0.0, log_every=1, progress=False, eval_batch_size=8)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def image_dir(tmp_path) -> Path:
+    """16 flat ImageNet-style files <wnid>_<name>.png, 4 classes."""
+    d = tmp_path / "images"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        img = rng.integers(0, 255, (36 + i, 44, 3), dtype=np.uint8)
+        Image.fromarray(img).save(d / f"n0000{i % 4}_img{i:02d}.png")
+    return d
+
+
+@pytest.fixture()
+def text_model_dir(tmp_path) -> Path:
+    """Tiny BERT saved with a WordLevel tokenizer.json whose ids fit its 100-token vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(
+        [" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    d = tmp_path / "bert"
+    model = tiny_bert()
+    model.config.hidden_dropout_prob = 0.1
+    model.save_pretrained(d)
+    tok.save(str(d / "tokenizer.json"))
+    return d
+
+
+@pytest.fixture()
+def glue_dir(tmp_path) -> Path:
+    """A GLUE-like SST-2 task folder with train.tsv and dev.tsv."""
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 24), ("dev", 8)):
+        rows = [" ".join(rng.choice(WORDS, rng.integers(2, 12))) + f"\t{i % 2}" for i in range(n)]
+        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return d
+
+
+def image_data(image_dir: Path, model) -> TrainData:
+    return prepare_data(image_dir, model)
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def test_split_half_is_fixed_and_order_free(image_dir):
+    from sttabt_edge.data import image_folder
+
+    examples = image_folder(image_dir)
+    train, held = split_half(examples)
+    assert len(train) == len(held) == 8
+    assert {e.inputs for e in train}.isdisjoint({e.inputs for e in held})
+    again, _ = split_half(list(reversed(examples)))
+    assert {e.inputs for e in again} == {e.inputs for e in train}
+    assert {e.inputs for e in split_half(examples, seed=1)[0]} != {e.inputs for e in train}
+
+
+def test_augmentation_is_seeded_and_in_bounds(image_dir):
+    from sttabt_edge.runtime import ImagePreprocess
+
+    rng = np.random.default_rng(0)
+    for w, h in ((10, 300), (300, 10), (64, 48)):
+        left, top, cw, ch = resized_crop_box(w, h, rng)
+        assert 0 <= left and 0 <= top and left + cw <= w and top + ch <= h and cw > 0 and ch > 0
+    img = Image.open(next(image_dir.iterdir()))
+    pre = ImagePreprocess(image_size=32, resize_size=36)
+    a, b = (augment_image(img, pre, np.random.default_rng([0, 1, 2])) for _ in range(2))
+    assert a.shape == (3, 32, 32) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert not np.array_equal(a, augment_image(img, pre, np.random.default_rng([0, 1, 3])))
+
+
+def test_bucketing_and_sharding():
+    lengths = np.random.default_rng(0).integers(1, 50, 103)
+    plan = bucketed_batches(lengths, 8, np.random.default_rng(1), chunk_batches=4)
+    flat = np.concatenate(plan)
+    assert sorted(flat.tolist()) == list(range(103))
+    assert all(np.all(np.diff(lengths[b]) >= 0) for b in plan)  # sorted inside each batch
+    r0, r1 = shard(plan, 0, 2), shard(plan, 1, 2)
+    assert len(r0) == len(r1) == len(plan) // 2
+    assert not set(np.concatenate(r0)) & set(np.concatenate(r1))
+
+
+def test_text_batches_pad_dynamically(text_model_dir, glue_dir):
+    data = prepare_data(glue_dir, tiny_bert(), text_model_dir)
+    assert data.modality == "text" and data.task == "SST-2" and len(data.eval) == 8
+    src = data.source(batch_size=5, seed=0)
+    inputs, labels = src.get(0)
+    width = inputs["input_ids"].shape[1]
+    assert width == inputs["attention_mask"].sum(1).max() and labels.dtype == np.int64
+    assert np.all(inputs["input_ids"][:, 0] == 2)  # [CLS]
+    again, _ = data.source(batch_size=5, seed=0).get(0)
+    assert np.array_equal(again["input_ids"], inputs["input_ids"])
+    calib = data.calibration_batches(7, seed=0, max_length=32, chunk=4)
+    assert [b["input_ids"].shape[0] for b in calib] == [4, 3]
+    dev = dataclasses.replace(data, calib=data.eval).calibration_batches(100, max_length=32)
+    assert sum(b["input_ids"].shape[0] for b in dev) == 8  # calibrates on the held-out inputs instead
+    unlabeled = prepare_data(glue_dir, tiny_bert(), text_model_dir, labeled=False)
+    assert unlabeled.source(5, 0).get(0)[1] is None
+
+
+def test_unlabeled_sources_and_glue_test_files(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "test.tsv").write_text("index\tsentence\n0\ta film\n1\tthe plot\n")
+    (tmp_path / "lines.txt").write_text("a film\n\nthe plot\n")
+    for path in (tmp_path / "SST-2" / "test.tsv", tmp_path / "lines.txt"):
+        s = load_splits(path)
+        assert [e.inputs for e in s.train] == ["a film", "the plot"] and s.train[0].label is None
+
+
+def test_save_to_disk_needs_datasets(tmp_path, monkeypatch):
+    (tmp_path / "dataset_dict.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(InputError, match="pip install datasets"):
+        read_hf_disk(tmp_path, "train")
+
+    class FakeDS:  # the slice of datasets.Dataset we use
+        column_names = ["sentence1", "sentence2", "label"]
+        cols = {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [1, -1]}
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, key):
+            return self.cols[key]
+
+    fake = types.SimpleNamespace(load_from_disk=lambda p: {"train": FakeDS(), "validation": FakeDS()})
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    got = read_hf_disk(tmp_path, "validation")
+    assert [(e.inputs, e.label) for e in got] == [(("a", "c"), 1), (("b", "d"), None)]
+    with pytest.raises(InputError, match="splits"):
+        hf_examples({"train": FakeDS()}, "test", "x")
+
+
+def test_configs_round_trip(tmp_path):
+    c = cfg(amp="bf16", seed=3)
+    c.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == c
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        TrainConfig.from_dict({"lr": 1.0, "lrr": 2.0})
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(amp="fp8")
+    assert (
+        SparseTrainConfig.from_dict(SparseTrainConfig(target_retention=0.3).to_dict()).target_retention == 0.3
+    )
+
+
+def test_schedules():
+    assert [lr_factor(s, 2, 6) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    sched = geometric_schedule(0.4, 6)
+    retention = [1.0, *sched[:-1]]  # layer 0 sees every token
+    assert np.mean(retention) == pytest.approx(0.4, abs=1e-6) and sched == sorted(sched, reverse=True)
+
+
+# ---- trainers ---------------------------------------------------------------------------------
+
+
+def test_approx_distillation_lowers_heldout_kl(image_dir, tmp_path):
+    teacher = vit()
+    approx = train_approx(
+        teacher,
+        image_data(image_dir, teacher),
+        factor=2,
+        init="random",
+        cfg=cfg(lr=1e-2, steps=30),
+        out=tmp_path / "ax",
+    )
+    report = json.loads((tmp_path / "ax" / "report.json").read_text())
+    assert report["heldout_attention_kl"] < 0.85 * report["heldout_attention_kl_before"]
+    losses = [
+        json.loads(ln)["loss"] for ln in (tmp_path / "ax" / "metrics.jsonl").read_text().splitlines()[:-1]
+    ]
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
+    loaded = ApproxNet.load(tmp_path / "ax", teacher.config)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in approx.state_dict().items())
+    assert all(p.requires_grad for p in teacher.parameters())  # the caller's flags come back
+
+
+def test_concrete_moves_retention_to_target(image_dir, tmp_path):
+    model = vit()
+    data = image_data(image_dir, model)
+    approx = build_approxnet(model, 4, "interpolate")
+    scfg = SparseTrainConfig(init="-2", threshold_lr=0.3, hard_frac=0.2)
+    train_concrete(model, approx, data, 0.4, cfg(steps=30), scfg=scfg, out=tmp_path / "c")
+    logs = [json.loads(ln) for ln in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    ret = [r["retention"] for r in logs if "retention" in r and not r["hard"]]
+    assert ret[0] > 0.85 and np.mean(ret[-5:]) < 0.6  # soft phase: from ~1 toward 0.4
+    net, reducer = load_sttabt(tmp_path / "c")
+    with torch.no_grad():
+        batch = torch.from_numpy(np.stack(data.source(8, 0, augment=False).get(0)[0]["pixel_values"]))
+        out = SparseClassifier(net, reducer, mode="remove")(pixel_values=batch)
+    assert abs(float(out.retention.mean()) - 0.4) < 0.12  # the hard model, real removal
+    meta = json.loads((tmp_path / "c" / "sttabt.json").read_text())
+    assert meta["method"] == "sttabt" and len(meta["keep_schedule"]) == 3 and meta["preprocessing"]["image"]
+
+
+def test_retention_penalty_is_retention_loss(image_dir):
+    model = vit()
+    obj = build_objective(model, build_approxnet(model, 4), SparseTrainConfig(init="0.5"))
+    obj.on_step(0, 10)
+    x = torch.randn(3, 3, 32, 32)
+    out = obj.sparse(pixel_values=x)
+    assert_close(retention_penalty(out.retention, 0.3), retention_loss(out.keep, out.pad_mask, 0.3))
+
+
+@pytest.mark.parametrize("method", ["ltp", "topk"])
+def test_baselines_reach_target(image_dir, tmp_path, method):
+    model = vit()
+    data = image_data(image_dir, model)
+    train_baseline(method, model, data, 0.5, cfg(steps=6), out=tmp_path / method)
+    net, reducer = load_sttabt(tmp_path / method)
+    assert reducer.name == method and not reducer.training
+    with torch.no_grad():
+        batch = torch.from_numpy(data.source(8, 0, augment=False).get(0)[0]["pixel_values"])
+        ret = float(SparseClassifier(net, reducer)(pixel_values=batch).retention.mean())
+    assert abs(ret - 0.5) < 0.12
+
+
+# ---- resume and checkpoints -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["vit", "bert"])
+def test_resume_gives_identical_weights(family, image_dir, text_model_dir, glue_dir, tmp_path):
+    """8 steps straight == 5 steps, stop, resume for 3.
+
+    Covers dropout, concrete noise, data order and the hard-phase snap at step 6."""
+    if family == "vit":
+        model_fn = lambda: vit(dropout=0.1)  # noqa: E731
+        data = image_data(image_dir, model_fn())
+    else:
+        model_fn = tiny_bert
+        data = prepare_data(glue_dir, tiny_bert(), text_model_dir)
+    kw = dict(steps=8, batch_size=3, max_length=32)
+
+    def run(out: Path, stop_after: int = 0, resume: bool = False):
+        model = model_fn()
+        model.config.hidden_dropout_prob = 0.1
+        approx = build_approxnet(model, 4, "interpolate")
+        scfg = SparseTrainConfig(init="-1", threshold_lr=0.2, hard_frac=0.25)
+        return train_concrete(
+            model, approx, data, 0.5, cfg(**kw, stop_after=stop_after), scfg=scfg, out=out, resume=resume
+        )
+
+    straight, red_a = run(tmp_path / "a")
+    run(tmp_path / "b", stop_after=5)
+    assert (
+        latest_checkpoint(tmp_path / "b").name == "ckpt-000005"
+        and not (tmp_path / "b" / "sttabt.json").exists()
+    )
+    resumed, red_b = run(tmp_path / "b", resume=True)
+    for k, v in straight.state_dict().items():
+        assert_close(resumed.state_dict()[k], v, atol=0, rtol=0)
+    for k, v in red_a.state_dict().items():
+        assert_close(red_b.state_dict()[k], v, atol=0, rtol=0)
+    log_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(ln).items() if k != "step_time"} for ln in lines]  # noqa: E731
+    assert strip(log_a) == strip(log_b)
+
+
+def test_crash_mid_checkpoint_keeps_previous(image_dir, tmp_path, monkeypatch):
+    teacher = vit()
+    data = image_data(image_dir, teacher)
+    out = tmp_path / "ax"
+    train_approx(teacher, data, init="random", cfg=cfg(steps=4, stop_after=2), out=out)
+    real_save = ckpt_mod.save_module
+
+    def crashing(module, path, metadata=None):
+        real_save(module, path, metadata)
+        path.write_bytes(path.read_bytes()[:100])  # half-written file, then the process "dies"
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(ckpt_mod, "save_module", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_approx(teacher, data, init="random", cfg=cfg(steps=4), out=out, resume=True)
+    monkeypatch.undo()
+    latest = latest_checkpoint(out)
+    assert latest.name == "ckpt-000002" and not (out / "checkpoints" / "ckpt-000004").exists()
+    approx = build_approxnet(teacher, 4, "random")
+    _, state = load_checkpoint(
+        latest, {"approx": approx}, json.loads((latest / "state.json").read_text())["fingerprint"]
+    )
+    assert state["step"] == 2
+    train_approx(teacher, data, init="random", cfg=cfg(steps=4), out=out, resume=True)
+    assert latest_checkpoint(out).name == "ckpt-000004"
+    assert not list((out / "checkpoints").glob(".*"))  # temp dirs of the crash were cleaned up
+
+
+def test_checkpoint_of_another_model_is_refused(image_dir, tmp_path):
+    teacher = vit()
+    data = image_data(image_dir, teacher)
+    train_approx(teacher, data, init="random", cfg=cfg(steps=2), out=tmp_path / "ax")
+    torch.manual_seed(0)
+    other = ViTForImageClassification(ViTConfig(**{**VISION, "hidden_size": 64}, attn_implementation="eager"))
+    with pytest.raises(CheckpointMismatchError, match="hidden"):
+        train_approx(other, data, init="random", cfg=cfg(steps=4), out=tmp_path / "ax", resume=True)
+    fp = json.loads((latest_checkpoint(tmp_path / "ax") / "state.json").read_text())["fingerprint"]
+    with pytest.raises(CheckpointMismatchError, match="does not match"):
+        load_checkpoint(latest_checkpoint(tmp_path / "ax"), {"approx": build_approxnet(other, 4)}, fp)
+    with pytest.raises(InputError, match="--resume"):  # never overwrite a run silently
+        train_approx(teacher, data, init="random", cfg=cfg(steps=2), out=tmp_path / "ax")
+
+
+# ---- DDP --------------------------------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, port: int, image_dir: str, out: str) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    teacher = vit()
+    approx = train_approx(
+        teacher,
+        prepare_data(image_dir, teacher),
+        init="random",
+        cfg=cfg(steps=3, batch_size=2),
+        out=Path(out) / "run",
+    )
+    save_file({k: v.contiguous() for k, v in approx.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+
+
+def test_two_process_gloo_ranks_agree(image_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(
+        _ddp_worker, args=(port, str(image_dir), str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    a, b = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    init = build_approxnet(vit(), 4, "random").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], init[k]) for k in a)  # it trained
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) >= 3  # rank 0 logged
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_train_verbs_and_eval(image_dir, tmp_path):
+    runner = CliRunner()
+    model_dir = tmp_path / "vit"
+    vit().save_pretrained(model_dir)
+    common = ["--data", str(image_dir), "--steps", "3", "--batch-size", "4", "--log-every", "1"]
+    res = runner.invoke(
+        app, ["train", "approx", "--model", str(model_dir), "--out", str(tmp_path / "ax"), *common]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["heldout_attention_kl"] > 0
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "concrete",
+            "--model",
+            str(model_dir),
+            "--approx",
+            str(tmp_path / "ax"),
+            "--target-retention",
+            "0.4",
+            "--out",
+            str(tmp_path / "c"),
+            *common,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    for method in ("ltp", "topk"):
+        res = runner.invoke(
+            app,
+            [
+                "train",
+                "baseline",
+                "--method",
+                method,
+                "--model",
+                str(model_dir),
+                "--target-retention",
+                "0.5",
+                "--out",
+                str(tmp_path / method),
+                *common,
+            ],
+        )
+        assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", "--model", str(tmp_path / "c"), "--data", str(image_dir)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["method"] == "sttabt-trained" and got["retention"] < 0.7 and got["num_samples"] == 16
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "concrete",
+            "--model",
+            str(model_dir),
+            "--approx",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "c2"),
+            *common,
+        ],
+    )
+    assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_cli_train_approx_on_text(text_model_dir, glue_dir, tmp_path):
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "approx",
+            "--model",
+            str(text_model_dir),
+            "--data",
+            str(glue_dir),
+            "--init",
+            "random",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "ax"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert ApproxNet.load(tmp_path / "ax").factor == 4
+
+
+def test_eval_examples_keep_labels(image_dir):
+    model = vit()
+    data = image_data(image_dir, model)
+    assert all(isinstance(e, Example) and e.label is not None for e in data.eval_examples())
+
+
+def test_sweep_end_to_end(image_dir, tmp_path):
+    from sttabt_edge.train.config import ApproxConfig
+    from sttabt_edge.train.sweep import SweepPlan, plot_curves, run_sweep
+
+    model_dir = tmp_path / "vit"
+    vit().save_pretrained(model_dir)
+    plan = SweepPlan(
+        targets=[0.5],
+        approx_cfg=cfg(steps=2),
+        sparse_cfg=cfg(steps=2),
+        max_eval=8,
+        acfg=ApproxConfig(init="random"),
+        scfg=SparseTrainConfig(calib_samples=8),
+    )
+    res = run_sweep(model_dir, image_dir, tmp_path / "work", plan, log=lambda s: None)
+    assert [p["method"] for p in res["points"]] == ["concrete", "ltp", "topk", "tome", "sttabt-topk"]
+    assert all(0 < p["retention"] < 0.9 and p["num_samples"] == 8 for p in res["points"])
+    assert res["approx"]["heldout_attention_kl"] > 0 and len(res["commands"]) == 4
+    plot_curves(res, tmp_path / "curve.png", "tiny")
+    assert (tmp_path / "curve.png").stat().st_size > 1000
