@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -c $(CONSTRAINTS) -e '.[all]'
 	touch $(STAMP)
 
+# Two pytest runs: the main suite, then the TFLite conversions (slow, each converts with litert-torch;
+# loadgroup keeps tests that share one converted file on one worker).
 test: venv
-	$(VPY) -m pytest -n 2 -q tests
+	$(VPY) -m pytest -n 2 -q -m "not tflite" tests
+	$(VPY) -m pytest -n 2 -q -m tflite --dist loadgroup tests
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -38,6 +38,8 @@ class ExportRequest:
     method: str = "sttabt"
     approx: Path | None = None
     approx_factor: int = 4  # only for the untrained fallback
+    target: str = "onnx"  # "onnx" | "tflite"
+    seq_len: int = 128  # tflite text models: the static sequence length
     keep_ratio: float = 0.5
     quantize: str | None = None  # "int8" (= dynamic) | "int8-static"
     batch: Batch = "dynamic"
@@ -111,6 +113,15 @@ def synthetic_batch(model: nn.Module, family: str, n: int, seed: int = 0) -> dic
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
+def approx_record(req: ExportRequest) -> dict[str, Any] | None:
+    """How `verify` can rebuild the export's ApproxNet: a saved dir, or the deterministic untrained init."""
+    if req.method != "sttabt":
+        return None
+    if req.approx is not None:
+        return {"source": str(Path(req.approx).resolve()), "init": None, "factor": None, "seed": None}
+    return {"source": None, "init": "interpolate", "factor": req.approx_factor, "seed": 0}
+
+
 def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     """Export + verification + optional INT8 + latency breakdown; returns the summary."""
     from sttabt_edge.models.loading import load_model
@@ -120,6 +131,8 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     model = load_model(req.model)
     reducer = build_reducer(model, req, warn)
     calib, calib_src = calibration_batch(model, req, warn)
+    if req.target == "tflite":
+        return run_export_tflite(req, model, reducer, calib, calib_src)
     kwargs = {"batch": req.batch, "opset": req.opset, "dynamo": req.dynamo, "simplify": req.simplify}
     tokenizer = _tokenizer(req.model)
     path, report = export_verified(
@@ -127,7 +140,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
         reducer,
         req.out,
         example_inputs=calib,
-        metadata={"source_model": req.model},
+        metadata={"source_model": req.model, "approx": approx_record(req)},
         tokenizer_file=tokenizer,
         **kwargs,
     )
@@ -154,6 +167,36 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
             f"batch 1, onnxruntime {req.threads} threads, spinning off, median of {req.latency_runs} runs, "
             "each graph in its own session, one after another"
         )
+    return summary
+
+
+def run_export_tflite(
+    req: ExportRequest, model: nn.Module, reducer: Reducer, calib: Mapping[str, torch.Tensor], calib_src: str
+) -> dict[str, Any]:
+    """Static batch-1 .tflite (fixed per-layer counts), verified in the LiteRT interpreter."""
+    from sttabt_edge.export.tflite import export_tflite, quantize_tflite, read_sidecar
+
+    if req.batch not in ("dynamic", 1):
+        raise InputError("TFLite exports have a static batch of 1 (the runtime runs a batch row by row)")
+    if req.quantize == "int8-static":
+        raise InputError("TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only")
+    family = model_parts(model).family
+    if family == "bert":  # the static length: truncate the calibration batch to it
+        calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
+    path = export_tflite(
+        model, reducer, req.out, example_inputs=calib,
+        metadata={"source_model": req.model, "approx": approx_record(req)},
+        seq_len=req.seq_len if family == "bert" else None, tokenizer_file=_tokenizer(req.model),
+    )
+    side = read_sidecar(path)
+    summary: dict[str, Any] = {
+        "out": str(path), "size_mb": path.stat().st_size / 2**20, "method": reducer.name, "target": "tflite",
+        "calibration": calib_src, "tflite": {k: v for k, v in side["tflite"].items() if k != "verification"},
+        "parity": side["tflite"].get("verification"),
+    }
+    if req.quantize:
+        out = path.with_name(f"{path.stem}.int8.tflite")
+        summary["quantization"] = quantize_tflite(path, out, model=model, reducer=reducer, inputs=calib)
     return summary
 
 

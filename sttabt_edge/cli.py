@@ -290,8 +290,9 @@ class ExportTarget(str, Enum):
 @app.command("export")
 def export_cmd(
     model: Annotated[str, typer.Option(help="checkpoint directory, timm file or alias")],
-    out: Annotated[Path, typer.Option(help="output file (.onnx)")],
-    target: Annotated[ExportTarget, typer.Option(help="onnx | tflite (not yet)")] = ExportTarget.onnx,
+    out: Annotated[Path, typer.Option(help="output file (.onnx or .tflite)")],
+    target: Annotated[ExportTarget, typer.Option(help="onnx (dynamic shapes) | tflite (static, batch 1)")] = ExportTarget.onnx,
+    seq_len: Annotated[int, typer.Option(help="tflite text models: static sequence length")] = 128,
     method: Annotated[str, typer.Option(help="sttabt | dense (topk | tome: ViT only)")] = "sttabt",
     approx: Annotated[Path | None, typer.Option(help="trained ApproxNet dir (default: UNTRAINED)")] = None,
     approx_factor: Annotated[int, typer.Option(help="width divisor of the untrained ApproxNet")] = 4,
@@ -310,8 +311,6 @@ def export_cmd(
     """Export to one ONNX graph (ApproxNet -> back-tracking -> sparse model), verified against PyTorch."""
     from sttabt_edge.errors import SttabtError
 
-    if target == ExportTarget.tflite:
-        _fail("--target tflite is not implemented yet (issue 4 part 3); use --target onnx")
     if batch != "dynamic" and not (batch.isdigit() and int(batch) > 0):
         _fail(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
     try:
@@ -321,9 +320,13 @@ def export_cmd(
             model=model, out=out, method=method, approx=approx, approx_factor=approx_factor,
             keep_ratio=keep_ratio, quantize=quantize, batch="dynamic" if batch == "dynamic" else int(batch),
             calib=calib, calib_samples=calib_samples, opset=opset, dynamo=dynamo, simplify=simplify,
-            latency_runs=latency_runs, threads=threads,
+            latency_runs=latency_runs, threads=threads, target=target.value, seq_len=seq_len,
         )
-        summary = run_export(req, warn=lambda m: typer.secho(f"WARNING: {m}", fg="yellow", err=True))
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):  # converters log to stdout; stdout is the JSON summary
+            summary = run_export(req, warn=lambda m: typer.secho(f"WARNING: {m}", fg="yellow", err=True))
     except (SttabtError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))

@@ -362,8 +362,9 @@ def test_cli_export_dense_and_errors(tmp_path):
     summary = json.loads(res.stdout)
     assert summary["parity"]["max_abs_diff"] <= 1e-4 and out.is_file()
     assert summary["kept_tokens_per_layer_mean"] == [17.0] * 3 and "SYNTHETIC" in res.stderr
-    res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--out", str(out)])
-    assert res.exit_code == 2 and "not implemented yet (issue 4 part 3)" in res.output
+    res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--batch", "4",
+                              "--out", str(tmp_path / "x.tflite")])
+    assert res.exit_code == 2 and "static batch of 1" in res.output
     res = runner.invoke(app, ["export", "--model", str(model_dir), "--batch", "x", "--out", str(out)])
     assert res.exit_code == 2 and "--batch" in res.output
 

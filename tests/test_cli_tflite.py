@@ -1,0 +1,36 @@
+"""`export --target tflite` end to end through the CLI: convert, run (runtime), verify."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny import tiny_vit
+from typer.testing import CliRunner
+
+from sttabt_edge.cli import app
+
+pytest.importorskip("litert_torch")
+pytestmark = pytest.mark.tflite
+runner = CliRunner()
+
+
+def test_cli_tflite_export_run_verify(tmp_path):
+    model_dir = tmp_path / "vit"
+    tiny_vit().save_pretrained(model_dir)
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "m.tflite"
+    res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--out", str(out),
+                              "--keep-ratio", "0.5", "--calib", str(images.parent), "--calib-samples", "3"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["target"] == "tflite" and out.is_file()
+    res = runner.invoke(app, ["run", str(out), "--image", str(images / "0.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["kept_counts"] == [9, 9, 9]  # ceil(0.5 * 17): really pruned
+    res = runner.invoke(app, ["verify", str(out), "--reference", str(model_dir), "--data", str(images.parent)])
+    assert res.exit_code == 0, res.output
