@@ -17,6 +17,9 @@ from sttabt_edge.method.backtrack import Backtrack, input_importance, reduce_hea
 from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
 
 
+MIN_IMPORTANCE = 1e-4  # relative to the mean importance (1.0)
+
+
 def normalized_importance(s: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
     """Scale importance so its mean over real tokens is 1. (B, N) -> (B, N)."""
     pad = pad_mask.to(s.dtype)
@@ -54,7 +57,9 @@ def concrete_backtrack(
         a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
         s = input_importance(a, row_weights(out, importance, p))  # (B, N)
         s_norm = normalized_importance(s, pad_mask)
-        logit = (torch.log(s_norm + 1e-9) - threshold_logits[layer]) / temperature
+        # clamp, not +eps: d/ds log(s + 1e-9) ~ 1e9 on near-zero scores blew up ApproxNet gradients;
+        # below 1e-4 of the mean a token is dropped by any threshold above log(1e-4) = -9.2 anyway
+        logit = (torch.log(s_norm.clamp_min(MIN_IMPORTANCE)) - threshold_logits[layer]) / temperature
         if training:
             u = torch.rand(s.shape, generator=generator, dtype=dtype, device=s.device).clamp(1e-6, 1 - 1e-6)
             logit = logit + (torch.log(u) - torch.log1p(-u)) / temperature
