@@ -86,6 +86,8 @@ if [ ! -x "$SYSROOT/usr/bin/python$PY" ]; then
     mkdir -p "$CACHE"
     mmdebstrap --quiet --variant=extract --arch=arm64 --components=main \
         --include="python$PY,libstdc++6,libgomp1" "$SUITE" "$SYSROOT.tmp" "$MIRROR"
+    # merged /usr: the ELF interpreter is /lib/ld-linux-aarch64.so.1 (trixie's extract has no /lib link)
+    for d in bin lib sbin; do [ -e "$SYSROOT.tmp/$d" ] || ln -s "usr/$d" "$SYSROOT.tmp/$d"; done
     mv "$SYSROOT.tmp" "$SYSROOT"   # only a complete sysroot counts as cached
 fi
 
@@ -194,7 +196,7 @@ if ref != "-":
     same_kept = bool(np.array_equal(kept, r["kept"]))
     name = model.rsplit("/", 1)[-1]
     print(f"  {name}: pixels max|diff| {dpix:.2e}, logits max|diff| {dlog:.2e}, "
-          f"top-1 equal: {same_top1}, kept counts equal: {same_kept}; top-1 {[res.labels[i][0] for i in range(3)]}...")
+          f"top-1 equal: {same_top1}, kept counts equal: {same_kept}; top-1 {[lab[0] for lab in res.labels[:3]]}...")
     sys.exit(0 if (dlog <= 1e-4 and same_top1 and same_kept) else 1)
 '
 
@@ -232,7 +234,7 @@ elif ! "$X86_PYTHON" -m sttabt_edge.cli export --help >/dev/null 2>&1; then
     why="\`sttabt-edge export\` is not available in $X86_PYTHON yet"
 fi
 if [ -n "$why" ]; then
-    echo "skipped: $why"
+    echo "not run: $why"
     skip "exported-model parity x86 vs ARM: $why"
 else
     # Exports and x86 references are reused while the sources that make them are unchanged.
