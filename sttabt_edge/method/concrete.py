@@ -16,7 +16,6 @@ from torch import nn
 from sttabt_edge.method.backtrack import Backtrack, input_importance, reduce_heads, retention, row_weights
 from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
 
-
 MIN_IMPORTANCE = 1e-4  # relative to the mean importance (1.0)
 
 
