@@ -24,7 +24,7 @@ from torch import nn
 from sttabt_edge import compat
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet, teacher_targets
 from sttabt_edge.method.distill import DistillWeights, approx_distill_loss, attention_kl
-from sttabt_edge.train.checkpoint import atomic_write_text
+from sttabt_edge.train.checkpoint import atomic_write_text, model_fingerprint
 from sttabt_edge.train.config import ApproxConfig, TrainConfig
 from sttabt_edge.train.data import Batch, TrainData
 from sttabt_edge.train.distributed import Dist, distributed
@@ -102,13 +102,9 @@ def heldout_attention_kl(
 
 
 def approx_fingerprint(teacher: nn.Module, acfg: ApproxConfig) -> dict[str, Any]:
-    c = teacher.config
     return {
-        "kind": "approx",
-        "model_class": compat.class_name(teacher),
-        "layers": int(c.num_hidden_layers),
-        "hidden": int(c.hidden_size),
-        "heads": int(c.num_attention_heads),
+        **model_fingerprint("approx", teacher),
+        "heads": int(teacher.config.num_attention_heads),
         "factor": acfg.factor,
         "init": acfg.init,
     }

@@ -21,12 +21,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from sttabt_edge import compat
 from sttabt_edge.reducers import LtpReducer, TopkReducer
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.artifacts import save_trained
-from sttabt_edge.train.concrete import calibration_batches, hard_schedule, held_out_evaluator, trained_meta
+from sttabt_edge.train.checkpoint import model_fingerprint
+from sttabt_edge.train.concrete import (
+    calibration_batches,
+    hard_schedule,
+    held_out_evaluator,
+    snap_without_hard_phase,
+    trained_meta,
+)
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import distributed
@@ -121,12 +127,8 @@ def build_baseline(
 
 
 def baseline_fingerprint(method: str, model: nn.Module, scfg: SparseTrainConfig) -> dict[str, Any]:
-    c = model.config
     return {
-        "kind": f"baseline-{method}",
-        "model_class": compat.class_name(model),
-        "layers": int(c.num_hidden_layers),
-        "hidden": int(c.hidden_size),
+        **model_fingerprint(f"baseline-{method}", model),
         "target_retention": scfg.target_retention,
         "freeze_main": scfg.freeze_main,
     }
@@ -172,12 +174,7 @@ def train_baseline(
             resume,
             name=f"{method} r={scfg.target_retention:g}",
         )
-        if (
-            res.finished
-            and objective.snap is not None
-            and scfg.hard_start(res.total_steps) == res.total_steps
-        ):
-            objective.snap()  # no hard phase: snap the final thresholds instead
+        snap_without_hard_phase(objective, res, scfg)
         model.eval()
         reducer.eval()
         if method == "ltp":

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sttabt_edge import compat
 from sttabt_edge.errors import CheckpointMismatchError
 from sttabt_edge.models.loading import load_state_dict_checked
 
@@ -180,3 +181,14 @@ def load_checkpoint(
         load_module(module, ckpt / f"{name}.safetensors")
     trainer_state = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
     return trainer_state, state
+
+
+def model_fingerprint(kind: str, model: nn.Module) -> dict[str, Any]:
+    """The model-shape part of a run's fingerprint; resume refuses a checkpoint whose fingerprint differs."""
+    c = model.config
+    return {
+        "kind": kind,
+        "model_class": compat.class_name(model),
+        "layers": int(c.num_hidden_layers),
+        "hidden": int(c.hidden_size),
+    }

@@ -30,10 +30,11 @@ from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.train.artifacts import load_sttabt, save_trained
+from sttabt_edge.train.checkpoint import model_fingerprint
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import Dist, distributed
-from sttabt_edge.train.engine import decay_groups, fit
+from sttabt_edge.train.engine import FitResult, decay_groups, fit
 from sttabt_edge.train.losses import SparseObjective, bisect_offset
 
 __all__ = ["load_sttabt", "snap_thresholds", "train_concrete"]
@@ -92,14 +93,16 @@ def snap_thresholds(
     return offset
 
 
+def snap_without_hard_phase(objective: SparseObjective, res: FitResult, scfg: SparseTrainConfig) -> None:
+    """A finished run whose schedule left no hard-mask phase snaps its final thresholds instead."""
+    if res.finished and objective.snap is not None and scfg.hard_start(res.total_steps) == res.total_steps:
+        objective.snap()
+
+
 def concrete_fingerprint(model: nn.Module, approx: ApproxNet, scfg: SparseTrainConfig) -> dict[str, Any]:
-    c = model.config
     return {
-        "kind": "concrete",
-        "model_class": compat.class_name(model),
-        "layers": int(c.num_hidden_layers),
-        "hidden": int(c.hidden_size),
-        "heads": int(c.num_attention_heads),
+        **model_fingerprint("concrete", model),
+        "heads": int(model.config.num_attention_heads),
         "factor": approx.factor,
         "target_retention": scfg.target_retention,
         "freeze_main": scfg.freeze_main,
@@ -208,12 +211,7 @@ def train_concrete(
             resume,
             name=f"concrete r={scfg.target_retention:g}",
         )
-        if (
-            res.finished
-            and objective.snap is not None
-            and scfg.hard_start(res.total_steps) == res.total_steps
-        ):
-            objective.snap()  # no hard phase: snap the final thresholds instead
+        snap_without_hard_phase(objective, res, scfg)
         model.eval()
         reducer.eval()
         if dist.is_main and res.finished:
