@@ -19,7 +19,7 @@ from torch import nn
 
 from sttabt_edge.compat import ModelParts, model_parts
 from sttabt_edge.errors import ExportError
-from sttabt_edge.method.backtrack import Backtrack, ratio_schedule, topk_backtrack, topk_sizes
+from sttabt_edge.method.backtrack import AttentionMaps, Backtrack, ratio_schedule, topk_backtrack, topk_sizes
 from sttabt_edge.method.sparse import KeepPlan, plan_forward
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
@@ -105,7 +105,7 @@ def _sttabt(reducer: Reducer) -> SttabtReducer:
 
 
 def backtrack_masks(
-    reducer: SttabtReducer, attn: torch.Tensor, pad: torch.Tensor, num_prefix: int
+    reducer: SttabtReducer, attn: AttentionMaps, pad: torch.Tensor, num_prefix: int
 ) -> Backtrack:
     """The reducer's back-tracking on given attention maps (same dispatch as SttabtReducer.backtrack)."""
     if reducer.thresholds is not None:
@@ -114,27 +114,28 @@ def backtrack_masks(
 
 
 class ApproxStage(nn.Module):
-    """forward(*inputs) -> ApproxNet attention maps (L, B, H, N, N)."""
+    """forward(*inputs) -> ApproxNet's back-tracking maps: L tensors (B, H, R, N)."""
 
     def __init__(self, model: nn.Module, reducer: Reducer):
         super().__init__()
         self.approx = _sttabt(reducer).approx
         self.family = model_parts(model).family
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.approx.attentions(as_inputs(self.family, inputs))
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.approx.attentions(as_inputs(self.family, inputs)))
 
 
 class MaskStage(nn.Module):
-    """forward(attn (L, B, H, N, N), attention_mask (B, N)) -> keep masks (L+1, B, N) bool."""
+    """forward(*maps (B, H, R, N), attention_mask (B, N)) -> keep masks (L+1, B, N) bool."""
 
     def __init__(self, model: nn.Module, reducer: Reducer):
         super().__init__()
         self.reducer = _sttabt(reducer)
         self.num_prefix = model_parts(model).num_prefix_tokens
 
-    def forward(self, attn: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        bt = backtrack_masks(self.reducer, attn, attention_mask.bool(), self.num_prefix)
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        *maps, attention_mask = args
+        bt = backtrack_masks(self.reducer, maps, attention_mask.bool(), self.num_prefix)
         return torch.stack([k.bool() for k in bt.keep])
 
 

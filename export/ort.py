@@ -93,6 +93,31 @@ def median_latency_ms(
     return statistics.median(times)
 
 
+def interleaved_times_ms(
+    graphs: Mapping[str, tuple[str | Path, Mapping[str, np.ndarray]]],
+    threads: int = 2,
+    runs: int = 20,
+    warmup: int = 3,
+) -> dict[str, list[float]]:
+    """Per-run wall times of several graphs, timed round-robin (A B C A B C ...) in one process.
+
+    One session runs at a time and idle sessions' threads sleep (spinning is off), so they do
+    not contend; load changes on a shared machine hit every graph of a round alike, which keeps
+    per-round ratios stable where back-to-back medians drift.
+    """
+    sessions = {name: (open_session(path, threads), feeds) for name, (path, feeds) in graphs.items()}
+    for _ in range(warmup):
+        for session, feeds in sessions.values():
+            run(session, feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(runs):
+        for name, (session, feeds) in sessions.items():
+            t0 = time.perf_counter()
+            run(session, feeds)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def softmax_widths(path: str | Path, feeds: Mapping[str, np.ndarray]) -> list[int]:
     """Key-axis length of every Softmax in the graph, in graph order, measured by running it.
 

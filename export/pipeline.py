@@ -38,6 +38,7 @@ class ExportRequest:
     method: str = "sttabt"
     approx: Path | None = None
     approx_factor: int = 4  # only for the untrained fallback
+    approx_heads: int | None = None  # only for the untrained fallback (None: the model's)
     target: str = "onnx"  # "onnx" | "tflite"
     seq_len: int = 128  # tflite text models: the static sequence length
     keep_ratio: float = 0.5
@@ -66,7 +67,7 @@ def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
             f"NO --approx: using an UNTRAINED ApproxNet (interpolate init, factor {req.approx_factor}). "
             "Latency is representative; token selection and accuracy are NOT. Distil one, pass --approx DIR."
         )
-        approx = build_approxnet(model, req.approx_factor, "interpolate")
+        approx = build_approxnet(model, req.approx_factor, "interpolate", heads=req.approx_heads)
     return make_reducer("sttabt", approx=approx.eval(), keep_ratio=req.keep_ratio)
 
 
@@ -118,8 +119,8 @@ def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     if req.method != "sttabt":
         return None
     if req.approx is not None:
-        return {"source": str(Path(req.approx).resolve()), "init": None, "factor": None, "seed": None}
-    return {"source": None, "init": "interpolate", "factor": req.approx_factor, "seed": 0}
+        return {"source": str(Path(req.approx).resolve()), "init": None, "factor": None, "seed": None, "heads": None}
+    return {"source": None, "init": "interpolate", "factor": req.approx_factor, "seed": 0, "heads": req.approx_heads}
 
 
 def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
@@ -278,6 +279,7 @@ def _latency(
                 dense=dense,
                 opset=kwargs["opset"],
                 dynamo=req.dynamo,
+                batch=req.batch,
                 threads=threads,
                 runs=runs,
             )

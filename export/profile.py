@@ -1,14 +1,16 @@
 """Latency breakdown of an exported STTABT pipeline: ApproxNet / masks / sparse model / whole / dense.
 
-Each stage is exported as its own graph (same exporter, same dynamic axes as the
-pipeline) and timed in its own onnxruntime session, one session after another (never
-concurrently: sessions in one process, and their threads, slow each other down). Inputs
-of the later stages (attention maps, keep masks) are computed with PyTorch from the same
-sample, and each stage graph is checked against PyTorch before it is timed.
+Each stage is exported as its own graph (same exporter, same axes as the pipeline) with
+its own onnxruntime session. All graphs are timed round-robin in one process, one run at
+a time (never concurrently: sessions running together slow each other down), so the
+per-round ratios to dense hold on a loaded machine. Inputs of the later stages
+(attention maps, keep masks) are computed with PyTorch from the same sample, and each
+stage graph is checked against PyTorch before it is timed.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from torch import nn
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import ApproxStage, MaskStage, SparseStage, example_args, input_names
-from sttabt_edge.export.onnx import dynamic_axes, trace_to_onnx
+from sttabt_edge.export.onnx import Batch, dynamic_axes, trace_to_onnx
 from sttabt_edge.reducers.base import Reducer
 
 STAGES = ("approxnet", "masks", "sparse_model")
@@ -33,9 +35,10 @@ class Stage:
     refs: tuple[np.ndarray, ...]  # PyTorch outputs on them
 
 
-def _axes(family: str, batch_dim: int, token_dims: tuple[int, ...]) -> dict[int, str]:
-    """Batch axis symbolic; token axes symbolic for text only (ViT's N is fixed by the image)."""
-    return {batch_dim: "batch", **({d: "sequence" for d in token_dims} if family == "bert" else {})}
+def _axes(family: str, batch_dim: int | None, token_dims: tuple[int, ...]) -> dict[int, str]:
+    """Batch axis symbolic (None: fixed); token axes symbolic for text only (ViT's N is fixed)."""
+    batch = {} if batch_dim is None else {batch_dim: "batch"}
+    return {**batch, **({d: "sequence" for d in token_dims} if family == "bert" else {})}
 
 
 def _batch2(t: torch.Tensor, batch_dim: int) -> torch.Tensor:
@@ -50,27 +53,38 @@ def export_stages(
     work: Path,
     opset: int = 17,
     dynamo: bool = False,
+    batch: Batch = "dynamic",
 ) -> dict[str, Stage]:
-    """Export ApproxNet, mask computation and sparse model as three graphs."""
+    """Export ApproxNet, mask computation and sparse model as three graphs.
+
+    ``batch``: "dynamic", or fixed like the pipeline it is compared with (the sample's batch).
+    """
+    dyn = batch == "dynamic"
     approx, masks, sparse = (cls(model, reducer).eval() for cls in (ApproxStage, MaskStage, SparseStage))
     family = sparse.parts.family
     names = input_names(family)
     args = example_args(family, sample)
     with torch.no_grad():
-        attn = approx(*args)  # (L, B, H, N, N)
-        pad = args[1] if family == "bert" else torch.ones(attn.shape[1], attn.shape[-1], dtype=torch.long)
-        keep = masks(attn, pad)  # (L+1, B, N) bool
+        maps = approx(*args)  # L x (B, H, R, N)
+        pad = args[1] if family == "bert" else torch.ones(maps[0].shape[0], maps[0].shape[-1], dtype=torch.long)
+        keep = masks(*maps, pad)  # (L+1, B, N) bool
         logits, kept = sparse(*args, keep)
-    model_axes = dynamic_axes(names, family, "dynamic", ())
+    map_names = tuple(f"attentions_{i}" for i in range(len(maps)))
+    # token axes of each map: rows (dim 2) follow N except the top layer's prefix rows; keys (dim 3)
+    map_axes = {
+        name: _axes(family, 0 if dyn else None, (2, 3) if m.shape[-2] == m.shape[-1] else (3,))
+        for name, m in zip(map_names, maps, strict=True)
+    }
+    model_axes = dynamic_axes(names, family, batch, ())
     specs = {  # name: (module, args, input names, batch dim of each input, output names, axes, refs)
-        "approxnet": (approx, args, names, (0,) * len(names), ("attentions",), model_axes, (attn,)),
+        "approxnet": (approx, args, names, (0,) * len(names), map_names, model_axes | map_axes, maps),
         "masks": (
             masks,
-            (attn, pad),
-            ("attentions", "attention_mask"),
-            (1, 0),
+            (*maps, pad),
+            (*map_names, "attention_mask"),
+            (0,) * len(maps) + (0,),
             ("keep",),
-            {"attentions": _axes(family, 1, (3, 4)), "attention_mask": _axes(family, 0, (1,))},
+            {**map_axes, "attention_mask": _axes(family, 0 if dyn else None, (1,))},
             (keep,),
         ),
         "sparse_model": (
@@ -79,14 +93,15 @@ def export_stages(
             (*names, "keep"),
             (0,) * len(names) + (1,),
             ("logits", "kept_counts"),
-            {**model_axes, "keep": _axes(family, 1, (2,))},
+            {**model_axes, "keep": _axes(family, 1 if dyn else None, (2,))},
             (logits, kept),
         ),
     }
     stages = {}
     for name, (module, stage_args, in_names, batch_dims, out_names, axes, refs) in specs.items():
+        work.mkdir(parents=True, exist_ok=True)
         path = work / f"stage_{name}.onnx"
-        trace = tuple(_batch2(a, d) for a, d in zip(stage_args, batch_dims, strict=True))
+        trace = tuple(_batch2(a, d) if dyn else a for a, d in zip(stage_args, batch_dims, strict=True))
         trace_to_onnx(module, trace, path, in_names, out_names, axes, opset, dynamo)
         feeds = {n: a.numpy() for n, a in zip(in_names, stage_args, strict=True)}
         stages[name] = Stage(path, feeds, tuple(r.numpy() for r in refs))
@@ -117,22 +132,27 @@ def latency_breakdown(
     warmup: int = 3,
     opset: int = 17,
     dynamo: bool = False,
+    batch: Batch = "dynamic",
 ) -> dict[str, float]:
-    """Median ms of each stage, their sum, the whole pipeline and (optionally) the dense graph.
+    """Median ms of each stage, their sum, the whole pipeline and (optionally) the dense graph,
+    all timed round-robin in one process (:func:`interleaved_times_ms`), plus per-round ratios.
 
-    ``sample``: one example (batch 1, text without padding), the edge use case.
+    ``sample``: one example (batch 1, text without padding), the edge use case; ``batch``: the
+    pipeline's batch axis, so the stage graphs are exported (and optimised) like it.
     """
-    stages = export_stages(model, reducer, sample, work, opset, dynamo)
+    stages = export_stages(model, reducer, sample, work, opset, dynamo, batch)
     for stage in stages.values():
         check_stage(stage)
     feeds = ort_utils.to_feeds(tuple(stages["approxnet"].feeds), sample)
-    result = {
-        name: ort_utils.median_latency_ms(s.path, s.feeds, threads, runs, warmup)
-        for name, s in stages.items()
-    }
-    result["stages_sum"] = sum(result[s] for s in STAGES)
-    result["pipeline"] = ort_utils.median_latency_ms(pipeline, feeds, threads, runs, warmup)
+    graphs = {name: (s.path, s.feeds) for name, s in stages.items()} | {"pipeline": (pipeline, feeds)}
     if dense is not None:
-        result["dense"] = ort_utils.median_latency_ms(dense, feeds, threads, runs, warmup)
-        result["pipeline_vs_dense"] = result["pipeline"] / result["dense"]
+        graphs["dense"] = (dense, feeds)
+    times = ort_utils.interleaved_times_ms(graphs, threads, runs, warmup)
+    result = {name: statistics.median(t) for name, t in times.items()}
+    result["stages_sum"] = sum(result[s] for s in STAGES)
+    if dense is not None:  # medians of per-round ratios: robust to load drift on a shared machine
+        for name in (*STAGES, "pipeline"):
+            result[f"{name}_vs_dense"] = statistics.median(
+                a / b for a, b in zip(times[name], times["dense"], strict=True)
+            )
     return result

@@ -3,12 +3,12 @@
 Kept apart from :mod:`sttabt_edge.export.tflite` (files, verification) so each stays small.
 Everything here is an export-time switch: the library is called unchanged, except that the
 top-k back-tracking takes its per-sample k from a constant table (see
-:func:`static_topk_backtrack`), because LiteRT has no float64 CEIL.
+``k_table`` of :func:`sttabt_edge.method.backtrack.topk_backtrack`), because LiteRT has no
+float64 CEIL.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,17 +19,13 @@ from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export.graph import ExportModule
 from sttabt_edge.method.backtrack import (
-    NEG_INF,
-    POS_INF,
     Backtrack,
-    input_importance,
+    keep_table,
     ratio_schedule,
-    reduce_heads,
     retention,
-    row_weights,
+    topk_backtrack,
     topk_sizes,
 )
-from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
@@ -41,37 +37,6 @@ Sample = dict[str, torch.Tensor]  # one static-shape input: (1, ...) per contrac
 
 
 # ---- the TFLite-safe back-tracking ----------------------------------------------------------
-
-
-def keep_table(ratios: Sequence[float], n: int) -> torch.Tensor:
-    """(L, N+1) long: table[l, m] = ceil(ratios[l] * m), exactly as the float64 graph op rounds."""
-    return torch.tensor([[math.ceil(m * r) for m in range(n + 1)] for r in ratios], dtype=torch.long)
-
-
-def static_topk_backtrack(
-    attn: torch.Tensor, pad_mask: torch.Tensor, table: torch.Tensor, sizes: Sequence[int],
-    num_prefix_tokens: int, p: float, head_reduce: str,
-) -> Backtrack:
-    """``topk_backtrack`` with k looked up in ``table`` instead of a float64 ceil.
-
-    attn (L, B, H, N, N); pad_mask (B, N) bool; sizes: static compact bounds (L+1).
-    """
-    num_layers = attn.shape[0]
-    n_real = pad_mask.sum(dim=1)  # (B,)
-    keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
-    importance = keep_out.to(attn.dtype)
-    keep, scores = [keep_out], []
-    for layer in reversed(range(num_layers)):
-        a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
-        s = input_importance(a, row_weights(keep_out, importance, p))  # (B, N)
-        forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
-        k = table[layer][n_real]  # (B,) ceil(ratio * n_real)
-        k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
-        keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
-        keep.insert(0, keep_in)
-        scores.insert(0, s)
-        keep_out, importance = keep_in, s
-    return Backtrack(keep, list(sizes), scores)
 
 
 class StaticTopkReducer(SttabtReducer):
@@ -86,12 +51,13 @@ class StaticTopkReducer(SttabtReducer):
     def backtrack(
         self, parts: Any, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor
     ) -> Backtrack:
-        attn = self.approx.attentions(inputs)  # (L, B, H, N, N)
-        if x.shape[1] != self.n_tokens or attn.shape[-1] != self.n_tokens:
+        attn = self.approx.attentions(inputs)  # L x (B, H, R, N)
+        if x.shape[1] != self.n_tokens or attn[0].shape[-1] != self.n_tokens:
             raise ExportError(f"static reducer built for {self.n_tokens} tokens, got {x.shape[1]}")
-        return static_topk_backtrack(
-            attn, pad_mask, self.table, self.sizes, parts.num_prefix_tokens, self.p, self.head_reduce
+        bt = topk_backtrack(
+            attn, pad_mask, self.keep_ratio, parts.num_prefix_tokens, self.p, self.head_reduce, k_table=self.table
         )
+        return Backtrack(bt.keep, list(self.sizes), bt.scores)
 
 
 # ---- which reducer the file computes ---------------------------------------------------------

@@ -9,13 +9,18 @@ Propagation weight ``p``: each kept output row weighs its attention row by
 ``(1 - p) / |kept| + p * importance`` (importance normalised to sum 1), so p = 0
 treats every kept token as equally needed and p = 1 is a pure attention rollout.
 
-Shapes: attention maps (L, B, H, N, N); padding mask (B, N) bool, True = real.
+Shapes: attention maps are one (B, H, R, N) tensor per layer (a list, or a stacked
+(L, B, H, N, N) tensor), padding mask (B, N) bool, True = real. A map may hold only its
+first R <= N query rows: back-tracking reads the rows of the tokens a layer outputs, and
+the top layer outputs only the prefix, so an ApproxNet computes just those rows there.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 
@@ -23,6 +28,9 @@ from sttabt_edge.method.tokens import Size, ceil_ratio, prefix_mask, rank_topk_m
 
 NEG_INF = float("-inf")
 POS_INF = float("inf")
+
+# L per-layer maps (B, H, R_l, N), or one stacked (L, B, H, N, N) tensor.
+AttentionMaps: TypeAlias = Sequence[torch.Tensor] | torch.Tensor
 
 
 @dataclass
@@ -53,8 +61,30 @@ def row_weights(keep_out: torch.Tensor, importance: torch.Tensor, p: float) -> t
 
 
 def input_importance(attn_l: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Importance of layer inputs: weighted sum of attention rows. (B, N, N), (B, N) -> (B, N)."""
-    return torch.bmm(weights.unsqueeze(1), attn_l).squeeze(1)
+    """Importance of layer inputs: weighted sum of attention rows. (B, R, N), (B, N) -> (B, N)."""
+    return torch.bmm(weights[:, : attn_l.shape[-2]].unsqueeze(1), attn_l).squeeze(1)
+
+
+def layer_importance(attn_l: torch.Tensor, weights: torch.Tensor, head_reduce: str = "mean") -> torch.Tensor:
+    """Importance of one layer's inputs from its per-head maps. (B, H, R, N), (B, N) -> (B, N).
+
+    Rows beyond R must carry zero weight. For the head mean, the weighted row sum is taken
+    per head first (mean_h(w A_h) = w mean_h(A_h)): a (B, H, 1, N) product instead of a
+    reduction over the whole (B, H, R, N) map, which dominated the exported mask cost.
+    """
+    if head_reduce == "mean":
+        w = weights[:, None, None, : attn_l.shape[-2]]  # (B, 1, 1, R)
+        return torch.matmul(w, attn_l).mean(dim=1).squeeze(1)  # (B, H, 1, N) -> (B, N)
+    return input_importance(reduce_heads(attn_l, head_reduce), weights)
+
+
+def check_maps(attn: AttentionMaps, num_layers: int | None = None) -> tuple[int, int]:
+    """(L, N) of a map sequence, with a clear error for shapes back-tracking cannot read."""
+    if len(attn) == 0 or attn[0].dim() != 4:
+        raise ValueError("attention maps must be L tensors (B, H, R, N) or one (L, B, H, N, N) tensor")
+    if num_layers is not None and len(attn) != num_layers:
+        raise ValueError(f"{len(attn)} attention maps for {num_layers} layers")
+    return len(attn), attn[0].shape[-1]
 
 
 def ratio_schedule(keep_ratio: float | Sequence[float], num_layers: int) -> list[float]:
@@ -71,33 +101,45 @@ def ratio_schedule(keep_ratio: float | Sequence[float], num_layers: int) -> list
 
 
 def topk_backtrack(
-    attn: torch.Tensor,
+    attn: AttentionMaps,
     pad_mask: torch.Tensor,
     keep_ratio: float | Sequence[float],
     num_prefix_tokens: int = 1,
     p: float = 0.1,
     head_reduce: str = "mean",
+    k_table: torch.Tensor | None = None,
 ) -> Backtrack:
     """Top-k back-tracking; k is ceil(ratio * real length) per sample, never below the
-    layer's own kept outputs (nesting) nor the prefix."""
-    num_layers, _, _, n, _ = attn.shape
+    layer's own kept outputs (nesting) nor the prefix.
+
+    ``k_table`` (L, N+1) long, optional: k read as ``k_table[l, n_real]`` instead of a float64
+    ceil in the graph (LiteRT has no float64 CEIL); see :func:`keep_table`.
+    """
+    num_layers, n = check_maps(attn)
     ratios = ratio_schedule(keep_ratio, num_layers)
     sizes = topk_sizes(n, ratios, num_prefix_tokens)
     n_real = pad_mask.sum(dim=1)  # (B,)
     keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
-    importance = keep_out.to(attn.dtype)
+    importance = keep_out.to(attn[0].dtype)
     keep, scores = [keep_out], []
     for layer in reversed(range(num_layers)):
-        a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
-        s = input_importance(a, row_weights(keep_out, importance, p))  # (B, N)
+        s = layer_importance(attn[layer], row_weights(keep_out, importance, p), head_reduce)  # (B, N)
         forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
-        k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
+        if k_table is None:
+            k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
+        else:
+            k = k_table[layer][n_real]  # (B,)
         k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
         keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
         keep.insert(0, keep_in)
         scores.insert(0, s)
         keep_out, importance = keep_in, s
     return Backtrack(keep, sizes, scores)
+
+
+def keep_table(ratios: Sequence[float], n: int) -> torch.Tensor:
+    """(L, N+1) long: table[l, m] = ceil(ratios[l] * m), exactly as the float64 graph op rounds."""
+    return torch.tensor([[math.ceil(m * r) for m in range(n + 1)] for r in ratios], dtype=torch.long)
 
 
 def topk_sizes(n: Size, ratios: Sequence[float], num_prefix_tokens: int) -> list[Size]:

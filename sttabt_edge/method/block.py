@@ -31,7 +31,8 @@ def attention_probs(
     Weighting after the softmax and renormalizing equals removing the keys whose
     weight is 0 — exactly — and stays differentiable in soft weights.
     """
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # (B, H, Nq, Nk)
+    q = q * (q.shape[-1] ** -0.5)  # scale the (B, H, Nq, D) queries, not the larger (B, H, Nq, Nk) scores
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, Nq, Nk)
     if key_bias is not None:
         scores = scores + key_bias
     probs = torch.softmax(scores, dim=-1)
@@ -81,6 +82,12 @@ def block_forward(
         y = layer.norm1(res + a)
         y = layer.norm2(y + F.dropout(layer.fc2(layer.act(layer.fc1(y))), dropout, layer.o.training))
     return BlockOutput(y, attn if need_attn else None, k if need_keys else None)
+
+
+def key_padding_bias(family: str, pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """Padding bias of a full-length layer input; None for ViT, whose inputs are never padded
+    (an all-zero (B, H, N, N) add per layer is measurable in the exported graphs)."""
+    return None if family == "vit" else padding_bias(pad_mask, dtype)
 
 
 def padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -136,13 +136,14 @@ def dense_flops(parts: ModelParts, n_real: Count) -> torch.Tensor:
 def backtrack_flops(num_layers: int, num_heads: int, n_tokens: Count) -> Count:
     """Cost of computing the STTABT keep masks from given attention maps, per sample.
 
-    Per layer, on an N×N map: the head reduction (mean or max over H heads) counted as
-    H·N·N, plus the weighted row sum ``wᵀ·A`` (a batched matvec) as 2·N·N. Note
-    FlopCounterMode counts only the matvec (it is a ``bmm``), not the head reduction.
-    Getting the attention maps (ApproxNet) is the reducer's ``extra_flops``, not this.
+    Per layer, on H maps N×N: the weighted row sum ``wᵀ·A_h`` of each head (a (H, 1, N) x
+    (H, N, N) matmul, 2·H·N·N), then the mean of the H results (H·N, not counted). The
+    ``max`` head reduction costs about the same (H·N·N, then one 2·N·N matvec). H is the
+    head count of the maps (the ApproxNet's). Getting the maps is the reducer's
+    ``extra_flops``, not this.
     """
     n = _as_float(n_tokens)
-    return num_layers * (num_heads + 2) * n * n
+    return num_layers * 2 * num_heads * n * n
 
 
 def output_flops(
@@ -164,7 +165,9 @@ def output_flops(
         total = total + torch.as_tensor(extra, dtype=_FLOAT, device=total.device)
     if getattr(reducer, "name", None) == "sttabt":
         n_real = out.pad_mask.sum(dim=1).to(_FLOAT)  # (B,)
-        total = total + backtrack_flops(len(parts.layers), parts.num_heads, n_real)
+        approx = getattr(reducer, "approx", None)
+        heads = parts.num_heads if approx is None else int(approx.heads)
+        total = total + backtrack_flops(len(parts.layers), heads, n_real)
     return total
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sttabt_edge.compat import ModelParts
-from sttabt_edge.method.block import BlockOutput, block_forward, padding_bias
+from sttabt_edge.method.block import BlockOutput, block_forward, key_padding_bias, padding_bias
 from sttabt_edge.method.tokens import batched_gather, compact_indices, compact_size, local_positions
 
 
@@ -49,7 +49,7 @@ def dense_forward(
     parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, need_attn: bool = False, need_hidden: bool = False
 ) -> ForwardResult:
     """The unpruned model; optionally returns every layer's attention probabilities."""
-    bias = padding_bias(pad_mask, x.dtype)
+    bias = key_padding_bias(parts.family, pad_mask, x.dtype)
     attns, hiddens = [], [x] if need_hidden else []
     for layer in parts.layers:
         out = block_forward(layer, x, parts.num_heads, key_bias=bias, need_attn=need_attn, dropout=parts.dropout_p)

@@ -9,16 +9,17 @@ import torch
 from torch import nn
 
 from sttabt_edge.compat import ModelParts
-from sttabt_edge.method.backtrack import Backtrack, topk_backtrack
+from sttabt_edge.method.backtrack import AttentionMaps, Backtrack, topk_backtrack
 from sttabt_edge.method.concrete import ConcreteThresholds
 from sttabt_edge.method.sparse import ForwardResult, KeepPlan, dense_forward, plan_forward
 from sttabt_edge.reducers.base import Reducer
 
 
 class AttentionSource(Protocol):
-    """Anything that predicts the main model's attention maps (L, B, H, N, N)."""
+    """Anything that predicts the main model's attention maps: L maps (B, H, R, N), R <= N
+    (a map may stop at the rows back-tracking reads, see :mod:`sttabt_edge.method.backtrack`)."""
 
-    def attentions(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+    def attentions(self, inputs: Mapping[str, torch.Tensor]) -> AttentionMaps: ...
 
     def flops(self, pad_mask: torch.Tensor) -> torch.Tensor: ...
 
@@ -53,13 +54,13 @@ class SttabtReducer(Reducer):
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor
     ) -> Backtrack:
         if self.approx is None:
-            attn = torch.stack(dense_forward(parts, x, pad_mask, need_attn=True).attentions)  # (L, B, H, N, N)
+            attn = dense_forward(parts, x, pad_mask, need_attn=True).attentions  # L x (B, H, N, N)
         else:
             attn = self.approx.attentions(inputs)
-        if attn.shape[0] != len(parts.layers) or attn.shape[-1] != x.shape[1]:
+        if len(attn) != len(parts.layers) or attn[0].shape[-1] != x.shape[1]:
             raise ValueError(
-                f"attention source gives {tuple(attn.shape)}; the model has {len(parts.layers)} layers "
-                f"and {x.shape[1]} tokens"
+                f"attention source gives {len(attn)} maps over {attn[0].shape[-1]} keys; the model has "
+                f"{len(parts.layers)} layers and {x.shape[1]} tokens"
             )
         if self.thresholds is not None:
             return self.thresholds(attn, pad_mask, parts.num_prefix_tokens, self.p, self.head_reduce)
