@@ -100,6 +100,7 @@ def build_metadata(
         "keep_schedule": keep_schedule(reducer, len(parts.layers)),
         "thresholds": thresholds(reducer),
         "approx_factor": None if approx is None else int(approx.factor),
+        "approx_heads": None if approx is None else int(approx.heads),
         "preprocess": default_preprocess(model, parts.family, out_stem),
         "source_model": str(getattr(model.config, "_name_or_path", "") or ""),
         "exporter": {

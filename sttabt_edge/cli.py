@@ -178,6 +178,7 @@ def train_approx_cmd(
     model: ModelOpt, data: DataOpt, out: OutOpt,
     factor: Annotated[int, typer.Option(help="hidden/FFN widths divided by this")] = 4,
     init: Annotated[Init, typer.Option(help="interpolate (resized teacher) | random")] = Init.interpolate,
+    heads: Annotated[int | None, typer.Option(help="attention heads (a divisor of the model's; default: same)")] = None,
     eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
@@ -192,7 +193,7 @@ def train_approx_cmd(
     try:
         cfg = _train_config(config, {"lr": 5e-4, "steps": 1000}, options)
         net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.seed)
-        acfg = ApproxConfig(factor=factor, init=init.value)
+        acfg = ApproxConfig(factor=factor, init=init.value, heads=heads)
         train_approx(net, train_data, cfg=cfg, out=out, acfg=acfg, resume=resume)
     except _train_errors() as e:
         _fail(str(e))
@@ -296,6 +297,7 @@ def export_cmd(
     method: Annotated[str, typer.Option(help="sttabt | dense (topk | tome: ViT only)")] = "sttabt",
     approx: Annotated[Path | None, typer.Option(help="trained ApproxNet dir (default: UNTRAINED)")] = None,
     approx_factor: Annotated[int, typer.Option(help="width divisor of the untrained ApproxNet")] = 4,
+    approx_heads: Annotated[int | None, typer.Option(help="head count of the untrained ApproxNet")] = None,
     keep_ratio: Annotated[float, typer.Option(help="fraction of real tokens each layer keeps")] = 0.5,
     quantize: Annotated[str | None, typer.Option(help="int8 (dynamic) | int8-static (QDQ)")] = None,
     batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size N")] = "dynamic",
@@ -317,7 +319,7 @@ def export_cmd(
         from sttabt_edge.export.pipeline import ExportRequest, run_export
 
         req = ExportRequest(
-            model=model, out=out, method=method, approx=approx, approx_factor=approx_factor,
+            model=model, out=out, method=method, approx=approx, approx_factor=approx_factor, approx_heads=approx_heads,
             keep_ratio=keep_ratio, quantize=quantize, batch="dynamic" if batch == "dynamic" else int(batch),
             calib=calib, calib_samples=calib_samples, opset=opset, dynamo=dynamo, simplify=simplify,
             latency_runs=latency_runs, threads=threads, target=target.value, seq_len=seq_len,

@@ -65,7 +65,10 @@ def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: 
     if source is not None:
         approx = ApproxNet.load(source)
     elif info.get("init"):  # an untrained ApproxNet is rebuilt deterministically from the teacher
-        approx = build_approxnet(model, int(info["factor"]), info["init"], int(info.get("seed", 0)))
+        heads = info.get("heads")
+        approx = build_approxnet(
+            model, int(info["factor"]), info["init"], int(info.get("seed", 0)), None if heads is None else int(heads)
+        )
     else:
         raise ValueError("the export's ApproxNet is not recorded in its metadata; pass --approx DIR")
     approx.eval()

@@ -12,8 +12,14 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
 from sttabt_edge import compat
-from sttabt_edge.errors import CheckpointMismatchError
-from sttabt_edge.method.approxnet import ApproxNet, approx_config, build_approxnet, teacher_targets
+from sttabt_edge.errors import CheckpointMismatchError, InputError
+from sttabt_edge.method.approxnet import (
+    ApproxNet,
+    approx_config,
+    build_approxnet,
+    group_heads,
+    teacher_targets,
+)
 from sttabt_edge.method.distill import (
     DistillWeights,
     approx_distill_loss,
@@ -89,7 +95,12 @@ def test_shapes_match_teacher(case, factor):
         out = net(inputs)
         attn = net.attentions(inputs)
     assert out.attentions.shape == tt.attentions.shape == (L, 2, H, *tt.attentions.shape[-2:])
-    assert torch.equal(attn, out.attentions)
+    # back-tracking maps: the full maps, except the top layer stops at the prefix rows
+    assert len(attn) == L
+    for layer in range(L - 1):
+        torch.testing.assert_close(attn[layer], out.attentions[layer], atol=1e-6, rtol=0)
+    p = compat.model_parts(teacher).num_prefix_tokens
+    torch.testing.assert_close(attn[-1], out.attentions[-1][:, :, :p], atol=1e-6, rtol=0)
     torch.testing.assert_close(out.attentions.sum(-1), torch.ones(out.attentions.shape[:-1]))
     assert len(out.hidden_states) == L + 1
     assert all(h.shape[-1] == C // factor for h in out.hidden_states)
@@ -114,6 +125,44 @@ def test_approx_config_errors_clearly():
     minilm = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536)
     assert approx_config(minilm, 8).hidden_size == 48
     assert approx_config(cfg, 4)._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_fewer_heads_shapes_kl_and_persistence(case, heads, tmp_path):
+    teacher, inputs = case
+    net = build_approxnet(teacher, 2, "interpolate", heads=heads).eval()
+    tt = teacher_targets(compat.model_parts(teacher), inputs)
+    with torch.no_grad():
+        out = net(inputs)
+    assert out.attentions.shape == (L, 2, heads, *tt.attentions.shape[-2:]) and net.heads == heads
+    want = group_heads(tt.attentions, heads)  # (L, B, heads, N, N)
+    torch.testing.assert_close(want.mean(2), tt.attentions.mean(2))  # the head mean back-tracking reads
+    assert float(attention_kl(tt.attentions, out.attentions, tt.pad_mask)) > 0
+    net.save(tmp_path)
+    back = ApproxNet.load(tmp_path, teacher.config, factor=2)
+    assert back.heads == heads
+    with pytest.raises(InputError, match="divide"):
+        build_approxnet(teacher, 2, heads=3)
+
+
+def test_fewer_heads_interpolate_exact_on_grouped_teacher():
+    """A teacher whose heads repeat in groups is reproduced exactly by a student with one head per group."""
+    teacher = make(BertForSequenceClassification, bert_config(initializer_range=0.2))
+    d = C // H
+    with torch.no_grad():
+        for lp in compat.model_parts(teacher).layers:
+            for lin in (lp.q, lp.k, lp.v):  # head 1 := head 0, head 3 := head 2
+                for g in (0, 2):
+                    lin.weight[(g + 1) * d : (g + 2) * d] = lin.weight[g * d : (g + 1) * d]
+                    lin.bias[(g + 1) * d : (g + 2) * d] = lin.bias[g * d : (g + 1) * d]
+    inputs = bert_inputs()
+    tt = teacher_targets(compat.model_parts(teacher), inputs)
+    net = build_approxnet(teacher, 1, "interpolate", heads=2).eval()
+    with torch.no_grad():
+        out = net(inputs)
+    torch.testing.assert_close(out.attentions, group_heads(tt.attentions, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.attentions[:, :, 0], tt.attentions[:, :, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logits, tt.logits, atol=1e-5, rtol=0)
 
 
 # ---- init ----------------------------------------------------------------------------------------
@@ -184,7 +233,7 @@ def test_attention_kl_zero_on_equal_and_ignores_pad_rows():
     assert float(attention_kl(tt.attentions, tt.attentions, tt.pad_mask)) == pytest.approx(0.0, abs=1e-6)
     net = build_approxnet(teacher, 4).eval()
     with torch.no_grad():
-        s = net.attentions(inputs)
+        s = net(inputs).attentions
     base = attention_kl(tt.attentions, s, tt.pad_mask)
     s2 = s.clone()
     s2[:, 1, :, 6:, :] = torch.softmax(torch.randn_like(s2[:, 1, :, 6:, :]) * 5, dim=-1)  # pad query rows
@@ -318,7 +367,7 @@ def test_deit_interpolate_beats_random_init():
     for init in ("random", "interpolate"):
         net = build_approxnet(teacher, 4, init).eval()
         with torch.no_grad():
-            kl[init] = float(attention_kl(tt.attentions, net.attentions(inputs), tt.pad_mask))
+            kl[init] = float(attention_kl(tt.attentions, net(inputs).attentions, tt.pad_mask))
     uniform = float(attention_kl(tt.attentions, torch.full_like(tt.attentions, 1 / 197), tt.pad_mask))
     print(f"DeiT-Tiny /4 attention KL: interpolate {kl['interpolate']:.4f}, random {kl['random']:.4f}, "
           f"uniform {uniform:.4f}")

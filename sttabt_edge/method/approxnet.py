@@ -26,7 +26,8 @@ from torch import nn
 from sttabt_edge import compat
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.errors import CheckpointMismatchError, InputError, UnsupportedModelError
-from sttabt_edge.method.flops import dense_flops
+from sttabt_edge.method.block import block_forward, key_padding_bias
+from sttabt_edge.method.flops import model_flops
 from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import classify, embed
 
@@ -36,14 +37,20 @@ META_FILE = "approxnet.json"
 FORMAT = "sttabt-approxnet"
 
 
-def approx_config(teacher_config: Any, factor: int) -> Any:
+def approx_config(teacher_config: Any, factor: int, heads: int | None = None) -> Any:
     """Deep copy of an HF config with hidden and intermediate widths divided by ``factor``.
 
-    Depth, heads and labels are kept so attention maps match the teacher's shape.
+    Depth and labels are kept. ``heads`` (default: the teacher's) may be a divisor of the
+    teacher's head count: approx head j then predicts the mean map of teacher heads
+    [j g, (j+1) g), g = H / heads. Back-tracking averages heads anyway, so fewer heads
+    predict the same mean map with an H/heads times cheaper softmax.
     """
     if not isinstance(factor, int) or factor < 1:
         raise InputError(f"factor must be a positive int, got {factor!r}")
-    hidden, heads = int(teacher_config.hidden_size), int(teacher_config.num_attention_heads)
+    hidden, teacher_heads = int(teacher_config.hidden_size), int(teacher_config.num_attention_heads)
+    heads = teacher_heads if heads is None else heads
+    if not isinstance(heads, int) or heads < 1 or teacher_heads % heads:
+        raise InputError(f"heads must divide the teacher's {teacher_heads} attention heads, got {heads!r}")
     if hidden % factor or (hidden // factor) % heads:
         raise InputError(
             f"factor {factor} does not fit hidden_size {hidden} with {heads} heads: hidden_size / factor "
@@ -56,8 +63,19 @@ def approx_config(teacher_config: Any, factor: int) -> Any:
     cfg = copy.deepcopy(teacher_config)
     cfg.hidden_size = hidden // factor
     cfg.intermediate_size = inter
+    cfg.num_attention_heads = heads
     cfg._attn_implementation = "eager"
     return cfg
+
+
+def group_heads(attn: torch.Tensor, heads: int) -> torch.Tensor:
+    """Teacher maps (..., H, N, N) -> (..., heads, N, N): mean over groups of H / heads consecutive heads."""
+    h = attn.shape[-3]
+    if h == heads:
+        return attn
+    if h % heads:
+        raise ValueError(f"{h} heads cannot be grouped into {heads}")
+    return attn.unflatten(-3, (heads, h // heads)).mean(dim=-3)
 
 
 @dataclass
@@ -84,6 +102,7 @@ class ApproxNet(nn.Module):
         self.model = model
         self.parts: ModelParts = compat.model_parts(model)
         self.factor = factor
+        self.heads = self.parts.num_heads
         self.init = init
         self.teacher_hidden_size = teacher_hidden_size
         c = self.parts.hidden_size
@@ -95,14 +114,33 @@ class ApproxNet(nn.Module):
         logits = classify(self.parts, res.prefix_hidden)
         return ApproxOutput(torch.stack(res.attentions), res.hidden_states, logits, pad)
 
-    def attentions(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Predicted attention maps (L, B, H, N, N); the AttentionSource protocol."""
-        x, pad = embed(self.parts, inputs)
-        return torch.stack(dense_forward(self.parts, x, pad, need_attn=True).attentions)
+    def attentions(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Predicted attention maps for back-tracking (the AttentionSource protocol).
+
+        L maps (B, H, N, N), except the top layer's (B, H, P, N): back-tracking reads only
+        the rows of the prefix tokens there, so its other query rows (and their
+        projections and MLP) are never computed. :meth:`forward` gives the full maps.
+        """
+        x, pad = embed(self.parts, inputs)  # (B, N, c), (B, N)
+        bias = key_padding_bias(self.parts.family, pad, x.dtype)
+        top = len(self.parts.layers) - 1
+        prefix = torch.arange(self.parts.num_prefix_tokens, device=x.device).expand(x.shape[0], -1)  # (B, P)
+        maps = []
+        for i, layer in enumerate(self.parts.layers):
+            out = block_forward(
+                layer, x, self.parts.num_heads, q_idx=prefix if i == top else None, key_bias=bias, need_attn=True
+            )
+            maps.append(out.attn)
+            x = out.hidden
+        return maps
 
     def flops(self, pad_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) analytic FLOPs of one dense pass on each sample's real tokens (the reducer's extra cost)."""
-        return dense_flops(self.parts, pad_mask.sum(dim=1))  # (B,) float64, incl. patch conv and head
+        """(B,) analytic FLOPs of :meth:`attentions` on each sample's real tokens (the reducer's extra
+        cost): a dense pass whose top layer computes only the prefix rows, plus the unused head."""
+        n = pad_mask.sum(dim=1, keepdim=True).expand(-1, len(self.parts.layers))  # (B, L)
+        n_out = n.clone()
+        n_out[:, -1] = self.parts.num_prefix_tokens
+        return model_flops(self.parts, n, n_out)  # (B,) float64, incl. patch conv and head
 
     # ---- persistence -------------------------------------------------------------------
 
@@ -117,6 +155,7 @@ class ApproxNet(nn.Module):
             "format": FORMAT,
             "version": 1,
             "factor": self.factor,
+            "heads": self.heads,
             "init": self.init,
             "model_class": compat.class_name(self.model),
             "teacher_hidden_size": self.teacher_hidden_size,
@@ -170,15 +209,19 @@ class ApproxNet(nn.Module):
         return net.to(device).eval()
 
 
-def build_approxnet(teacher: nn.Module, factor: int = 4, init: str = "random", seed: int = 0) -> ApproxNet:
+def build_approxnet(
+    teacher: nn.Module, factor: int = 4, init: str = "random", seed: int = 0, heads: int | None = None
+) -> ApproxNet:
     """ApproxNet for ``teacher``: HF init of the small config, or its weights area-interpolated.
+
+    ``heads``: see :func:`approx_config` (default: the teacher's head count).
 
     Deterministic given ``seed``; the global RNG state is left untouched.
     """
     if init not in INITS:
         raise InputError(f"init must be one of {INITS}, got {init!r}")
     teacher_parts = compat.model_parts(teacher)  # also rejects unsupported classes
-    cfg = approx_config(teacher.config, factor)
+    cfg = approx_config(teacher.config, factor, heads)
     ref = next(teacher.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -237,15 +280,16 @@ def interpolate_init(teacher: ModelParts, student: ModelParts, student_model: nn
     Q/K/V: (H*D, C) -> (H, D, C) -> (H, D/f, C/f) so each head keeps its own channels;
     O likewise on its input dim. Norms, embeddings, tokens, patch conv: channel averages.
     Q is also scaled by sqrt(D / d): a dot product over d = D/f channels, scaled by
-    1/sqrt(d) instead of 1/sqrt(D), would otherwise flatten every attention map. With it,
+    1/sqrt(d) instead of 1/sqrt(D), would otherwise flatten every attention map. With fewer
+    student heads, student head j takes the channels of teacher heads [j g, (j+1) g). With it,
     a teacher that is a nearest-upsampled narrow net is reproduced exactly (attention,
     logits, and hidden states up to the upsampling the transfers start as).
     """
     done: set[int] = set()
-    heads = teacher.num_heads
+    heads = student.num_heads  # a student head pools a group of H / heads teacher heads
     _copy_module(teacher.embeddings, student.embeddings, done)
     for lt, ls in zip(teacher.layers, student.layers, strict=True):
-        temp = (lt.q.out_features / ls.q.out_features) ** 0.5
+        temp = ((lt.q.out_features / teacher.num_heads) / (ls.q.out_features / heads)) ** 0.5  # sqrt(D / d)
         for src, dst, scale in ((lt.q, ls.q, temp), (lt.k, ls.k, 1.0), (lt.v, ls.v, 1.0)):
             _set(dst.weight, _resize_heads_out(src.weight, heads, dst.weight.shape) * scale, done)
             if src.bias is not None:
@@ -331,7 +375,12 @@ def _model_class(name: str) -> type[nn.Module]:
 
 
 def _check_teacher(config: Any, teacher_hidden: int, teacher_config: Any, factor: int, d: Path) -> None:
-    want = approx_config(teacher_config, factor)
+    heads = int(config.num_attention_heads)
+    if int(teacher_config.num_attention_heads) % heads:
+        raise CheckpointMismatchError(
+            f"ApproxNet in {d} has {heads} heads, which do not group the teacher's {teacher_config.num_attention_heads}"
+        )
+    want = approx_config(teacher_config, factor, heads)
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_labels")
     bad = [f"{k}: checkpoint {getattr(config, k)} vs expected {getattr(want, k)}"
            for k in keys if getattr(config, k) != getattr(want, k)]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sttabt_edge.method.approxnet import ApproxOutput
+from sttabt_edge.method.approxnet import ApproxOutput, group_heads
 
 COMPONENTS = ("attn_kl", "hidden_mse", "embed_mse", "logits_kd")
 
@@ -31,10 +31,11 @@ class DistillWeights:
 def attention_kl(teacher_attn: torch.Tensor, student_attn: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) per query row, mean over heads, non-pad rows, then layers.
 
-    (L, B, H, N, N) x2, (B, N) -> scalar. Zero probabilities (padded keys) add nothing:
-    xlogy gives 0 * log 0 = 0, and the student log is clamped to stay finite.
+    (L, B, H, N, N) teacher, (L, B, h, N, N) student with h dividing H (the teacher's heads
+    are averaged in groups, see :func:`group_heads`), (B, N) -> scalar. Zero probabilities
+    (padded keys) add nothing: xlogy gives 0 * log 0 = 0, and the student log is clamped.
     """
-    t = teacher_attn.detach()
+    t = group_heads(teacher_attn.detach(), student_attn.shape[-3])
     tiny = torch.finfo(student_attn.dtype).tiny
     kl = (torch.xlogy(t, t) - t * torch.log(student_attn.clamp_min(tiny))).sum(dim=-1)  # (L, B, H, N)
     kl = kl.mean(dim=2)  # (L, B, N)

@@ -95,7 +95,7 @@ def heldout_attention_kl(
         inputs = {k: torch.as_tensor(v).to(device) for k, v in np_inputs.items()}
         tt = teacher_targets(parts, inputs)
         n = float(tt.pad_mask.sum())
-        total += float(attention_kl(tt.attentions, approx.attentions(inputs), tt.pad_mask)) * n
+        total += float(attention_kl(tt.attentions, approx(inputs).attentions, tt.pad_mask)) * n
         rows += n
     approx.train(was)
     return total / rows if rows else float("nan")
@@ -104,7 +104,7 @@ def heldout_attention_kl(
 def approx_fingerprint(teacher: nn.Module, acfg: ApproxConfig) -> dict[str, Any]:
     return {
         **model_fingerprint("approx", teacher),
-        "heads": int(teacher.config.num_attention_heads),
+        "heads": acfg.heads or int(teacher.config.num_attention_heads),
         "factor": acfg.factor,
         "init": acfg.init,
     }
@@ -138,7 +138,7 @@ def train_approx(
     )
     with distributed(cfg) as dist, frozen(teacher):
         teacher.to(dist.device)
-        approx = build_approxnet(teacher, acfg.factor, acfg.init, seed=cfg.seed)
+        approx = build_approxnet(teacher, acfg.factor, acfg.init, seed=cfg.seed, heads=acfg.heads)
         source = data.source(cfg.batch_size, cfg.seed, cfg.augment, cfg.max_length, cfg.bucket_batches)
         held = data.eval_batches(cfg.eval_batch_size, cfg.max_eval_samples, cfg.max_length)
         kl_before = _maybe_kl(teacher, approx, held, dist) if not resume else None

@@ -107,6 +107,7 @@ class ApproxConfig(JsonConfig):
 
     factor: int = 4  # hidden and FFN widths are divided by this
     init: str = "interpolate"  # "interpolate" (area-resized teacher weights; ViT) or "random" (text OK)
+    heads: int | None = None  # attention heads; None = the teacher's (fewer: a cheaper mean-map predictor)
     attn_weight: float = 1.0  # attention KL: what back-tracking consumes
     hidden_weight: float = 1.0  # hidden-state MSE through the transfers
     embed_weight: float = 1.0
