@@ -128,8 +128,11 @@ class TestConcrete:
         low = concrete_backtrack(self.attn, self.pad, torch.full((3,), -30.0))
         assert all(torch.equal(k, self.pad) for k in low.keep[:-1])
         high = concrete_backtrack(self.attn, self.pad, torch.full((3,), 30.0), min_keep=1)
-        # only CLS + one token per layer going down (nesting adds the layer above's picks)
-        assert [int(k[0].sum()) for k in high.keep] == [4, 3, 2, 1]
+        # the floor: CLS + min_keep real tokens in every layer; the token picked for the top layer's
+        # input is reused below (nesting), not topped up with one more per layer
+        assert [int(k[0].sum()) for k in high.keep] == [2, 2, 2, 1]
+        high2 = concrete_backtrack(self.attn, self.pad, torch.full((3,), 30.0), min_keep=2)
+        assert [int(k[1].sum()) for k in high2.keep] == [3, 3, 3, 1]
 
     def test_inference_masks_are_bool_and_nested(self):
         bt = concrete_backtrack(self.attn, self.pad, torch.tensor([0.0, 0.2, 0.4]))

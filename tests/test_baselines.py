@@ -276,6 +276,32 @@ def test_tome_schedule_semantics():
     assert tome_schedule(5, 2, 1, r=10) == [2, 1]  # clamped to non-prefix A slots
 
 
+def test_tome_ratio_schedule_merges_more_as_ratios_fall():
+    """Ratios below what a layer can merge carry over to the next layers (count after the clamp).
+
+    Before, the running count ignored the clamp: q = 0.02 gave [25, 1, 0, 0, 0, 0], fewer merges
+    than q = 0.5, so retention rose again as q fell and a bisection on q stalled above ToMe's floor."""
+    most = tome_schedule(52, 6, 1, r=1000)
+    assert most == [25, 13, 6, 3, 2, 1]
+    totals = []
+    for q in (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, 0.02):
+        totals.append(sum(tome_schedule(52, 6, 1, keep_ratio=[q ** (layer + 1) for layer in range(6)])))
+    assert totals == sorted(totals) and totals[-1] == sum(most)
+    assert tome_schedule(52, 6, 1, keep_ratio=[0.02 ** (layer + 1) for layer in range(6)]) == most
+
+
+def test_tome_bisection_reaches_its_floor_and_flags_unreachable(bert):
+    from sttabt_edge.train.sweep import mean_retention, training_free
+
+    inputs = text()
+    floor = mean_retention(bert, TomeReducer(r=1000), inputs)  # every layer merges the most it can
+    reducer, reached = training_free("tome", bert, None, 0.05, inputs)  # below ToMe's floor
+    assert reached == pytest.approx(floor) and mean_retention(bert, reducer, inputs) == pytest.approx(floor)
+    target = (1.0 + floor) / 2
+    reducer, reached = training_free("tome", bert, None, target, inputs)
+    assert abs(reached - target) < 0.1 and reached == pytest.approx(mean_retention(bert, reducer, inputs))
+
+
 @pytest.mark.parametrize("name", ["vit", "deit"])
 def test_tome_count_drops_by_r_and_prefix_survives(request, name):
     model = request.getfixturevalue(name)

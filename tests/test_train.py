@@ -7,6 +7,7 @@ import json
 import socket
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +269,79 @@ def test_concrete_moves_retention_to_target(image_dir, tmp_path):
     assert abs(float(out.retention.mean()) - 0.4) < 0.12  # the hard model, real removal
     meta = json.loads((tmp_path / "c" / "sttabt.json").read_text())
     assert meta["method"] == "sttabt" and len(meta["keep_schedule"]) == 3 and meta["preprocessing"]["image"]
+
+
+def _short_and_long_text(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Four 4-token inputs (SST-2 train phrases) and four 40-token ones (dev sentences)."""
+    g = torch.Generator().manual_seed(seed)
+    short = torch.randint(5, 100, (4, 4), generator=g)
+    long = torch.randint(5, 100, (4, 40), generator=g)
+    return (
+        {"input_ids": short, "attention_mask": torch.ones_like(short)},
+        {"input_ids": long, "attention_mask": torch.ones_like(long)},
+    )
+
+
+def test_snap_flags_targets_below_the_forced_token_floor():
+    """A target below the retention the always-kept tokens give on the calibration inputs is reported,
+    not silently snapped to +span (which made every such target the same floor-only model: SST-2
+    concrete r=0.45 and r=0.3 both gave dev retention 0.220, accuracy 69.4)."""
+    from sttabt_edge import compat
+    from sttabt_edge.method.concrete import ConcreteThresholds
+    from sttabt_edge.reducers.sttabt import SttabtReducer
+    from sttabt_edge.train.concrete import UnreachableTargetError, snap_thresholds
+
+    model = tiny_bert()
+    parts = compat.model_parts(model)
+    reducer = SttabtReducer(build_approxnet(model, 2, "random"), thresholds=ConcreteThresholds(3))
+    short, long = _short_and_long_text()
+
+    def hard_retention(inputs):
+        with torch.no_grad():
+            return float(SparseClassifier(model, reducer.eval(), mode="mask")(**inputs).retention.mean())
+
+    with torch.no_grad():
+        reducer.thresholds.logits.fill_(50.0)
+    floor = hard_retention(short)  # only forced tokens: CLS + min_keep = half of a 4-token input
+    assert floor == pytest.approx(0.5)
+    for target in (0.45, 0.3):
+        with pytest.raises(UnreachableTargetError, match="outside what the STTABT thresholds can reach"):
+            snap_thresholds(reducer, parts, [short], target)
+    with pytest.warns(UserWarning, match="outside what"):
+        offset = snap_thresholds(reducer, parts, [short], 0.3, strict=False)
+    assert hard_retention(short) == pytest.approx(floor) and offset < 19.0  # the floor, not the span's end
+    got = {}
+    for target in (0.6, 0.45, 0.3):  # reachable on long inputs: distinct retentions at the targets
+        with torch.no_grad():
+            reducer.thresholds.logits.zero_()
+        snap_thresholds(reducer, parts, [long], target)
+        got[target] = hard_retention(long)
+    assert all(abs(r - t) < 0.05 for t, r in got.items()) and got[0.6] > got[0.45] > got[0.3]
+
+
+def test_concrete_refuses_unreachable_target_before_training(text_model_dir, glue_dir, tmp_path):
+    from sttabt_edge.train.concrete import UnreachableTargetError
+
+    model = tiny_bert()
+    data = prepare_data(glue_dir, model, text_model_dir)  # 2-12 word phrases
+    with pytest.raises(UnreachableTargetError, match="calibration inputs"):
+        train_concrete(model, build_approxnet(model, 2, "random"), data, 0.1, cfg(steps=2), out=tmp_path / "c")
+    assert latest_checkpoint(tmp_path / "c") is None
+
+
+def test_calibration_warns_on_length_shift(text_model_dir, glue_dir):
+    from sttabt_edge.train.concrete import calibration_batches
+
+    model = tiny_bert()
+    data = prepare_data(glue_dir, model, text_model_dir)
+    long_eval = [Example(" ".join(WORDS * 2), 0)] * 8
+    data = dataclasses.replace(data, eval=long_eval)
+    with pytest.warns(UserWarning, match="calibration inputs average"):
+        calibration_batches(data, SparseTrainConfig(calib_samples=8), cfg(max_length=64), torch.device("cpu"))
+    like_eval = dataclasses.replace(data, calib=long_eval)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibration_batches(like_eval, SparseTrainConfig(calib_samples=8), cfg(max_length=64), torch.device("cpu"))
 
 
 def test_retention_penalty_is_retention_loss(image_dir):
@@ -535,3 +609,30 @@ def test_sweep_end_to_end(image_dir, tmp_path):
     assert res["approx"]["heldout_attention_kl"] > 0 and len(res["commands"]) == 4
     plot_curves(res, tmp_path / "curve.png", "tiny")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_sweep_records_unreachable_targets(image_dir, tmp_path):
+    from sttabt_edge.train.config import ApproxConfig
+    from sttabt_edge.train.sweep import SweepPlan, run_sweep
+
+    model_dir = tmp_path / "vit"
+    vit().save_pretrained(model_dir)
+    plan = SweepPlan(
+        targets=[0.05],  # below both floors: concrete's always-kept tokens, ToMe's half-per-layer merging
+        methods=["concrete", "tome"],
+        approx_cfg=cfg(steps=1),
+        sparse_cfg=cfg(steps=2),
+        max_eval=8,
+        acfg=ApproxConfig(init="random"),
+        scfg=SparseTrainConfig(calib_samples=8),
+    )
+    res = run_sweep(model_dir, image_dir, tmp_path / "work", plan, log=lambda s: None)
+    assert [(u["method"], u["target"]) for u in res["unreachable"]] == [("concrete", 0.05)]
+    assert "outside what the STTABT thresholds can reach" in res["unreachable"][0]["reason"]
+    assert not (tmp_path / "work" / "concrete-0.05" / "sttabt.json").exists()
+    (tome,) = res["points"]
+    assert tome["method"] == "tome" and not tome["target_reachable"] and tome["calib_retention"] > 0.2
+    plan.approx_dir, plan.targets, plan.methods = tmp_path / "work" / "approx", [0.5], ["sttabt-topk"]
+    again = run_sweep(model_dir, image_dir, tmp_path / "work2", plan, log=lambda s: None)
+    assert again["approx"]["dir"] == str(plan.approx_dir) and not (tmp_path / "work2" / "approx").exists()
+    assert again["points"][0]["target_reachable"] and "train approx" not in " ".join(again["commands"])

@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sttabt_edge.method.backtrack import Backtrack, input_importance, reduce_heads, retention, row_weights
+from sttabt_edge.method.backtrack import (
+    AttentionMaps,
+    Backtrack,
+    check_maps,
+    layer_importance,
+    retention,
+    row_weights,
+)
 from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
 
 MIN_IMPORTANCE = 1e-4  # relative to the mean importance (1.0)
@@ -27,7 +34,7 @@ def normalized_importance(s: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tens
 
 
 def concrete_backtrack(
-    attn: torch.Tensor,
+    attn: AttentionMaps,
     pad_mask: torch.Tensor,
     threshold_logits: torch.Tensor,
     num_prefix_tokens: int = 1,
@@ -40,21 +47,21 @@ def concrete_backtrack(
 ) -> Backtrack:
     """Threshold back-tracking. Masks are float (straight-through) in training, bool at inference.
 
-    attn (L, B, H, N, N); threshold_logits (L,). ``min_keep`` real tokens beyond the
-    forced ones are always kept per layer, so no layer is ever emptied.
+    attn: L maps (B, H, R, N) (see :mod:`.backtrack`); threshold_logits (L,). ``min_keep`` real
+    tokens beyond the forced ones are always kept per layer, so no layer is ever emptied.
     """
-    num_layers, b, _, n, _ = attn.shape
+    num_layers, _ = check_maps(attn)
     if threshold_logits.shape != (num_layers,):
         raise ValueError(f"threshold_logits must have shape ({num_layers},), got {tuple(threshold_logits.shape)}")
-    dtype = attn.dtype
-    out_hard = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
+    dtype = attn[0].dtype
+    prefix = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
+    out_hard = prefix
     out = out_hard.to(dtype)
     importance = out
     keep: list[torch.Tensor] = [out if training else out_hard]
     scores: list[torch.Tensor] = []
     for layer in reversed(range(num_layers)):
-        a = reduce_heads(attn[layer], head_reduce)  # (B, N, N)
-        s = input_importance(a, row_weights(out, importance, p))  # (B, N)
+        s = layer_importance(attn[layer], row_weights(out, importance, p), head_reduce)  # (B, N)
         s_norm = normalized_importance(s, pad_mask)
         # clamp, not +eps: d/ds log(s + 1e-9) ~ 1e9 on near-zero scores blew up ApproxNet gradients;
         # below 1e-4 of the mean a token is dropped by any threshold above log(1e-4) = -9.2 anyway
@@ -62,9 +69,13 @@ def concrete_backtrack(
         if training:
             u = torch.rand(s.shape, generator=generator, dtype=dtype, device=s.device).clamp(1e-6, 1 - 1e-6)
             logit = logit + (torch.log(u) - torch.log1p(-u)) / temperature
+        # top up to min_keep real non-prefix tokens, counting those the layer keeps already (nesting):
+        # adding min_keep more per layer would grow a floor of L - l tokens, and short inputs would
+        # never reach low retention targets
+        need = (min_keep - (out_hard & ~prefix).sum(dim=1)).clamp_min(0)  # (B,)
         floor = rank_topk_mask(
             torch.where(pad_mask & ~out_hard, s, float("-inf")),
-            torch.full((b,), min_keep, device=s.device, dtype=torch.long).minimum(pad_mask.sum(1) - out_hard.sum(1)),
+            need.minimum(pad_mask.sum(1) - out_hard.sum(1)),
             min_keep,
         )
         forced = out_hard | floor
@@ -98,7 +109,7 @@ class ConcreteThresholds(nn.Module):
         self.min_keep = min_keep
 
     def forward(
-        self, attn: torch.Tensor, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
+        self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
         head_reduce: str = "mean",
     ) -> Backtrack:
         return concrete_backtrack(

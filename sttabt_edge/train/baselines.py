@@ -37,7 +37,7 @@ from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import distributed
 from sttabt_edge.train.engine import fit
-from sttabt_edge.train.losses import SparseObjective, bisect_offset, constant_schedule, geometric_schedule
+from sttabt_edge.train.losses import SparseObjective, calibrate_offset, constant_schedule, geometric_schedule
 
 METHODS = ("ltp", "topk")
 
@@ -60,13 +60,15 @@ def snap_ltp(
     soft: bool = False,
     span: float = 16.0,
     iters: int = 12,
+    strict: bool = True,
 ) -> float:
     """Add one offset to every LTP threshold so the retention on ``batches`` is ``target``.
 
     ``soft=False``: hard retention (real removal), as at inference; ``soft=True``: the
     soft-mask retention (sum of sigmoid weights) the training penalty sees, which is much
     lower for the same thresholds. Same role as
-    :func:`sttabt_edge.train.concrete.snap_thresholds`. Each probe is a pruned model pass.
+    :func:`sttabt_edge.train.concrete.snap_thresholds`, including the reachability check
+    (``strict``: raise, else warn). Each probe is a pruned model pass.
     """
     sc = SparseClassifier(model, reducer, mode="mask" if soft else "remove").eval()
     reducer.soft = soft
@@ -76,7 +78,7 @@ def snap_ltp(
         reducer.thresholds.copy_(base + offset)
         return float(torch.cat([sc(**b).retention for b in batches]).mean())
 
-    offset = bisect_offset(mean_retention, target, -span, span, iters)
+    offset = calibrate_offset(mean_retention, target, -span, span, iters, what="LTP thresholds", strict=strict)
     reducer.thresholds.copy_(base + offset)
     return offset
 
@@ -111,8 +113,8 @@ def build_baseline(
     def groups(cfg: TrainConfig) -> list[dict[str, Any]]:
         return [{"params": [ltp.thresholds], "lr": scfg.threshold_lr, "weight_decay": 0.0, "clip": "thr"}]
 
-    def snap() -> None:
-        snap_ltp(model, ltp, calib, scfg.target_retention)
+    def snap() -> None:  # mid-run: warn only (see concrete.build_objective)
+        snap_ltp(model, ltp, calib, scfg.target_retention, strict=False)
 
     return SparseObjective(
         model,

@@ -15,10 +15,12 @@ spending steps dragging the pruning rate from 0.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,17 +37,46 @@ from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import Dist, distributed
 from sttabt_edge.train.engine import FitResult, decay_groups, fit
-from sttabt_edge.train.losses import SparseObjective, bisect_offset
+from sttabt_edge.train.losses import SparseObjective, UnreachableTargetError, calibrate_offset
 
-__all__ = ["load_sttabt", "snap_thresholds", "train_concrete"]
+__all__ = ["UnreachableTargetError", "load_sttabt", "snap_thresholds", "train_concrete"]
 
 
 def calibration_batches(
     data: TrainData, scfg: SparseTrainConfig, cfg: TrainConfig, device: torch.device
 ) -> list[dict[str, torch.Tensor]]:
-    """``scfg.calib_samples`` random training examples as tensors on ``device`` (see TrainData)."""
+    """``scfg.calib_samples`` random examples of ``data.calib`` (default: training) as tensors on
+    ``device`` (see TrainData). Warns when they are much shorter or longer than the held-out inputs."""
     batches = data.calibration_batches(scfg.calib_samples, cfg.seed, cfg.max_length)
+    warn_length_shift(data, batches, cfg.max_length)
     return [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in batches]
+
+
+LENGTH_SHIFT = 1.25  # calibration vs held-out mean text length ratio that warrants a warning
+
+
+def warn_length_shift(data: TrainData, batches: Sequence[dict[str, Any]], max_length: int) -> float | None:
+    """Mean length of the calibration texts over that of (up to 256) held-out texts; warns past
+    :data:`LENGTH_SHIFT` either way. None for images (fixed length) or without held-out data.
+
+    Thresholds keep a length-dependent fraction (short inputs keep more, and the forced tokens
+    are a larger share of them), so a retention calibrated on SST-2's short training phrases
+    (mean 13 tokens) lands far below target on its dev sentences (mean 25).
+    """
+    if data.modality != "text" or not data.eval or "attention_mask" not in batches[0]:
+        return None
+    held = data.eval_batches(64, 256, max_length)
+    calib_len = float(np.mean(np.concatenate([b["attention_mask"].sum(1) for b in batches])))
+    held_len = float(np.mean(np.concatenate([b[0]["attention_mask"].sum(1) for b in held])))
+    ratio = calib_len / held_len
+    if not 1 / LENGTH_SHIFT <= ratio <= LENGTH_SHIFT:
+        warnings.warn(
+            f"calibration inputs average {calib_len:.1f} tokens, held-out ones {held_len:.1f}: thresholds "
+            "calibrated on them give a different retention on held-out inputs; set TrainData.calib to "
+            "unlabeled inputs like the deployment ones (e.g. the held-out inputs)",
+            stacklevel=2,
+        )
+    return ratio
 
 
 @torch.no_grad()
@@ -56,6 +87,7 @@ def snap_thresholds(
     target: float,
     noisy: bool = False,
     span: float = 20.0,
+    strict: bool = True,
 ) -> float:
     """Add one offset to every threshold logit so the retention on ``batches`` is ``target``.
 
@@ -66,6 +98,11 @@ def snap_thresholds(
     target it is penalised toward. The logistic noise has a std of 1.8 in log-importance
     units, so the two differ a lot. Bisection on cached attention maps: each probe is a
     back-tracking pass only, no model pass. Returns the offset.
+
+    A target below the retention the forced tokens give on ``batches`` (prefix + ``min_keep``
+    per layer: most of a short input) raises :class:`UnreachableTargetError` (``strict``) or
+    warns and snaps to that floor; without the check the bisection silently ran to +``span``,
+    so every such target gave the same floor-only model (see :func:`calibrate_offset`).
     """
     reducer.eval()  # deterministic attention (callers restore train modes per step)
     th = reducer.thresholds
@@ -88,7 +125,7 @@ def snap_thresholds(
             vals.append(retention(bt.keep, pad))
         return float(torch.cat(vals).mean())
 
-    offset = bisect_offset(mean_retention, target, -span, span)
+    offset = calibrate_offset(mean_retention, target, -span, span, what="STTABT thresholds", strict=strict)
     th.logits.copy_(base + offset)
     return offset
 
@@ -139,8 +176,8 @@ def build_objective(
             out += decay_groups(dict(approx.named_parameters()), lr, cfg.weight_decay, clip="approx")
         return out
 
-    def snap() -> None:
-        snap_thresholds(reducer, compat.model_parts(model), calib, scfg.target_retention)
+    def snap() -> None:  # mid-run: a finished soft phase is not thrown away, so warn only
+        snap_thresholds(reducer, compat.model_parts(model), calib, scfg.target_retention, strict=False)
 
     teacher = copy.deepcopy(model)
     return SparseObjective(

@@ -8,6 +8,7 @@ baselines; only the reducer, its parameters and its phases differ (``Phases``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sttabt_edge.compat import ModelParts, model_parts
+from sttabt_edge.errors import InputError
 from sttabt_edge.method.distill import logits_kd
 from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import classify, embed
@@ -92,11 +94,54 @@ def constant_schedule(target: float, num_layers: int) -> list[float]:
 def bisect_offset(
     measure: Callable[[float], float], target: float, lo: float, hi: float, iters: int = 30
 ) -> float:
-    """Offset whose ``measure`` (a retention, non-increasing in the offset) is closest to ``target``."""
+    """Offset whose ``measure`` (a retention, non-increasing in the offset) is closest to ``target``.
+
+    A target outside [measure(hi), measure(lo)] silently ends at an end of the span; use
+    :func:`calibrate_offset`, which checks that first.
+    """
     for _ in range(iters):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if measure(mid) > target else (lo, mid)
     return (lo + hi) / 2
+
+
+REACH_TOL = 0.02  # a target this far outside the reachable retention range still counts as reached
+
+
+class UnreachableTargetError(InputError):
+    """The retention target lies outside what the reducer can give on the calibration inputs."""
+
+
+def calibrate_offset(
+    measure: Callable[[float], float],
+    target: float,
+    lo: float,
+    hi: float,
+    iters: int = 30,
+    what: str = "thresholds",
+    strict: bool = True,
+) -> float:
+    """:func:`bisect_offset` after checking that ``target`` is reachable on the calibration inputs.
+
+    The reachable range is [measure(hi), measure(lo)]: its floor is what the forced tokens
+    (prefix, ``min_keep``) keep however high the thresholds go, and it depends on the input
+    lengths (short inputs keep a large fraction). A target more than :data:`REACH_TOL` below
+    the floor (or above the ceiling) raises :class:`UnreachableTargetError` (``strict``) or
+    warns; the bisection then aims at the floor (ceiling) itself, which gives the smallest
+    offset reaching it rather than the end of the span.
+    """
+    floor, ceil = measure(hi), measure(lo)
+    if not floor - REACH_TOL <= target <= ceil + REACH_TOL:
+        msg = (
+            f"retention target {target:g} is outside what the {what} can reach on the calibration inputs: "
+            f"[{floor:.3f}, {ceil:.3f}] (the floor is the tokens always kept, a large share of short inputs). "
+            "Calibrate on inputs like the deployment ones (TrainData.calib, sweep calib_on_eval) "
+            "or choose a reachable target"
+        )
+        if strict:
+            raise UnreachableTargetError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return bisect_offset(measure, min(max(target, floor), ceil), lo, hi, iters)
 
 
 class SparseObjective(Objective):

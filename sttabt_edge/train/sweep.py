@@ -32,6 +32,7 @@ from sttabt_edge.train.concrete import train_concrete
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData, prepare_data
 from sttabt_edge.train.engine import METRICS_FILE
+from sttabt_edge.train.losses import REACH_TOL, UnreachableTargetError
 
 TRAINED = ("concrete", "ltp", "topk")
 TRAINING_FREE = ("tome", "sttabt-topk")
@@ -48,21 +49,27 @@ class SweepPlan:
     max_eval: int = 0  # 0 = the whole held-out set
     calib_on_eval: bool = False  # calibrate thresholds / knobs on unlabeled held-out inputs instead of train
     eval_batch_size: int = 64
+    approx_dir: Path | None = None  # reuse this distilled ApproxNet (train_approx output) instead of distilling
 
 
 def cli_commands(model_dir: Path, data: Path, work: Path, plan: SweepPlan) -> list[str]:
     """The ``sttabt-edge train`` commands equivalent to this sweep (for the README / logs)."""
     a, s = plan.approx_cfg, plan.sparse_cfg
     common = f"--model {model_dir} --data {data}"
-    out = [
-        f"sttabt-edge train approx {common} --factor {plan.acfg.factor} --init {plan.acfg.init} "
-        f"--out {work}/approx --steps {a.steps} --batch-size {a.batch_size} --lr {a.lr:g}"
-    ]
+    approx_dir = plan.approx_dir or f"{work}/approx"
+    out = (
+        []
+        if plan.approx_dir is not None
+        else [
+            f"sttabt-edge train approx {common} --factor {plan.acfg.factor} --init {plan.acfg.init} "
+            f"--out {approx_dir} --steps {a.steps} --batch-size {a.batch_size} --lr {a.lr:g}"
+        ]
+    )
     sparse = f"--steps {s.steps} --batch-size {s.batch_size} --lr {s.lr:g}"
     for r in plan.targets:
         if "concrete" in plan.methods:
             out.append(
-                f"sttabt-edge train concrete {common} --approx {work}/approx --target-retention {r:g} "
+                f"sttabt-edge train concrete {common} --approx {approx_dir} --target-retention {r:g} "
                 f"--out {work}/concrete-{r:g} {sparse}"
             )
         out += [
@@ -76,16 +83,18 @@ def cli_commands(model_dir: Path, data: Path, work: Path, plan: SweepPlan) -> li
 
 def bisect_knob(
     measure: Callable[[float], float], target: float, lo: float, hi: float, iters: int = 14
-) -> float:
-    """Knob in [lo, hi] whose ``measure`` (increasing in the knob) is closest to ``target``."""
-    best, gap = hi, float("inf")
-    for _ in range(iters):
-        mid = (lo + hi) / 2
+) -> tuple[float, float]:
+    """(knob, measure(knob)): the knob in [lo, hi] whose ``measure`` (increasing in the knob) is
+    closest to ``target``. Both ends are probed, so an unreachable target ends at the closer end."""
+    best, best_r = hi, measure(hi)
+    for k in (lo, *[None] * iters):
+        mid = (lo + hi) / 2 if k is None else k
         r = measure(mid)
-        if abs(r - target) < gap:
-            best, gap = mid, abs(r - target)
-        lo, hi = (mid, hi) if r < target else (lo, mid)
-    return best
+        if abs(r - target) < abs(best_r - target):
+            best, best_r = mid, r
+        if k is None:
+            lo, hi = (mid, hi) if r < target else (lo, mid)
+    return best, best_r
 
 
 @torch.no_grad()
@@ -99,8 +108,13 @@ def training_free(
     approx: ApproxNet | None,
     target: float,
     inputs: dict[str, torch.Tensor],
-) -> Reducer:
-    """ToMe or top-k back-tracking of the ApproxNet, its geometric schedule q**l bisected to ``target``."""
+) -> tuple[Reducer, float]:
+    """ToMe or top-k back-tracking of the ApproxNet, its geometric schedule q**l bisected to ``target``.
+
+    Returns the reducer and its mean retention on ``inputs``, which is off the target when the
+    target is unreachable (ToMe merges at most about half the tokens per layer: its floor is every
+    layer merging the most it can; on short inputs that is a large fraction).
+    """
     num_layers = int(model.config.num_hidden_layers)
 
     def make(q: float) -> Reducer:
@@ -108,8 +122,8 @@ def training_free(
             return TomeReducer(keep_ratio=[q ** (layer + 1) for layer in range(num_layers)])
         return SttabtReducer(approx, keep_ratio=[max(q**layer, 1e-3) for layer in range(num_layers)])
 
-    q = bisect_knob(lambda k: mean_retention(model, make(k), inputs), target, 0.02, 1.0)
-    return make(q)
+    q, reached = bisect_knob(lambda k: mean_retention(model, make(k), inputs), target, 0.02, 1.0)
+    return make(q), reached
 
 
 def _eval(
@@ -167,10 +181,15 @@ def run_sweep(
     log(f"dense: {results['dense']['metrics']}")
 
     t0 = time.perf_counter()
-    unlabeled = dataclasses.replace(data, train=[Example(e.inputs, None) for e in data.train])  # type: ignore[arg-type]
-    approx = train_approx(dense, unlabeled, cfg=plan.approx_cfg, out=work / "approx", acfg=plan.acfg)
-    report = json.loads((work / "approx" / REPORT_FILE).read_text())
-    results["approx"] = {**report, "seconds": time.perf_counter() - t0}
+    approx_dir = work / "approx"
+    if plan.approx_dir is not None:
+        approx_dir = Path(plan.approx_dir)
+        approx = ApproxNet.load(approx_dir, dense.config)
+    else:
+        unlabeled = dataclasses.replace(data, train=[Example(e.inputs, None) for e in data.train])  # type: ignore[arg-type]
+        approx = train_approx(dense, unlabeled, cfg=plan.approx_cfg, out=approx_dir, acfg=plan.acfg)
+    report = json.loads((approx_dir / REPORT_FILE).read_text())
+    results["approx"] = {**report, "seconds": time.perf_counter() - t0, "dir": str(approx_dir)}
     log(f"ApproxNet /{plan.acfg.factor}: held-out attention KL {report['heldout_attention_kl_before']:.4f}"
         f" -> {report['heldout_attention_kl']:.4f} ({report['step_time_s']:.2f} s/step)")
 
@@ -179,6 +198,9 @@ def run_sweep(
     calib_np = train_only.calibration_batches(plan.scfg.calib_samples, 0, max_length)
     calib = merge_batches([{k: torch.from_numpy(v) for k, v in b.items()} for b in calib_np])
     results["calibrated_on"] = "held-out inputs (no labels)" if plan.calib_on_eval else "training inputs"
+    if "attention_mask" in calib:
+        results["calib_mean_length"] = float(calib["attention_mask"].sum(1).float().mean())
+    results["unreachable"] = []
     for target in plan.targets:
         for method in plan.methods:
             t0 = time.perf_counter()
@@ -186,10 +208,19 @@ def run_sweep(
             if method in TRAINING_FREE:
                 model = load_model(model_dir)
                 source = approx if method == "sttabt-topk" else None
-                reducer = training_free(method, model, source, target, calib)
+                reducer, reached = training_free(method, model, source, target, calib)
+                point.update(calib_retention=reached, target_reachable=abs(reached - target) <= REACH_TOL)
+                if not point["target_reachable"]:
+                    log(f"{method:12s} target {target:.2f}: unreachable on the calibration inputs, "
+                        f"closest retention {reached:.3f}; evaluated there")
             else:
                 run_dir = work / f"{method}-{target:g}"
-                model, reducer = _train_point(method, target, model_dir, run_dir, train_only, plan, work)
+                try:
+                    model, reducer = _train_point(method, target, model_dir, run_dir, train_only, plan, approx_dir)
+                except UnreachableTargetError as e:
+                    results["unreachable"].append({"method": method, "target": target, "reason": str(e)})
+                    log(f"{method:12s} target {target:.2f}: skipped, {e}")
+                    continue
                 point.update(train_steps=plan.sparse_cfg.steps, step_time_s=_step_time(run_dir))
             point["train_seconds"] = time.perf_counter() - t0
             point.update(_eval(model, reducer, data, plan, f"{method} r={target:g}", max_length))
@@ -204,12 +235,12 @@ def run_sweep(
 
 
 def _train_point(
-    method: str, target: float, model_dir: Path, run_dir: Path, data: TrainData, plan: SweepPlan, work: Path
+    method: str, target: float, model_dir: Path, run_dir: Path, data: TrainData, plan: SweepPlan, approx_dir: Path
 ) -> tuple[torch.nn.Module, Reducer]:
     """Train one method at one target from a fresh copy of the dense model."""
     model = load_model(model_dir)
     if method == "concrete":
-        approx = ApproxNet.load(work / "approx", model.config)
+        approx = ApproxNet.load(approx_dir, model.config)
         return train_concrete(model, approx, data, target, plan.sparse_cfg, scfg=plan.scfg, out=run_dir,
                               source_dir=model_dir)
     return train_baseline(method, model, data, target, plan.sparse_cfg, plan.scfg, out=run_dir,
