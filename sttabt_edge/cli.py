@@ -179,6 +179,7 @@ def train_approx_cmd(
     factor: Annotated[int, typer.Option(help="hidden/FFN widths divided by this")] = 4,
     init: Annotated[Init, typer.Option(help="interpolate (resized teacher) | random")] = Init.interpolate,
     heads: Annotated[int | None, typer.Option(help="attention heads (a divisor of the model's; default: same)")] = None,
+    track_weight: Annotated[float, typer.Option(help="weight of the back-tracking KL (importance ranking)")] = 0.0,
     eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
@@ -193,7 +194,7 @@ def train_approx_cmd(
     try:
         cfg = _train_config(config, {"lr": 5e-4, "steps": 1000}, options)
         net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.seed)
-        acfg = ApproxConfig(factor=factor, init=init.value, heads=heads)
+        acfg = ApproxConfig(factor=factor, init=init.value, heads=heads, track_weight=track_weight)
         train_approx(net, train_data, cfg=cfg, out=out, acfg=acfg, resume=resume)
     except _train_errors() as e:
         _fail(str(e))

@@ -24,6 +24,7 @@ from sttabt_edge.method.distill import (
     DistillWeights,
     approx_distill_loss,
     attention_kl,
+    backtrack_kl,
     components_to_floats,
 )
 from sttabt_edge.method.flops import dense_flops
@@ -247,11 +248,11 @@ def test_loss_components_and_gradients(case):
     teacher, inputs = case
     tt = teacher_targets(compat.model_parts(teacher), inputs)
     net = build_approxnet(teacher, 4, "interpolate").train()
-    w = DistillWeights(logits=1.0, temperature=2.0)
+    w = DistillWeights(logits=1.0, temperature=2.0, track=1.0)
     loss, comps = approx_distill_loss(net(inputs), tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask,
                                       net.transfers, w)
     floats = components_to_floats(comps)
-    assert set(floats) == {"attn_kl", "hidden_mse", "embed_mse", "logits_kd"}
+    assert set(floats) == {"attn_kl", "hidden_mse", "embed_mse", "logits_kd", "track_kl"}
     assert all(v > 0 and torch.isfinite(torch.tensor(v)) for v in floats.values()), floats
     assert torch.isfinite(loss) and not comps["attn_kl"].requires_grad
     loss.backward()
@@ -261,7 +262,7 @@ def test_loss_components_and_gradients(case):
         assert float(layer.q.weight.grad.abs().sum()) > 0
     assert all(float(t.weight.grad.abs().sum()) > 0 for t in net.transfers)
     _, no_kd = approx_distill_loss(net(inputs), tt.attentions, tt.hidden_states, None, tt.pad_mask,
-                                   net.transfers, w)
+                                   net.transfers, w, compat.model_parts(teacher).num_prefix_tokens)
     assert float(no_kd["logits_kd"]) == 0.0
 
 
@@ -281,6 +282,24 @@ def test_few_adam_steps_reduce_loss(case):
     first, last = history[0], history[-1]
     assert last["loss"] < 0.5 * first["loss"], (first, last)
     assert last["attn_kl"] < 0.9 * first["attn_kl"], (first, last)
+
+
+def test_backtrack_kl_zero_on_teacher_positive_otherwise_and_differentiable(case):
+    teacher, inputs = case
+    tt = teacher_targets(compat.model_parts(teacher), inputs)
+    p = compat.model_parts(teacher).num_prefix_tokens
+    assert float(backtrack_kl(tt.attentions, tt.attentions, tt.pad_mask, p)) == pytest.approx(0.0, abs=1e-6)
+    net = build_approxnet(teacher, 2, "interpolate", heads=2)
+    out = net(inputs)
+    kl = backtrack_kl(tt.attentions, out.attentions, tt.pad_mask, p)
+    assert float(kl) > 0
+    kl.backward()
+    assert all(q.grad is not None for q in (net.parts.layers[0].q.weight, net.parts.layers[-1].k.weight))
+    loss, parts = approx_distill_loss(
+        out, tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask, net.transfers,
+        DistillWeights(track=2.0), num_prefix_tokens=p,
+    )
+    torch.testing.assert_close(parts["track_kl"], kl.detach())
 
 
 # ---- persistence -------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sttabt_edge.method.approxnet import ApproxOutput, group_heads
+from sttabt_edge.method.backtrack import layer_importance, row_weights, topk_backtrack
 
-COMPONENTS = ("attn_kl", "hidden_mse", "embed_mse", "logits_kd")
+COMPONENTS = ("attn_kl", "hidden_mse", "embed_mse", "logits_kd", "track_kl")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class DistillWeights:
     embed: float = 1.0  # MSE of the embedding output (transfers[0])
     logits: float = 0.0  # logits KD; off by default (ApproxNet only needs attention)
     temperature: float = 1.0
+    track: float = 0.0  # back-tracking KL: the importance scores back-tracking ranks tokens by
+    track_ratio: float = 0.5  # keep ratio of the teacher's back-tracking that picks the rows compared
+    track_p: float = 0.1  # back-tracking's propagation weight p
 
 
 def attention_kl(teacher_attn: torch.Tensor, student_attn: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
@@ -42,6 +46,39 @@ def attention_kl(teacher_attn: torch.Tensor, student_attn: torch.Tensor, pad_mas
     rows = pad_mask.to(kl.dtype)  # (B, N)
     per_layer = (kl * rows).sum(dim=(1, 2)) / rows.sum().clamp_min(1.0)  # (L,)
     return per_layer.mean()
+
+
+def backtrack_kl(
+    teacher_attn: torch.Tensor,
+    student_attn: torch.Tensor,
+    pad_mask: torch.Tensor,
+    num_prefix_tokens: int = 1,
+    keep_ratio: float = 0.5,
+    p: float = 0.1,
+) -> torch.Tensor:
+    """KL between the teacher's and the student's back-tracked importance, per layer.
+
+    (L, B, H, N, N) teacher, (L, B, h, N, N) student, (B, N) -> scalar. The teacher's own
+    top-k back-tracking fixes which rows each layer reads and their weights; both maps are
+    read through them and the importances, normalised over real tokens, are compared.
+    The row-averaged attention KL weighs the CLS row 1/N, so a student can lower it and
+    still rank the tokens CLS reads wrongly; this term is where the ranking comes from.
+    """
+    t = teacher_attn.detach()
+    bt = topk_backtrack(t, pad_mask, keep_ratio, num_prefix_tokens, p)  # nested keep sets
+    importance = bt.keep[-1].to(t.dtype)
+    pad = pad_mask.to(t.dtype)
+    tiny = torch.finfo(student_attn.dtype).tiny
+    kls = []
+    for layer in reversed(range(t.shape[0])):
+        w = row_weights(bt.keep[layer + 1], importance, p)  # (B, N)
+        s_t = layer_importance(t[layer], w) * pad  # (B, N)
+        s_s = layer_importance(student_attn[layer], w) * pad
+        q_t = s_t / s_t.sum(dim=1, keepdim=True).clamp_min(tiny)
+        q_s = s_s / s_s.sum(dim=1, keepdim=True).clamp_min(tiny)
+        kls.append((torch.xlogy(q_t, q_t) - q_t * torch.log(q_s.clamp_min(tiny))).sum(dim=1).mean())
+        importance = s_t
+    return torch.stack(kls).mean()
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
@@ -65,6 +102,7 @@ def approx_distill_loss(
     pad_mask: torch.Tensor,
     transfers: Sequence[nn.Module],
     weights: DistillWeights = DistillWeights(),
+    num_prefix_tokens: int = 1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the components; returns (loss, detached component tensors).
 
@@ -89,8 +127,16 @@ def approx_distill_loss(
     kd = attn.new_zeros(())
     if weights.logits > 0 and teacher_logits is not None:
         kd = logits_kd(student.logits, teacher_logits, weights.temperature)
-    loss = weights.attn * attn + weights.hidden * hidden + weights.embed * embed + weights.logits * kd
-    parts = {"attn_kl": attn, "hidden_mse": hidden, "embed_mse": embed, "logits_kd": kd}
+    track = attn.new_zeros(())
+    if weights.track > 0:
+        track = backtrack_kl(
+            teacher_attn, student.attentions, pad_mask, num_prefix_tokens, weights.track_ratio, weights.track_p
+        )
+    loss = (
+        weights.attn * attn + weights.hidden * hidden + weights.embed * embed + weights.logits * kd
+        + weights.track * track
+    )
+    parts = {"attn_kl": attn, "hidden_mse": hidden, "embed_mse": embed, "logits_kd": kd, "track_kl": track}
     return loss, {k: v.detach() for k, v in parts.items()}
 
 

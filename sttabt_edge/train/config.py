@@ -112,6 +112,7 @@ class ApproxConfig(JsonConfig):
     hidden_weight: float = 1.0  # hidden-state MSE through the transfers
     embed_weight: float = 1.0
     logits_weight: float = 0.0  # logits KD: off, the ApproxNet only needs attention
+    track_weight: float = 0.0  # back-tracking KL (method/distill.backtrack_kl): the importance ranking
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
