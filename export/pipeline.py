@@ -155,6 +155,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
         "calibration": calib_src,
         "parity": {k: v for k, v in report.items() if k != "kept_counts"},
         **kept_summary(report["kept_counts"], model, calib),
+        "flops": analytic_flops(model, reducer, calib),
     }
     sample = timing_sample(calib, req.batch)
     summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, _feeds(model, sample))
@@ -214,6 +215,19 @@ def kept_summary(
         "kept_tokens_per_layer_mean": [round(v, 2) for v in kept.mean(0).tolist()],
         "real_tokens_mean": float(pad.sum(1).double().mean()),
     }
+
+
+def analytic_flops(model: nn.Module, reducer: Reducer, calib: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Mean analytic GFLOPs per example of the exported method (incl. ApproxNet and back-tracking)
+    and of the dense model on the calibration batch, and their ratio."""
+    from sttabt_edge.method.flops import dense_flops, flops_summary, output_flops
+    from sttabt_edge.sparse_model import SparseClassifier
+
+    parts = model_parts(model)
+    with torch.no_grad():
+        out = SparseClassifier(model, reducer)(**calib)
+    dense = dense_flops(parts, out.pad_mask.sum(dim=1))
+    return flops_summary(output_flops(parts, out, reducer, calib), dense)
 
 
 def _tokenizer(model: str) -> Path | None:
