@@ -17,6 +17,7 @@ shapes with random weights (latency does not depend on the weights).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -115,7 +116,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['case']}\n/{r['factor']} h{r['heads']}" for r in rows]
+    labels = [f"{r['case'].replace('-shape', '').replace('-sst2', '')} /{r['factor']} h{r['heads']}" for r in rows]
     parts = [("approxnet", "ApproxNet"), ("masks", "back-tracking"), ("sparse_model", "sparse model")]
     fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(rows)), 4.5))
     bottom = [0.0] * len(rows)
@@ -127,7 +128,7 @@ def plot(rows: list[dict], path: Path) -> None:
                label="whole pipeline (one graph)", zorder=3)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.axhline(0.08, color="red", lw=0.8, ls="--", label="8% goal for ApproxNet + masks")
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=40, ha="right")
     ax.set_ylabel("latency / dense latency (ORT, batch 1)")
     ax.set_title("STTABT stage costs by ApproxNet option (untrained; top-k keep ratio as in JSON)")
     ax.legend(fontsize=7)
@@ -142,7 +143,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/approx_cost.json"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --out JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+        return
     console = Console()
     t0 = time.perf_counter()
     rows = []
