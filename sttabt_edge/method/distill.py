@@ -65,19 +65,20 @@ def backtrack_kl(
     still rank the tokens CLS reads wrongly; this term is where the ranking comes from.
     """
     t = teacher_attn.detach()
-    bt = topk_backtrack(t, pad_mask, keep_ratio, num_prefix_tokens, p)  # nested keep sets
-    importance = bt.keep[-1].to(t.dtype)
+    bt = topk_backtrack(t, pad_mask, keep_ratio, num_prefix_tokens, p)  # nested keep sets, teacher scores
+    num_layers = t.shape[0]
     pad = pad_mask.to(t.dtype)
     tiny = torch.finfo(student_attn.dtype).tiny
     kls = []
-    for layer in reversed(range(t.shape[0])):
-        w = row_weights(bt.keep[layer + 1], importance, p)  # (B, N)
-        s_t = layer_importance(t[layer], w) * pad  # (B, N)
+    for layer in reversed(range(num_layers)):
+        # the row weights back-tracking used at this layer (the top layer's rows: the prefix, uniformly)
+        above = bt.scores[layer + 1] if layer + 1 < num_layers else bt.keep[-1].to(t.dtype)
+        w = row_weights(bt.keep[layer + 1], above, p)  # (B, N)
+        s_t = bt.scores[layer] * pad  # (B, N): already computed by topk_backtrack with these weights
         s_s = layer_importance(student_attn[layer], w) * pad
         q_t = s_t / s_t.sum(dim=1, keepdim=True).clamp_min(tiny)
         q_s = s_s / s_s.sum(dim=1, keepdim=True).clamp_min(tiny)
         kls.append((torch.xlogy(q_t, q_t) - q_t * torch.log(q_s.clamp_min(tiny))).sum(dim=1).mean())
-        importance = s_t
     return torch.stack(kls).mean()
 
 
