@@ -26,7 +26,6 @@ from torch import nn
 from sttabt_edge import compat
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.errors import CheckpointMismatchError, InputError, UnsupportedModelError
-from sttabt_edge.method.block import block_forward, key_padding_bias
 from sttabt_edge.method.flops import model_flops
 from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import classify, embed
@@ -122,17 +121,7 @@ class ApproxNet(nn.Module):
         projections and MLP) are never computed. :meth:`forward` gives the full maps.
         """
         x, pad = embed(self.parts, inputs)  # (B, N, c), (B, N)
-        bias = key_padding_bias(self.parts.family, pad, x.dtype)
-        top = len(self.parts.layers) - 1
-        prefix = torch.arange(self.parts.num_prefix_tokens, device=x.device).expand(x.shape[0], -1)  # (B, P)
-        maps = []
-        for i, layer in enumerate(self.parts.layers):
-            out = block_forward(
-                layer, x, self.parts.num_heads, q_idx=prefix if i == top else None, key_bias=bias, need_attn=True
-            )
-            maps.append(out.attn)
-            x = out.hidden
-        return maps
+        return dense_forward(self.parts, x, pad, need_attn=True, prefix_only_top=True).attentions
 
     def flops(self, pad_mask: torch.Tensor) -> torch.Tensor:
         """(B,) analytic FLOPs of :meth:`attentions` on each sample's real tokens (the reducer's extra

@@ -46,20 +46,39 @@ class ForwardResult:
 
 
 def dense_forward(
-    parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, need_attn: bool = False, need_hidden: bool = False
+    parts: ModelParts,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor,
+    need_attn: bool = False,
+    need_hidden: bool = False,
+    prefix_only_top: bool = False,
 ) -> ForwardResult:
-    """The unpruned model; optionally returns every layer's attention probabilities."""
+    """The unpruned model; optionally returns every layer's attention probabilities.
+
+    ``prefix_only_top``: the top layer computes only the prefix tokens' query rows (its map
+    is then (B, H, P, N)), all the head and back-tracking read there.
+    """
     bias = key_padding_bias(parts.family, pad_mask, x.dtype)
     attns, hiddens = [], [x] if need_hidden else []
-    for layer in parts.layers:
-        out = block_forward(layer, x, parts.num_heads, key_bias=bias, need_attn=need_attn, dropout=parts.dropout_p)
+    top = len(parts.layers) - 1
+    for i, layer in enumerate(parts.layers):
+        q_idx = None
+        if prefix_only_top and i == top:
+            q_idx = torch.arange(parts.num_prefix_tokens, device=x.device).expand(x.shape[0], -1)  # (B, P)
+        out = block_forward(
+            layer, x, parts.num_heads, q_idx=q_idx, key_bias=bias, need_attn=need_attn, dropout=parts.dropout_p
+        )
         x = out.hidden
         if need_attn:
             attns.append(out.attn)
         if need_hidden:
             hiddens.append(x)
     n = pad_mask.sum(dim=1, keepdim=True).expand(-1, len(parts.layers))
-    return ForwardResult(x[:, : parts.num_prefix_tokens], n, n, None, attns, hiddens)
+    n_out = n
+    if prefix_only_top:
+        n_out = n.clone()
+        n_out[:, -1] = parts.num_prefix_tokens
+    return ForwardResult(x[:, : parts.num_prefix_tokens], n, n_out, None, attns, hiddens)
 
 
 def plan_forward(
