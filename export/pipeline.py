@@ -274,43 +274,23 @@ def _latency(
     feeds = _feeds(model, sample)
     runs, threads = req.latency_runs, req.threads
     result: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="sttabt-export-") as work:
-        if reducer.name == "sttabt":
+    if reducer.name == "dense":
+        result["dense"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sttabt-export-") as work:
             dense = export_onnx(
-                model,
-                DenseReducer(),
-                Path(work) / "dense.onnx",
-                example_inputs=calib,
-                tokenizer_file=tokenizer,
+                model, DenseReducer(), Path(work) / "dense.onnx", example_inputs=calib, tokenizer_file=tokenizer,
                 **kwargs,
             )
-            result = latency_breakdown(
-                model,
-                reducer,
-                path,
-                sample,
-                Path(work),
-                dense=dense,
-                opset=kwargs["opset"],
-                dynamo=req.dynamo,
-                batch=req.batch,
-                threads=threads,
-                runs=runs,
-            )
-        elif reducer.name == "dense":
-            result["dense"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
-        else:
-            dense = export_onnx(
-                model,
-                DenseReducer(),
-                Path(work) / "dense.onnx",
-                example_inputs=calib,
-                tokenizer_file=tokenizer,
-                **kwargs,
-            )
-            result["pipeline"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
-            result["dense"] = ort_utils.median_latency_ms(dense, feeds, threads, runs)
-            result["pipeline_vs_dense"] = result["pipeline"] / result["dense"]
+            if reducer.name == "sttabt":
+                result = latency_breakdown(
+                    model, reducer, path, sample, Path(work), dense=dense, opset=kwargs["opset"],
+                    dynamo=req.dynamo, batch=req.batch, threads=threads, runs=runs,
+                )
+            else:
+                result["pipeline"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
+                result["dense"] = ort_utils.median_latency_ms(dense, feeds, threads, runs)
+                result["pipeline_vs_dense"] = result["pipeline"] / result["dense"]
     if int8 is not None:
         result["int8"] = ort_utils.median_latency_ms(int8, feeds, threads, runs)
     return result
