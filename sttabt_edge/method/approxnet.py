@@ -101,7 +101,6 @@ class ApproxNet(nn.Module):
         self.model = model
         self.parts: ModelParts = compat.model_parts(model)
         self.factor = factor
-        self.heads = self.parts.num_heads
         self.init = init
         self.teacher_hidden_size = teacher_hidden_size
         c = self.parts.hidden_size
@@ -112,6 +111,11 @@ class ApproxNet(nn.Module):
         res = dense_forward(self.parts, x, pad, need_attn=True, need_hidden=True)
         logits = classify(self.parts, res.prefix_hidden)
         return ApproxOutput(torch.stack(res.attentions), res.hidden_states, logits, pad)
+
+    @property
+    def heads(self) -> int:
+        """Attention heads (the teacher's, or fewer: see :func:`approx_config`)."""
+        return self.parts.num_heads
 
     def attentions(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         """Predicted attention maps for back-tracking (the AttentionSource protocol).
