@@ -131,7 +131,9 @@ def make_sttabt(model, approx: Path | None, ratio: float) -> SttabtReducer:
     return SttabtReducer(net.eval(), keep_ratio=ratio)
 
 
-def export_all(model, reducers: dict[str, Reducer], task: Task, work: Path) -> tuple[dict, dict]:
+def export_all(
+    model, reducers: dict[str, Reducer], task: Task, work: Path, quantize_approx: bool = False
+) -> tuple[dict, dict]:
     """fp32 + two INT8 graphs per method; -> ({method: {variant: path}}, {method: info})."""
     calib = next(torch_batches(task, task.calib, len(task.calib)))[0]
     tokenizer = task.model_dir / "tokenizer.json"
@@ -155,9 +157,12 @@ def export_all(model, reducers: dict[str, Reducer], task: Task, work: Path) -> t
             "bytes": {"fp32": path.stat().st_size},
         }
         for mode in ("dynamic", "static"):
-            q = quantize_onnx(path, work / f"{method}.int8-{mode}.onnx", mode, feeds)
+            q = quantize_onnx(
+                path, work / f"{method}.int8-{mode}.onnx", mode, feeds, quantize_approx=quantize_approx
+            )
             files[method][f"int8-{mode}"] = Path(q.path)
             info[method]["bytes"][f"int8-{mode}"] = q.int8_bytes
+            info[method]["fp32_matmuls_in_int8"] = q.fp32_nodes
     return files, info
 
 
@@ -220,7 +225,7 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace) -
     task = load_task(name, model_dir, data, args.max_samples, args.calib_samples, model)
     reducers = {"dense": DenseReducer(), "sttabt": make_sttabt(model, args.approx, args.keep_ratio)}
     with tempfile.TemporaryDirectory(prefix="export-parity-") as work:
-        files, info = export_all(model, reducers, task, Path(work))
+        files, info = export_all(model, reducers, task, Path(work), args.quantize_approx)
         t0 = time.perf_counter()
         results = evaluate_all(model, reducers, files, task, args.batch_size, args.threads)
     for method in reducers:
@@ -237,6 +242,7 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace) -
         "approx": str(args.approx)
         if args.approx
         else "UNTRAINED interpolate init /4 (token choices not distilled)",
+        "int8_approxnet": "int8 too (--quantize-approx)" if args.quantize_approx else "kept fp32 (default)",
         "eval_s": time.perf_counter() - t0,
         "results": results,
     }
@@ -251,6 +257,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="override the data path (with one --tasks entry)")
     ap.add_argument("--approx", type=Path, default=None, help="trained ApproxNet dir (default: untrained /4)")
     ap.add_argument("--keep-ratio", type=float, default=0.3)
+    ap.add_argument(
+        "--quantize-approx", action="store_true", help="INT8 the ApproxNet too (the default keeps it fp32)"
+    )
     ap.add_argument("--max-samples", type=int, default=None)
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)

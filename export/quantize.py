@@ -6,8 +6,10 @@
   come from a calibration reader over the given batches (MinMax).
 
 Only matmuls with a constant weight are quantized (``MatMulConstBOnly``): the attention
-products q·kᵀ and p·v stay float, which keeps the attention maps that drive token
-selection (and back-tracking) close to fp32. The metadata JSON is carried over with a
+products q·kᵀ and p·v stay float. The ApproxNet (nodes named ``APPROX_SCOPE``) stays fp32
+by default: its maps decide which tokens survive, and a flipped token choice costs more
+accuracy than the few percent of weights and latency it would save (measured in
+``benchmarks/export_parity.py``; ``quantize_approx=True`` quantizes it too). The metadata JSON is carried over with a
 ``"quantization"`` entry added (docs/onnx_contract.md).
 """
 
@@ -25,8 +27,10 @@ import onnx
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.metadata import read_metadata, set_metadata
+from sttabt_edge.method.approxnet import APPROX_SCOPE
 
 MODES = ("dynamic", "static")
+QUANTIZED_OPS = ("MatMul", "Gemm")
 Feeds = Mapping[str, Any]  # input name -> array/tensor, one batch
 
 
@@ -39,6 +43,7 @@ class QuantReport:
     top1_agreement: float | None  # int8 vs fp32 argmax on the given inputs
     max_abs_logit_diff: float | None
     kept_counts_equal: bool | None
+    fp32_nodes: int = 0  # matmul/gemm nodes deliberately left in fp32 (the ApproxNet's)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +84,7 @@ def quantize_onnx(
     out_path: str | Path,
     mode: str = "dynamic",
     calibration_inputs: Feeds | Sequence[Feeds] | None = None,
+    quantize_approx: bool = False,
 ) -> QuantReport:
     """Write an INT8 copy of ``in_path``; compare it with fp32 on ``calibration_inputs`` when given.
 
@@ -102,13 +108,19 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.stem}.") as work:
         tmp = Path(work) / dst.name
         pre = _preprocess(src, Path(work) / "pre.onnx")
+        pre_proto = onnx.load(str(pre))
+        exclude = [] if quantize_approx else approx_nodes(pre_proto)
+        weights = {t.name for t in pre_proto.graph.initializer}
+        fp32_nodes = sum(n.op_type in QUANTIZED_OPS and n.input[1] in weights for n in exclude)
+        exclude_names = [n.name for n in exclude]
         try:
             if mode == "dynamic":
                 quantize_dynamic(
                     pre,
                     tmp,
-                    op_types_to_quantize=["MatMul", "Gemm"],
+                    op_types_to_quantize=list(QUANTIZED_OPS),
                     weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude_names,
                     extra_options=options,
                 )
             else:
@@ -118,10 +130,11 @@ def quantize_onnx(
                     tmp,
                     reader,
                     quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=["MatMul", "Gemm"],
+                    op_types_to_quantize=list(QUANTIZED_OPS),
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude_names,
                     extra_options=options,
                 )
         except Exception as e:
@@ -129,7 +142,14 @@ def quantize_onnx(
         proto = onnx.load(str(tmp))
         set_metadata(proto, {**meta, "quantization": f"int8-{mode}"})
         onnx.save(proto, str(dst))
-    return _report(src, dst, mode, session, names, batches)
+    report = _report(src, dst, mode, session, names, batches)
+    report.fp32_nodes = fp32_nodes
+    return report
+
+
+def approx_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ApproxNet's nodes (the ``APPROX_SCOPE`` name prefix the exporter gives them)."""
+    return [n for n in proto.graph.node if n.name.startswith(APPROX_SCOPE)]
 
 
 def _preprocess(src: Path, dst: Path) -> Path:

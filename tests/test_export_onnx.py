@@ -21,7 +21,7 @@ from sttabt_edge.export.metadata import REQUIRED_KEYS, read_metadata
 from sttabt_edge.export.onnx import check_io_dims, compare, export_onnx, verify_onnx
 from sttabt_edge.export.profile import latency_breakdown
 from sttabt_edge.export.quantize import quantize_onnx
-from sttabt_edge.method.approxnet import build_approxnet
+from sttabt_edge.method.approxnet import APPROX_SCOPE, build_approxnet
 from sttabt_edge.method.concrete import ConcreteThresholds
 from sttabt_edge.reducers.dense import DenseReducer
 from sttabt_edge.reducers.factory import make_reducer
@@ -313,6 +313,32 @@ def test_int8_dynamic_agrees_except_near_ties(tmp_path, vit05):
     assert rep.top1_agreement == pytest.approx(1 - flips.mean()) and rep.top1_agreement >= 0.75
     assert ((top2[:, 1] - top2[:, 0])[flips] <= 2 * err[flips]).all()
     assert read_metadata(tmp_path / "q.onnx")["quantization"] == "int8-dynamic"
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_keeps_approxnet_fp32(tmp_path, vit05, mode):
+    """The ApproxNet's weights stay fp32 (its token choice is what INT8 noise hurts most), so the
+    int8 file keeps exactly the fp32 token choice; ``quantize_approx=True`` quantizes them too."""
+    x = {"pixel_values": images(8, seed=3)["pixel_values"].numpy()}
+    rep = quantize_onnx(vit05.path, tmp_path / "q.onnx", mode, x)
+    both = quantize_onnx(vit05.path, tmp_path / "all.onnx", mode, x, quantize_approx=True)
+    approx_mm = [
+        n for n in onnx.load(str(vit05.path)).graph.node if n.name.startswith(APPROX_SCOPE) and n.op_type == "MatMul"
+    ]
+    assert rep.fp32_nodes >= 2 * 4 and both.fp32_nodes == 0  # >= q, k per layer: constant-weight matmuls
+    assert rep.fp32_nodes < len(approx_mm)  # the q·kᵀ products are in the scope but never quantized
+
+    def fp32_weight_matmuls(name: str) -> tuple[int, int]:
+        """(ApproxNet, main model) matmuls whose weight is still an fp32 initializer."""
+        g = onnx.load(str(tmp_path / name)).graph
+        fp32 = {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
+        hits = [n.name.startswith(APPROX_SCOPE) for n in g.node if n.op_type == "MatMul" and n.input[1] in fp32]
+        return sum(hits), len(hits) - sum(hits)
+
+    assert fp32_weight_matmuls("q.onnx") == (rep.fp32_nodes, 0)  # only the ApproxNet's stay fp32
+    assert fp32_weight_matmuls("all.onnx") == (0, 0)
+    assert rep.int8_bytes < rep.fp32_bytes
+    assert rep.kept_counts_equal
 
 
 def test_int8_static_needs_calibration(tmp_path):

@@ -34,6 +34,7 @@ INITS = ("random", "interpolate")
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "approxnet.json"
 FORMAT = "sttabt-approxnet"
+APPROX_SCOPE = "/approx_maps/"  # name prefix of the ApproxNet's nodes in exported ONNX graphs
 
 
 def approx_config(teacher_config: Any, factor: int, heads: int | None = None) -> Any:
@@ -93,6 +94,16 @@ class TeacherTargets:
     pad_mask: torch.Tensor  # (B, N)
 
 
+class MapsPass(nn.Module):
+    """The back-tracking maps pass, run as a module call so that the exported graph's nodes
+    are named ``/approx_maps/...``: INT8 quantization finds and keeps them fp32 by that prefix
+    (``sttabt_edge.export.quantize``), because token choice is what quantization noise hurts most."""
+
+    def forward(self, parts: ModelParts, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        x, pad = embed(parts, inputs)  # (B, N, c), (B, N)
+        return dense_forward(parts, x, pad, need_attn=True, prefix_only_top=True).attentions
+
+
 class ApproxNet(nn.Module):
     """Narrow HF model of the teacher's class + linear transfers to the teacher's width."""
 
@@ -105,6 +116,7 @@ class ApproxNet(nn.Module):
         self.teacher_hidden_size = teacher_hidden_size
         c = self.parts.hidden_size
         self.transfers = nn.ModuleList(nn.Linear(c, teacher_hidden_size) for _ in range(len(self.parts.layers) + 1))
+        self.approx_maps = MapsPass()  # no parameters: names the exported nodes (APPROX_SCOPE)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> ApproxOutput:
         x, pad = embed(self.parts, inputs)  # (B, N, c), (B, N)
@@ -124,8 +136,7 @@ class ApproxNet(nn.Module):
         the rows of the prefix tokens there, so its other query rows (and their
         projections and MLP) are never computed. :meth:`forward` gives the full maps.
         """
-        x, pad = embed(self.parts, inputs)  # (B, N, c), (B, N)
-        return dense_forward(self.parts, x, pad, need_attn=True, prefix_only_top=True).attentions
+        return self.approx_maps(self.parts, inputs)
 
     def flops(self, pad_mask: torch.Tensor) -> torch.Tensor:
         """(B,) analytic FLOPs of :meth:`attentions` on each sample's real tokens (the reducer's extra
