@@ -15,17 +15,11 @@ benchmarks/results/train_deit_<budget>.json and .png and prints the equivalent
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
-
-import torch
-from common import SHARED, environment, write_json
-from rich.console import Console
-from rich.table import Table
+from common import SHARED
+from sweep_cli import Driver, main
 
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
-from sttabt_edge.train.sweep import SweepPlan, plot_curves, run_sweep, summary_rows
+from sttabt_edge.train.sweep import SweepPlan
 
 # a concrete step at batch 16 costs ~4 DeiT-Tiny passes over 16 images (teacher, ApproxNet, student, backward)
 BUDGETS = {
@@ -54,54 +48,20 @@ def plan_for(budget: str, methods: list[str] | None) -> SweepPlan:
     return plan
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=SHARED / "models" / "deit-tiny-imagenet")
-    ap.add_argument("--data", type=Path, default=SHARED / "data" / "imagenet-sample")
-    ap.add_argument("--budget", choices=sorted(BUDGETS), default="small")
-    ap.add_argument("--methods", nargs="+", default=None, help="subset of concrete ltp topk tome sttabt-topk")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/sttabt-train-deit"), help="runs and checkpoints")
-    ap.add_argument(
-        "--out", type=Path, default=None, help="default benchmarks/results/train_deit_<budget>.json"
-    )
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    console = Console()
-    out = args.out or Path(f"benchmarks/results/train_deit_{args.budget}.json")
-    plan = plan_for(args.budget, args.methods)
-    work = args.work / args.budget / time.strftime("%Y%m%d-%H%M%S")
-    header = {
-        "benchmark": "train_deit",
-        "budget": args.budget,
-        "model": str(args.model),
-        "data": str(args.data),
-        "split": "split_half(seed=0): first half of the SHA-256(seed:name) ranking trains, the rest "
-        "is held out",
-        "env": environment(),
-    }
-
-    def save(results: dict) -> None:
-        write_json(out, {**header, **results})
-
-    results = run_sweep(args.model, args.data, work, plan, log=console.print, save=save)
-    save(results)
-    plot_curves(
-        results, out.with_suffix(".png"), f"DeiT-Tiny, imagenet-sample held-out half ({args.budget} budget)"
-    )
-    table = Table(title=f"imagenet-sample held-out half, {results['num_eval']} images")
-    for col in ("method", "retention", "top-1 %", "FLOPs ratio", "s/step"):
-        table.add_column(col, justify="right")
-    for row in summary_rows(results):
-        table.add_row(*row)
-    console.print(table)
-    console.print(
-        f"ApproxNet held-out attention KL: {results['approx']['heldout_attention_kl_before']:.4f} (init) "
-        f"-> {results['approx']['heldout_attention_kl']:.4f}"
-    )
-    console.print("equivalent commands:\n  " + "\n  ".join(results["commands"]))
-    console.print(f"wall time {results['wall_time_s'] / 60:.1f} min -> {out}")
-
+DRIVER = Driver(
+    name="train_deit",
+    doc=__doc__,
+    model=SHARED / "models" / "deit-tiny-imagenet",
+    data=SHARED / "data" / "imagenet-sample",
+    budgets=BUDGETS,
+    plan_for=plan_for,
+    title="DeiT-Tiny, imagenet-sample held-out half ({budget} budget)",
+    eval_name="imagenet-sample held-out half",
+    unit="images",
+    calib_help="inputs the retention level (thresholds / knobs) is calibrated on; labels are never used. "
+    "train: the training half (augmented crops); eval: unlabeled held-out images (transductive)",
+    header={"split": "split_half(seed=0): first half of the SHA-256(seed:name) ranking trains, the rest is held out"},
+)
 
 if __name__ == "__main__":
-    main()
+    main(DRIVER)

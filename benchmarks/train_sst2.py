@@ -14,17 +14,11 @@ and .png and prints the equivalent ``sttabt-edge train`` commands and the wall t
 
 from __future__ import annotations
 
-import argparse
-import time
-from pathlib import Path
-
-import torch
-from common import SHARED, environment, write_json
-from rich.console import Console
-from rich.table import Table
+from common import SHARED
+from sweep_cli import Driver, main
 
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
-from sttabt_edge.train.sweep import SweepPlan, plot_curves, run_sweep, summary_rows
+from sttabt_edge.train.sweep import SweepPlan
 
 # steps are optimizer steps; a concrete step at batch 32 costs ~4 forward-equivalents of MiniLM
 BUDGETS = {
@@ -52,63 +46,20 @@ def plan_for(budget: str, methods: list[str] | None) -> SweepPlan:
     return plan
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=SHARED / "models" / "minilm-l6-sst2")
-    ap.add_argument("--data", type=Path, default=SHARED / "data" / "glue" / "SST-2")
-    ap.add_argument("--budget", choices=sorted(BUDGETS), default="small")
-    ap.add_argument("--methods", nargs="+", default=None, help="subset of concrete ltp topk tome sttabt-topk")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/sttabt-train-sst2"), help="runs and checkpoints")
-    ap.add_argument(
-        "--out", type=Path, default=None, help="default benchmarks/results/train_sst2_<budget>.json"
-    )
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--calib-on",
-        choices=["train", "eval"],
-        default="train",
-        help="inputs the retention level (thresholds / knobs) is calibrated on; labels are never used. "
-        "SST-2 train is mostly short phrases (mean 13 tokens, 41%% <= 8), dev full sentences (mean 25), so "
-        "dev retention lands off target (reported as measured). eval: unlabeled dev inputs (transductive)",
-    )
-    ap.add_argument("--approx", type=Path, default=None, help="reuse this ApproxNet dir instead of distilling one")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    console = Console()
-    out = args.out or Path(f"benchmarks/results/train_sst2_{args.budget}.json")
-    plan = plan_for(args.budget, args.methods)
-    plan.calib_on_eval = args.calib_on == "eval"
-    plan.approx_dir = args.approx
-    work = args.work / args.budget / time.strftime("%Y%m%d-%H%M%S")
-    header = {
-        "benchmark": "train_sst2",
-        "budget": args.budget,
-        "model": str(args.model),
-        "data": str(args.data),
-        "env": environment(),
-    }
-
-    def save(results: dict) -> None:
-        write_json(out, {**header, **results})
-
-    results = run_sweep(args.model, args.data, work, plan, log=console.print, save=save)
-    save(results)
-    plot_curves(results, out.with_suffix(".png"), f"MiniLM-L6 on SST-2 dev ({args.budget} budget)")
-    table = Table(title=f"SST-2 dev, {results['num_eval']} sentences")
-    for col in ("method", "retention", "accuracy %", "FLOPs ratio", "s/step"):
-        table.add_column(col, justify="right")
-    for row in summary_rows(results):
-        table.add_row(*row)
-    console.print(table)
-    for u in results.get("unreachable", []):
-        console.print(f"[yellow]{u['method']} @{u['target']:g} skipped[/yellow]: {u['reason']}")
-    console.print(
-        f"ApproxNet held-out attention KL: {results['approx']['heldout_attention_kl_before']:.4f} (init) "
-        f"-> {results['approx']['heldout_attention_kl']:.4f}"
-    )
-    console.print("equivalent commands:\n  " + "\n  ".join(results["commands"]))
-    console.print(f"wall time {results['wall_time_s'] / 60:.1f} min -> {out}")
-
+DRIVER = Driver(
+    name="train_sst2",
+    doc=__doc__,
+    model=SHARED / "models" / "minilm-l6-sst2",
+    data=SHARED / "data" / "glue" / "SST-2",
+    budgets=BUDGETS,
+    plan_for=plan_for,
+    title="MiniLM-L6 on SST-2 dev ({budget} budget)",
+    eval_name="SST-2 dev",
+    unit="sentences",
+    calib_help="inputs the retention level (thresholds / knobs) is calibrated on; labels are never used. "
+    "SST-2 train is mostly short phrases (mean 13 tokens, 41%% <= 8), dev full sentences (mean 25), so "
+    "dev retention lands off target (reported as measured). eval: unlabeled dev inputs (transductive)",
+)
 
 if __name__ == "__main__":
-    main()
+    main(DRIVER)
