@@ -155,5 +155,6 @@ class SparseStage(nn.Module):
         if self.reducer.keep_ratio is not None:  # static bounds from the shape, as topk_backtrack makes them
             ratios = ratio_schedule(self.reducer.keep_ratio, len(self.parts.layers))
             sizes = topk_sizes(x.shape[1], ratios, self.parts.num_prefix_tokens)
-        res = plan_forward(self.parts, x, pad, KeepPlan(list(keep.unbind(0)), sizes))
+        plan = KeepPlan(list(keep.unbind(0)), sizes, exact=self.reducer.exact_counts(self.parts))
+        res = plan_forward(self.parts, x, pad, plan)
         return classify(self.parts, res.prefix_hidden), res.n_in.long()

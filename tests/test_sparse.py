@@ -4,8 +4,11 @@ import pytest
 import torch
 from tiny import text_batch, tiny_bert, tiny_deit_distilled, tiny_vit
 
+from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import InputError
 from sttabt_edge.method.concrete import ConcreteThresholds
+from sttabt_edge.method.sparse import KeepPlan, plan_forward
+from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers import DenseReducer, SttabtReducer
 from sttabt_edge.sparse_model import SparseClassifier, patch
 
@@ -46,6 +49,26 @@ def test_removal_equals_mask_mode(build, ratio):
     for a, b in zip(removed.keep, masked.keep, strict=True):
         assert torch.equal(a, b.bool())
     assert (removed.n_in <= removed.n_in[:, :1]).all()
+
+
+@pytest.mark.parametrize("build", VISION_MODELS)
+@pytest.mark.parametrize("ratio", [0.7, 0.3, [0.9, 0.5, 0.2]])
+def test_vit_topk_plans_are_exact(build, ratio):
+    """ViT top-k keeps exactly the static size in every sample and layer, which lets remove mode
+    skip the padding bias (``KeepPlan.exact``); the shortcut gives the same logits."""
+    model, inputs = build(), _pixels(3)
+    parts, reducer = model_parts(model), SttabtReducer(keep_ratio=ratio)
+    with torch.no_grad():
+        x, pad = embed(parts, inputs)
+        bt = reducer.backtrack(parts, inputs, x, pad)
+        assert reducer.exact_counts(parts)
+        for k, size in zip(bt.keep, bt.sizes, strict=True):
+            assert k.sum(1).tolist() == [size] * 3
+        fast = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes, exact=True))
+        general = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes))
+    assert_close(fast.prefix_hidden, general.prefix_hidden, atol=1e-6, rtol=0)
+    assert not SttabtReducer(thresholds=ConcreteThresholds(3)).exact_counts(parts)
+    assert not reducer.exact_counts(model_parts(tiny_bert()))
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25])

@@ -33,6 +33,9 @@ class KeepPlan:
     keep: list[torch.Tensor]
     sizes: list[int] | None = None
     scores: list[torch.Tensor] | None = None  # per-layer importance, for analysis
+    # every sample keeps exactly sizes[l] tokens (ViT top-k: no padding, k = size): the compact
+    # tensors have no invalid slots, so remove mode skips their padding bias (ops per layer)
+    exact: bool = False
 
 
 @dataclass
@@ -94,13 +97,14 @@ def plan_forward(
 
 def _remove_forward(parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan) -> ForwardResult:
     keep = [k.bool() & pad_mask for k in plan.keep]
+    exact = plan.exact and plan.sizes is not None
     sizes = plan.sizes or [compact_size(k) for k in keep]
-    idx, valid = compact_indices(keep[0], sizes[0])
+    idx, valid = compact_indices(keep[0], sizes[0], need_valid=not exact)
     h = batched_gather(x, idx)  # (B, K0, C)
     for layer_idx, layer in enumerate(parts.layers):
-        idx_out, valid_out = compact_indices(keep[layer_idx + 1], sizes[layer_idx + 1])
+        idx_out, valid_out = compact_indices(keep[layer_idx + 1], sizes[layer_idx + 1], need_valid=not exact)
         q_idx = local_positions(keep[layer_idx], idx_out)  # (B, K_out) into h
-        bias = padding_bias(valid, h.dtype)
+        bias = None if valid is None else padding_bias(valid, h.dtype)
         h = block_forward(layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p).hidden
         valid = valid_out
     counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)

@@ -62,19 +62,21 @@ def compact_size(keep: torch.Tensor) -> Size:
     return count if torch.jit.is_tracing() else int(count)
 
 
-def compact_indices(keep: torch.Tensor, size: Size) -> tuple[torch.Tensor, torch.Tensor]:
+def compact_indices(
+    keep: torch.Tensor, size: Size, need_valid: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ascending positions of kept tokens, padded to `size`.
 
-    keep: (B, N) bool. Returns idx (B, size) long and valid (B, size) bool. Invalid
-    slots point at a kept-or-not position and must be ignored via `valid`.
+    keep: (B, N) bool. Returns idx (B, size) long and valid (B, size) bool (None when
+    not ``need_valid``: the caller knows every slot is kept). Invalid slots point at a
+    kept-or-not position and must be ignored via `valid`.
     Uses a float top-k (no int64 sort) so the same code exports to ONNX/TFLite.
     """
     n = keep.shape[1]
     ramp = torch.arange(n, device=keep.device, dtype=torch.float32)  # (N,)
     key = torch.where(keep, ramp, ramp + n)  # kept first, in position order
     idx = torch.topk(-key, size, dim=1, largest=True, sorted=True).indices  # (B, K)
-    valid = torch.gather(keep, 1, idx)
-    return idx, valid
+    return idx, torch.gather(keep, 1, idx) if need_valid else None
 
 
 def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: Size) -> torch.Tensor:

@@ -71,8 +71,12 @@ class SttabtReducer(Reducer):
         mode: str = "remove",
     ) -> ForwardResult:
         bt = self.backtrack(parts, inputs, x, pad_mask)
-        plan = KeepPlan(bt.keep, bt.sizes or None, bt.scores)
+        plan = KeepPlan(bt.keep, bt.sizes or None, bt.scores, exact=self.exact_counts(parts))
         return plan_forward(parts, x, pad_mask, plan, mode)
+
+    def exact_counts(self, parts: ModelParts) -> bool:
+        """Top-k on unpadded inputs (ViT) keeps exactly the static size per layer in every sample."""
+        return self.thresholds is None and parts.family == "vit"
 
     def extra_flops(self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor | None:
         return None if self.approx is None else self.approx.flops(pad_mask)

@@ -102,7 +102,7 @@ def bipartite_soft_matching(
         src_slot=src * 2,
         dst_slot=torch.gather(node_idx, 1, src) * 2 + 1,
         src_on=torch.gather(has_pair, 1, src),
-        keep_idx=compact_indices(keep, k - r)[0],
+        keep_idx=compact_indices(keep, k - r, need_valid=False)[0],
     )
 
 

@@ -72,7 +72,7 @@ def cls_attention_topk(
     ``arange(size) < keep``). Slot order is preserved, so the prefix stays in front.
     """
     mask = topk_keep_mask(cls_attention(attn, num_prefix_tokens), valid, keep, size, num_prefix_tokens)
-    return compact_indices(mask, size)[0]  # (B, size)
+    return compact_indices(mask, size, need_valid=False)[0]  # (B, size)
 
 
 class TopkReducer(Reducer):
