@@ -48,6 +48,7 @@ class BenchResult:
     ratio_p50: float | None = None  # median over rounds of latency(A) / latency(B)
     ratio_p10: float | None = None
     ratio_p90: float | None = None
+    spinning: bool = False
     environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,11 +76,11 @@ def _model_size_mb(path: Path) -> float:
     return (path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)) / 2**20
 
 
-def _worker(path: str, threads: int, batch: int, seq_len: int) -> None:
+def _worker(path: str, threads: int, batch: int, seq_len: int, spinning: bool = False) -> None:
     """Serve runs over stdin/stdout: 'run' -> elapsed ms; 'stats' -> JSON; EOF ends."""
     import resource
 
-    pred = load(path, threads=threads)
+    pred = load(path, threads=threads, spinning=spinning)
     inputs = synthetic_inputs(pred, batch, seq_len)
     kept: list[np.ndarray] = []
     for line in sys.stdin:
@@ -98,11 +99,11 @@ def _worker(path: str, threads: int, batch: int, seq_len: int) -> None:
 
 
 class _Worker:
-    def __init__(self, path: Path, threads: int, batch: int, seq_len: int):
+    def __init__(self, path: Path, threads: int, batch: int, seq_len: int, spinning: bool = False):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sttabt_edge.runtime.bench", "--worker", str(path), str(threads), str(batch),
-             str(seq_len)],
+             str(seq_len), str(int(spinning))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
 
@@ -140,13 +141,17 @@ def bench(
     warmup: int = 10,
     seq_len: int = 128,
     progress: bool = True,
+    spinning: bool = False,
 ) -> BenchResult:
-    """Latency percentiles, throughput, peak RSS, kept tokens; with ``vs``, the interleaved ratio."""
+    """Latency percentiles, throughput, peak RSS, kept tokens; with ``vs``, the interleaved ratio.
+
+    ``spinning``: ONNX Runtime's busy-waiting threads (see :func:`load`). Off by default: the
+    idle worker's spinning threads would steal the cores of the one being timed."""
     from rich.progress import Progress
 
     paths = [Path(path)] + ([Path(vs)] if vs is not None else [])
     is_text = [load(p).text is not None for p in paths][0]  # fail fast here with the loader's clear error
-    workers = [_Worker(p, threads, batch, seq_len) for p in paths]
+    workers = [_Worker(p, threads, batch, seq_len, spinning) for p in paths]
     times: list[list[float]] = [[] for _ in paths]
     try:
         with Progress(disable=not progress, transient=True) as bar:
@@ -162,7 +167,8 @@ def bench(
         for w in workers:
             w.close()
     a = _stats(paths[0], times[0], batch, extras[0])
-    res = BenchResult(batch, threads, seq_len if is_text else None, runs, a, environment=_environment())
+    res = BenchResult(batch, threads, seq_len if is_text else None, runs, a, spinning=spinning,
+                      environment=_environment())
     if vs is not None:
         res.b = _stats(paths[1], times[1], batch, extras[1])
         ratios = sorted(x / y for x, y in zip(times[0], times[1], strict=True))
@@ -203,5 +209,5 @@ def plot(result: BenchResult, out: str | Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--worker":
-    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "--worker":
+    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), bool(int(sys.argv[6])))

@@ -251,13 +251,18 @@ def load(
     threads: int | None = None,
     providers: Sequence[str] | None = None,
     optimization: str = "all",
+    spinning: bool = False,
 ) -> Predictor:
-    """Open an exported .onnx or .tflite model."""
+    """Open an exported .onnx or .tflite model.
+
+    ``spinning``: ONNX Runtime's intra-op threads busy-wait between ops (its own default). It
+    is the fastest setting on a device that runs nothing else, and off here because on a
+    small shared CPU the spinning threads slow every neighbour down."""
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"model file not found: {p}")
     if p.suffix == ".onnx":
-        return OrtPredictor(p, threads, providers, optimization)
+        return OrtPredictor(p, threads, providers, optimization, spinning)
     if p.suffix == ".tflite":
         return TflitePredictor(p, threads)
     raise ModelFileError(f"{p}: unknown model type {p.suffix!r} (expected .onnx or .tflite)")

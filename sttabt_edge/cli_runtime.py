@@ -60,6 +60,10 @@ def bench_cmd(
     seq_len: Annotated[int, typer.Option(help="text models: tokens per synthetic input")] = 128,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="write a latency plot (PNG)")] = None,
+    spin: Annotated[
+        bool, typer.Option(help="ONNX Runtime threads busy-wait between ops: fastest on a device running nothing "
+                                "else, unfair to neighbours (and to the idle --vs worker) on a shared CPU")
+    ] = False,
 ) -> None:
     """Latency p50/p90/p99, throughput, peak RSS, kept tokens; with --vs the latency ratio."""
     from rich.console import Console
@@ -69,10 +73,12 @@ def bench_cmd(
     from sttabt_edge.runtime.bench import bench, plot
 
     try:
-        res = bench(model, vs, threads=threads, batch=batch, runs=runs, warmup=warmup, seq_len=seq_len)
+        res = bench(model, vs, threads=threads, batch=batch, runs=runs, warmup=warmup, seq_len=seq_len,
+                    spinning=spin)
     except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
-    table = Table(title=f"batch {batch}, {threads} threads, {runs} runs after {warmup} warm-up")
+    table = Table(title=f"batch {batch}, {threads} threads{' (spinning)' if spin else ''}, {runs} runs after "
+                        f"{warmup} warm-up")
     for col in ("model", "MB", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MB", "mean kept / layer"):
         table.add_column(col, justify="right")
     for s in [res.a] + ([res.b] if res.b else []):

@@ -94,6 +94,12 @@ def test_wrong_modality_and_empty_batch(image_model):
         pred.predict(images=[])
 
 
+@pytest.mark.parametrize("spinning", [False, True])
+def test_load_sets_thread_spinning(image_model, spinning):
+    opts = load(image_model, threads=1, spinning=spinning).session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
+
+
 def test_bench_interleaved_vs(image_model, tmp_path):
     other = tmp_path / "other.onnx"
     _image_model(other, np.ones((3, 4), dtype=np.float32))
@@ -124,3 +130,8 @@ def test_cli_run_and_bench(image_model, tmp_path):
                               "--threads", "1", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "latency ratio" in res.stdout and json.loads(out.read_text())["ratio_p50"] > 0
+    assert json.loads(out.read_text())["spinning"] is False
+    res = runner.invoke(app, ["bench", str(image_model), "--runs", "2", "--warmup", "1", "--threads", "1", "--spin",
+                              "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "(spinning)" in res.stdout and json.loads(out.read_text())["spinning"] is True
