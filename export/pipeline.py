@@ -94,7 +94,10 @@ def calibration_batch(
         if not req.calib.is_file() or not tok.is_file():
             raise InputError(f"--calib for a text model must be a GLUE TSV file and {tok} must exist")
         examples = glue_tsv(req.calib)[:n]
-        pre = {"text": TextPreprocess.from_file(tok), "max_length": int(model.config.max_position_embeddings)}
+        limit = int(model.config.max_position_embeddings)
+        if req.target == "tflite":  # the static length; the tokenizer truncates keeping [SEP]
+            limit = min(limit, req.seq_len)
+        pre = {"text": TextPreprocess.from_file(tok), "max_length": limit}
     arrays, _ = next(batches(examples, n, **pre))
     return {k: torch.from_numpy(v) for k, v in arrays.items()}, str(req.calib)
 
@@ -183,7 +186,7 @@ def run_export_tflite(
     if req.quantize == "int8-static":
         raise InputError("TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only")
     family = model_parts(model).family
-    if family == "bert":  # the static length: truncate the calibration batch to it
+    if family == "bert":  # synthetic batches can be longer than the static length (real ones are tokenized to it)
         calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
     path = export_tflite(
         model, reducer, req.out, example_inputs=calib,

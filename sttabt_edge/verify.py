@@ -37,7 +37,7 @@ class VerifyReport:
     file: str
     samples: int
     max_abs_logit: float
-    mean_abs_logit: float
+    mean_abs_logit: float  # mean over samples of each sample's max |Δlogit|
     top1_agreement: float
     kept_agreement: float | None
     metrics_reference: dict[str, float]

@@ -53,3 +53,21 @@ def test_minilm_keep_ratio_one_is_dense_padded(minilm, shared_dir):
         batch = SparseClassifier(minilm, SttabtReducer(keep_ratio=0.4))(**enc).logits
     torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(batch, torch.cat(single), atol=1e-5, rtol=0)
+
+
+def test_tflite_calibration_text_is_tokenized_to_the_static_length(minilm, shared_dir):
+    """The TFLite export's calibration batch is tokenized at --seq-len (truncation keeps [SEP]),
+    not cut after tokenization, which would drop [SEP] from long sentences."""
+    from sttabt_edge.export.pipeline import ExportRequest, calibration_batch
+
+    model_dir = shared_dir / "models" / "minilm-l6-sst2"
+    req = ExportRequest(
+        model=str(model_dir), out=shared_dir / "unused.tflite", target="tflite", seq_len=8,
+        calib=shared_dir / "data" / "glue" / "SST-2" / "dev.tsv", calib_samples=6,
+    )
+    calib, _ = calibration_batch(minilm, req, lambda msg: None)
+    ids, mask = calib["input_ids"], calib["attention_mask"]
+    assert ids.shape[1] <= 8 and (mask.sum(1) == 8).any()  # some dev sentences are longer than 8 tokens
+    sep = TextPreprocess.from_file(model_dir / "tokenizer.json").tokenizer.token_to_id("[SEP]")
+    last = ids.gather(1, (mask.sum(1, keepdim=True) - 1))
+    assert (last == sep).all()
