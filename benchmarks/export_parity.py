@@ -60,6 +60,8 @@ class Tally:
     kept_equal: int = 0
     total: int = 0
     max_diff: float = 0.0
+    delta: int = 0  # sum over samples of correct - ref_correct (the paired accuracy delta)
+    flips: int = 0  # samples where exactly one of the two is correct
 
     def add(
         self, logits: np.ndarray, ref: np.ndarray, labels: np.ndarray, kept_same: np.ndarray, use: np.ndarray
@@ -68,7 +70,10 @@ class Tally:
         if not use.any():
             return
         logits, ref, labels, kept_same = logits[use], ref[use], labels[use], kept_same[use]
-        self.correct += int((logits.argmax(1) == labels).sum())
+        right, ref_right = logits.argmax(1) == labels, ref.argmax(1) == labels
+        self.correct += int(right.sum())
+        self.delta += int(right.sum()) - int(ref_right.sum())
+        self.flips += int((right != ref_right).sum())
         self.agree += int((logits.argmax(1) == ref.argmax(1)).sum())
         self.kept_equal += int(kept_same.sum())
         self.total += len(labels)
@@ -82,6 +87,10 @@ class Tally:
             "kept_counts_equal": self.kept_equal / n,
             "max_abs_logit_diff": self.max_diff,
             "samples": self.total,
+            "delta": self.delta / n,
+            # paired standard error of the accuracy delta vs the reference: each sample's difference
+            # is -1, 0 or +1, so var = flips/n - mean**2
+            "delta_se": float(np.sqrt(max(self.flips / n - (self.delta / n) ** 2, 0.0) / n)),
         }
 
 
@@ -132,7 +141,8 @@ def make_sttabt(model, approx: Path | None, ratio: float) -> SttabtReducer:
 
 
 def export_all(
-    model, reducers: dict[str, Reducer], task: Task, work: Path, quantize_approx: bool = False
+    model, reducers: dict[str, Reducer], task: Task, work: Path, quantize_approx: bool = False,
+    calibration: str = "minmax",
 ) -> tuple[dict, dict]:
     """fp32 + two INT8 graphs per method; -> ({method: {variant: path}}, {method: info})."""
     calib = next(torch_batches(task, task.calib, len(task.calib)))[0]
@@ -158,7 +168,8 @@ def export_all(
         }
         for mode in ("dynamic", "static"):
             q = quantize_onnx(
-                path, work / f"{method}.int8-{mode}.onnx", mode, feeds, quantize_approx=quantize_approx
+                path, work / f"{method}.int8-{mode}.onnx", mode, feeds, quantize_approx=quantize_approx,
+                calibration=calibration,
             )
             files[method][f"int8-{mode}"] = Path(q.path)
             info[method]["bytes"][f"int8-{mode}"] = q.int8_bytes
@@ -199,7 +210,6 @@ def summarize(tallies: dict, reducers: dict[str, Reducer]) -> dict:
     out = {}
     for method in reducers:
         t = {v: tallies[(method, v)].to_dict() for v in ("torch", *VARIANTS)}
-        fp32_acc = t["fp32"]["accuracy"]
         out[method] = {
             "pytorch_accuracy": t["torch"]["accuracy"],
             "onnx_fp32": {
@@ -209,7 +219,9 @@ def summarize(tallies: dict, reducers: dict[str, Reducer]) -> dict:
             **{
                 v: {
                     "accuracy": t[v]["accuracy"],
-                    "accuracy_delta_vs_fp32": t[v]["accuracy"] - fp32_acc,
+                    # paired on the same samples (the calibration ones left out of both)
+                    "accuracy_delta_vs_fp32": t[v]["delta"],
+                    "accuracy_delta_se": t[v]["delta_se"],
                     "top1_agreement_vs_fp32": t[v]["top1_agreement"],
                     "max_abs_logit_diff_vs_fp32": t[v]["max_abs_logit_diff"],
                     "kept_counts_equal_vs_fp32": t[v]["kept_counts_equal"],
@@ -225,7 +237,7 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace) -
     task = load_task(name, model_dir, data, args.max_samples, args.calib_samples, model)
     reducers = {"dense": DenseReducer(), "sttabt": make_sttabt(model, args.approx, args.keep_ratio)}
     with tempfile.TemporaryDirectory(prefix="export-parity-") as work:
-        files, info = export_all(model, reducers, task, Path(work), args.quantize_approx)
+        files, info = export_all(model, reducers, task, Path(work), args.quantize_approx, args.calibration)
         t0 = time.perf_counter()
         results = evaluate_all(model, reducers, files, task, args.batch_size, args.threads)
     for method in reducers:
@@ -243,6 +255,7 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace) -
         if args.approx
         else "UNTRAINED interpolate init /4 (token choices not distilled)",
         "int8_approxnet": "int8 too (--quantize-approx)" if args.quantize_approx else "kept fp32 (default)",
+        "static_calibration": args.calibration,
         "eval_s": time.perf_counter() - t0,
         "results": results,
     }
@@ -260,6 +273,8 @@ def main() -> None:
     ap.add_argument(
         "--quantize-approx", action="store_true", help="INT8 the ApproxNet too (the default keeps it fp32)"
     )
+    ap.add_argument("--calibration", choices=["minmax", "percentile"], default="minmax",
+                    help="static INT8 activation ranges")
     ap.add_argument("--max-samples", type=int, default=None)
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -275,7 +290,9 @@ def main() -> None:
             "env": {**environment(), "onnxruntime": onnxruntime.__version__},
             **run_task(name, model_dir, data, args),
         }
-        suffix = f"_n{args.max_samples}" if args.max_samples else ""
+        suffix = (f"_n{args.max_samples}" if args.max_samples else "") + (
+            "_int8approx" if args.quantize_approx else ""
+        ) + ("" if args.calibration == "minmax" else f"_{args.calibration}")
         write_json(args.out_dir / f"export_parity_{name}{suffix}.json", payload)
         print(f"{name}: wrote {args.out_dir / f'export_parity_{name}{suffix}.json'}")
         for method, res in payload["results"].items():

@@ -31,6 +31,8 @@ from sttabt_edge.method.approxnet import APPROX_SCOPE
 
 MODES = ("dynamic", "static")
 QUANTIZED_OPS = ("MatMul", "Gemm")
+# static activation ranges: min/max of the calibration batches, or a percentile of them (clips outliers)
+CALIBRATIONS = {"minmax": "MinMax", "percentile": "Percentile"}
 Feeds = Mapping[str, Any]  # input name -> array/tensor, one batch
 
 
@@ -85,16 +87,25 @@ def quantize_onnx(
     mode: str = "dynamic",
     calibration_inputs: Feeds | Sequence[Feeds] | None = None,
     quantize_approx: bool = False,
+    calibration: str = "minmax",
 ) -> QuantReport:
     """Write an INT8 copy of ``in_path``; compare it with fp32 on ``calibration_inputs`` when given.
 
     ``calibration_inputs``: one batch or a list of batches (name -> array); required for
     ``static`` (activation ranges), optional for ``dynamic`` (only used for the report).
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     if mode not in MODES:
         raise ExportError(f"quantization mode must be one of {MODES}, got {mode!r}")
+    if calibration not in CALIBRATIONS:
+        raise ExportError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
     src, dst = Path(in_path), Path(out_path)
     meta = read_metadata(src)  # also rejects corrupt files with a clear error
     session = ort_utils.open_session(src)
@@ -135,6 +146,7 @@ def quantize_onnx(
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude_names,
+                    calibrate_method=getattr(CalibrationMethod, CALIBRATIONS[calibration]),
                     extra_options=options,
                 )
         except Exception as e:

@@ -348,6 +348,10 @@ def test_int8_static_needs_calibration(tmp_path):
         quantize_onnx(path, tmp_path / "q.onnx", "static")
     rep = quantize_onnx(path, tmp_path / "q.onnx", "static", images(4))
     assert rep.top1_agreement is not None and rep.mode == "static"
+    pct = quantize_onnx(path, tmp_path / "p.onnx", "static", images(4), calibration="percentile")
+    assert pct.top1_agreement is not None and pct.max_abs_logit_diff != rep.max_abs_logit_diff  # other ranges
+    with pytest.raises(ExportError, match="calibration must be one of"):
+        quantize_onnx(path, tmp_path / "q.onnx", "static", images(4), calibration="entropy!")
 
 
 # ---- latency breakdown and CLI ----------------------------------------------------------------------
