@@ -81,16 +81,7 @@ def median_latency_ms(
     path: str | Path, feeds: Mapping[str, np.ndarray], threads: int = 2, runs: int = 20, warmup: int = 3
 ) -> float:
     """Median wall time of one run in its own session; the session is dropped before returning."""
-    session = open_session(path, threads)
-    for _ in range(warmup):
-        run(session, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(session, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    del session
-    return statistics.median(times)
+    return statistics.median(interleaved_times_ms({"graph": (path, feeds)}, threads, runs, warmup)["graph"])
 
 
 def interleaved_times_ms(

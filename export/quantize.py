@@ -9,8 +9,8 @@ Only matmuls with a constant weight are quantized (``MatMulConstBOnly``): the at
 products q·kᵀ and p·v stay float. The ApproxNet (nodes named ``APPROX_SCOPE``) stays fp32
 by default: its maps decide which tokens survive, and a flipped token choice costs more
 accuracy than the few percent of weights and latency it would save (measured in
-``benchmarks/export_parity.py``; ``quantize_approx=True`` quantizes it too). The metadata JSON is carried over with a
-``"quantization"`` entry added (docs/onnx_contract.md).
+``benchmarks/export_parity.py``; ``quantize_approx=True`` quantizes it too). The metadata
+JSON is carried over with a ``"quantization"`` entry added (docs/onnx_contract.md).
 """
 
 from __future__ import annotations
