@@ -589,21 +589,29 @@ def test_eval_examples_keep_labels(image_dir):
     assert all(isinstance(e, Example) and e.label is not None for e in data.eval_examples())
 
 
-def test_sweep_end_to_end(image_dir, tmp_path):
+def _tiny_sweep(image_dir, tmp_path, **plan):
+    """A sweep of a saved tiny ViT on ``image_dir`` with 2-step trainings; ``plan`` overrides SweepPlan
+    fields. Returns (plan, results)."""
     from sttabt_edge.train.config import ApproxConfig
-    from sttabt_edge.train.sweep import SweepPlan, plot_curves, run_sweep
+    from sttabt_edge.train.sweep import SweepPlan, run_sweep
 
     model_dir = tmp_path / "vit"
     vit().save_pretrained(model_dir)
-    plan = SweepPlan(
-        targets=[0.5],
+    fields = dict(
         approx_cfg=cfg(steps=2),
         sparse_cfg=cfg(steps=2),
         max_eval=8,
         acfg=ApproxConfig(init="random"),
         scfg=SparseTrainConfig(calib_samples=8),
     )
-    res = run_sweep(model_dir, image_dir, tmp_path / "work", plan, log=lambda s: None)
+    sweep_plan = SweepPlan(**{**fields, **plan})
+    return sweep_plan, run_sweep(model_dir, image_dir, tmp_path / "work", sweep_plan, log=lambda s: None)
+
+
+def test_sweep_end_to_end(image_dir, tmp_path):
+    from sttabt_edge.train.sweep import plot_curves
+
+    _, res = _tiny_sweep(image_dir, tmp_path, targets=[0.5])
     assert [p["method"] for p in res["points"]] == ["concrete", "ltp", "topk", "tome", "sttabt-topk"]
     assert all(0 < p["retention"] < 0.9 and p["num_samples"] == 8 for p in res["points"])
     assert res["approx"]["heldout_attention_kl"] > 0 and len(res["commands"]) == 4
@@ -612,21 +620,16 @@ def test_sweep_end_to_end(image_dir, tmp_path):
 
 
 def test_sweep_records_unreachable_targets(image_dir, tmp_path):
-    from sttabt_edge.train.config import ApproxConfig
-    from sttabt_edge.train.sweep import SweepPlan, run_sweep
+    from sttabt_edge.train.sweep import run_sweep
 
-    model_dir = tmp_path / "vit"
-    vit().save_pretrained(model_dir)
-    plan = SweepPlan(
+    plan, res = _tiny_sweep(
+        image_dir,
+        tmp_path,
         targets=[0.05],  # below both floors: concrete's always-kept tokens, ToMe's half-per-layer merging
         methods=["concrete", "tome"],
         approx_cfg=cfg(steps=1),
-        sparse_cfg=cfg(steps=2),
-        max_eval=8,
-        acfg=ApproxConfig(init="random"),
-        scfg=SparseTrainConfig(calib_samples=8),
     )
-    res = run_sweep(model_dir, image_dir, tmp_path / "work", plan, log=lambda s: None)
+    model_dir = tmp_path / "vit"
     assert [(u["method"], u["target"]) for u in res["unreachable"]] == [("concrete", 0.05)]
     assert "outside what the STTABT thresholds can reach" in res["unreachable"][0]["reason"]
     assert not (tmp_path / "work" / "concrete-0.05" / "sttabt.json").exists()
