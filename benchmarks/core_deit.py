@@ -117,7 +117,7 @@ def main() -> None:
             continue
         if isinstance(reducer, SttabtReducer):
             bt = reducer.backtrack(SparseClassifier(model, reducer).parts, one, *_embed(model, one))
-            reducer = FixedPlan(KeepPlan(bt.keep, bt.sizes))
+            reducer = FixedPlan(KeepPlan(bt.keep, bt.sizes, same=bt.same))
         sc = SparseClassifier(model, reducer).eval()
         fns[label] = lambda sc=sc: sc(**one)
     with torch.inference_mode():

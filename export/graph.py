@@ -19,7 +19,14 @@ from torch import nn
 
 from sttabt_edge.compat import ModelParts, model_parts
 from sttabt_edge.errors import ExportError
-from sttabt_edge.method.backtrack import AttentionMaps, Backtrack, ratio_schedule, topk_backtrack, topk_sizes
+from sttabt_edge.method.backtrack import (
+    AttentionMaps,
+    Backtrack,
+    ratio_schedule,
+    same_as_next,
+    topk_backtrack,
+    topk_sizes,
+)
 from sttabt_edge.method.sparse import KeepPlan, plan_forward
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
@@ -151,10 +158,11 @@ class SparseStage(nn.Module):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         *inputs, keep = args
         x, pad = embed(self.parts, as_inputs(self.parts.family, tuple(inputs)))  # (B, N, C), (B, N)
-        sizes = None
+        sizes = same = None
         if self.reducer.keep_ratio is not None:  # static bounds from the shape, as topk_backtrack makes them
             ratios = ratio_schedule(self.reducer.keep_ratio, len(self.parts.layers))
             sizes = topk_sizes(x.shape[1], ratios, self.parts.num_prefix_tokens)
-        plan = KeepPlan(list(keep.unbind(0)), sizes, exact=self.reducer.exact_counts(self.parts))
+            same = same_as_next(ratios)
+        plan = KeepPlan(list(keep.unbind(0)), sizes, exact=self.reducer.exact_counts(self.parts), same=same)
         res = plan_forward(self.parts, x, pad, plan)
         return classify(self.parts, res.prefix_hidden), res.n_in.long()

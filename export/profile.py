@@ -103,9 +103,17 @@ def export_stages(
         path = work / f"stage_{name}.onnx"
         trace = tuple(_batch2(a, d) if dyn else a for a, d in zip(stage_args, batch_dims, strict=True))
         trace_to_onnx(module, trace, path, in_names, out_names, axes, opset, dynamo)
-        feeds = {n: a.numpy() for n, a in zip(in_names, stage_args, strict=True)}
+        used = graph_inputs(path)  # the exporter drops inputs the graph never reads (e.g. maps a plan skips)
+        feeds = {n: a.numpy() for n, a in zip(in_names, stage_args, strict=True) if n in used}
         stages[name] = Stage(path, feeds, tuple(r.numpy() for r in refs))
     return stages
+
+
+def graph_inputs(path: Path) -> set[str]:
+    """Names of an ONNX file's graph inputs (weights not loaded)."""
+    import onnx
+
+    return {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
 
 
 def check_stage(stage: Stage, atol: float = 1e-4) -> None:

@@ -57,7 +57,7 @@ class StaticTopkReducer(SttabtReducer):
         bt = topk_backtrack(
             attn, pad_mask, self.keep_ratio, parts.num_prefix_tokens, self.p, self.head_reduce, k_table=self.table
         )
-        return Backtrack(bt.keep, list(self.sizes), bt.scores)
+        return Backtrack(bt.keep, list(self.sizes), bt.scores, bt.same)
 
 
 # ---- which reducer the file computes ---------------------------------------------------------

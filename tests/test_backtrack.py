@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sttabt_edge.method.backtrack import retention, row_weights, topk_backtrack
+from sttabt_edge.method import backtrack
+from sttabt_edge.method.backtrack import retention, row_weights, same_as_next, topk_backtrack
 from sttabt_edge.method.concrete import ConcreteThresholds, concrete_backtrack, retention_loss
 from sttabt_edge.method.tokens import compact_indices, local_positions, rank_topk_mask
 
@@ -79,6 +80,31 @@ def test_batch_equals_single_samples():
         single = topk_backtrack(attn[:, i : i + 1, :, :n, :n], pad[i : i + 1, :n], [0.7, 0.5, 0.3], p=0.1)
         for kb, ks in zip(batch.keep, single.keep, strict=True):
             assert torch.equal(kb[i, :n], ks[0])
+
+
+def test_same_as_next_flags():
+    assert same_as_next([0.3] * 4) == [True, True, True, False]
+    assert same_as_next([0.9, 0.5, 0.2]) == [False, False, False]
+    assert same_as_next([0.5, 0.8, 0.6, 0.3]) == [True, False, False, False]
+
+
+@pytest.mark.parametrize("ratio", [0.3, [0.5, 0.8, 0.6, 0.3], [0.2, 0.4, 0.6, 0.8], [0.9, 0.5, 0.5, 0.2]])
+def test_same_layers_equal_the_full_topk(monkeypatch, ratio):
+    """Layers flagged by same_as_next reuse the next layer's set instead of running the top-k;
+    with the shortcut switched off every layer runs it, and the masks must be identical."""
+    torch.manual_seed(4)
+    attn = torch.softmax(torch.randn(4, 3, 2, 11, 11) * 2, dim=-1)
+    pad = torch.ones(3, 11, dtype=torch.bool)
+    pad[1, 7:] = False
+    pad[2, 3:] = False
+    fast = topk_backtrack(attn, pad, ratio, num_prefix_tokens=1, p=0.1)
+    monkeypatch.setattr(backtrack, "same_as_next", lambda ratios: [False] * len(ratios))
+    full = topk_backtrack(attn, pad, ratio, num_prefix_tokens=1, p=0.1)
+    for a, b in zip(fast.keep, full.keep, strict=True):
+        assert torch.equal(a, b)
+    for layer, same in enumerate(fast.same):
+        if same:
+            assert torch.equal(fast.keep[layer], fast.keep[layer + 1])
 
 
 def test_ratio_one_keeps_every_real_token():

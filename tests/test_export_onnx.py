@@ -167,6 +167,14 @@ def test_attention_really_shrinks(vit05):
     assert widths == [17, 17, 17, 9, 9, 9]
 
 
+def test_one_ratio_graph_has_two_topk_nodes(vit05, bert05):
+    """With one keep ratio every layer below the top keeps the top-chosen set (same_as_next):
+    the graph runs one back-tracking top-k and one compaction, not two per layer."""
+    for graph in (vit05, bert05):
+        ops = [n.op_type for n in onnx.load(str(graph.path)).graph.node]
+        assert ops.count("TopK") == 2, graph.path
+
+
 def test_padded_batch_equals_single_samples(bert05):
     """k per sample from its real length: padding does not change anyone's result."""
     batch = text_batch()

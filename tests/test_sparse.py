@@ -38,7 +38,7 @@ def test_text_keep_ratio_one_is_dense_with_padding():
 
 
 @pytest.mark.parametrize("build", [tiny_vit, tiny_deit_distilled, tiny_bert])
-@pytest.mark.parametrize("ratio", [0.7, 0.4, [0.9, 0.6, 0.3]])
+@pytest.mark.parametrize("ratio", [0.7, 0.4, [0.9, 0.6, 0.3], [0.5, 0.8, 0.3]])
 def test_removal_equals_mask_mode(build, ratio):
     model = build()
     inputs = text_batch() if build is tiny_bert else _pixels(3)
@@ -64,11 +64,27 @@ def test_vit_topk_plans_are_exact(build, ratio):
         assert reducer.exact_counts(parts)
         for k, size in zip(bt.keep, bt.sizes, strict=True):
             assert k.sum(1).tolist() == [size] * 3
-        fast = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes, exact=True))
+        fast = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes, exact=True, same=bt.same))
         general = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes))
     assert_close(fast.prefix_hidden, general.prefix_hidden, atol=1e-6, rtol=0)
     assert not SttabtReducer(thresholds=ConcreteThresholds(3)).exact_counts(parts)
     assert not reducer.exact_counts(model_parts(tiny_bert()))
+
+
+@pytest.mark.parametrize("ratio", [0.4, [0.5, 0.8, 0.3]])
+def test_text_same_layers_skip_compaction(ratio):
+    """On padded text, layers whose set equals the next one's (KeepPlan.same) skip compaction and
+    gathers; the result equals the general path that compacts every layer."""
+    model, inputs = tiny_bert(), text_batch()
+    parts, reducer = model_parts(model), SttabtReducer(keep_ratio=ratio)
+    with torch.no_grad():
+        x, pad = embed(parts, inputs)
+        bt = reducer.backtrack(parts, inputs, x, pad)
+        assert any(bt.same)
+        fast = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes, same=bt.same))
+        general = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes))
+    assert_close(fast.prefix_hidden, general.prefix_hidden, atol=1e-6, rtol=0)
+    assert torch.equal(fast.n_in, general.n_in)
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25])

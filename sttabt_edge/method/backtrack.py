@@ -40,6 +40,7 @@ class Backtrack:
     keep: list[torch.Tensor]
     sizes: list[Size]
     scores: list[torch.Tensor]  # (B, N) importance of layer l's inputs
+    same: list[bool] | None = None  # same[l]: keep[l] == keep[l+1] in every sample (see same_as_next)
 
 
 def reduce_heads(attn: torch.Tensor, head_reduce: str = "mean") -> torch.Tensor:
@@ -100,6 +101,17 @@ def ratio_schedule(keep_ratio: float | Sequence[float], num_layers: int) -> list
     return ratios
 
 
+def same_as_next(ratios: Sequence[float]) -> list[bool]:
+    """same[l]: a top-k plan keeps exactly layer l+1's inputs at layer l, whatever the data.
+
+    Layer l keeps k_l = max(min(ceil(r_l n), n), |keep[l+1]|) tokens, keep[l+1] first. Below
+    the top, |keep[l+1]| >= min(ceil(r_{l+1} n), n) >= min(ceil(r_l n), n) when r_l <= r_{l+1},
+    so k_l = |keep[l+1]| and the nested sets are equal for every length n. The top layer
+    outputs only the prefix and is never "same".
+    """
+    return [i + 1 < len(ratios) and ratios[i] <= ratios[i + 1] for i in range(len(ratios))]
+
+
 def topk_backtrack(
     attn: AttentionMaps,
     pad_mask: torch.Tensor,
@@ -118,12 +130,18 @@ def topk_backtrack(
     num_layers, n = check_maps(attn)
     ratios = ratio_schedule(keep_ratio, num_layers)
     sizes = topk_sizes(n, ratios, num_prefix_tokens)
+    same = same_as_next(ratios)
     n_real = pad_mask.sum(dim=1)  # (B,)
     keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
     importance = keep_out.to(attn[0].dtype)
     keep, scores = [keep_out], []
     for layer in reversed(range(num_layers)):
         s = layer_importance(attn[layer], row_weights(keep_out, importance, p), head_reduce)  # (B, N)
+        if same[layer]:  # the top-k below would pick exactly keep_out
+            keep.insert(0, keep_out)
+            scores.insert(0, s)
+            importance = s
+            continue
         forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
         if k_table is None:
             k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
@@ -134,7 +152,7 @@ def topk_backtrack(
         keep.insert(0, keep_in)
         scores.insert(0, s)
         keep_out, importance = keep_in, s
-    return Backtrack(keep, sizes, scores)
+    return Backtrack(keep, sizes, scores, same)
 
 
 def keep_table(ratios: Sequence[float], n: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ def block_forward(
     layer: LayerParts,
     x: torch.Tensor,
     num_heads: int,
-    q_idx: torch.Tensor | None = None,
+    q_idx: torch.Tensor | int | None = None,
     key_bias: torch.Tensor | None = None,
     key_weight: torch.Tensor | None = None,
     need_attn: bool = False,
@@ -56,13 +56,12 @@ def block_forward(
     """Run one layer.
 
     x: (B, Nk, C) tokens the layer receives. q_idx: (B, Nq) positions inside x whose
-    outputs are needed (None = all). key_bias: additive (B, 1, 1, Nk) (padding, ToMe
+    outputs are needed (None = all; an int P = the first P, e.g. the prefix: a slice, no gather). key_bias: additive (B, 1, 1, Nk) (padding, ToMe
     size). key_weight: multiplicative (B, 1, 1, Nk) soft/hard key mask (mask mode).
     """
     b, nk, c = x.shape
     h = layer.norm1(x) if layer.pre_norm else x
-    hq = h if q_idx is None else batched_gather(h, q_idx)
-    res = x if q_idx is None else batched_gather(x, q_idx)
+    hq, res = query_rows(h, q_idx), query_rows(x, q_idx)
     nq = hq.shape[1]
     q = layer.q(hq).view(b, nq, num_heads, -1).transpose(1, 2)  # (B, H, Nq, D)
     k = layer.k(h).view(b, nk, num_heads, -1).transpose(1, 2)  # (B, H, Nk, D)
@@ -82,6 +81,15 @@ def block_forward(
         y = layer.norm1(res + a)
         y = layer.norm2(y + F.dropout(layer.fc2(layer.act(layer.fc1(y))), dropout, layer.o.training))
     return BlockOutput(y, attn if need_attn else None, k if need_keys else None)
+
+
+def query_rows(x: torch.Tensor, q_idx: torch.Tensor | int | None) -> torch.Tensor:
+    """The (B, Nq, C) rows of x whose outputs a layer computes (see block_forward's q_idx)."""
+    if q_idx is None:
+        return x
+    if isinstance(q_idx, int):
+        return x[:, :q_idx]
+    return batched_gather(x, q_idx)
 
 
 def key_padding_bias(family: str, pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:

@@ -36,6 +36,10 @@ class KeepPlan:
     # every sample keeps exactly sizes[l] tokens (ViT top-k: no padding, k = size): the compact
     # tensors have no invalid slots, so remove mode skips their padding bias (ops per layer)
     exact: bool = False
+    # same[l] (len L): keep[l + 1] == keep[l] in every sample, known before any data is seen
+    # (top-k plans, see backtrack.same_as_next). Remove mode then skips that layer's compaction,
+    # position lookup and gathers; with one keep ratio that is every layer below the top.
+    same: list[bool] | None = None
 
 
 @dataclass
@@ -65,9 +69,7 @@ def dense_forward(
     attns, hiddens = [], [x] if need_hidden else []
     top = len(parts.layers) - 1
     for i, layer in enumerate(parts.layers):
-        q_idx = None
-        if prefix_only_top and i == top:
-            q_idx = torch.arange(parts.num_prefix_tokens, device=x.device).expand(x.shape[0], -1)  # (B, P)
+        q_idx = parts.num_prefix_tokens if prefix_only_top and i == top else None
         out = block_forward(
             layer, x, parts.num_heads, q_idx=q_idx, key_bias=bias, need_attn=need_attn, dropout=parts.dropout_p
         )
@@ -99,14 +101,22 @@ def _remove_forward(parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, 
     keep = [k.bool() & pad_mask for k in plan.keep]
     exact = plan.exact and plan.sizes is not None
     sizes = plan.sizes or [compact_size(k) for k in keep]
+    same = plan.same or [False] * len(parts.layers)
     idx, valid = compact_indices(keep[0], sizes[0], need_valid=not exact)
     h = batched_gather(x, idx)  # (B, K0, C)
+    bias = None if valid is None else padding_bias(valid, h.dtype)
+    top = len(parts.layers) - 1
     for layer_idx, layer in enumerate(parts.layers):
-        idx_out, valid_out = compact_indices(keep[layer_idx + 1], sizes[layer_idx + 1], need_valid=not exact)
-        q_idx = local_positions(keep[layer_idx], idx_out)  # (B, K_out) into h
-        bias = None if valid is None else padding_bias(valid, h.dtype)
+        q_idx: torch.Tensor | int | None = None  # same set as the input: every row
+        valid_out = valid
+        if layer_idx == top:  # the head reads only the prefix, the first P slots of any compact set
+            q_idx = parts.num_prefix_tokens
+        elif not same[layer_idx]:
+            idx_out, valid_out = compact_indices(keep[layer_idx + 1], sizes[layer_idx + 1], need_valid=not exact)
+            q_idx = local_positions(keep[layer_idx], idx_out)  # (B, K_out) into h
         h = block_forward(layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p).hidden
-        valid = valid_out
+        if valid_out is not valid:
+            valid, bias = valid_out, padding_bias(valid_out, h.dtype)
     counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)
     return ForwardResult(h[:, : parts.num_prefix_tokens], counts[:, :-1], counts[:, 1:], keep)
 

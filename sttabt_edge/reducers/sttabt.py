@@ -71,7 +71,7 @@ class SttabtReducer(Reducer):
         mode: str = "remove",
     ) -> ForwardResult:
         bt = self.backtrack(parts, inputs, x, pad_mask)
-        plan = KeepPlan(bt.keep, bt.sizes or None, bt.scores, exact=self.exact_counts(parts))
+        plan = KeepPlan(bt.keep, bt.sizes or None, bt.scores, exact=self.exact_counts(parts), same=bt.same)
         return plan_forward(parts, x, pad_mask, plan, mode)
 
     def exact_counts(self, parts: ModelParts) -> bool:
