@@ -159,8 +159,12 @@ class OrtPredictor(Predictor):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
-        # spinning threads make sessions and neighbours slow each other on small CPUs
+        # spinning threads make sessions and neighbours slow each other on small CPUs; when on, they
+        # spin only inside a run (force_spinning_stop): between runs they sleep instead of stealing
+        # the cores of whatever runs next (another model, the preprocessing, a benchmark's other worker)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if spinning:
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(
                 str(path), opts, providers=list(providers or ["CPUExecutionProvider"])
@@ -255,9 +259,10 @@ def load(
 ) -> Predictor:
     """Open an exported .onnx or .tflite model.
 
-    ``spinning``: ONNX Runtime's intra-op threads busy-wait between ops (its own default). It
-    is the fastest setting on a device that runs nothing else, and off here because on a
-    small shared CPU the spinning threads slow every neighbour down."""
+    ``spinning``: ONNX Runtime's intra-op threads busy-wait between the ops of a run (its own
+    default), and here stop when the run returns (``session.force_spinning_stop``). The
+    fastest setting for one model on its own cores; off by default because on a small shared
+    CPU the spinning threads slow every neighbour down."""
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"model file not found: {p}")

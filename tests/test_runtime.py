@@ -98,6 +98,11 @@ def test_wrong_modality_and_empty_batch(image_model):
 def test_load_sets_thread_spinning(image_model, spinning):
     opts = load(image_model, threads=1, spinning=spinning).session.get_session_options()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
+    if spinning:  # spin inside a run only: idle threads must not steal a neighbour's cores
+        assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+    else:
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            opts.get_session_config_entry("session.force_spinning_stop")
 
 
 def test_bench_interleaved_vs(image_model, tmp_path):
