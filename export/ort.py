@@ -109,6 +109,28 @@ def interleaved_times_ms(
     return times
 
 
+def optimized_node_counts(path: str | Path) -> dict[str, int]:
+    """Nodes per op type after ONNX Runtime's full graph optimisation (what a CPU session runs).
+
+    Small graphs pay a fixed dispatch cost per node, so this count explains much of the gap
+    between FLOPs and latency ratios. "total" holds the sum.
+    """
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = session_options(1)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node
+    counts: dict[str, int] = {}
+    for node in nodes:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return {"total": len(nodes), **dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+
+
 def softmax_widths(path: str | Path, feeds: Mapping[str, np.ndarray]) -> list[int]:
     """Key-axis length of every Softmax in the graph, in graph order, measured by running it.
 

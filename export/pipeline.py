@@ -162,6 +162,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     }
     sample = timing_sample(calib, req.batch)
     summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, _feeds(model, sample))
+    summary["ort_nodes"] = ort_utils.optimized_node_counts(path)
     int8 = None
     if req.quantize:
         summary["quantization"] = _quantize(model, path, QUANTIZE[req.quantize], calib)

@@ -145,8 +145,9 @@ def bench(
 ) -> BenchResult:
     """Latency percentiles, throughput, peak RSS, kept tokens; with ``vs``, the interleaved ratio.
 
-    ``spinning``: ONNX Runtime's busy-waiting threads (see :func:`load`). Off by default: the
-    idle worker's spinning threads would steal the cores of the one being timed."""
+    ``spinning``: ONNX Runtime's threads busy-wait between the ops of a run and stop when it
+    returns (see :func:`load`), so the idle worker does not steal the timed one's cores. Off
+    by default, like :func:`load`."""
     from rich.progress import Progress
 
     paths = [Path(path)] + ([Path(vs)] if vs is not None else [])

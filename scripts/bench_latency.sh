@@ -2,7 +2,8 @@
 # The latency table in README: dense vs STTABT (keep 0.3, untrained ApproxNet ÷8 with one head: the
 # cheapest option in benchmarks/approx_cost.py), batch-1 ONNX exports, `sttabt-edge bench --vs`
 # interleaved in worker processes, 2 threads, with ONNX Runtime's thread spinning off (the default) and
-# on (--spin). Writes benchmarks/results/bench_*.json (latency) and export_*.json (analytic FLOPs).
+# on (--spin). Writes benchmarks/results/bench_*.json (latency) and export_*.json (analytic FLOPs,
+# ORT node counts after optimisation).
 # Run it on a quiet machine: a busy neighbour changes the ratios by more than the effects measured.
 set -e
 cd "$(dirname "$0")/.."
@@ -13,11 +14,11 @@ DEIT=../shared/models/deit-tiny-imagenet; IMG=../shared/data/imagenet-sample
 MINI=../shared/models/minilm-l6-sst2; SST=../shared/data/glue/SST-2/dev.tsv
 APPROX="--keep-ratio 0.3 --approx-factor 8 --approx-heads 1"
 sttabt-edge export --model $DEIT --method dense --batch 1 --latency-runs 0 --calib $IMG --out $D/deit_dense.onnx \
-    > $D/log1 2>&1
+    --json $R/export_deit_dense.json > $D/log1 2>&1
 sttabt-edge export --model $DEIT $APPROX --batch 1 --latency-runs 0 --calib $IMG --out $D/deit_sttabt.onnx \
     --json $R/export_deit_sttabt.json > $D/log2 2>&1
 sttabt-edge export --model $MINI --method dense --batch 1 --latency-runs 0 --calib $SST --out $D/minilm_dense.onnx \
-    > $D/log3 2>&1
+    --json $R/export_minilm_dense.json > $D/log3 2>&1
 sttabt-edge export --model $MINI $APPROX --batch 1 --latency-runs 0 --calib $SST --out $D/minilm_sttabt.onnx \
     --json $R/export_minilm_sttabt.json > $D/log4 2>&1
 for SPIN in no-spin spin; do

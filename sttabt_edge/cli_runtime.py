@@ -61,8 +61,8 @@ def bench_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="write a latency plot (PNG)")] = None,
     spin: Annotated[
-        bool, typer.Option(help="ONNX Runtime threads busy-wait between ops: fastest on a device running nothing "
-                                "else, unfair to neighbours (and to the idle --vs worker) on a shared CPU")
+        bool, typer.Option(help="ONNX Runtime threads busy-wait between the ops of a run (and stop when it returns): "
+                                "fastest on a device running nothing else; takes the cores from neighbours")
     ] = False,
 ) -> None:
     """Latency p50/p90/p99, throughput, peak RSS, kept tokens; with --vs the latency ratio."""

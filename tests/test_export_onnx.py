@@ -429,7 +429,10 @@ def test_cli_untrained_approx_is_loud(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "UNTRAINED ApproxNet" in res.stderr
-    assert json.loads(res.stdout)["kept_tokens_per_layer_mean"] == [6.0] * 3  # ceil(0.3 * 17)
+    summary = json.loads(res.stdout)
+    assert summary["kept_tokens_per_layer_mean"] == [6.0] * 3  # ceil(0.3 * 17)
+    nodes = summary["ort_nodes"]  # after ORT's optimisation: one back-tracking top-k + one compaction
+    assert nodes["TopK"] == 2 and nodes["total"] == sum(v for k, v in nodes.items() if k != "total")
 
 
 # ---- real checkpoint -----------------------------------------------------------------------------------
