@@ -4,6 +4,12 @@ Each model runs in its own worker process with explicit thread counts; the paren
 the workers for one run at a time, alternating A B A B ..., so machine drift hits both
 equally and two ONNX Runtime sessions never contend inside one process (they slow each
 other down, see ../shared/EXPORT_NOTES.md). Only one worker computes at any moment.
+
+Alternating single runs means each model starts with caches the other just filled, which
+adds about the same milliseconds to both and pulls the ratio towards 1. ``block=K`` runs
+each model K times per round instead (A A A B B B ...), drops the first (cold) run of each
+block and compares the medians of the warm ones: the latency a device that runs one model
+continuously sees, with drift still cancelled round by round.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class BenchResult:
     ratio_p10: float | None = None
     ratio_p90: float | None = None
     spinning: bool = False
+    block: int = 1  # consecutive runs per model per round (first one dropped when > 1)
     environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,37 +149,44 @@ def bench(
     seq_len: int = 128,
     progress: bool = True,
     spinning: bool = False,
+    block: int = 1,
 ) -> BenchResult:
     """Latency percentiles, throughput, peak RSS, kept tokens; with ``vs``, the interleaved ratio.
 
     ``spinning``: ONNX Runtime's threads busy-wait between the ops of a run and stop when it
     returns (see :func:`load`), so the idle worker does not steal the timed one's cores. Off
-    by default, like :func:`load`."""
+    by default, like :func:`load`. ``block``: runs per model per round (see the module doc);
+    ``runs`` counts rounds, and the latency statistics use every warm run."""
     from rich.progress import Progress
+
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
 
     paths = [Path(path)] + ([Path(vs)] if vs is not None else [])
     is_text = [load(p).text is not None for p in paths][0]  # fail fast here with the loader's clear error
     workers = [_Worker(p, threads, batch, seq_len, spinning) for p in paths]
-    times: list[list[float]] = [[] for _ in paths]
+    times: list[list[float]] = [[] for _ in paths]  # every timed (warm) run
+    rounds: list[list[float]] = [[] for _ in paths]  # per round: median of the block's warm runs
     try:
         with Progress(disable=not progress, transient=True) as bar:
             job = bar.add_task("benchmark", total=warmup + runs)
             for i in range(warmup + runs):
-                for w, t in zip(workers, times, strict=True):
-                    ms = float(w.ask("run"))
+                for w, t, r in zip(workers, times, rounds, strict=True):
+                    ms = [float(w.ask("run")) for _ in range(block)][1 if block > 1 else 0 :]
                     if i >= warmup:
-                        t.append(ms)
+                        t.extend(ms)
+                        r.append(statistics.median(ms))
                 bar.advance(job)
         extras = [json.loads(w.ask("stats")) for w in workers]
     finally:
         for w in workers:
             w.close()
     a = _stats(paths[0], times[0], batch, extras[0])
-    res = BenchResult(batch, threads, seq_len if is_text else None, runs, a, spinning=spinning,
+    res = BenchResult(batch, threads, seq_len if is_text else None, runs, a, spinning=spinning, block=block,
                       environment=_environment())
     if vs is not None:
         res.b = _stats(paths[1], times[1], batch, extras[1])
-        ratios = sorted(x / y for x, y in zip(times[0], times[1], strict=True))
+        ratios = sorted(x / y for x, y in zip(rounds[0], rounds[1], strict=True))
         res.ratio_p50 = statistics.median(ratios)
         res.ratio_p10 = float(np.percentile(ratios, 10))
         res.ratio_p90 = float(np.percentile(ratios, 90))

@@ -64,6 +64,8 @@ def bench_cmd(
         bool, typer.Option(help="ONNX Runtime threads busy-wait between the ops of a run (and stop when it returns): "
                                 "fastest on a device running nothing else; takes the cores from neighbours")
     ] = False,
+    block: Annotated[int, typer.Option(help="runs of each model per round (A A A B B B ...); the first, cold "
+                                            "run of each block is dropped: warm-cache latency")] = 1,
 ) -> None:
     """Latency p50/p90/p99, throughput, peak RSS, kept tokens; with --vs the latency ratio."""
     from rich.console import Console
@@ -74,10 +76,11 @@ def bench_cmd(
 
     try:
         res = bench(model, vs, threads=threads, batch=batch, runs=runs, warmup=warmup, seq_len=seq_len,
-                    spinning=spin)
+                    spinning=spin, block=block)
     except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
-    table = Table(title=f"batch {batch}, {threads} threads{' (spinning)' if spin else ''}, {runs} runs after "
+    rounds = f"{runs} rounds of {block} runs (first dropped)" if block > 1 else f"{runs} runs"
+    table = Table(title=f"batch {batch}, {threads} threads{' (spinning)' if spin else ''}, {rounds} after "
                         f"{warmup} warm-up")
     for col in ("model", "MB", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MB", "mean kept / layer"):
         table.add_column(col, justify="right")
@@ -89,7 +92,8 @@ def bench_cmd(
     console.print(table)
     if res.ratio_p50 is not None:
         console.print(f"latency ratio {model.name} / {vs.name}: median {res.ratio_p50:.3f} "
-                      f"(p10 {res.ratio_p10:.3f}, p90 {res.ratio_p90:.3f}), measured interleaved")
+                      f"(p10 {res.ratio_p10:.3f}, p90 {res.ratio_p90:.3f}), measured interleaved"
+                      f"{f' in blocks of {block}' if block > 1 else ''}")
     if json_out:
         json_out.write_text(json.dumps(res.to_dict(), indent=2))
     if plot_out:

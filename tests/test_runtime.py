@@ -118,6 +118,19 @@ def test_bench_interleaved_vs(image_model, tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
+def test_bench_blocks_drop_the_cold_run(image_model, tmp_path):
+    """block=3: each round runs a model 3 times and keeps the 2 warm runs; the ratio compares
+    the per-round medians. A bad block size is refused before any worker starts."""
+    other = tmp_path / "other.onnx"
+    _image_model(other, np.ones((3, 4), dtype=np.float32))
+    res = bench(image_model, vs=other, threads=1, runs=4, warmup=1, progress=False, block=3)
+    assert res.block == 3 and len(res.a.runs_ms) == 8 and len(res.b.runs_ms) == 8
+    rounds = [np.median(res.a.runs_ms[i : i + 2]) / np.median(res.b.runs_ms[i : i + 2]) for i in range(0, 8, 2)]
+    assert res.ratio_p50 == pytest.approx(float(np.median(rounds)))
+    with pytest.raises(ValueError, match="block"):
+        bench(image_model, block=0, progress=False)
+
+
 def test_cli_run_and_bench(image_model, tmp_path):
     from typer.testing import CliRunner
 
