@@ -137,18 +137,16 @@ def topk_backtrack(
     keep, scores = [keep_out], []
     for layer in reversed(range(num_layers)):
         s = layer_importance(attn[layer], row_weights(keep_out, importance, p), head_reduce)  # (B, N)
-        if same[layer]:  # the top-k below would pick exactly keep_out
-            keep.insert(0, keep_out)
-            scores.insert(0, s)
-            importance = s
-            continue
-        forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
-        if k_table is None:
-            k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
+        if same[layer]:  # the top-k would pick exactly keep_out
+            keep_in = keep_out
         else:
-            k = k_table[layer][n_real]  # (B,)
-        k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
-        keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
+            forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
+            if k_table is None:
+                k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
+            else:
+                k = k_table[layer][n_real]  # (B,)
+            k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
+            keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
         keep.insert(0, keep_in)
         scores.insert(0, s)
         keep_out, importance = keep_in, s

@@ -56,8 +56,9 @@ def block_forward(
     """Run one layer.
 
     x: (B, Nk, C) tokens the layer receives. q_idx: (B, Nq) positions inside x whose
-    outputs are needed (None = all; an int P = the first P, e.g. the prefix: a slice, no gather). key_bias: additive (B, 1, 1, Nk) (padding, ToMe
-    size). key_weight: multiplicative (B, 1, 1, Nk) soft/hard key mask (mask mode).
+    outputs are needed (None = all; an int P = the first P, e.g. the prefix: a slice, no
+    gather). key_bias: additive (B, 1, 1, Nk) (padding, ToMe size). key_weight:
+    multiplicative (B, 1, 1, Nk) soft/hard key mask (mask mode).
     """
     b, nk, c = x.shape
     h = layer.norm1(x) if layer.pre_norm else x
