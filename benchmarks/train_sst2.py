@@ -8,6 +8,7 @@ on the 872 dev sentences with real token removal. Writes benchmarks/results/trai
 and .png and prints the equivalent ``sttabt-edge train`` commands and the wall time.
 
     python benchmarks/train_sst2.py --budget small    # <= 15 min on 2 cores
+    python benchmarks/train_sst2.py --budget medium   # about an hour on 2 cores
     python benchmarks/train_sst2.py --budget full     # hours on 2 cores; the numbers to report
     python benchmarks/train_sst2.py --budget smoke    # a minute: checks the pipeline only
 """
@@ -24,6 +25,8 @@ from sttabt_edge.train.sweep import SweepPlan
 BUDGETS = {
     "smoke": dict(targets=[0.5], approx_steps=4, sparse_steps=3, batch=8, max_eval=64),
     "small": dict(targets=[0.6, 0.45, 0.3], approx_steps=150, sparse_steps=30, batch=16, max_eval=0),
+    # about an hour on 2 cores: long enough to show the trend the small budget cannot
+    "medium": dict(targets=[0.45, 0.3, 0.2], approx_steps=1000, sparse_steps=250, batch=32, max_eval=0),
     "full": dict(
         targets=[0.7, 0.55, 0.45, 0.35, 0.25], approx_steps=3000, sparse_steps=1500, batch=32, max_eval=0
     ),

@@ -635,7 +635,9 @@ def test_sweep_records_unreachable_targets(image_dir, tmp_path):
     assert not (tmp_path / "work" / "concrete-0.05" / "sttabt.json").exists()
     (tome,) = res["points"]
     assert tome["method"] == "tome" and not tome["target_reachable"] and tome["calib_retention"] > 0.2
-    plan.approx_dir, plan.targets, plan.methods = tmp_path / "work" / "approx", [0.5], ["sttabt-topk"]
+    # 17 tokens and one keep ratio for every layer: reachable retentions are multiples of 1/17
+    plan.approx_dir, plan.targets, plan.methods = tmp_path / "work" / "approx", [8 / 17], ["sttabt-topk"]
     again = run_sweep(model_dir, image_dir, tmp_path / "work2", plan, log=lambda s: None)
     assert again["approx"]["dir"] == str(plan.approx_dir) and not (tmp_path / "work2" / "approx").exists()
     assert again["points"][0]["target_reachable"] and "train approx" not in " ".join(again["commands"])
+    assert isinstance(again["points"][0]["keep_ratio"], float)  # one ratio for every layer, as exported
