@@ -27,7 +27,7 @@ from sttabt_edge import compat
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.errors import CheckpointMismatchError, InputError, UnsupportedModelError
 from sttabt_edge.method.flops import model_flops
-from sttabt_edge.method.sparse import dense_forward
+from sttabt_edge.method.sparse import dense_counts, dense_forward
 from sttabt_edge.models.adapter import classify, embed
 
 INITS = ("random", "interpolate")
@@ -141,9 +141,7 @@ class ApproxNet(nn.Module):
     def flops(self, pad_mask: torch.Tensor) -> torch.Tensor:
         """(B,) analytic FLOPs of :meth:`attentions` on each sample's real tokens (the reducer's extra
         cost): a dense pass whose top layer computes only the prefix rows, plus the unused head."""
-        n = pad_mask.sum(dim=1, keepdim=True).expand(-1, len(self.parts.layers))  # (B, L)
-        n_out = n.clone()
-        n_out[:, -1] = self.parts.num_prefix_tokens
+        n, n_out = dense_counts(pad_mask, len(self.parts.layers), self.parts.num_prefix_tokens, True)
         return model_flops(self.parts, n, n_out)  # (B,) float64, incl. patch conv and head
 
     # ---- persistence -------------------------------------------------------------------

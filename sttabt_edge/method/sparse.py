@@ -78,12 +78,21 @@ def dense_forward(
             attns.append(out.attn)
         if need_hidden:
             hiddens.append(x)
-    n = pad_mask.sum(dim=1, keepdim=True).expand(-1, len(parts.layers))
-    n_out = n
-    if prefix_only_top:
-        n_out = n.clone()
-        n_out[:, -1] = parts.num_prefix_tokens
+    n, n_out = dense_counts(pad_mask, len(parts.layers), parts.num_prefix_tokens, prefix_only_top)
     return ForwardResult(x[:, : parts.num_prefix_tokens], n, n_out, None, attns, hiddens)
+
+
+def dense_counts(
+    pad_mask: torch.Tensor, num_layers: int, num_prefix_tokens: int, prefix_only_top: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_in, n_out), each (B, L): a dense pass's real key and query counts per layer; with
+    ``prefix_only_top`` the top layer computes only the prefix rows."""
+    n = pad_mask.sum(dim=1, keepdim=True).expand(-1, num_layers)  # (B, L)
+    if not prefix_only_top:
+        return n, n
+    n_out = n.clone()
+    n_out[:, -1] = num_prefix_tokens
+    return n, n_out
 
 
 def plan_forward(
