@@ -19,14 +19,7 @@ from torch import nn
 
 from sttabt_edge.compat import ModelParts, model_parts
 from sttabt_edge.errors import ExportError
-from sttabt_edge.method.backtrack import (
-    AttentionMaps,
-    Backtrack,
-    ratio_schedule,
-    same_as_next,
-    topk_backtrack,
-    topk_sizes,
-)
+from sttabt_edge.method.backtrack import AttentionMaps, Backtrack, topk_backtrack, topk_plan
 from sttabt_edge.method.sparse import KeepPlan, plan_forward
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
@@ -160,9 +153,8 @@ class SparseStage(nn.Module):
         x, pad = embed(self.parts, as_inputs(self.parts.family, tuple(inputs)))  # (B, N, C), (B, N)
         sizes = same = None
         if self.reducer.keep_ratio is not None:  # static bounds from the shape, as topk_backtrack makes them
-            ratios = ratio_schedule(self.reducer.keep_ratio, len(self.parts.layers))
-            sizes = topk_sizes(x.shape[1], ratios, self.parts.num_prefix_tokens)
-            same = same_as_next(ratios)
+            n_layers, n_prefix = len(self.parts.layers), self.parts.num_prefix_tokens
+            _, sizes, same = topk_plan(self.reducer.keep_ratio, n_layers, x.shape[1], n_prefix)
         plan = KeepPlan(list(keep.unbind(0)), sizes, exact=self.reducer.exact_counts(self.parts), same=same)
         res = plan_forward(self.parts, x, pad, plan)
         return classify(self.parts, res.prefix_hidden), res.n_in.long()

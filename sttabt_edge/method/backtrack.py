@@ -128,9 +128,7 @@ def topk_backtrack(
     ceil in the graph (LiteRT has no float64 CEIL); see :func:`keep_table`.
     """
     num_layers, n = check_maps(attn)
-    ratios = ratio_schedule(keep_ratio, num_layers)
-    sizes = topk_sizes(n, ratios, num_prefix_tokens)
-    same = same_as_next(ratios)
+    ratios, sizes, same = topk_plan(keep_ratio, num_layers, n, num_prefix_tokens)
     n_real = pad_mask.sum(dim=1)  # (B,)
     keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
     importance = keep_out.to(attn[0].dtype)
@@ -156,6 +154,15 @@ def topk_backtrack(
 def keep_table(ratios: Sequence[float], n: int) -> torch.Tensor:
     """(L, N+1) long: table[l, m] = ceil(ratios[l] * m), exactly as the float64 graph op rounds."""
     return torch.tensor([[math.ceil(m * r) for m in range(n + 1)] for r in ratios], dtype=torch.long)
+
+
+def topk_plan(
+    keep_ratio: float | Sequence[float], num_layers: int, n: Size, num_prefix_tokens: int
+) -> tuple[list[float], list[Size], list[bool]]:
+    """(ratios, sizes, same) of a top-k plan on N tokens, from the shape only: what
+    :func:`topk_backtrack` builds, and what a sparse graph fed its masks rebuilds."""
+    ratios = ratio_schedule(keep_ratio, num_layers)
+    return ratios, topk_sizes(n, ratios, num_prefix_tokens), same_as_next(ratios)
 
 
 def topk_sizes(n: Size, ratios: Sequence[float], num_prefix_tokens: int) -> list[Size]:
