@@ -50,6 +50,8 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-on", choices=["train", "eval"], default="train", help=d.calib_help)
     ap.add_argument("--approx", type=Path, default=None, help="reuse this ApproxNet dir instead of distilling one")
+    ap.add_argument("--targets", type=float, nargs="+", default=None, help="override the budget's retention targets")
+    ap.add_argument("--sparse-steps", type=int, default=None, help="override the budget's steps per trained point")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
@@ -57,6 +59,10 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     plan = d.plan_for(args.budget, args.methods)
     plan.calib_on_eval = args.calib_on == "eval"
     plan.approx_dir = args.approx
+    if args.targets:
+        plan.targets = args.targets
+    if args.sparse_steps:
+        plan.sparse_cfg = plan.sparse_cfg.replace(steps=args.sparse_steps)
     work = args.work / args.budget / time.strftime("%Y%m%d-%H%M%S")
     header = {
         "benchmark": d.name,
@@ -64,6 +70,8 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
         "model": str(args.model),
         "data": str(args.data),
         "calib_on": args.calib_on,
+        "targets": plan.targets,
+        "sparse_steps": plan.sparse_cfg.steps,
         **dict(d.header),
         "env": environment(),
     }

@@ -319,6 +319,32 @@ def test_snap_flags_targets_below_the_forced_token_floor():
     assert all(abs(r - t) < 0.05 for t, r in got.items()) and got[0.6] > got[0.45] > got[0.3]
 
 
+def test_shape_thresholds_gives_every_layer_the_target():
+    """The calibrated init keeps ~target in every layer (one shared offset let the importance
+    profile decide: SST-2 r=0.3 started at [1.0, 0.18, 0.15, ...]); the snap after it makes the
+    mean exact without undoing the shape."""
+    from sttabt_edge import compat
+    from sttabt_edge.method.concrete import ConcreteThresholds
+    from sttabt_edge.reducers.sttabt import SttabtReducer
+    from sttabt_edge.train.concrete import shape_thresholds, snap_thresholds
+
+    model = tiny_bert()
+    parts = compat.model_parts(model)
+    reducer = SttabtReducer(build_approxnet(model, 2, "random"), thresholds=ConcreteThresholds(3))
+    _, long = _short_and_long_text()
+    for target in (0.6, 0.3):
+        with torch.no_grad():
+            reducer.thresholds.logits.zero_()
+        noisy = shape_thresholds(reducer, parts, [long], target, noisy=True)
+        assert noisy == pytest.approx([target] * 3, abs=0.05)
+        snap_thresholds(reducer, parts, [long], target)  # hard retention, as at the hard phase
+        with torch.no_grad():
+            ret = SparseClassifier(model, reducer.eval(), mode="mask")(**long).retention.mean(0)  # (L,)
+        assert float(ret.mean()) == pytest.approx(target, abs=0.02)
+        assert ret.tolist() == pytest.approx([target] * 3, abs=0.1)
+        assert ret[0] >= ret[1] >= ret[2]  # nested
+
+
 def test_concrete_refuses_unreachable_target_before_training(text_model_dir, glue_dir, tmp_path):
     from sttabt_edge.train.concrete import UnreachableTargetError
 

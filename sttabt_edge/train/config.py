@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("interpolate", "random")
+INIT_SCHEDULES = ("constant", "shared")
 
 C = TypeVar("C", bound="JsonConfig")
 
@@ -138,6 +139,9 @@ class SparseTrainConfig(JsonConfig):
     hard_frac: float = 0.2  # last fraction of the steps: thresholds frozen, hard masks, model fine-tuned
     snap: bool = True  # at the first hard step (or the end): shift thresholds so hard retention = target
     init: str = "calibrate"  # thresholds: "calibrate" (retention starts at the target) or a float
+    # calibrated init's keep schedule: "constant" (every layer keeps ~target; train/concrete.shape_thresholds)
+    # or "shared" (one offset for all layers: the importance profile decides, early layers keep everything)
+    init_schedule: str = "constant"
     calib_samples: int = 64  # random training examples the thresholds are calibrated / snapped on
     temperature: float = 0.5  # concrete relaxation temperature
     ltp_temperature: float = 0.1  # LTP's sigmoid temperature (importances are O(1))
@@ -154,6 +158,8 @@ class SparseTrainConfig(JsonConfig):
             raise ValueError(f"hard_frac must be in [0, 1), got {self.hard_frac}")
         if self.init != "calibrate":
             float(self.init)  # raises ValueError for anything else
+        if self.init_schedule not in INIT_SCHEDULES:
+            raise ValueError(f"init_schedule must be one of {INIT_SCHEDULES}, got {self.init_schedule!r}")
 
     def hard_start(self, total_steps: int) -> int:
         """First step of the hard phase (== total_steps when there is none)."""
