@@ -123,6 +123,11 @@ class Init(str, Enum):
     random = "random"
 
 
+class InitSchedule(str, Enum):
+    constant = "constant"
+    shared = "shared"
+
+
 class Baseline(str, Enum):
     ltp = "ltp"
     topk = "topk"
@@ -210,6 +215,9 @@ def train_concrete_cmd(
     freeze_main: Annotated[bool, typer.Option(help="train thresholds (+ ApproxNet) only")] = False,
     kd_weight: FloatOpt = None, retention_weight: FloatOpt = None, threshold_lr: FloatOpt = None,
     hard_frac: Annotated[float | None, typer.Option(help="last fraction of steps with hard masks")] = None,
+    init_schedule: Annotated[InitSchedule, typer.Option(
+        help="initial keep schedule: constant (every layer ~target) | shared (one threshold offset)")
+    ] = InitSchedule.constant,
     eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
@@ -228,7 +236,8 @@ def train_concrete_cmd(
         net, train_data, model_dir = _load_training(model, data, eval_data, labeled=True, seed=cfg.seed)
         losses = {"kd_weight": kd_weight, "retention_weight": retention_weight, "threshold_lr": threshold_lr,
                   "hard_frac": hard_frac}
-        scfg = SparseTrainConfig(target_retention=target_retention, freeze_main=freeze_main).replace(
+        scfg = SparseTrainConfig(target_retention=target_retention, freeze_main=freeze_main,
+                                 init_schedule=init_schedule.value).replace(
             **{k: v for k, v in losses.items() if v is not None})
         train_concrete(net, ApproxNet.load(approx, net.config), train_data, cfg=cfg, scfg=scfg, out=out,
                        resume=resume, source_dir=model_dir)

@@ -540,12 +540,15 @@ def test_cli_train_verbs_and_eval(image_dir, tmp_path):
             str(tmp_path / "ax"),
             "--target-retention",
             "0.4",
+            "--init-schedule",
+            "shared",
             "--out",
             str(tmp_path / "c"),
             *common,
         ],
     )
     assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c" / "sttabt.json").read_text())["sparse_config"]["init_schedule"] == "shared"
     for method in ("ltp", "topk"):
         res = runner.invoke(
             app,
