@@ -52,6 +52,8 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     ap.add_argument("--approx", type=Path, default=None, help="reuse this ApproxNet dir instead of distilling one")
     ap.add_argument("--targets", type=float, nargs="+", default=None, help="override the budget's retention targets")
     ap.add_argument("--sparse-steps", type=int, default=None, help="override the budget's steps per trained point")
+    ap.add_argument("--init-schedule", choices=["constant", "shared"], default="constant",
+                    help="concrete: initial keep schedule (SparseTrainConfig.init_schedule)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
@@ -61,6 +63,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     plan.approx_dir = args.approx
     if args.targets:
         plan.targets = args.targets
+    plan.scfg = plan.scfg.replace(init_schedule=args.init_schedule)
     if args.sparse_steps:
         plan.sparse_cfg = plan.sparse_cfg.replace(steps=args.sparse_steps)
     work = args.work / args.budget / time.strftime("%Y%m%d-%H%M%S")
@@ -72,6 +75,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
         "calib_on": args.calib_on,
         "targets": plan.targets,
         "sparse_steps": plan.sparse_cfg.steps,
+        "init_schedule": plan.scfg.init_schedule,
         **dict(d.header),
         "env": environment(),
     }
