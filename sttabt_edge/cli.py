@@ -150,6 +150,15 @@ ResumeOpt = Annotated[bool, typer.Option(help="continue from the latest checkpoi
 TargetOpt = Annotated[float, typer.Option(help="mean fraction of real tokens entering each layer")]
 
 
+class CalibOn(str, Enum):
+    train = "train"
+    eval = "eval"
+
+
+CalibOpt = Annotated[CalibOn, typer.Option(
+    help="inputs the retention level is calibrated on (labels unused): train | eval (held-out, transductive)")]
+
+
 def _train_config(config: Path | None, defaults: dict, options: dict) -> object:
     """TrainConfig from --config (else the verb's defaults); the verb's options that name a
     TrainConfig field and were given (not None) override it."""
@@ -162,14 +171,24 @@ def _train_config(config: Path | None, defaults: dict, options: dict) -> object:
     return base.replace(**{k: v for k, v in options.items() if k in names and v is not None})
 
 
-def _load_training(model: str, data: Path, eval_data: Path | None, labeled: bool, seed: int) -> tuple:
-    """(dense model, TrainData, model dir or None)."""
+def _load_training(
+    model: str, data: Path, eval_data: Path | None, labeled: bool, seed: int, calib_on: str = "train"
+) -> tuple:
+    """(dense model, TrainData, model dir or None). ``calib_on="eval"``: thresholds are calibrated
+    on the held-out inputs (labels unused) instead of training inputs."""
+    import dataclasses
+
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.train.data import prepare_data
 
     net = load_model(model)
     model_dir = Path(model) if Path(model).is_dir() else None
-    return net, prepare_data(data, net, model_dir, eval_data, labeled=labeled, seed=seed), model_dir
+    train_data = prepare_data(data, net, model_dir, eval_data, labeled=labeled, seed=seed)
+    if calib_on == "eval":
+        if not train_data.eval:
+            raise ValueError("--calib-on eval needs held-out data (--eval-data, or a dev.tsv / image split)")
+        train_data = dataclasses.replace(train_data, calib=train_data.eval)
+    return net, train_data, model_dir
 
 
 def _train_errors() -> tuple[type[BaseException], ...]:
@@ -218,7 +237,7 @@ def train_concrete_cmd(
     init_schedule: Annotated[InitSchedule, typer.Option(
         help="initial keep schedule: constant (every layer ~target) | shared (one threshold offset)")
     ] = InitSchedule.constant,
-    eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    calib_on: CalibOpt = CalibOn.train, eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
     num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
@@ -233,7 +252,7 @@ def train_concrete_cmd(
 
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
-        net, train_data, model_dir = _load_training(model, data, eval_data, labeled=True, seed=cfg.seed)
+        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
         losses = {"kd_weight": kd_weight, "retention_weight": retention_weight, "threshold_lr": threshold_lr,
                   "hard_frac": hard_frac}
         scfg = SparseTrainConfig(target_retention=target_retention, freeze_main=freeze_main,
@@ -250,7 +269,7 @@ def train_concrete_cmd(
 def train_baseline_cmd(
     method: Annotated[Baseline, typer.Option(help="ltp (learned thresholds) or topk (fixed schedule)")],
     model: ModelOpt, data: DataOpt, out: OutOpt, target_retention: TargetOpt = 0.5,
-    eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    calib_on: CalibOpt = CalibOn.train, eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
     num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
@@ -263,7 +282,7 @@ def train_baseline_cmd(
 
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
-        net, train_data, model_dir = _load_training(model, data, eval_data, labeled=True, seed=cfg.seed)
+        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
         train_baseline(method.value, net, train_data, target_retention, cfg, out=out, resume=resume,
                        source_dir=model_dir)
     except _train_errors() as e:

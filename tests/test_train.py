@@ -561,6 +561,8 @@ def test_cli_train_verbs_and_eval(image_dir, tmp_path):
                 str(model_dir),
                 "--target-retention",
                 "0.5",
+                "--calib-on",
+                "eval",
                 "--out",
                 str(tmp_path / method),
                 *common,
@@ -646,6 +648,18 @@ def test_sweep_end_to_end(image_dir, tmp_path):
     assert res["approx"]["heldout_attention_kl"] > 0 and len(res["commands"]) == 4
     plot_curves(res, tmp_path / "curve.png", "tiny")
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_sweep_commands_name_the_calibration_and_init_schedule(tmp_path):
+    from sttabt_edge.train.sweep import SweepPlan, cli_commands
+
+    plan = SweepPlan(targets=[0.3], methods=["concrete", "ltp"])
+    plain = cli_commands(tmp_path / "m", tmp_path / "d", tmp_path / "w", plan)
+    assert not any("--calib-on" in c or "--init-schedule" in c for c in plain)
+    plan.calib_on_eval, plan.scfg = True, plan.scfg.replace(init_schedule="shared")
+    cmds = cli_commands(tmp_path / "m", tmp_path / "d", tmp_path / "w", plan)
+    assert all("--calib-on eval" in c for c in cmds[1:])
+    assert "--init-schedule shared" in cmds[1] and "--init-schedule" not in cmds[2]  # concrete only
 
 
 def test_sweep_records_unreachable_targets(image_dir, tmp_path):

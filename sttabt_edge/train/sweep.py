@@ -66,11 +66,14 @@ def cli_commands(model_dir: Path, data: Path, work: Path, plan: SweepPlan) -> li
         ]
     )
     sparse = f"--steps {s.steps} --batch-size {s.batch_size} --lr {s.lr:g}"
+    if plan.calib_on_eval:
+        sparse += " --calib-on eval"
+    schedule = "" if plan.scfg.init_schedule == "constant" else f" --init-schedule {plan.scfg.init_schedule}"
     for r in plan.targets:
         if "concrete" in plan.methods:
             out.append(
                 f"sttabt-edge train concrete {common} --approx {approx_dir} --target-retention {r:g} "
-                f"--out {work}/concrete-{r:g} {sparse}"
+                f"--out {work}/concrete-{r:g} {sparse}{schedule}"
             )
         out += [
             f"sttabt-edge train baseline --method {m} {common} --target-retention {r:g} "
