@@ -3,8 +3,9 @@ every retention target on the same held-out data. What the train_* benchmarks ru
 
 Trained methods (``concrete``, ``ltp``, ``topk``) each start from a fresh copy of the dense
 model. Training-free references (``tome``, and ``sttabt-topk``: back-tracking the trained
-ApproxNet with one keep ratio for every layer) get their knob bisected on one training batch so that
-every method is compared at the same mean retention.
+ApproxNet with one keep ratio for every layer) get their knob bisected on the calibration
+inputs (training inputs, or unlabeled held-out ones with ``calib_on_eval``) so that every
+method is compared at the same mean retention.
 """
 
 from __future__ import annotations
