@@ -104,9 +104,15 @@ def snap_thresholds(
     warns and snaps to that floor; without the check the bisection silently ran to +``span``,
     so every such target gave the same floor-only model (see :func:`calibrate_offset`).
     """
+    return _snap(reducer, _retention_probe(reducer, parts, batches, noisy), target, span, strict)
+
+
+def _snap(
+    reducer: SttabtReducer, per_layer: Callable[[torch.Tensor], torch.Tensor], target: float, span: float, strict: bool
+) -> float:
+    """:func:`snap_thresholds` on a built retention probe (see :func:`_retention_probe`)."""
     th = reducer.thresholds
     base = th.logits.detach().clone()
-    per_layer = _retention_probe(reducer, parts, batches, noisy)
 
     def mean_retention(offset: float) -> float:
         return float(per_layer(base + offset).mean())
@@ -124,9 +130,12 @@ def shape_thresholds(
     target: float,
     noisy: bool = False,
     span: float = 20.0,
+    strict: bool = True,
 ) -> list[float]:
     """Set each layer's threshold, top layer first, so every layer keeps about ``target`` of the
-    real tokens on ``batches``: a constant keep schedule. Returns the per-layer retentions.
+    real tokens on ``batches``: a constant keep schedule; then snap the mean to ``target`` as
+    :func:`snap_thresholds` does (same reachability check, same cached maps). Returns the
+    per-layer retentions.
 
     Why: one shared threshold turns the importance profile into the schedule. Early layers
     spread attention evenly, so their importances all sit near the mean and a shared threshold
@@ -134,8 +143,7 @@ def shape_thresholds(
     init gave [1.0, 0.18, 0.15, ...] and 76.6% after 250 steps, while one keep ratio for every
     layer scored 79.4% on the untrained model. Layer l's kept set depends only on the
     thresholds of layers >= l (nesting), so a top-down pass of 1-D bisections sets them; a
-    layer whose nested set already exceeds ``target`` keeps just that. Follow with
-    :func:`snap_thresholds` to make the mean exact (and to check reachability).
+    layer whose nested set already exceeds ``target`` keeps just that.
     """
     th = reducer.thresholds
     logits = th.logits.detach().clone()
@@ -148,7 +156,8 @@ def shape_thresholds(
 
         logits[layer] = bisect_offset(layer_retention, target, -span, span, iters=20)
     th.logits.copy_(logits)
-    return [float(v) for v in per_layer(logits)]
+    _snap(reducer, per_layer, target, span, strict)
+    return [float(v) for v in per_layer(th.logits.detach())]
 
 
 def _retention_probe(
@@ -286,9 +295,8 @@ def train_concrete(
         objective = build_objective(model, approx, scfg, calib)
         reducer: SttabtReducer = objective.sparse.reducer
         if scfg.init == "calibrate":
-            if scfg.init_schedule == "constant":
-                shape_thresholds(reducer, objective.sparse.parts, calib, scfg.target_retention, noisy=True)
-            snap_thresholds(reducer, objective.sparse.parts, calib, scfg.target_retention, noisy=True)
+            calibrate = shape_thresholds if scfg.init_schedule == "constant" else snap_thresholds
+            calibrate(reducer, objective.sparse.parts, calib, scfg.target_retention, noisy=True)
         res = fit(
             objective,
             source,
