@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,7 @@ def optimized_node_counts(path: str | Path) -> dict[str, int]:
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         nodes = onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node
-    counts: dict[str, int] = {}
-    for node in nodes:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return {"total": len(nodes), **dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+    return {"total": len(nodes), **dict(Counter(node.op_type for node in nodes).most_common())}
 
 
 def softmax_widths(path: str | Path, feeds: Mapping[str, np.ndarray]) -> list[int]:
