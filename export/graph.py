@@ -19,8 +19,8 @@ from torch import nn
 
 from sttabt_edge.compat import ModelParts, model_parts
 from sttabt_edge.errors import ExportError
-from sttabt_edge.method.backtrack import AttentionMaps, Backtrack, topk_backtrack, topk_plan
-from sttabt_edge.method.sparse import KeepPlan, plan_forward
+from sttabt_edge.method.backtrack import Backtrack, topk_plan
+from sttabt_edge.method.sparse import plan_forward
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
@@ -104,15 +104,6 @@ def _sttabt(reducer: Reducer) -> SttabtReducer:
     return reducer
 
 
-def backtrack_masks(
-    reducer: SttabtReducer, attn: AttentionMaps, pad: torch.Tensor, num_prefix: int
-) -> Backtrack:
-    """The reducer's back-tracking on given attention maps (same dispatch as SttabtReducer.backtrack)."""
-    if reducer.thresholds is not None:
-        return reducer.thresholds(attn, pad, num_prefix, reducer.p, reducer.head_reduce)
-    return topk_backtrack(attn, pad, reducer.keep_ratio, num_prefix, reducer.p, reducer.head_reduce)
-
-
 class ApproxStage(nn.Module):
     """forward(*inputs) -> ApproxNet's back-tracking maps: L tensors (B, H, R, N)."""
 
@@ -135,7 +126,7 @@ class MaskStage(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         *maps, attention_mask = args
-        bt = backtrack_masks(self.reducer, maps, attention_mask.bool(), self.num_prefix)
+        bt = self.reducer.backtrack_maps(maps, attention_mask.bool(), self.num_prefix)
         return torch.stack([k.bool() for k in bt.keep])
 
 
@@ -151,10 +142,12 @@ class SparseStage(nn.Module):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         *inputs, keep = args
         x, pad = embed(self.parts, as_inputs(self.parts.family, tuple(inputs)))  # (B, N, C), (B, N)
-        sizes = same = None
-        if self.reducer.keep_ratio is not None:  # static bounds from the shape, as topk_backtrack makes them
+        r = self.reducer
+        sizes: list = []
+        same = None
+        if r.keep_ratio is not None:  # static bounds from the shape, as topk_backtrack makes them
             n_layers, n_prefix = len(self.parts.layers), self.parts.num_prefix_tokens
-            _, sizes, same = topk_plan(self.reducer.keep_ratio, n_layers, x.shape[1], n_prefix)
-        plan = KeepPlan(list(keep.unbind(0)), sizes, exact=self.reducer.exact_counts(self.parts), same=same)
+            _, sizes, same = topk_plan(r.keep_ratio, n_layers, x.shape[1], n_prefix, r.nesting, r.min_keep)
+        plan = r.keep_plan(self.parts, Backtrack(list(keep.unbind(0)), sizes, [], same))
         res = plan_forward(self.parts, x, pad, plan)
         return classify(self.parts, res.prefix_hidden), res.n_in.long()

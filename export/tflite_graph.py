@@ -43,9 +43,12 @@ class StaticTopkReducer(SttabtReducer):
     """An STTABT top-k reducer for a fixed token count N: constant k table, static sizes."""
 
     def __init__(self, source: SttabtReducer, ratios: Sequence[float], n_tokens: int, num_prefix_tokens: int):
-        super().__init__(source.approx, keep_ratio=list(ratios), p=source.p, head_reduce=source.head_reduce)
+        super().__init__(
+            source.approx, keep_ratio=list(ratios), p=source.p, head_reduce=source.head_reduce,
+            nesting=source.nesting, min_keep=source.min_keep,
+        )
         self.n_tokens = n_tokens
-        self.sizes = [int(s) for s in topk_sizes(n_tokens, list(ratios), num_prefix_tokens)]
+        self.sizes = [int(s) for s in topk_sizes(n_tokens, list(ratios), num_prefix_tokens, self.nesting, self.min_keep)]
         self.register_buffer("table", keep_table(ratios, n_tokens), persistent=False)
 
     def backtrack(
@@ -55,9 +58,14 @@ class StaticTopkReducer(SttabtReducer):
         if x.shape[1] != self.n_tokens or attn[0].shape[-1] != self.n_tokens:
             raise ExportError(f"static reducer built for {self.n_tokens} tokens, got {x.shape[1]}")
         bt = topk_backtrack(
-            attn, pad_mask, self.keep_ratio, parts.num_prefix_tokens, self.p, self.head_reduce, k_table=self.table
+            attn, pad_mask, self.keep_ratio, parts.num_prefix_tokens, self.p, self.head_reduce, k_table=self.table,
+            nesting=self.nesting, min_keep=self.min_keep,
         )
         return Backtrack(bt.keep, list(self.sizes), bt.scores, bt.same)
+
+    def keep_plan(self, parts: Any, bt: Backtrack, static: bool = True) -> Any:
+        """Fixed slots (LiteRT needs static shapes): data-dependent counts are masked inside them."""
+        return super().keep_plan(parts, bt, static=True)
 
 
 # ---- which reducer the file computes ---------------------------------------------------------
@@ -105,9 +113,13 @@ def reference_reducer(
         "thresholds": [float(v) for v in reducer.thresholds.logits.detach().cpu()],
         "keep_schedule": ratios,
         "calibration_samples": int(next(iter(calib.values())).shape[0]),
+        "nesting": "count",  # counts that reproduce each layer's mean retention (a union would exceed them)
         "note": "fixed per-layer counts from the thresholds' mean retention on the calibration batch",
     }
-    topk = SttabtReducer(reducer.approx, keep_ratio=ratios, p=reducer.p, head_reduce=reducer.head_reduce)
+    topk = SttabtReducer(
+        reducer.approx, keep_ratio=ratios, p=reducer.p, head_reduce=reducer.head_reduce,
+        nesting="count", min_keep=reducer.min_keep,
+    )
     return topk.eval(), info
 
 

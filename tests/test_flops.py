@@ -35,7 +35,7 @@ from sttabt_edge.method.flops import (
     model_flops,
     output_flops,
 )
-from sttabt_edge.method.sparse import KeepPlan, dense_forward, plan_forward
+from sttabt_edge.method.sparse import dense_forward, plan_forward
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers import SttabtReducer
 from sttabt_edge.sparse_model import SparseClassifier
@@ -135,7 +135,7 @@ def _sparse_path_counted(parts: ModelParts, reducer: SttabtReducer, inputs: dict
     n_embed, (x, pad) = counted(lambda: embed(parts, inputs))
     with torch.no_grad():
         bt = reducer.backtrack(parts, inputs, x, pad)
-    plan = KeepPlan(bt.keep, bt.sizes)
+    plan = reducer.keep_plan(parts, bt)  # the plan the reducer runs (batch-max compaction for union)
 
     def sparse() -> tuple[Any, torch.Tensor]:
         res = plan_forward(parts, x, pad, plan, "remove")

@@ -30,11 +30,13 @@ def test_deit_tiny_keep_ratio_one_is_dense(deit, shared_dir):
     with torch.no_grad():
         ref = deit(pixel_values=px).logits
         out = SparseClassifier(deit, SttabtReducer(keep_ratio=1.0))(pixel_values=px)
-        pruned = SparseClassifier(deit, SttabtReducer(keep_ratio=0.5))(pixel_values=px)
+        pruned = SparseClassifier(deit, SttabtReducer(keep_ratio=0.25))(pixel_values=px)
     torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=0)
     assert out.n_in[0, 0] == 197
-    assert pruned.n_in[:, 0].tolist() == [99] * 4  # ceil(0.5 * 197), really removed
-    # the oracle at half the tokens keeps the dense prediction on these images
+    # union sets grow toward the input from ceil(0.25 * 197) = 50 + CLS at the top, really removed
+    assert (pruned.n_in[:, -1] <= 51).all() and (pruned.n_in[:, 0] < 197).all()
+    assert (pruned.n_in[:, :-1] >= pruned.n_in[:, 1:]).all()
+    # the oracle keeps the dense prediction on these images
     assert (pruned.logits.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
 
 

@@ -31,7 +31,8 @@ def test_quickstart_smoke(shared_dir, tmp_path, monkeypatch):
         assert 0.0 <= r["top1"] <= 1.0 and r["p50_ms"] > 0 and r["parity_max_abs_logit"] < 1e-3
         assert Path(r["onnx"]).is_file()
     assert dense["retention"] == pytest.approx(1.0) and dense["flops_ratio"] == pytest.approx(1.0)
-    assert sparse["retention"] == pytest.approx(60 / 197, abs=1e-3)  # keep ratio 0.3 of 197 tokens
+    # union nesting: at least the top layer's ceil(r * 197) + CLS per layer, growing toward the input
+    assert math.ceil(s["keep_ratio"] * 197) / 197 <= sparse["retention"] < 1.0
     assert 0.2 < sparse["flops_ratio"] < 0.6  # ApproxNet + back-tracking included
     assert math.isfinite(s["latency_ratio"]) and s["latency_ratio"] > 0
     assert math.isfinite(s["approx_kl_before"]) and math.isfinite(s["approx_kl_after"])

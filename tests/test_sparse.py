@@ -54,10 +54,10 @@ def test_removal_equals_mask_mode(build, ratio):
 @pytest.mark.parametrize("build", VISION_MODELS)
 @pytest.mark.parametrize("ratio", [0.7, 0.3, [0.9, 0.5, 0.2]])
 def test_vit_topk_plans_are_exact(build, ratio):
-    """ViT top-k keeps exactly the static size in every sample and layer, which lets remove mode
-    skip the padding bias (``KeepPlan.exact``); the shortcut gives the same logits."""
+    """Count-nested ViT top-k keeps exactly the static size in every sample and layer, which lets
+    remove mode skip the padding bias (``KeepPlan.exact``); the shortcut gives the same logits."""
     model, inputs = build(), _pixels(3)
-    parts, reducer = model_parts(model), SttabtReducer(keep_ratio=ratio)
+    parts, reducer = model_parts(model), SttabtReducer(keep_ratio=ratio, nesting="count")
     with torch.no_grad():
         x, pad = embed(parts, inputs)
         bt = reducer.backtrack(parts, inputs, x, pad)
@@ -68,15 +68,16 @@ def test_vit_topk_plans_are_exact(build, ratio):
         general = plan_forward(parts, x, pad, KeepPlan(bt.keep, bt.sizes))
     assert_close(fast.prefix_hidden, general.prefix_hidden, atol=1e-6, rtol=0)
     assert not SttabtReducer(thresholds=ConcreteThresholds(3)).exact_counts(parts)
+    assert not SttabtReducer(keep_ratio=ratio).exact_counts(parts), "union counts depend on the data"
     assert not reducer.exact_counts(model_parts(tiny_bert()))
 
 
-@pytest.mark.parametrize("ratio", [0.4, [0.5, 0.8, 0.3]])
-def test_text_same_layers_skip_compaction(ratio):
+@pytest.mark.parametrize(("ratio", "nesting"), [(0.4, "count"), ([0.5, 0.8, 0.3], "count"), ([0.3, 1.0, 0.2], "union")])
+def test_text_same_layers_skip_compaction(ratio, nesting):
     """On padded text, layers whose set equals the next one's (KeepPlan.same) skip compaction and
     gathers; the result equals the general path that compacts every layer."""
     model, inputs = tiny_bert(), text_batch()
-    parts, reducer = model_parts(model), SttabtReducer(keep_ratio=ratio)
+    parts, reducer = model_parts(model), SttabtReducer(keep_ratio=ratio, nesting=nesting)
     with torch.no_grad():
         x, pad = embed(parts, inputs)
         bt = reducer.backtrack(parts, inputs, x, pad)
@@ -114,11 +115,16 @@ def test_prefix_tokens_never_dropped(build):
 def test_keep_masks_are_nested_and_sparse_really_shrinks():
     model = tiny_vit()
     with torch.no_grad():
-        out = SparseClassifier(model, SttabtReducer(keep_ratio=[1.0, 0.6, 0.3]))(**_pixels())
-    for upper, lower in zip(out.keep[1:], out.keep[:-1], strict=True):
-        assert not (upper & ~lower).any()
+        out = SparseClassifier(model, SttabtReducer(keep_ratio=[1.0, 0.6, 0.3], nesting="count"))(**_pixels())
+        union = SparseClassifier(model, SttabtReducer(keep_ratio=[1.0, 0.6, 0.3]))(**_pixels())
+    for keep in (out.keep, union.keep):
+        for upper, lower in zip(keep[1:], keep[:-1], strict=True):
+            assert not (upper & ~lower).any()
     assert out.n_in[0].tolist() == [17, 11, 6]  # ceil(ratio * 17)
     assert_close(out.retention[0], torch.tensor([1.0, 11 / 17, 6 / 17]))
+    # union: topk(ceil(r * 17)) ∪ the next layer's set, between max(k, next) and k + next
+    n = union.n_in[0].tolist()
+    assert n[0] == 17 and 6 <= n[2] <= 6 + 1 and max(11, n[2]) <= n[1] <= 11 + n[2]
 
 
 @pytest.mark.parametrize("build", [tiny_vit, tiny_bert])
@@ -147,7 +153,7 @@ def test_patch_is_undoable():
     keys = set(model.state_dict())
     with torch.no_grad():
         ref = model(**inputs).logits
-        handle = patch(model, SttabtReducer(keep_ratio=0.3))
+        handle = patch(model, SttabtReducer(keep_ratio=0.15))
         pruned = model(**inputs)
         assert pruned.retention.mean() < 0.5
         assert set(model.state_dict()) == keys

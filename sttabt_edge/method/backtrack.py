@@ -5,9 +5,20 @@ l, the tokens the layer must output (kept by layer l+1) distribute importance ov
 their keys through layer l's attention; the most important keys become layer l's
 inputs. Sets are nested: a layer's inputs always include its own kept outputs.
 
+Nesting (``nesting``), as in the official code (``update_input_mask_from_previous_attention``
+with ``accumulate_indices``): ``"union"`` keeps ``topk(s, k_l) ∪ keep[l+1]``, so the sets grow
+toward the input (the default, the paper's method). ``"count"`` (this project's earlier rule,
+kept for comparison) counts ``keep[l+1]`` inside the k_l slots, so a layer keeps exactly
+``max(k_l, |keep[l+1]|)`` tokens and one keep ratio gives every layer the top layer's set.
+
 Propagation weight ``p``: each kept output row weighs its attention row by
-``(1 - p) / |kept| + p * importance`` (importance normalised to sum 1), so p = 0
-treats every kept token as equally needed and p = 1 is a pure attention rollout.
+``((1 - p) + p * importance) / |kept|`` (importance normalised to sum 1 over the kept set,
+as the official ``att * impact * p + att * (1 - p)`` followed by a mean over the kept rows),
+so p = 0 treats every kept token as equally needed.
+
+Short inputs: every layer keeps at least ``min(n_real, min_keep)`` tokens (prefix included),
+so a three-token text is never reduced to its CLS token (a deviation from the official code,
+which computes k from the padded length at batch 1 and has no floor).
 
 Shapes: attention maps are one (B, H, R, N) tensor per layer (a list, or a stacked
 (L, B, H, N, N) tensor), padding mask (B, N) bool, True = real. A map may hold only its
@@ -20,10 +31,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import torch
 
+from sttabt_edge.method.metrics import retention  # noqa: F401 (re-export)
 from sttabt_edge.method.tokens import Size, ceil_ratio, prefix_mask, rank_topk_mask, size_max, size_min
 
 NEG_INF = float("-inf")
@@ -31,6 +43,9 @@ POS_INF = float("inf")
 
 # L per-layer maps (B, H, R_l, N), or one stacked (L, B, H, N, N) tensor.
 AttentionMaps: TypeAlias = Sequence[torch.Tensor] | torch.Tensor
+Nesting: TypeAlias = Literal["union", "count"]
+NESTINGS: tuple[Nesting, ...] = ("union", "count")
+DEFAULT_MIN_KEEP = 4  # tokens per layer, prefix included (see the module docstring)
 
 
 @dataclass
@@ -53,12 +68,13 @@ def reduce_heads(attn: torch.Tensor, head_reduce: str = "mean") -> torch.Tensor:
 
 
 def row_weights(keep_out: torch.Tensor, importance: torch.Tensor, p: float) -> torch.Tensor:
-    """Weight of each kept output row when back-propagating importance. (B, N) -> (B, N)."""
+    """Weight of each kept output row when back-propagating importance: the official
+    ``((1 - p) + p * imp) / |kept|``, imp normalised to sum 1 over the kept set. (B, N) -> (B, N)."""
     keep_out = keep_out.to(importance.dtype)
     count = keep_out.sum(dim=1, keepdim=True).clamp_min(1e-6)
     imp = importance * keep_out
     imp = imp / imp.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    return keep_out * ((1.0 - p) / count + p * imp)
+    return keep_out * ((1.0 - p) + p * imp) / count
 
 
 def input_importance(attn_l: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -101,14 +117,25 @@ def ratio_schedule(keep_ratio: float | Sequence[float], num_layers: int) -> list
     return ratios
 
 
-def same_as_next(ratios: Sequence[float]) -> list[bool]:
+def check_nesting(nesting: str) -> Nesting:
+    if nesting not in NESTINGS:
+        raise ValueError(f"nesting must be one of {NESTINGS}, got {nesting!r}")
+    return nesting  # type: ignore[return-value]
+
+
+def same_as_next(ratios: Sequence[float], nesting: Nesting = "union") -> list[bool]:
     """same[l]: a top-k plan keeps exactly layer l+1's inputs at layer l, whatever the data.
 
-    Layer l keeps k_l = max(min(ceil(r_l n), n), |keep[l+1]|) tokens, keep[l+1] first. Below
-    the top, |keep[l+1]| >= min(ceil(r_{l+1} n), n) >= min(ceil(r_l n), n) when r_l <= r_{l+1},
-    so k_l = |keep[l+1]| and the nested sets are equal for every length n. The top layer
-    outputs only the prefix and is never "same".
+    ``"count"``: layer l keeps k_l = max(min(max(ceil(r_l n), min(n, m)), n), |keep[l+1]|)
+    tokens, keep[l+1] first. Below the top, |keep[l+1]| >= that same bound at r_{l+1} >= the
+    bound at r_l when r_l <= r_{l+1}, so k_l = |keep[l+1]| and the sets are equal for every
+    length n. ``"union"``: keep[l] = topk ∪ keep[l+1] equals keep[l+1] for all data only when
+    keep[l+1] already holds every real token (r_{l+1} >= 1). The top layer outputs only the
+    prefix and is never "same".
     """
+    nesting = check_nesting(nesting)
+    if nesting == "union":
+        return [i + 1 < len(ratios) and ratios[i + 1] >= 1.0 for i in range(len(ratios))]
     return [i + 1 < len(ratios) and ratios[i] <= ratios[i + 1] for i in range(len(ratios))]
 
 
@@ -120,16 +147,24 @@ def topk_backtrack(
     p: float = 0.1,
     head_reduce: str = "mean",
     k_table: torch.Tensor | None = None,
+    nesting: Nesting = "union",
+    min_keep: int = DEFAULT_MIN_KEEP,
 ) -> Backtrack:
-    """Top-k back-tracking; k is ceil(ratio * real length) per sample, never below the
-    layer's own kept outputs (nesting) nor the prefix.
+    """Top-k back-tracking; k_l = max(ceil(r_l * n_real), min(n_real, min_keep)) per sample.
+
+    ``nesting="union"`` (official): layer l keeps ``topk(s_l, k_l) ∪ keep[l+1]``, between
+    max(k_l, |keep[l+1]|) and k_l + |keep[l+1]| tokens. ``"count"``: keep[l+1] is forced into the
+    k_l slots, max(k_l, |keep[l+1]|) tokens. Counts are data-dependent inside the static
+    bounds ``Backtrack.sizes`` (see :func:`topk_sizes`).
 
     ``k_table`` (L, N+1) long, optional: k read as ``k_table[l, n_real]`` instead of a float64
     ceil in the graph (LiteRT has no float64 CEIL); see :func:`keep_table`.
     """
     num_layers, n = check_maps(attn)
-    ratios, sizes, same = topk_plan(keep_ratio, num_layers, n, num_prefix_tokens)
+    nesting = check_nesting(nesting)
+    ratios, sizes, same = topk_plan(keep_ratio, num_layers, n, num_prefix_tokens, nesting, min_keep)
     n_real = pad_mask.sum(dim=1)  # (B,)
+    floor = n_real.clamp(max=min_keep)  # (B,)
     keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
     importance = keep_out.to(attn[0].dtype)
     keep, scores = [keep_out], []
@@ -138,13 +173,19 @@ def topk_backtrack(
         if same[layer]:  # the top-k would pick exactly keep_out
             keep_in = keep_out
         else:
-            forced = torch.where(keep_out, POS_INF, torch.where(pad_mask, s, NEG_INF))
             if k_table is None:
                 k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
             else:
                 k = k_table[layer][n_real]  # (B,)
-            k = torch.maximum(torch.minimum(k, n_real), keep_out.sum(dim=1))
-            keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
+            k = torch.minimum(torch.maximum(k, floor), n_real)  # (B,)
+            real = torch.where(pad_mask, s, NEG_INF)
+            if nesting == "union":
+                bound = topk_bound(n, ratios[layer], min_keep)
+                keep_in = rank_topk_mask(real, k, bound) | keep_out
+            else:
+                forced = torch.where(keep_out, POS_INF, real)
+                k = torch.maximum(k, keep_out.sum(dim=1))
+                keep_in = rank_topk_mask(forced, k, sizes[layer]) | keep_out
         keep.insert(0, keep_in)
         scores.insert(0, s)
         keep_out, importance = keep_in, s
@@ -157,29 +198,45 @@ def keep_table(ratios: Sequence[float], n: int) -> torch.Tensor:
 
 
 def topk_plan(
-    keep_ratio: float | Sequence[float], num_layers: int, n: Size, num_prefix_tokens: int
+    keep_ratio: float | Sequence[float],
+    num_layers: int,
+    n: Size,
+    num_prefix_tokens: int,
+    nesting: Nesting = "union",
+    min_keep: int = DEFAULT_MIN_KEEP,
 ) -> tuple[list[float], list[Size], list[bool]]:
     """(ratios, sizes, same) of a top-k plan on N tokens, from the shape only: what
     :func:`topk_backtrack` builds, and what a sparse graph fed its masks rebuilds."""
     ratios = ratio_schedule(keep_ratio, num_layers)
-    return ratios, topk_sizes(n, ratios, num_prefix_tokens), same_as_next(ratios)
+    if min_keep < 1:
+        raise ValueError(f"min_keep must be >= 1, got {min_keep}")
+    sizes = topk_sizes(n, ratios, num_prefix_tokens, nesting, min_keep)
+    return ratios, sizes, same_as_next(ratios, nesting)
 
 
-def topk_sizes(n: Size, ratios: Sequence[float], num_prefix_tokens: int) -> list[Size]:
+def topk_bound(n: Size, ratio: float, min_keep: int = DEFAULT_MIN_KEEP) -> Size:
+    """Static bound on one layer's top-k count on N tokens: min(N, max(ceil(r N), min_keep))."""
+    return size_min(n, size_max(ceil_ratio(n, ratio), min_keep))
+
+
+def topk_sizes(
+    n: Size,
+    ratios: Sequence[float],
+    num_prefix_tokens: int,
+    nesting: Nesting = "union",
+    min_keep: int = DEFAULT_MIN_KEEP,
+) -> list[Size]:
     """Static compact bounds (L+1 entries) of a top-k plan on N tokens, from the shape only.
 
-    sizes[l] = min(N, max(ceil(ratio_l * N), sizes[l+1])) >= every sample's count (nested
-    sets); sizes[L] = the prefix. A separate function so an exported sparse model can
-    rebuild the bounds from its own input shape.
+    sizes[L] = the prefix. ``"union"``: sizes[l] = min(N, k̂_l + sizes[l+1]); ``"count"``:
+    min(N, max(k̂_l, sizes[l+1])), with k̂_l = :func:`topk_bound`. Every sample's count is at
+    most its bound. A separate function so an exported sparse model can rebuild the bounds
+    from its own input shape.
     """
+    nesting = check_nesting(nesting)
     sizes: list[Size] = [num_prefix_tokens]
     for ratio in reversed(ratios):
-        sizes.insert(0, size_min(n, size_max(ceil_ratio(n, ratio), sizes[0])))
+        k = topk_bound(n, ratio, min_keep)
+        grown = k + sizes[0] if nesting == "union" else size_max(k, sizes[0])
+        sizes.insert(0, size_min(n, grown))
     return sizes
-
-
-def retention(keep: Sequence[torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor:
-    """Fraction of real tokens entering each layer, per sample: (B, L). Soft masks allowed."""
-    pad = pad_mask.to(torch.float32)
-    n_real = pad.sum(dim=1, keepdim=True)
-    return torch.stack([(k.to(torch.float32) * pad).sum(dim=1) for k in keep[:-1]], dim=1) / n_real

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sttabt_edge.method.backtrack import (
+    DEFAULT_MIN_KEEP,
     AttentionMaps,
     Backtrack,
     check_maps,
@@ -42,13 +43,13 @@ def concrete_backtrack(
     head_reduce: str = "mean",
     temperature: float = 0.5,
     training: bool = False,
-    min_keep: int = 1,
+    min_keep: int = DEFAULT_MIN_KEEP,
     generator: torch.Generator | None = None,
 ) -> Backtrack:
     """Threshold back-tracking. Masks are float (straight-through) in training, bool at inference.
 
-    attn: L maps (B, H, R, N) (see :mod:`.backtrack`); threshold_logits (L,). ``min_keep`` real
-    tokens beyond the forced ones are always kept per layer, so no layer is ever emptied.
+    attn: L maps (B, H, R, N) (see :mod:`.backtrack`); threshold_logits (L,). Every layer keeps at
+    least min(n_real, ``min_keep``) tokens, prefix included, so no layer is ever emptied.
     """
     num_layers, _ = check_maps(attn)
     if threshold_logits.shape != (num_layers,):
@@ -69,10 +70,10 @@ def concrete_backtrack(
         if training:
             u = torch.rand(s.shape, generator=generator, dtype=dtype, device=s.device).clamp(1e-6, 1 - 1e-6)
             logit = logit + (torch.log(u) - torch.log1p(-u)) / temperature
-        # top up to min_keep real non-prefix tokens, counting those the layer keeps already (nesting):
+        # top up to min_keep tokens (prefix included), counting those the layer keeps already (nesting):
         # adding min_keep more per layer would grow a floor of L - l tokens, and short inputs would
         # never reach low retention targets
-        need = (min_keep - (out_hard & ~prefix).sum(dim=1)).clamp_min(0)  # (B,)
+        need = (min_keep - out_hard.sum(dim=1)).clamp_min(0)  # (B,)
         floor = rank_topk_mask(
             torch.where(pad_mask & ~out_hard, s, float("-inf")),
             need.minimum(pad_mask.sum(1) - out_hard.sum(1)),
@@ -102,7 +103,9 @@ def retention_loss(keep: list[torch.Tensor], pad_mask: torch.Tensor, target: flo
 class ConcreteThresholds(nn.Module):
     """Learnable per-layer threshold logits (thin wrapper over :func:`concrete_backtrack`)."""
 
-    def __init__(self, num_layers: int, init: float = 0.0, temperature: float = 0.5, min_keep: int = 1):
+    def __init__(
+        self, num_layers: int, init: float = 0.0, temperature: float = 0.5, min_keep: int = DEFAULT_MIN_KEEP
+    ):
         super().__init__()
         self.logits = nn.Parameter(torch.full((num_layers,), float(init)))
         self.temperature = temperature

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from sttabt_edge.compat import ModelParts
-from sttabt_edge.method.backtrack import AttentionMaps, Backtrack, topk_backtrack
+from sttabt_edge.method.backtrack import (
+    DEFAULT_MIN_KEEP,
+    AttentionMaps,
+    Backtrack,
+    Nesting,
+    check_nesting,
+    topk_backtrack,
+)
 from sttabt_edge.method.concrete import ConcreteThresholds
 from sttabt_edge.method.sparse import ForwardResult, KeepPlan, dense_forward, plan_forward
 from sttabt_edge.reducers.base import Reducer
@@ -29,6 +36,9 @@ class SttabtReducer(Reducer):
 
     ``approx=None`` uses the main model's own attention (an oracle for analysis: it costs a
     full dense pass, so it only shows what perfect attention prediction would give).
+    ``nesting`` ("union": the official rule; "count": the earlier rule, for comparison) and
+    ``min_keep`` (the short-input floor) are those of :func:`~sttabt_edge.method.backtrack.topk_backtrack`;
+    a threshold reducer takes its floor from ``thresholds.min_keep``.
     """
 
     name = "sttabt"
@@ -40,15 +50,21 @@ class SttabtReducer(Reducer):
         thresholds: ConcreteThresholds | None = None,
         p: float = 0.1,
         head_reduce: str = "mean",
+        nesting: Nesting = "union",
+        min_keep: int = DEFAULT_MIN_KEEP,
     ):
         super().__init__()
         if (keep_ratio is None) == (thresholds is None):
             raise ValueError("give exactly one of keep_ratio (top-k) or thresholds (concrete)")
+        if min_keep < 1:
+            raise ValueError(f"min_keep must be >= 1, got {min_keep}")
         self.approx = approx
         self.keep_ratio = keep_ratio
         self.thresholds = thresholds
         self.p = p
         self.head_reduce = head_reduce
+        self.nesting = check_nesting(nesting)
+        self.min_keep = thresholds.min_keep if thresholds is not None else min_keep
 
     def backtrack(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor
@@ -62,21 +78,38 @@ class SttabtReducer(Reducer):
                 f"attention source gives {len(attn)} maps over {attn[0].shape[-1]} keys; the model has "
                 f"{len(parts.layers)} layers and {x.shape[1]} tokens"
             )
+        return self.backtrack_maps(attn, pad_mask, parts.num_prefix_tokens)
+
+    def backtrack_maps(self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int) -> Backtrack:
+        """Keep masks from given maps: the one dispatch (thresholds or top-k) that training,
+        evaluation, export and the profiled stages all call."""
         if self.thresholds is not None:
-            return self.thresholds(attn, pad_mask, parts.num_prefix_tokens, self.p, self.head_reduce)
-        return topk_backtrack(attn, pad_mask, self.keep_ratio, parts.num_prefix_tokens, self.p, self.head_reduce)
+            return self.thresholds(attn, pad_mask, num_prefix_tokens, self.p, self.head_reduce)
+        return topk_backtrack(
+            attn, pad_mask, self.keep_ratio, num_prefix_tokens, self.p, self.head_reduce,
+            nesting=self.nesting, min_keep=self.min_keep,
+        )
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
         mode: str = "remove",
     ) -> ForwardResult:
         bt = self.backtrack(parts, inputs, x, pad_mask)
-        plan = KeepPlan(bt.keep, bt.sizes or None, bt.scores, exact=self.exact_counts(parts), same=bt.same)
-        return plan_forward(parts, x, pad_mask, plan, mode)
+        return plan_forward(parts, x, pad_mask, self.keep_plan(parts, bt), mode)
+
+    def keep_plan(self, parts: ModelParts, bt: Backtrack, static: bool = False) -> KeepPlan:
+        """The plan the sparse loop runs. Compact sizes: the static bounds where they are exact
+        (count-nested top-k on ViT) or where the graph needs static shapes (``static``, LiteRT);
+        otherwise each layer's batch maximum (data-dependent; a union set is often far below
+        its bound)."""
+        use_static = bool(bt.sizes) and (static or self.exact_counts(parts))
+        sizes = list(bt.sizes) if use_static else None
+        return KeepPlan(bt.keep, sizes, bt.scores, exact=self.exact_counts(parts), same=bt.same)
 
     def exact_counts(self, parts: ModelParts) -> bool:
-        """Top-k on unpadded inputs (ViT) keeps exactly the static size per layer in every sample."""
-        return self.thresholds is None and parts.family == "vit"
+        """Count-nested top-k on unpadded inputs (ViT) keeps exactly the static size per layer in
+        every sample; union counts depend on the data."""
+        return self.thresholds is None and self.nesting == "count" and parts.family == "vit"
 
     def extra_flops(self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor | None:
         return None if self.approx is None else self.approx.flops(pad_mask)

@@ -104,7 +104,7 @@ def build_baseline(
     if method != "ltp":
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     ltp = LtpReducer(
-        0.0, num_layers=num_layers, temperature=scfg.ltp_temperature, min_keep=scfg.min_keep, soft=True
+        0.0, num_layers=num_layers, temperature=scfg.ltp_temperature, min_keep=scfg.ltp_min_keep, soft=True
     )
 
     def set_phase(red: nn.Module, hard: bool) -> None:

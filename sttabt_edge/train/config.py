@@ -145,7 +145,8 @@ class SparseTrainConfig(JsonConfig):
     calib_samples: int = 64  # random training examples the thresholds are calibrated / snapped on
     temperature: float = 0.5  # concrete relaxation temperature
     ltp_temperature: float = 0.1  # LTP's sigmoid temperature (importances are O(1))
-    min_keep: int = 1  # real tokens always kept per layer beyond the prefix
+    min_keep: int = 4  # STTABT: tokens always kept per layer, prefix included (short inputs keep their words)
+    ltp_min_keep: int = 1  # LTP: real tokens always kept per layer beyond the prefix
     p: float = 0.1  # back-tracking propagation weight (see method/backtrack.py)
     head_reduce: str = "mean"
     schedule: str = "geometric"  # top-k baseline: "geometric" (q**l per layer) or "constant"
