@@ -12,6 +12,16 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="STTABT token pruning for edge CPUs.")
 
 
+class Nesting(str, Enum):
+    union = "union"
+    count = "count"
+
+
+NestingOpt = Annotated[Nesting, typer.Option(
+    help="back-tracking nesting: union (official: topk ∪ next layer's set) | count (earlier rule, for comparison)")]
+MinKeepOpt = Annotated[int, typer.Option(min=1, help="tokens every layer keeps at least, CLS included")]
+
+
 class Method(str, Enum):
     dense = "dense"
     sttabt = "sttabt"
@@ -48,9 +58,13 @@ def eval_cmd(
     approx: Annotated[Path | None, typer.Option(help="ApproxNet dir for sttabt (default: oracle)")] = None,
     batch_size: int = 32,
     max_samples: Annotated[int | None, typer.Option(help="evaluate only the first N examples")] = None,
+    nesting: NestingOpt = Nesting.union,
+    min_keep: MinKeepOpt = 4,
+    occupancy_length: Annotated[int | None, typer.Option(
+        help="padded length T of the paper's occupancy (default: text: the longest example; images: N)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
 ) -> None:
-    """Task metric, retention and analytic FLOPs of a model under a token reducer."""
+    """Task metric, retention, occupancy and analytic FLOPs of a model under a token reducer."""
     import torch
 
     from sttabt_edge.data import glue_tsv, image_folder, image_preprocess_for, model_class_names
@@ -72,6 +86,8 @@ def eval_cmd(
             kwargs: dict = {} if method in (Method.dense, Method.ltp) else {"keep_ratio": keep_ratio}
             if method == Method.ltp:
                 kwargs["num_layers"] = net.config.num_hidden_layers
+            if method == Method.sttabt:
+                kwargs.update(nesting=nesting.value, min_keep=min_keep)
             if method == Method.sttabt and approx is not None:
                 from sttabt_edge.method.approxnet import ApproxNet
 
@@ -86,6 +102,10 @@ def eval_cmd(
             pre = {"text": TextPreprocess.from_file(Path(model))}
             task = data.parent.name
         examples = examples[:max_samples] if max_samples else examples
+        if occupancy_length is None and "text" in pre:
+            from sttabt_edge.data import longest_length
+
+            occupancy_length = longest_length(examples, pre["text"])
         if method == Method.ltp and not trained:  # untrained LTP: thresholds set on the first batch
             from sttabt_edge.compat import model_parts
             from sttabt_edge.data import batches
@@ -95,7 +115,8 @@ def eval_cmd(
                 reducer.calibrate(model_parts(net), {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
         with torch.inference_mode():
             name = f"{reducer.name}-trained" if trained else method.value
-            res = evaluate(net, reducer, examples, batch_size=batch_size, task=task, name=name, **pre)
+            res = evaluate(net, reducer, examples, batch_size=batch_size, task=task, name=name,
+                           occupancy_length=occupancy_length, **pre)
     except (SttabtError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(json.dumps(res.to_dict(), indent=2))

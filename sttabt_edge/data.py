@@ -113,3 +113,14 @@ def batches(
             yield enc, labels
         else:
             raise ValueError("give an image or a text preprocessor")
+
+
+def longest_length(
+    examples: Sequence[Example], text: TextPreprocess, max_length: int | None = None, batch_size: int = 256
+) -> int:
+    """Tokens in the longest example (after truncation to ``max_length``): the padded length T of
+    the paper's occupancy, as the official GLUE evaluation pads a chunk to its longest sentence."""
+    longest = 0
+    for enc, _ in batches(examples, batch_size, text=text, max_length=max_length):
+        longest = max(longest, int(enc["attention_mask"].sum(1).max()))
+    return longest

@@ -1,4 +1,7 @@
-"""Evaluate a classifier under a token reducer: task metric, retention, analytic FLOPs."""
+"""Evaluate a classifier under a token reducer: task metric, retention, occupancy, analytic FLOPs.
+
+Retention and occupancy are defined in :mod:`sttabt_edge.method.metrics`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from torch import nn
 from sttabt_edge.compat import model_parts
 from sttabt_edge.data import Example, batches
 from sttabt_edge.method.flops import dense_flops, output_flops
+from sttabt_edge.method.metrics import occupancy
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
 from sttabt_edge.sparse_model import SparseClassifier
@@ -23,6 +27,8 @@ class EvalResult:
     metrics: dict[str, float]
     retention: float  # mean over samples of the mean over layers (real tokens only)
     retention_per_layer: list[float]
+    occupancy: float  # the paper's metric: L+1 entries over occupancy_length (None: real length)
+    occupancy_length: int | None
     gflops: float  # per sample, model + reducer cost
     flops_ratio: float  # vs the dense model on the same inputs
     num_samples: int
@@ -63,15 +69,20 @@ def evaluate(
     name: str | None = None,
     max_length: int | None = None,
     progress: bool = True,
+    occupancy_length: int | None = None,
 ) -> EvalResult:
-    """Run ``model`` under ``reducer`` over ``examples`` with real token removal."""
+    """Run ``model`` under ``reducer`` over ``examples`` with real token removal.
+
+    ``occupancy_length``: the padded length T of the paper's occupancy (e.g. the longest
+    example, as the official GLUE evaluation pads); None divides by each real length.
+    """
     from rich.progress import Progress
 
     if not examples:
         raise ValueError("no examples to evaluate")
     sc = SparseClassifier(model, reducer).eval()
     parts = model_parts(model)
-    preds, labels, ret, flops, dense = [], [], [], [], []
+    preds, labels, ret, occ, flops, dense = [], [], [], [], [], []
     with Progress(disable=not progress, transient=True) as bar:
         job = bar.add_task(f"eval {name or reducer.name}", total=len(examples))
         for np_inputs, y in batches(examples, batch_size, image, text, max_length):
@@ -81,6 +92,8 @@ def evaluate(
             preds.append(logits.squeeze(-1).numpy() if task == "STS-B" else logits.argmax(-1).numpy())
             labels.append(y)
             ret.append(out.retention.numpy())
+            n_real = out.pad_mask.sum(1)
+            occ.append(occupancy(out.n_in, parts.num_prefix_tokens, n_real, occupancy_length).numpy())
             flops.append(output_flops(parts, out, reducer, inputs).numpy())
             dense.append(dense_flops(parts, out.pad_mask.sum(1)).numpy())
             bar.advance(job, len(y))
@@ -91,6 +104,8 @@ def evaluate(
         metrics=task_metrics(np.concatenate(preds), np.concatenate(labels), task),
         retention=float(retention.mean(1).mean()),
         retention_per_layer=[float(v) for v in retention.mean(0)],
+        occupancy=float(np.concatenate(occ).mean()),
+        occupancy_length=occupancy_length,
         gflops=float(f.mean() / 1e9),
         flops_ratio=float(f.mean() / d.mean()),
         num_samples=len(f),

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sttabt_edge.data import Example, model_class_names
+from sttabt_edge.data import Example, longest_length, model_class_names
 from sttabt_edge.evaluate import evaluate
 from sttabt_edge.method.approxnet import ApproxNet
 from sttabt_edge.models.loading import load_model
@@ -138,21 +138,26 @@ def training_free(
 def _eval(
     model: torch.nn.Module, reducer: Reducer, data: TrainData, plan: SweepPlan, name: str, max_length: int
 ) -> dict[str, Any]:
+    examples = data.eval_examples(plan.max_eval)
+    pad_to = None if data.text is None else longest_length(examples, data.text, max_length)
     res = evaluate(
         model,
         reducer,
-        data.eval_examples(plan.max_eval),
+        examples,
         image=data.image,
         text=data.text,
         batch_size=plan.eval_batch_size,
         task=data.task,
         name=name,
         max_length=max_length,
+        occupancy_length=pad_to,
     )
     return {
         "metrics": res.metrics,
         "retention": res.retention,
         "retention_per_layer": res.retention_per_layer,
+        "occupancy": res.occupancy,
+        "occupancy_length": res.occupancy_length,
         "flops_ratio": res.flops_ratio,
         "gflops": res.gflops,
         "num_samples": res.num_samples,
