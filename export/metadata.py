@@ -2,7 +2,9 @@
 
 The runtime is torch-free and learns everything it needs (labels, preprocessing, what the
 method did) from this one JSON object, so it is built from the model and reducer that
-were exported, never typed in by hand.
+were exported, never typed in by hand. The contract itself (keys, types, ranges, the digest)
+belongs to the runtime (``sttabt_edge.runtime.contract``); what is written here is checked
+against it, so the exporter cannot write a file the runtime would refuse.
 """
 
 from __future__ import annotations
@@ -20,25 +22,11 @@ from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.runtime import contract
+from sttabt_edge.runtime.contract import FORMAT_VERSION, METADATA_KEY, REQUIRED_KEYS, TASKS
 
-FORMAT_VERSION = 1
-METADATA_KEY = "sttabt_edge"
-REQUIRED_KEYS = (
-    "format_version",
-    "task",
-    "family",
-    "method",
-    "labels",
-    "num_layers",
-    "num_prefix_tokens",
-    "keep_schedule",
-    "thresholds",
-    "approx_factor",
-    "preprocess",
-    "source_model",
-    "exporter",
-)
-TASKS = {"vit": "image-classification", "bert": "text-classification"}
+__all__ = ["FORMAT_VERSION", "METADATA_KEY", "REQUIRED_KEYS", "TASKS", "build_metadata", "check_metadata",
+           "check_saved_digest", "copy_tokenizer", "read_metadata", "set_metadata"]
 
 
 def labels(model: nn.Module) -> list[str]:
@@ -62,6 +50,20 @@ def thresholds(reducer: Reducer) -> list[float] | None:
     return None if th is None else [float(v) for v in th.logits.detach().cpu()]
 
 
+def sttabt_settings(reducer: Reducer) -> dict[str, Any] | None:
+    """What rebuilds an STTABT reducer's back-tracking exactly (None for other methods)."""
+    if getattr(reducer, "name", "") != "sttabt":
+        return None
+    th = getattr(reducer, "thresholds", None)
+    return {
+        "nesting": reducer.nesting,
+        "min_keep": int(reducer.min_keep),
+        "p": float(reducer.p),
+        "head_reduce": reducer.head_reduce,
+        "temperature": None if th is None else float(th.temperature),
+    }
+
+
 def default_preprocess(model: nn.Module, family: str, stem: str) -> dict[str, Any]:
     if family == "vit":
         from sttabt_edge.data import image_preprocess_for
@@ -69,6 +71,15 @@ def default_preprocess(model: nn.Module, family: str, stem: str) -> dict[str, An
         return {"image": image_preprocess_for(model).to_dict()}
     max_len = int(model.config.max_position_embeddings)
     return {"text": {"tokenizer_file": tokenizer_name(stem), "max_length": max_len}}
+
+
+def vocab_sizes(model: nn.Module, family: str) -> dict[str, int | None]:
+    """Embedding table sizes: the runtime refuses token ids and types outside them."""
+    if family != "bert":
+        return {"vocab_size": None, "type_vocab_size": None}
+    cfg = model.config
+    types = getattr(cfg, "type_vocab_size", None)
+    return {"vocab_size": int(cfg.vocab_size), "type_vocab_size": None if types is None else int(types)}
 
 
 def tokenizer_name(stem: str) -> str:
@@ -99,9 +110,11 @@ def build_metadata(
         "num_prefix_tokens": parts.num_prefix_tokens,
         "keep_schedule": keep_schedule(reducer, len(parts.layers)),
         "thresholds": thresholds(reducer),
+        "sttabt": sttabt_settings(reducer),
         "approx_factor": None if approx is None else int(approx.factor),
         "approx_heads": None if approx is None else int(approx.heads),
         "preprocess": default_preprocess(model, parts.family, out_stem),
+        **vocab_sizes(model, parts.family),
         "source_model": str(getattr(model.config, "_name_or_path", "") or ""),
         "exporter": {
             "torch": torch.__version__,
@@ -116,22 +129,38 @@ def build_metadata(
 
 
 def check_metadata(meta: Mapping[str, Any]) -> None:
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise ExportError(f"metadata lacks contract keys {missing} (docs/onnx_contract.md)")
+    """The runtime's contract check, as an ExportError: nothing is written that a device would refuse."""
     try:
-        json.dumps(meta)
-    except TypeError as e:
+        text = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as e:
         raise ExportError(f"metadata is not JSON-serialisable: {e}") from e
+    problems = contract.metadata_problems(json.loads(text))
+    if problems:
+        raise ExportError(f"metadata breaks the contract (docs/onnx_contract.md): {contract.summarize(problems)}")
 
 
-def set_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
-    """Write (or replace) ``metadata_props["sttabt_edge"]`` of an onnx.ModelProto."""
+def set_metadata(proto: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Write (or replace) ``metadata_props["sttabt_edge"]`` of an onnx.ModelProto, digest included.
+
+    The digest covers every ModelProto field but metadata_props (``contract.onnx_digest``), so
+    it must be the last change before the proto is saved. Returns the metadata as written."""
     keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
+    sealed = {**meta, contract.DIGEST_KEY: contract.onnx_digest(proto.SerializeToString())}
+    check_metadata(sealed)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, ensure_ascii=False)
+    entry.key, entry.value = METADATA_KEY, json.dumps(sealed, ensure_ascii=False)
+    return sealed
+
+
+def check_saved_digest(path: str | Path) -> None:
+    """The saved file hashes to the digest its metadata records: what the runtime checks on load."""
+    data = Path(path).read_bytes()
+    meta = json.loads(contract.onnx_metadata_props(data).get(METADATA_KEY, "{}"))
+    actual = contract.onnx_digest(data)
+    if actual != meta.get(contract.DIGEST_KEY):
+        raise ExportError(f"{path}: saved graph hashes to {actual}, not to the digest in its metadata")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

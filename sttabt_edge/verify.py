@@ -72,14 +72,24 @@ def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: 
     else:
         raise ValueError("the export's ApproxNet is not recorded in its metadata; pass --approx DIR")
     approx.eval()
+    # files from before the "sttabt" key ran the counted-in rule with no short-input floor
+    st = meta.get("sttabt") or {"nesting": "count", "min_keep": 1, "p": 0.1, "head_reduce": "mean"}
+    common = {"p": float(st["p"]), "head_reduce": st["head_reduce"]}
     if meta.get("thresholds") is not None:
         from sttabt_edge.method.concrete import ConcreteThresholds
 
-        th = ConcreteThresholds(len(meta["thresholds"])).eval()
+        temperature = st.get("temperature")
+        th = ConcreteThresholds(
+            len(meta["thresholds"]), temperature=0.5 if temperature is None else float(temperature),
+            min_keep=int(st["min_keep"]),
+        ).eval()
         with torch.no_grad():
             th.logits.copy_(torch.tensor(meta["thresholds"]))
-        return make_reducer("sttabt", approx=approx, thresholds=th)
-    return make_reducer("sttabt", approx=approx, keep_ratio=meta["keep_schedule"])
+        return make_reducer("sttabt", approx=approx, thresholds=th, **common)
+    return make_reducer(
+        "sttabt", approx=approx, keep_ratio=meta["keep_schedule"], nesting=st["nesting"],
+        min_keep=int(st["min_keep"]), **common,
+    )
 
 
 @torch.no_grad()

@@ -73,3 +73,32 @@ def test_tflite_calibration_text_is_tokenized_to_the_static_length(minilm, share
     sep = TextPreprocess.from_file(model_dir / "tokenizer.json").tokenizer.token_to_id("[SEP]")
     last = ids.gather(1, (mask.sum(1, keepdim=True) - 1))
     assert (last == sep).all()
+
+
+@pytest.mark.integration
+def test_short_texts_keep_their_words_through_the_export(minilm, shared_dir, tmp_path):
+    """k = ceil(0.3 n) would leave "[CLS] terrible [SEP]" with its CLS alone, and every short text
+    would get the same answer; the min_keep floor (4, CLS included) keeps all their tokens, so the
+    exported STTABT model classifies them exactly as the dense model does."""
+    from sttabt_edge.export.onnx import export_onnx
+    from sttabt_edge.method.approxnet import build_approxnet
+    from sttabt_edge.runtime import load
+
+    tok_file = shared_dir / "models" / "minilm-l6-sst2" / "tokenizer.json"
+    tok = TextPreprocess.from_file(tok_file)
+    texts = ["terrible", "awful", "not good", "a masterpiece"]
+    reducer = SttabtReducer(build_approxnet(minilm, 4, "random").eval(), keep_ratio=0.3)
+    example = {k: torch.from_numpy(v) for k, v in tok(["a fine film , all told", "bad"]).items()}
+    path = export_onnx(minilm, reducer, tmp_path / "m.onnx", example_inputs=example, tokenizer_file=tok_file,
+                       simplify=False)
+    pred = load(path, verify_digest=False)
+    outputs = pred.run(pred.preprocess(texts=texts))
+    enc = tok(texts)
+    with torch.no_grad():
+        dense = minilm(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+    n_real = enc["attention_mask"].sum(1)
+    assert (n_real <= 4).all()
+    assert (outputs["kept_counts"] == n_real[:, None]).all()  # every layer keeps every token
+    assert (outputs["logits"].argmax(1) == dense.argmax(1)).all()
+    assert abs(outputs["logits"] - dense).max() < 1e-4
+    assert dense[0].argmax() != dense[3].argmax()  # "terrible" and "a masterpiece" differ
