@@ -38,7 +38,7 @@ from torch import nn
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import OUTPUT_NAMES, ExportModule, example_args, input_names
-from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, set_metadata
+from sttabt_edge.export.metadata import build_metadata, check_saved_digest, copy_tokenizer, set_metadata
 from sttabt_edge.reducers.base import Reducer
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,9 @@ def _finish(proto: onnx.ModelProto, family: str, batch: Batch, simplify: bool, m
 
 
 def _save(proto: onnx.ModelProto, path: Path) -> None:
+    """Save; the file must hash to the digest set_metadata recorded (the runtime refuses it otherwise)."""
     onnx.save(proto, str(path))
+    check_saved_digest(path)
 
 
 def verify_all(

@@ -85,6 +85,7 @@ from sttabt_edge.export.tflite_graph import (
 )
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.runtime import contract
 
 __all__ = [
     "StaticTopkReducer", "TfliteModule", "export_tflite", "quantize_tflite", "read_sidecar", "threshold_ratios",
@@ -306,6 +307,7 @@ def export_tflite(
             overrides=metadata,
         )
         meta["tflite"].update(verification=reports, size_bytes=tmp.stat().st_size)
+        meta[contract.DIGEST_KEY] = contract.file_digest(tmp.read_bytes())  # the runtime checks it on load
         _write_json(sidecar_path(out), meta)
         os.replace(tmp, out)
     finally:
@@ -334,6 +336,7 @@ def quantize_tflite(
     try:
         _write_atomic(out, quantize_bytes(src.read_bytes(), mode))
         meta["tflite"]["size_bytes"] = out.stat().st_size
+        meta[contract.DIGEST_KEY] = contract.file_digest(out.read_bytes())
         _write_json(sidecar_path(out), meta)  # verify_tflite reads a threshold model's schedule from it
         report = verify_tflite(out, model, reducer, inputs, atol=None)
     except BaseException:
