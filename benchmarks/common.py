@@ -30,16 +30,19 @@ def calibrate(
     lo: float = 0.02,
     hi: float = 1.0,
     steps: int = 12,
+    measure: str = "retention",
 ) -> float:
-    """Bisect a method's knob so its mean retention on ``inputs`` is closest to ``target``.
+    """Bisect a method's knob so its mean retention (or FLOPs ratio, ``measure="flops"``, the
+    method's own cost such as the ApproxNet included) on ``inputs`` is closest to ``target``.
 
-    Every method's knob (keep ratio, ToMe schedule ...) is monotone in retention, so
-    methods are compared at the same average retention instead of the same nominal knob.
+    Every method's knob (keep ratio, ToMe schedule ...) is monotone in both, so methods are
+    compared at the same average retention or cost instead of the same nominal knob.
     """
+    fn = {"retention": mean_retention, "flops": mean_flops_ratio}[measure]
     best, best_gap = hi, float("inf")
     for _ in range(steps):
         mid = (lo + hi) / 2
-        r = mean_retention(model, make(mid), inputs)
+        r = fn(model, make(mid), inputs)
         if abs(r - target) < best_gap:
             best, best_gap = mid, abs(r - target)
         if r > target:
@@ -47,6 +50,18 @@ def calibrate(
         else:
             lo = mid
     return best
+
+
+@torch.no_grad()
+def mean_flops_ratio(model: torch.nn.Module, reducer: Reducer, inputs: Mapping[str, torch.Tensor]) -> float:
+    """Mean analytic FLOPs of ``model`` under ``reducer`` over the dense model's, on ``inputs``."""
+    from sttabt_edge.method.flops import dense_flops, output_flops
+    from sttabt_edge.sparse_model import SparseClassifier
+
+    sc = SparseClassifier(model, reducer).eval()
+    out = sc(**inputs)
+    flops = output_flops(sc.parts, out, reducer, inputs)
+    return float(flops.double().mean() / dense_flops(sc.parts, out.pad_mask.sum(1)).double().mean())
 
 
 def interleaved_latency(
@@ -80,8 +95,24 @@ def interleaved_latency(
     return out
 
 
+def git_commit() -> str:
+    """The commit the run is at (with "+dirty" when tracked files differ), so results name their code."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "sttabt_edge", "export", "runtime",
+                                "benchmarks"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def environment() -> dict[str, str | int]:
     return {
+        "commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

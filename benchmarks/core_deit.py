@@ -1,9 +1,14 @@
-"""DeiT-Tiny on imagenet-sample: dense vs oracle back-tracking vs top-k vs ToMe.
+"""DeiT-Tiny on imagenet-sample: dense vs back-tracking (union and count nesting; the model's own
+attention and an untrained ApproxNet) vs top-k vs ToMe, nothing fine-tuned.
 
-For each target average retention (default 0.5 and 0.3) every method's knob is first
-calibrated on a few images so all are compared at the same retention; then top-1 over all
-images, the measured retention, analytic FLOPs, and the batch-1 PyTorch latency ratio
-vs dense, timed interleaved in this same run.
+For each target (default average retention 0.5 and 0.3; ``--match flops``: FLOPs ratios) every
+method's knob is first calibrated on a few images so all are compared at the same retention or
+cost; then top-1 over all images, the measured retention and occupancy, analytic FLOPs, and the
+batch-1 PyTorch latency ratio vs dense, timed interleaved in this same run.
+
+``sttabt`` is the official union rule (each layer keeps topk ∪ the next layer's set),
+``sttabt-count`` the earlier counted-in rule, both with one keep ratio for every layer;
+``-approx`` variants back-track an untrained ÷4 interpolated ApproxNet instead of the model.
 
 Schedules: ``sttabt`` keeps the same fraction r at every layer; ``sttabt-geo``, ``topk`` and
 ``tome`` use a progressive (geometric) schedule, the fraction q**l of the tokens entering
@@ -15,7 +20,8 @@ The oracle back-tracks the model's own attention: it shows what STTABT's pruning
 with perfect attention prediction. Its latency is that of the sparse model alone (the
 oracle's dense attention pass is an analysis device, not part of any deployable cost).
 
-    python benchmarks/core_deit.py            # ~10 min on 2 cores
+    python benchmarks/core_deit.py                 # matched retention, ~15 min on 2 cores
+    python benchmarks/core_deit.py --match flops --targets 0.5 0.35
 """
 
 from __future__ import annotations
@@ -60,12 +66,22 @@ def _geometric(q: float, num_layers: int, offset: int) -> list[float]:
 
 # method -> knob -> reducer. sttabt's list entry l is layer l's input; topk/tome's entry l is
 # what enters layer l+1, hence the offsets: all three keep q**l of the tokens entering layer l.
+def _approx(model) -> torch.nn.Module:
+    from sttabt_edge.method.approxnet import build_approxnet
+
+    return build_approxnet(model, 4, "interpolate").eval()
+
+
 MAKERS = {
-    "sttabt": lambda r, L: make_reducer("sttabt", keep_ratio=r),
-    "sttabt-geo": lambda q, L: make_reducer("sttabt", keep_ratio=_geometric(q, L, 0)),
-    "topk": lambda q, L: make_reducer("topk", keep_ratio=_geometric(q, L, 1)),
-    "tome": lambda q, L: make_reducer("tome", keep_ratio=_geometric(q, L, 1)),
+    "sttabt": lambda r, L, m: make_reducer("sttabt", keep_ratio=r),
+    "sttabt-count": lambda r, L, m: make_reducer("sttabt", keep_ratio=r, nesting="count"),
+    "sttabt-approx": lambda r, L, m: make_reducer("sttabt", approx=m, keep_ratio=r),
+    "sttabt-approx-count": lambda r, L, m: make_reducer("sttabt", approx=m, keep_ratio=r, nesting="count"),
+    "sttabt-geo": lambda q, L, m: make_reducer("sttabt", keep_ratio=_geometric(q, L, 0), nesting="count"),
+    "topk": lambda q, L, m: make_reducer("topk", keep_ratio=_geometric(q, L, 1)),
+    "tome": lambda q, L, m: make_reducer("tome", keep_ratio=_geometric(q, L, 1)),
 }
+DEFAULT_METHODS = ["sttabt", "sttabt-count", "sttabt-approx", "sttabt-approx-count", "topk", "tome"]
 
 
 def main() -> None:
@@ -73,19 +89,24 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=SHARED / "models" / "deit-tiny-imagenet")
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "imagenet-sample")
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
-    ap.add_argument("--methods", nargs="+", default=list(MAKERS))
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(MAKERS))
+    ap.add_argument("--match", choices=["retention", "flops"], default="retention",
+                    help="what the targets are: mean retention, or FLOPs / dense (ApproxNet included)")
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/core_deit.json"))
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/core_deit[_flops].json")
     args = ap.parse_args()
+    suffix = "" if args.match == "retention" else "_flops"
+    args.out = args.out or Path(f"benchmarks/results/core_deit{suffix}.json")
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     console = Console()
     model = load_model(args.model)
+    approx = _approx(model)
     num_layers = model.config.num_hidden_layers
     pre = ImagePreprocess()
     examples = image_folder(args.data, model_class_names(args.model))[: args.max_images]
@@ -100,24 +121,25 @@ def main() -> None:
             reducer, knob = make_reducer("dense"), None
         else:
             lo = 0.5 if method == "tome" else 0.02  # one ToMe round merges at most half the tokens
-            knob = calibrate(model, lambda r, m=method: MAKERS[m](r, num_layers), calib, target, lo=lo)
-            reducer = MAKERS[method](knob, num_layers)
+            knob = calibrate(model, lambda r, m=method: MAKERS[m](r, num_layers, approx), calib, target, lo=lo,
+                             measure=args.match)
+            reducer = MAKERS[method](knob, num_layers, approx)
         label = method if target is None else f"{method}@{target:g}"
         res = evaluate(model, reducer, examples, image=pre, batch_size=args.batch_size, name=label)
         res.extra["knob"] = float("nan") if knob is None else knob
         results.append(res)
         knobs[label] = reducer
-        console.print(f"{label:12s} top-1 {res.metrics['accuracy']:.3f} retention {res.retention:.3f} "
-                      f"FLOPs x{res.flops_ratio:.3f}")
+        console.print(f"{label:24s} top-1 {res.metrics['accuracy']:.3f} retention {res.retention:.3f} "
+                      f"occupancy {res.occupancy:.3f} FLOPs x{res.flops_ratio:.3f} (knob {res.extra['knob']:.4f})")
 
     # batch-1 latency, all configs interleaved in one loop; dense (HF's own forward) is the reference
     fns = {"dense": lambda: model(**one)}
     for label, reducer in knobs.items():
         if label == "dense":
             continue
-        if isinstance(reducer, SttabtReducer):
-            bt = reducer.backtrack(SparseClassifier(model, reducer).parts, one, *_embed(model, one))
-            reducer = FixedPlan(KeepPlan(bt.keep, bt.sizes, same=bt.same))
+        if isinstance(reducer, SttabtReducer) and reducer.approx is None:  # the oracle: time the sparse model
+            parts = SparseClassifier(model, reducer).parts
+            reducer = FixedPlan(reducer.keep_plan(parts, reducer.backtrack(parts, one, *_embed(model, one))))
         sc = SparseClassifier(model, reducer).eval()
         fns[label] = lambda sc=sc: sc(**one)
     with torch.inference_mode():
@@ -127,14 +149,16 @@ def main() -> None:
         r.extra.update({f"latency_{k}": v for k, v in lat[key].items()})
 
     table = Table(title=f"DeiT-Tiny, {len(examples)} images, batch-1 latency on {args.threads} threads")
-    for col in ("method", "top-1", "retention", "GFLOPs", "FLOPs ratio", "latency ms", "latency ratio"):
+    for col in ("method", "top-1", "retention", "occupancy", "GFLOPs", "FLOPs ratio", "latency ms", "latency ratio"):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r.method, f"{100 * r.metrics['accuracy']:.1f}", f"{r.retention:.3f}", f"{r.gflops:.3f}",
+        table.add_row(r.method, f"{100 * r.metrics['accuracy']:.1f}", f"{r.retention:.3f}", f"{r.occupancy:.3f}",
+                      f"{r.gflops:.3f}",
                       f"{r.flops_ratio:.3f}", f"{r.extra['latency_median_ms']:.1f}",
                       f"{r.extra['latency_ratio_vs_ref']:.3f}")
     console.print(table)
-    payload = {"benchmark": "core_deit", "model": str(args.model), "images": len(examples),
+    payload = {"benchmark": "core_deit", "match": args.match, "targets": args.targets,
+               "model": str(args.model), "images": len(examples),
                "wall_s": time.time() - t_start, "env": environment(), "results": [r.to_dict() for r in results]}
     write_json(args.out, payload)
     _plot(results, args.out.with_suffix(".png"))
