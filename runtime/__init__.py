@@ -6,7 +6,9 @@ package may import torch, directly or indirectly; ``tests/test_runtime_no_torch.
 enforces that.
 """
 
+from sttabt_edge.errors import InputError
+
 from .predictor import ModelFileError, Prediction, Predictor, load
 from .preprocess import ImagePreprocess, TextPreprocess
 
-__all__ = ["ImagePreprocess", "ModelFileError", "Prediction", "Predictor", "TextPreprocess", "load"]
+__all__ = ["ImagePreprocess", "InputError", "ModelFileError", "Prediction", "Predictor", "TextPreprocess", "load"]

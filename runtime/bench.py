@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sttabt_edge.errors import InputError
 from sttabt_edge.runtime.predictor import Predictor, load
 
 
@@ -69,7 +70,7 @@ def synthetic_inputs(pred: Predictor, batch: int, seq_len: int = 128, seed: int 
         s = pred.image.image_size
         return {"pixel_values": rng.standard_normal((batch, 3, s, s)).astype(np.float32)}
     if pred.text is None:
-        raise ValueError(f"{pred.path.name} has no preprocessing metadata; cannot build inputs")
+        raise InputError(f"{pred.path.name} has no preprocessing metadata; cannot build inputs")
     tok = pred.text.tokenizer
     vocab = tok.get_vocab_size()
     texts = [tok.decode(rng.integers(1000 if vocab > 2000 else 1, vocab, size=seq_len * 2).tolist())
@@ -83,11 +84,13 @@ def _model_size_mb(path: Path) -> float:
     return (path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)) / 2**20
 
 
-def _worker(path: str, threads: int, batch: int, seq_len: int, spinning: bool = False) -> None:
+def _worker(
+    path: str, threads: int, batch: int, seq_len: int, spinning: bool = False, verify_digest: bool = True
+) -> None:
     """Serve runs over stdin/stdout: 'run' -> elapsed ms; 'stats' -> JSON; EOF ends."""
     import resource
 
-    pred = load(path, threads=threads, spinning=spinning)
+    pred = load(path, threads=threads, spinning=spinning, verify_digest=verify_digest)
     inputs = synthetic_inputs(pred, batch, seq_len)
     kept: list[np.ndarray] = []
     for line in sys.stdin:
@@ -106,11 +109,13 @@ def _worker(path: str, threads: int, batch: int, seq_len: int, spinning: bool = 
 
 
 class _Worker:
-    def __init__(self, path: Path, threads: int, batch: int, seq_len: int, spinning: bool = False):
+    def __init__(
+        self, path: Path, threads: int, batch: int, seq_len: int, spinning: bool = False, verify_digest: bool = True
+    ):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sttabt_edge.runtime.bench", "--worker", str(path), str(threads), str(batch),
-             str(seq_len), str(int(spinning))],
+             str(seq_len), str(int(spinning)), str(int(verify_digest))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
 
@@ -150,21 +155,26 @@ def bench(
     progress: bool = True,
     spinning: bool = False,
     block: int = 1,
+    verify_digest: bool = True,
 ) -> BenchResult:
     """Latency percentiles, throughput, peak RSS, kept tokens; with ``vs``, the interleaved ratio.
 
     ``spinning``: ONNX Runtime's threads busy-wait between the ops of a run and stop when it
     returns (see :func:`load`), so the idle worker does not steal the timed one's cores. Off
     by default, like :func:`load`. ``block``: runs per model per round (see the module doc);
-    ``runs`` counts rounds, and the latency statistics use every warm run."""
+    ``runs`` counts rounds, and the latency statistics use every warm run. ``verify_digest``: see
+    :func:`load`."""
     from rich.progress import Progress
 
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+    for name, value, low in (("block", block, 1), ("runs", runs, 1), ("warmup", warmup, 0), ("batch", batch, 1),
+                             ("threads", threads, 1), ("seq_len", seq_len, 1)):
+        if value < low:
+            raise InputError(f"{name} must be >= {low}, got {value}")
 
     paths = [Path(path)] + ([Path(vs)] if vs is not None else [])
-    is_text = [load(p).text is not None for p in paths][0]  # fail fast here with the loader's clear error
-    workers = [_Worker(p, threads, batch, seq_len, spinning) for p in paths]
+    # fail fast here with the loader's clear error (the workers' would only say that they exited)
+    is_text = [load(p, verify_digest=verify_digest).text is not None for p in paths][0]
+    workers = [_Worker(p, threads, batch, seq_len, spinning, verify_digest) for p in paths]
     times: list[list[float]] = [[] for _ in paths]  # every timed (warm) run
     rounds: list[list[float]] = [[] for _ in paths]  # per round: median of the block's warm runs
     try:
@@ -224,5 +234,6 @@ def plot(result: BenchResult, out: str | Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "--worker":
-    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), bool(int(sys.argv[6])))
+if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "--worker":
+    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), bool(int(sys.argv[6])),
+            bool(int(sys.argv[7])))

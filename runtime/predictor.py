@@ -4,13 +4,16 @@
     predictor = load("deit_sttabt.onnx", threads=2)
     result = predictor.predict(images=["cat.jpg"])      # labels, scores, kept_counts
 
-The metadata written by the exporter (docs/onnx_contract.md) tells the predictor how
-to preprocess, what the labels are and what the model is; this module never imports torch.
+The metadata written by the exporter (docs/onnx_contract.md, :mod:`.contract`) tells the
+predictor how to preprocess, what the labels are and what the model is. Before anything runs,
+the file is checked: its metadata against the contract, its graph and weights against the
+digest recorded at export, its inputs and outputs against the family's names; every run's
+inputs are checked too (:mod:`.inputs`). What cannot be answered correctly is refused with
+one error line. This module never imports torch.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,15 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from sttabt_edge.errors import InputError
+from sttabt_edge.errors import InferenceError, InputError, ModelFileError, one_line
+from sttabt_edge.runtime import contract
+from sttabt_edge.runtime.inputs import InputSpec, check_inputs
 from sttabt_edge.runtime.preprocess import ImagePreprocess, TextPreprocess
 
-METADATA_KEY = "sttabt_edge"
-FORMAT_VERSION = 1
+METADATA_KEY = contract.METADATA_KEY
+FORMAT_VERSION = contract.FORMAT_VERSION
+OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
-
-class ModelFileError(InputError):
-    """The model file is missing, corrupt, or was not written by sttabt-edge."""
+__all__ = ["ModelFileError", "Prediction", "Predictor", "load"]
 
 
 @dataclass
@@ -53,81 +57,147 @@ class Prediction:
 
 @dataclass
 class Metadata:
-    """The exporter's JSON metadata (see docs/onnx_contract.md)."""
+    """The exporter's JSON metadata, checked against the contract (see docs/onnx_contract.md)."""
 
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
-        return self.raw.get("family", "vit")
+        return self.raw["family"]
 
     @property
     def labels(self) -> list[str]:
-        return list(self.raw.get("labels") or [])
+        return list(self.raw["labels"])
 
     @classmethod
     def parse(cls, text: str, source: Path) -> Metadata:
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ModelFileError(f"{source}: sttabt_edge metadata is not valid JSON ({e})") from e
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelFileError(f"{source}: metadata format_version {version!r}, this runtime reads {FORMAT_VERSION}")
-        return cls(raw)
+        meta, problems = contract.parse_metadata(text)
+        if problems:
+            raise ModelFileError(f"{source}: invalid {METADATA_KEY} metadata: {contract.summarize(problems)}")
+        return cls(meta)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The whole file (freed again before the engine loads it), or one ModelFileError line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read it ({one_line(e)})") from e
+    if not data:
+        raise ModelFileError(f"{path}: empty file")
+    return data
+
+
+def _check_digest(meta: Metadata, actual: str, path: Path) -> None:
+    problem = contract.digest_problem(meta.raw, actual)
+    if problem is not None:
+        raise ModelFileError(f"{path}: {problem}")
+
+
+def _check_top_k(top_k: Any) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)
 
 
 class Predictor:
-    """Preprocess, run and postprocess; backends differ only in :meth:`run`."""
+    """Preprocess, check, run and postprocess; backends differ only in :meth:`_invoke`."""
+
+    input_names: list[str]
+    output_names: list[str]
 
     def __init__(self, path: Path, metadata: Metadata):
         self.path = path
         self.metadata = metadata
-        pre = metadata.raw.get("preprocess") or {}
+        pre = metadata.raw["preprocess"]
         self.image: ImagePreprocess | None = None
         self.text: TextPreprocess | None = None
+        self.max_length: int | None = None
         if "image" in pre:
             self.image = ImagePreprocess.from_dict(pre["image"])
-        elif "text" in pre:
-            tok = path.parent / pre["text"]["tokenizer_file"]
-            if not tok.is_file():
-                raise ModelFileError(f"tokenizer {tok} (named in {path.name}'s metadata) is missing")
-            self.text = TextPreprocess.from_file(tok, max_length=pre["text"].get("max_length"))
-        self.max_length = (pre.get("text") or {}).get("max_length")
+        else:
+            self.max_length = int(pre["text"]["max_length"])
+            self.text = self._tokenizer(pre["text"]["tokenizer_file"], self.max_length)
+        self.spec = InputSpec(metadata.family, ())
+
+    def _tokenizer(self, name: str, max_length: int) -> TextPreprocess:
+        """The exported tokenizer beside the model; its limit is the model's, never a stray
+        tokenizer_config.json's (the contract already made ``name`` a plain file name)."""
+        tok = self.path.parent / name
+        if not tok.is_file():
+            raise ModelFileError(f"tokenizer {tok} (named in {self.path.name}'s metadata) is missing")
+        try:
+            return TextPreprocess.from_file(tok, max_length=max_length, model_max_length=max_length)
+        except InputError as e:
+            raise ModelFileError(f"{self.path.name}: {e}") from e
+
+    def _set_io(self, shapes: dict[str, tuple[Any, ...]], outputs: dict[str, tuple[Any, ...]]) -> None:
+        """Check the graph's inputs/outputs against the contract and build the input checks."""
+        family, meta = self.metadata.family, self.metadata.raw
+        allowed, required = contract.INPUT_NAMES[family], contract.REQUIRED_INPUTS[family]
+        bad = sorted(set(shapes) - set(allowed)) + [n for n in required if n not in shapes]
+        if bad or "logits" not in outputs:
+            raise ModelFileError(
+                f"{self.path}: graph inputs {sorted(shapes)} / outputs {sorted(outputs)} do not match the "
+                f"{family} contract (inputs {list(allowed)}, output 'logits')"
+            )
+        num = outputs["logits"][-1] if outputs["logits"] else None
+        if isinstance(num, int) and num != len(self.metadata.labels):
+            raise ModelFileError(f"{self.path}: the graph has {num} logits but its metadata {len(meta['labels'])} labels")
+        static = {n: tuple(d if isinstance(d, int) and d > 0 else None for d in s) for n, s in shapes.items()}
+        self.input_names = [n for n in allowed if n in shapes]
+        self.output_names = list(outputs)
+        self.spec = InputSpec(
+            family,
+            tuple(self.input_names),
+            static,
+            image_size=self.image.image_size if self.image else None,
+            max_length=self.max_length,
+            vocab_size=meta.get("vocab_size") or (self.text.tokenizer.get_vocab_size() if self.text else None),
+            type_vocab_size=meta.get("type_vocab_size"),
+            **self._spec_options(static),
+        )
+
+    def _spec_options(self, static: dict[str, tuple[int | None, ...]]) -> dict[str, Any]:
+        first = static[self.input_names[0]] if self.input_names else ()
+        return {"fixed_batch": first[0] if first else None}
 
     # --- backend interface -------------------------------------------------------------
-    input_names: list[str]
-    output_names: list[str]
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _invoke(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------
-    def preprocess(
-        self, images: Sequence[Any] | None = None, texts: Sequence[Any] | None = None
-    ) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw outputs for a feed of contract inputs, after the input checks (one InputError line)."""
+        return self._invoke(check_inputs(self.spec, inputs))
+
+    def preprocess(self, images: Any = None, texts: Any = None) -> dict[str, np.ndarray]:
+        if images is not None and texts is not None:
+            raise InputError("give images=... or texts=..., not both")
         if images is not None:
             if self.image is None:
                 raise InputError(f"{self.path.name} is a text model: pass texts, not images")
-            return {"pixel_values": self.image(list(images))}
+            return {"pixel_values": self.image(images)}  # one path or PIL image is a batch of one
         if texts is not None:
             if self.text is None:
-                raise InputError(f"{self.path.name} is an image model: pass images, not texts")
-            enc = self.text(list(texts))
+                raise InputError(f"{self.path.name} is an image model: pass texts, not images")
+            enc = self.text(texts)  # a str is one text, never a list of characters
             return {k: v for k, v in enc.items() if k in self.input_names}
         raise InputError("give images=... or texts=...")
 
-    def predict(
-        self, images: Sequence[Any] | None = None, texts: Sequence[Any] | None = None, top_k: int = 5
-    ) -> Prediction:
-        """Labels and scores for a batch of image paths/PIL images or texts/(text, text) pairs."""
-        outputs = self.run(self.preprocess(images, texts))
-        return self.postprocess(outputs, top_k)
+    def predict(self, images: Any = None, texts: Any = None, top_k: int = 5) -> Prediction:
+        """Labels and scores for image paths / PIL images (or one), or texts / (text, text) pairs (or one)."""
+        k = _check_top_k(top_k)
+        return self.postprocess(self.run(self.preprocess(images, texts)), k)
 
     def postprocess(self, outputs: dict[str, np.ndarray], top_k: int = 5) -> Prediction:
-        logits = outputs["logits"].astype(np.float32)
-        k = min(top_k, logits.shape[1])
-        idx = np.argsort(-logits, axis=1)[:, :k]  # (B, k)
+        """Top-k labels; ``top_k`` over the label count gives every label. Non-finite logits are refused."""
+        k = _check_top_k(top_k)
+        logits = np.asarray(outputs["logits"]).astype(np.float32)
+        if not np.isfinite(logits).all():
+            raise InferenceError(f"{self.path.name} produced NaN or infinite logits; refusing to rank them")
+        k = min(k, logits.shape[1])
+        idx = np.argsort(-logits, axis=1, kind="stable")[:, :k]  # (B, k)
         z = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         names = self.metadata.labels
@@ -146,9 +216,11 @@ class OrtPredictor(Predictor):
         providers: Sequence[str] | None = None,
         optimization: str = "all",
         spinning: bool = False,
+        verify_digest: bool = True,
     ):
         import onnxruntime as ort
 
+        meta = self._read_checked(path, verify_digest)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -165,71 +237,91 @@ class OrtPredictor(Predictor):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if spinning:
             opts.add_session_config_entry("session.force_spinning_stop", "1")
+        super().__init__(path, meta)
         try:
             self.session = ort.InferenceSession(
                 str(path), opts, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types on corrupt files
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from e
-        props = self.session.get_modelmeta().custom_metadata_map
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {one_line(e)})") from e
+        self._input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self._set_io({i.name: tuple(i.shape) for i in self.session.get_inputs()},
+                     {o.name: tuple(o.shape) for o in self.session.get_outputs()})
+
+    @staticmethod
+    def _read_checked(path: Path, verify_digest: bool) -> Metadata:
+        """Metadata and digest from the file's protobuf framing, before ONNX Runtime parses the graph."""
+        data = _read_bytes(path)
+        try:
+            props = contract.onnx_metadata_props(data)
+            digest = contract.onnx_digest(data) if verify_digest else ""
+        except ValueError as e:  # truncated, or not protobuf at all
+            raise ModelFileError(f"{path}: not a loadable ONNX model ({one_line(e)})") from e
         if METADATA_KEY not in props:
             raise ModelFileError(f"{path}: no '{METADATA_KEY}' metadata; was it exported by sttabt-edge?")
-        super().__init__(path, Metadata.parse(props[METADATA_KEY], path))
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self._input_types = {i.name: i.type for i in self.session.get_inputs()}
+        meta = Metadata.parse(props[METADATA_KEY], path)
+        if verify_digest:
+            _check_digest(meta, digest, path)
+        return meta
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {}
-        for name in self.input_names:
-            if name not in inputs:
-                raise InputError(f"{self.path.name} needs input {name!r}")
-            x = inputs[name]
-            feed[name] = x.astype(np.int64) if "int64" in self._input_types[name] else x.astype(np.float32)
-        if next(iter(feed.values())).shape[0] == 0:
-            raise InputError("empty batch")
-        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+    def _invoke(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cast = {n: x.astype(np.int64 if "int64" in self._input_types[n] else np.float32, copy=False)
+                for n, x in feed.items()}
+        try:
+            outs = self.session.run(self.output_names, cast)
+        except Exception as e:  # checked inputs should never get here; keep ORT's text to one line
+            raise InferenceError(f"{self.path.name}: onnxruntime failed ({type(e).__name__}: {one_line(e)})") from e
+        return dict(zip(self.output_names, outs, strict=True))
 
 
 class TflitePredictor(Predictor):
     """LiteRT (TFLite) interpreter backend; metadata lives in ``<file>.json`` beside the model."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, verify_digest: bool = True):
         side = path.with_name(path.name + ".json")
         if not side.is_file():
             raise ModelFileError(f"{path}: metadata sidecar {side.name} is missing")
-        super().__init__(path, Metadata.parse(side.read_text(), side))
+        try:
+            text = side.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelFileError(f"{side}: cannot read the metadata sidecar ({one_line(e)})") from e
+        meta = Metadata.parse(text, side)
+        if verify_digest:
+            _check_digest(meta, contract.file_digest(_read_bytes(path)), path)
+        super().__init__(path, meta)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
-            raise ImportError("running .tflite needs `pip install ai-edge-litert`") from e
+            raise ModelFileError("running .tflite needs `pip install ai-edge-litert`") from e
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise ModelFileError(f"{path}: LiteRT cannot load it ({e})") from e
+            raise ModelFileError(f"{path}: LiteRT cannot load it ({one_line(e)})") from e
         self._inputs = {_tensor_name(d["name"]): d for d in self.interpreter.get_input_details()}
         self._outputs = {_tensor_name(d["name"]): d for d in self.interpreter.get_output_details()}
-        self.input_names = list(self._inputs)
-        self.output_names = list(self._outputs)
+        self._set_io({n: tuple(int(s) for s in d["shape"]) for n, d in self._inputs.items()},
+                     {n: tuple(int(s) for s in d["shape"]) for n, d in self._outputs.items()})
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        first = next(iter(inputs.values()))
-        if first.shape[0] == 0:
-            raise InputError("empty batch")
-        want_b = int(next(iter(self._inputs.values()))["shape"][0])
-        if first.shape[0] != want_b:  # static batch: run sample by sample
-            if want_b != 1:
-                raise InputError(f"{self.path.name} has a fixed batch of {want_b}, got {first.shape[0]}")
-            parts = [self.run({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(first.shape[0])]
+    def _spec_options(self, static: dict[str, tuple[int | None, ...]]) -> dict[str, Any]:
+        """Any batch (run sample by sample); shorter text is padded to the static length."""
+        first = static[self.input_names[0]]
+        if first[0] != 1:
+            raise ModelFileError(f"{self.path}: static batch {first[0]}; the runtime runs TFLite files of batch 1")
+        return {"pads_text": True, "fixed_batch": None}
+
+    def _invoke(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if next(iter(feed.values())).shape[0] != 1:  # static batch 1: run sample by sample
+            parts = [self._invoke({k: v[i : i + 1] for k, v in feed.items()})
+                     for i in range(next(iter(feed.values())).shape[0])]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        for name, d in self._inputs.items():
-            x = inputs[name]
-            want_n = tuple(int(s) for s in d["shape"])
-            if x.shape[1:] != want_n[1:]:
-                x = _pad_to(x, want_n, name)
-            self.interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
-        self.interpreter.invoke()
+        try:
+            for name, d in self._inputs.items():
+                x = _pad_to(feed[name], tuple(int(s) for s in d["shape"]))
+                self.interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
+            self.interpreter.invoke()
+        except (ValueError, RuntimeError) as e:
+            raise InferenceError(f"{self.path.name}: LiteRT failed ({one_line(e)})") from e
         return {n: self.interpreter.get_tensor(d["index"]) for n, d in self._outputs.items()}
 
 
@@ -241,10 +333,10 @@ def _tensor_name(name: str) -> str:
     return name
 
 
-def _pad_to(x: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """Right-pad text inputs to the static sequence length (pad id 0, mask 0)."""
-    if x.ndim != 2 or x.shape[1] > shape[1]:
-        raise InputError(f"input {name} has shape {x.shape}; the static model takes {shape}")
+def _pad_to(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Right-pad checked text inputs to the static sequence length (pad id 0, mask 0)."""
+    if x.ndim != 2 or x.shape[1] == shape[1]:
+        return x
     out = np.zeros((x.shape[0], shape[1]), dtype=x.dtype)
     out[:, : x.shape[1]] = x
     return out
@@ -256,18 +348,25 @@ def load(
     providers: Sequence[str] | None = None,
     optimization: str = "all",
     spinning: bool = False,
+    verify_digest: bool = True,
 ) -> Predictor:
-    """Open an exported .onnx or .tflite model.
+    """Open an exported .onnx or .tflite model, checked against the contract.
 
-    ``spinning``: ONNX Runtime's intra-op threads busy-wait between the ops of a run (its own
-    default), and here stop when the run returns (``session.force_spinning_stop``). The
-    fastest setting for one model on its own cores; off by default because on a small shared
-    CPU the spinning threads slow every neighbour down."""
+    ``verify_digest``: refuse a file whose graph and weights do not hash to the digest its
+    metadata recorded at export (a corrupted copy, an edited graph). ``False`` loads it anyway
+    (files exported before digests existed). ``spinning``: ONNX Runtime's intra-op threads
+    busy-wait between the ops of a run (its own default), and here stop when the run returns
+    (``session.force_spinning_stop``). The fastest setting for one model on its own cores; off
+    by default because on a small shared CPU the spinning threads slow every neighbour down."""
     p = Path(path)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise InputError(f"threads must be a non-negative integer (0: the runtime's choice), got {threads!r}")
+    if optimization not in OPTIMIZATIONS:
+        raise InputError(f"optimization must be one of {list(OPTIMIZATIONS)}, got {optimization!r}")
     if not p.is_file():
         raise ModelFileError(f"model file not found: {p}")
     if p.suffix == ".onnx":
-        return OrtPredictor(p, threads, providers, optimization, spinning)
+        return OrtPredictor(p, threads, providers, optimization, spinning, verify_digest)
     if p.suffix == ".tflite":
-        return TflitePredictor(p, threads)
+        return TflitePredictor(p, threads, verify_digest)
     raise ModelFileError(f"{p}: unknown model type {p.suffix!r} (expected .onnx or .tflite)")

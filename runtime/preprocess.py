@@ -5,6 +5,10 @@ torchvision or transformers: images follow the torchvision/timm eval convention
 (resize shorter side, centre crop, scale, normalize) and text uses the model's own
 ``tokenizer.json`` through the ``tokenizers`` library, padded the way ``AutoTokenizer``
 pads with ``padding=True``.
+
+Images come from anywhere, so they are bounded before they are decoded: the header's size
+and aspect ratio, and the size of the resized image, are checked first (a 99-byte PNG can
+claim 1 x 100000 pixels), and 16-bit images are scaled to 8 bits instead of saturating.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sttabt_edge.errors import InputError, InputNotFoundError, InputTypeError
+from sttabt_edge.runtime.contract import INTERPOLATIONS, MAX_IMAGE_SIZE, MAX_RESIZE_SIZE
+
 if TYPE_CHECKING:  # pragma: no cover - typing only, keeps pillow/tokenizers imports lazy
     from PIL import Image
     from tokenizers import Tokenizer
@@ -27,7 +34,14 @@ if TYPE_CHECKING:  # pragma: no cover - typing only, keeps pillow/tokenizers imp
 
 __all__ = ["ImagePreprocess", "TextPreprocess"]
 
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+# Decoded pixels one image may have (Pillow holds RGB in 4 bytes a pixel: 64 MB); larger JPEGs are
+# decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), anything else larger is refused.
+MAX_IMAGE_PIXELS = 16_000_000
+# Longer side / shorter side; beyond it the centre crop sees under 1/32 of the image.
+MAX_ASPECT_RATIO = 32
+# The image after "shorter side to resize_size", before the crop (a 1 x 3000 PNG would be 256 x 768000).
+MAX_RESIZED_PIXELS = 16_000_000
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 # tokenizer_config.json sometimes stores a huge sentinel (int(1e30)) meaning "no limit".
 _MAX_SANE_LENGTH = 1_000_000
 _DEFAULT_MODEL_MAX_LENGTH = 512
@@ -36,7 +50,7 @@ _DEFAULT_MODEL_MAX_LENGTH = 512
 def _float_triple(value: Sequence[float], name: str) -> tuple[float, float, float]:
     items = tuple(float(v) for v in value)
     if len(items) != 3:
-        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {len(items)}")
+        raise InputError(f"{name} must have 3 values (one per RGB channel), got {len(items)}")
     return items  # type: ignore[return-value]
 
 
@@ -55,21 +69,22 @@ class ImagePreprocess:
     std: tuple[float, float, float] = field(default=(0.229, 0.224, 0.225))
 
     def __post_init__(self) -> None:
-        if int(self.image_size) <= 0 or int(self.resize_size) <= 0:
-            raise ValueError(
-                f"image_size and resize_size must be positive, got {self.image_size}, {self.resize_size}"
+        if not 0 < int(self.image_size) <= MAX_IMAGE_SIZE or not 0 < int(self.resize_size) <= MAX_RESIZE_SIZE:
+            raise InputError(
+                f"image_size and resize_size must be in [1, {MAX_IMAGE_SIZE}] and [1, {MAX_RESIZE_SIZE}], "
+                f"got {self.image_size}, {self.resize_size}"
             )
         if self.image_size > self.resize_size:
-            raise ValueError(
+            raise InputError(
                 f"image_size ({self.image_size}) must not exceed resize_size ({self.resize_size}): "
                 "the centre crop would fall outside the resized image"
             )
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         mean = _float_triple(self.mean, "mean")
         std = _float_triple(self.std, "std")
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std values must be positive, got {std}")
+        if any(not s > 0 for s in std):
+            raise InputError(f"std values must be positive, got {std}")
         # Normalize JSON lists to tuples so equality and hashing work after a round trip.
         object.__setattr__(self, "image_size", int(self.image_size))
         object.__setattr__(self, "resize_size", int(self.resize_size))
@@ -92,7 +107,7 @@ class ImagePreprocess:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown ImagePreprocess keys {unknown}; expected a subset of {sorted(known)}")
+            raise InputError(f"unknown ImagePreprocess keys {unknown}; expected a subset of {sorted(known)}")
         return cls(**dict(data))
 
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
@@ -104,7 +119,7 @@ class ImagePreprocess:
         else:
             batch = list(images)
         if not batch:
-            raise ValueError("ImagePreprocess got an empty list of images; pass at least one image")
+            raise InputError("ImagePreprocess got an empty list of images; pass at least one image")
         arrays = [self._one(item) for item in batch]
         return np.ascontiguousarray(np.stack(arrays, axis=0))
 
@@ -112,11 +127,12 @@ class ImagePreprocess:
         from PIL import Image
 
         if isinstance(item, Image.Image):
-            img = item.convert("RGB")
+            self.check_geometry(item.size, "image")
+            img = _to_rgb(item, "image")
         elif isinstance(item, (str, os.PathLike)):
-            img = _load_rgb(item)
+            img = _load_rgb(item, self.check_geometry)
         else:
-            raise TypeError(f"expected an image path or a PIL.Image.Image, got {type(item).__name__}")
+            raise InputTypeError(f"expected an image path or a PIL.Image.Image, got {type(item).__name__}")
         img = self._resize_shorter(img)
         img = self._center_crop(img)
         x = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
@@ -125,16 +141,36 @@ class ImagePreprocess:
         std = np.asarray(self.std, dtype=np.float32)[:, None, None]
         return ((x - mean) / std).astype(np.float32, copy=False)
 
+    def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(w, h) after the shorter side goes to ``resize_size``, longer side truncated as torchvision does."""
+        w, h = size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
+    def check_geometry(self, size: tuple[int, int], name: str) -> None:
+        """Refuse, from the header alone, images whose decode or resize would be unbounded."""
+        w, h = size
+        if w < 1 or h < 1:
+            raise InputError(f"{name} has no pixels ({w}x{h})")
+        if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+            raise InputError(
+                f"{name} is {w}x{h} pixels: aspect ratio over {MAX_ASPECT_RATIO}:1 (the centre crop would see "
+                "almost none of it); crop it first"
+            )
+        rw, rh = self.resized_size(size)
+        if rw * rh > MAX_RESIZED_PIXELS:
+            raise InputError(
+                f"{name} is {w}x{h} pixels: resizing its shorter side to {self.resize_size} gives {rw}x{rh}, "
+                f"over the {MAX_RESIZED_PIXELS:,}-pixel limit"
+            )
+
     def _resize_shorter(self, img: Image.Image) -> Image.Image:
         """Shorter side to ``resize_size``, longer side truncated as torchvision does."""
         from PIL import Image
 
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         resample = getattr(Image.Resampling, self.interpolation.upper())
-        return img.resize((new_w, new_h), resample)
+        return img.resize(self.resized_size(img.size), resample)
 
     def _center_crop(self, img: Image.Image) -> Image.Image:
         """Centre crop with torchvision's rounding of the offsets."""
@@ -145,18 +181,62 @@ class ImagePreprocess:
         return img.crop((left, top, left + crop, top + crop))
 
 
-def _load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and fully decode an image, naming the file in any error (PIL decodes lazily)."""
+def _load_rgb(path: str | os.PathLike[str], check: Any = None) -> Image.Image:
+    """Open, bound (``check(size, name)`` on the header, then the pixel limit) and decode an image.
+
+    Errors name the file: PIL decodes lazily and its own messages do not."""
     from PIL import Image
 
+    name = os.fspath(path)
     try:
         with Image.open(path) as im:
+            if check is not None:
+                check(im.size, name)
+            _bound_pixels(im, name)
             im.load()
-            return im.convert("RGB")
+            return _to_rgb(im, name)
+    except InputError:
+        raise
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"image file not found: {os.fspath(path)}") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {os.fspath(path)!s}: not a valid or complete image ({e})") from e
+        raise InputNotFoundError(f"image file not found: {name}") from e
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: over {MAX_IMAGE_PIXELS:,} pixels ({e})") from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InputError(f"cannot read image {name}: not a valid or complete image ({e})") from e
+
+
+def _bound_pixels(im: Image.Image, name: str, limit: int = MAX_IMAGE_PIXELS) -> None:
+    """Keep the decode under ``limit`` pixels: JPEGs decode at 1/2, 1/4 or 1/8 scale, others are refused."""
+    w, h = im.size
+    if w * h <= limit:
+        return
+    scale = next((k for k in (2, 4, 8) if -(-w // k) * -(-h // k) <= limit), None)
+    if im.format == "JPEG" and scale is not None:
+        im.draft(im.mode, (-(-w // scale), -(-h // scale)))
+        if im.size[0] * im.size[1] <= limit:
+            return
+    raise InputError(f"{name} is {w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit; downscale it first")
+
+
+def _to_rgb(im: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB. 16-bit pixels keep their top 8 bits (as Pillow does for 16-bit RGB); Pillow's own
+    conversion would clip them at 255 and make a 16-bit photo all white."""
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT or (im.mode == "I" and im.format == "PNG"):  # older Pillow: 16-bit PNG as "I"
+        x = np.asarray(im).astype(np.int64)
+        if x.min() < 0 or x.max() > 65535:
+            raise InputError(f"{name}: {im.mode} pixels outside the 16-bit range")
+        return Image.fromarray((x >> 8).astype(np.uint8)).convert("RGB")
+    if im.mode in ("I", "F"):
+        raise InputError(
+            f"{name}: mode {im.mode} (32-bit {'integer' if im.mode == 'I' else 'float'} pixels) has no defined "
+            "0-255 range; convert it to 8-bit RGB first"
+        )
+    try:
+        return im.convert("RGB")
+    except ValueError as e:
+        raise InputError(f"{name}: cannot convert mode {im.mode} to RGB ({e})") from e
 
 
 def _read_model_max_length(tokenizer_json: Path) -> int:
@@ -184,7 +264,7 @@ class TextPreprocess:
         max_length: int | None = None,
     ) -> None:
         if model_max_length <= 0:
-            raise ValueError(f"model_max_length must be positive, got {model_max_length}")
+            raise InputError(f"model_max_length must be positive, got {model_max_length}")
         self.model_max_length = int(model_max_length)
         self.max_length = self._check_max_length(max_length)
         padding = tokenizer.padding
@@ -213,18 +293,22 @@ class TextPreprocess:
         if p.is_dir():
             p = p / "tokenizer.json"
         if not p.is_file():
-            raise FileNotFoundError(f"tokenizer file not found: {p}")
+            raise InputNotFoundError(f"tokenizer file not found: {p}")
         if model_max_length is None:
             model_max_length = _read_model_max_length(p)
-        return cls(Tokenizer.from_file(str(p)), model_max_length=model_max_length, max_length=max_length)
+        try:
+            tokenizer = Tokenizer.from_file(str(p))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise InputError(f"cannot load tokenizer {p}: {str(e).splitlines()[0] if str(e) else e!r}") from e
+        return cls(tokenizer, model_max_length=model_max_length, max_length=max_length)
 
     def _check_max_length(self, max_length: int | None) -> int | None:
         if max_length is None:
             return None
         if max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {max_length}")
+            raise InputError(f"max_length must be positive, got {max_length}")
         if max_length > self.model_max_length:
-            raise ValueError(
+            raise InputError(
                 f"max_length {max_length} exceeds the model's limit model_max_length={self.model_max_length}"
             )
         return int(max_length)
@@ -256,14 +340,14 @@ class TextPreprocess:
             try:
                 encodings = self._tokenizer.encode_batch(batch, add_special_tokens=True)
             except Exception as e:  # tokenizers raises a bare Exception, e.g. max_length < special tokens
-                raise ValueError(f"tokenization failed with max_length={limit}: {e}") from e
+                raise InputError(f"tokenization failed with max_length={limit}: {e}") from e
             finally:
                 self._tokenizer.no_truncation()
         lengths = [len(enc.ids) for enc in encodings]
         if not truncation:
             for i, n in enumerate(lengths):
                 if n > limit:
-                    raise ValueError(
+                    raise InputError(
                         f"text {i} is {n} tokens long, over the limit of {limit} tokens "
                         f"(model_max_length={self.model_max_length}); pass truncation=True to cut it"
                     )
@@ -284,19 +368,32 @@ class TextPreprocess:
 def _normalize_texts(texts: Any) -> list[str] | list[tuple[str, str]]:
     """Accept a text, a list of texts, or a list of pairs; reject mixtures with a clear error."""
     if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a str or a list, got {type(texts).__name__}")
+        return [_unicode(texts, 0)]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise InputTypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
     items = list(texts)
     if not items:
-        raise ValueError("TextPreprocess got an empty list of texts; pass at least one text")
+        raise InputError("TextPreprocess got an empty list of texts; pass at least one text")
     if all(isinstance(t, str) for t in items):
-        return items
+        return [_unicode(t, i) for i, t in enumerate(items)]
     pairs: list[tuple[str, str]] = []
     for i, t in enumerate(items):
         if not (isinstance(t, (tuple, list)) and len(t) == 2 and all(isinstance(s, str) for s in t)):
-            raise TypeError(
-                f"texts must be all strings or all (text_a, text_b) pairs of strings; item {i} is {t!r}"
+            raise InputTypeError(
+                f"texts must be all strings or all (text_a, text_b) pairs of strings; item {i} is {t!r:.80}"
             )
-        pairs.append((t[0], t[1]))
+        pairs.append((_unicode(t[0], i), _unicode(t[1], i)))
     return pairs
+
+
+def _unicode(text: str, index: int) -> str:
+    """Text the tokenizer can take: lone surrogates (how Python carries undecodable bytes, e.g. a
+    non-UTF-8 command-line argument) would otherwise fail inside tokenizers with its raw message."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"text {index} is not valid Unicode: {e.reason} at character {e.start} (undecodable bytes?); "
+            "pass UTF-8 text"
+        ) from None
+    return text

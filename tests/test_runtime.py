@@ -5,43 +5,16 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from handmade import LABELS, image_graph, image_meta, save_sealed
 from PIL import Image
 
 from sttabt_edge.runtime import ModelFileError, load
 from sttabt_edge.runtime.bench import bench, plot
 
-LABELS = ["cat", "dog", "fish", "bird"]
-
 
 def _image_model(path, weights: np.ndarray, size: int = 8) -> None:
     """logits = mean over pixels of each channel @ W; kept_counts = constant 5 per layer (B, 2)."""
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["pixel_values"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-        helper.make_node("Shape", ["pixel_values"], ["shape"]),
-        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
-        helper.make_node("Concat", ["batch", "two"], ["kshape"], axis=0),
-        helper.make_node("ConstantOfShape", ["kshape"], ["kept_counts"],
-                         value=helper.make_tensor("v", TensorProto.INT64, [1], [5])),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["B", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 4]),
-         helper.make_tensor_value_info("kept_counts", TensorProto.INT64, ["B", 2])],
-        [helper.make_tensor("W", TensorProto.FLOAT, [3, 4], weights.flatten().tolist()),
-         helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-         helper.make_tensor("two", TensorProto.INT64, [1], [2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    meta = {"format_version": 1, "task": "image-classification", "family": "vit", "method": "sttabt",
-            "labels": LABELS, "num_layers": 2, "num_prefix_tokens": 1,
-            "preprocess": {"image": {"image_size": size, "resize_size": size}}}
-    helper.set_model_props(model, {"sttabt_edge": json.dumps(meta)})
-    onnx.save(model, path)
+    save_sealed(image_graph(weights, size), path, image_meta(size))
 
 
 @pytest.fixture()

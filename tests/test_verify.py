@@ -11,6 +11,7 @@ from tiny import tiny_vit
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
+from sttabt_edge.export.metadata import read_metadata, set_metadata
 
 runner = CliRunner()
 
@@ -46,12 +47,19 @@ def test_verify_passes_on_the_export(exported, tmp_path):
 
 
 def test_verify_fails_on_corrupted_weights(exported, tmp_path):
+    """Weights changed after export are refused on load (digest); a wrong export whose digest was
+    recorded with the wrong weights loads, and verify catches its answers."""
     model_dir, images, out = exported
     m = onnx.load(out)
     biggest = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     w = numpy_helper.to_array(biggest).copy()
-    w *= -1.5  # a silently wrong export: loads and runs, gives other answers
+    w *= -1.5  # a silently wrong graph: loads and runs, gives other answers
     biggest.CopyFrom(numpy_helper.from_array(w, biggest.name))
+    tampered = tmp_path / "tampered.onnx"
+    onnx.save(m, tampered)
+    res = runner.invoke(app, ["verify", str(tampered), "--reference", str(model_dir), "--data", str(images)])
+    assert res.exit_code == 2 and "digest mismatch" in res.output
+    set_metadata(m, read_metadata(out))  # sealed as if the exporter had written the wrong weights
     bad = tmp_path / "bad.onnx"
     onnx.save(m, bad)
     res = runner.invoke(app, ["verify", str(bad), "--reference", str(model_dir), "--data", str(images)])
