@@ -61,6 +61,7 @@ def sttabt_settings(reducer: Reducer) -> dict[str, Any] | None:
         "p": float(reducer.p),
         "head_reduce": reducer.head_reduce,
         "temperature": None if th is None else float(th.temperature),
+        "concrete": None if th is None else th.kind,  # "ste" | "official" (threshold exports)
     }
 
 

@@ -77,9 +77,11 @@ def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: 
     common = {"p": float(st["p"]), "head_reduce": st["head_reduce"]}
     if meta.get("thresholds") is not None:
         from sttabt_edge.method.concrete import ConcreteThresholds
+        from sttabt_edge.method.concrete_official import OfficialConcrete
 
         temperature = st.get("temperature")
-        th = ConcreteThresholds(
+        kind = OfficialConcrete if st.get("concrete") == "official" else ConcreteThresholds
+        th = kind(
             len(meta["thresholds"]), temperature=0.5 if temperature is None else float(temperature),
             min_keep=int(st["min_keep"]),
         ).eval()

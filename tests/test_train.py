@@ -271,6 +271,29 @@ def test_concrete_moves_retention_to_target(image_dir, tmp_path):
     assert meta["method"] == "sttabt" and len(meta["keep_schedule"]) == 3 and meta["preprocessing"]["image"]
 
 
+def test_official_concrete_trains_calibrated_and_saves(image_dir, tmp_path):
+    """--concrete official: init calibrated to the target on hard masks, the official regulariser in the
+    soft phase, saved and loaded as the official variant, the hard model near the target."""
+    from sttabt_edge.method.concrete_official import OfficialConcrete
+
+    model = vit()
+    data = image_data(image_dir, model)
+    approx = build_approxnet(model, 4, "interpolate")
+    scfg = SparseTrainConfig(concrete="official", init_schedule="shared", hard_frac=0.25, calib_samples=8)
+    train_concrete(model, approx, data, 0.5, cfg(steps=8), scfg=scfg, out=tmp_path / "c")
+    logs = [json.loads(ln) for ln in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    soft = [r for r in logs if "retention" in r and not r["hard"]]
+    assert soft and all("reg" in r for r in soft)
+    net, reducer = load_sttabt(tmp_path / "c")
+    assert isinstance(reducer.thresholds, OfficialConcrete) and reducer.thresholds.temperature == 0.1
+    with torch.no_grad():
+        batch = torch.from_numpy(np.stack(data.source(8, 0, augment=False).get(0)[0]["pixel_values"]))
+        out = SparseClassifier(net, reducer, mode="remove")(pixel_values=batch)
+    assert abs(float(out.retention.mean()) - 0.5) < 0.15
+    with pytest.raises(ValueError, match="concrete must be one of"):
+        SparseTrainConfig(concrete="nope")
+
+
 def _short_and_long_text(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Four 4-token inputs (SST-2 train phrases) and four 40-token ones (dev sentences)."""
     g = torch.Generator().manual_seed(seed)

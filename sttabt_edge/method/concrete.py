@@ -101,7 +101,11 @@ def retention_loss(keep: list[torch.Tensor], pad_mask: torch.Tensor, target: flo
 
 
 class ConcreteThresholds(nn.Module):
-    """Learnable per-layer threshold logits (thin wrapper over :func:`concrete_backtrack`)."""
+    """Learnable per-layer threshold logits (thin wrapper over :func:`concrete_backtrack`): this
+    project's straight-through variant ("ste"); the official one is
+    :class:`~sttabt_edge.method.concrete_official.OfficialConcrete`."""
+
+    kind = "ste"
 
     def __init__(
         self, num_layers: int, init: float = 0.0, temperature: float = 0.5, min_keep: int = DEFAULT_MIN_KEEP
@@ -111,11 +115,18 @@ class ConcreteThresholds(nn.Module):
         self.temperature = temperature
         self.min_keep = min_keep
 
+    def masks(
+        self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
+        p: float = 0.1, head_reduce: str = "mean", soft: bool = False, generator: torch.Generator | None = None,
+    ) -> Backtrack:
+        """Masks at given logits (calibration probes); ``soft``: the training-mode (noisy) masks."""
+        return concrete_backtrack(
+            attn, pad_mask, logits, num_prefix_tokens, p, head_reduce, self.temperature, soft, self.min_keep,
+            generator,
+        )
+
     def forward(
         self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
         head_reduce: str = "mean",
     ) -> Backtrack:
-        return concrete_backtrack(
-            attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce,
-            self.temperature, self.training, self.min_keep,
-        )
+        return self.masks(attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce, soft=self.training)

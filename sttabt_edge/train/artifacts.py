@@ -49,6 +49,7 @@ def reducer_meta(reducer: Reducer) -> dict[str, Any]:
         return {
             "name": name,
             "thresholds": [float(v) for v in th.logits.detach().cpu()],
+            "concrete": th.kind,
             "temperature": th.temperature,
             "min_keep": th.min_keep,
             "p": reducer.p,
@@ -77,13 +78,14 @@ def build_reducer(meta: Mapping[str, Any], approx: nn.Module | None) -> Reducer:
     import torch
 
     from sttabt_edge.method.concrete import ConcreteThresholds
+    from sttabt_edge.method.concrete_official import OfficialConcrete
     from sttabt_edge.reducers import LtpReducer, SttabtReducer, TopkReducer
 
     name = meta["name"]
     if name == "sttabt":
-        th = ConcreteThresholds(
-            len(meta["thresholds"]), 0.0, float(meta["temperature"]), int(meta["min_keep"])
-        )
+        # runs saved before the "concrete" key are the straight-through variant
+        kind = {"ste": ConcreteThresholds, "official": OfficialConcrete}[meta.get("concrete", "ste")]
+        th = kind(len(meta["thresholds"]), 0.0, float(meta["temperature"]), int(meta["min_keep"]))
         with torch.no_grad():
             th.logits.copy_(torch.tensor(meta["thresholds"], dtype=torch.float32))
         return SttabtReducer(

@@ -27,7 +27,8 @@ from torch import nn
 from sttabt_edge import compat
 from sttabt_edge.method.approxnet import ApproxNet
 from sttabt_edge.method.backtrack import retention
-from sttabt_edge.method.concrete import ConcreteThresholds, concrete_backtrack
+from sttabt_edge.method.concrete import ConcreteThresholds
+from sttabt_edge.method.concrete_official import OfficialConcrete
 from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.sttabt import SttabtReducer
@@ -38,6 +39,11 @@ from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import Dist, distributed
 from sttabt_edge.train.engine import FitResult, decay_groups, fit
 from sttabt_edge.train.losses import SparseObjective, UnreachableTargetError, bisect_offset, calibrate_offset
+
+# the official concrete constants: temperature, and the occupancy-loss factor per family
+# (concrete_loss_encoder_mask_avg_factor: 1e-3 for GLUE, 100 for ViT)
+OFFICIAL_TEMPERATURE = 0.1
+OFFICIAL_RATIO_WEIGHT = {"bert": 1e-3, "vit": 100.0}
 
 __all__ = ["UnreachableTargetError", "load_sttabt", "shape_thresholds", "snap_thresholds", "train_concrete"]
 
@@ -181,8 +187,7 @@ def _retention_probe(
         gen = torch.Generator(device=logits.device).manual_seed(0) if noisy else None
         vals = []
         for a, pad in cached:
-            bt = concrete_backtrack(a, pad, logits, parts.num_prefix_tokens, reducer.p,
-                                    reducer.head_reduce, th.temperature, noisy, th.min_keep, gen)
+            bt = th.masks(a, pad, logits, parts.num_prefix_tokens, reducer.p, reducer.head_reduce, noisy, gen)
             vals.append(retention(bt.keep, pad))  # (B, L)
         return torch.cat(vals).mean(0)  # (L,)
 
@@ -216,7 +221,15 @@ def build_objective(
     at the first hard step)."""
     num_layers = int(model.config.num_hidden_layers)
     init = 0.0 if scfg.init == "calibrate" else float(scfg.init)
-    thresholds = ConcreteThresholds(num_layers, init, scfg.temperature, scfg.min_keep)
+    official = scfg.concrete == "official"
+    thresholds: ConcreteThresholds | OfficialConcrete = (
+        OfficialConcrete(num_layers, init, OFFICIAL_TEMPERATURE, scfg.min_keep)
+        if official
+        else ConcreteThresholds(num_layers, init, scfg.temperature, scfg.min_keep)
+    )
+    if official:  # the official loss: task (+ KD) + 1e-3 Σ (θ - init)² + factor · (occupancy - target)²
+        family = compat.model_parts(model).family
+        scfg = scfg.replace(retention_weight=OFFICIAL_RATIO_WEIGHT[family])
     reducer = SttabtReducer(approx, thresholds=thresholds, p=scfg.p, head_reduce=scfg.head_reduce)
     train_approx = scfg.train_approx
     for p in approx.parameters():
@@ -229,7 +242,8 @@ def build_objective(
         red.approx.eval()  # dropout off: masks follow the predicted attention, not noise
 
     def groups(cfg: TrainConfig) -> list[dict[str, Any]]:
-        out = [{"params": [thresholds.logits], "lr": scfg.threshold_lr, "weight_decay": 0.0, "clip": "thr"}]
+        thr_lr = cfg.lr * 10 if official else scfg.threshold_lr  # official: p_logit at 10x the model's lr
+        out = [{"params": [thresholds.logits], "lr": thr_lr, "weight_decay": 0.0, "clip": "thr"}]
         if train_approx:
             lr = cfg.lr * scfg.approx_lr_scale
             out += decay_groups(dict(approx.named_parameters()), lr, cfg.weight_decay, clip="approx")
@@ -248,6 +262,7 @@ def build_objective(
         groups,
         {"approx": approx, "thresholds": thresholds},
         snap if scfg.snap and calib else None,
+        thresholds.regularizer if official else None,
     )
 
 
@@ -296,7 +311,11 @@ def train_concrete(
         reducer: SttabtReducer = objective.sparse.reducer
         if scfg.init == "calibrate":
             calibrate = shape_thresholds if scfg.init_schedule == "constant" else snap_thresholds
-            calibrate(reducer, objective.sparse.parts, calib, scfg.target_retention, noisy=True)
+            # ste: the noisy training-mode retention; official (no noise): the hard masks
+            noisy = scfg.concrete != "official"
+            calibrate(reducer, objective.sparse.parts, calib, scfg.target_retention, noisy=noisy)
+            if isinstance(reducer.thresholds, OfficialConcrete):
+                reducer.thresholds.set_init()  # the regulariser pulls toward the calibrated start
         res = fit(
             objective,
             source,

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("interpolate", "random")
 INIT_SCHEDULES = ("constant", "shared")
+CONCRETE_VARIANTS = ("ste", "official")
 
 C = TypeVar("C", bound="JsonConfig")
 
@@ -143,7 +144,10 @@ class SparseTrainConfig(JsonConfig):
     # or "shared" (one offset for all layers: the importance profile decides, early layers keep everything)
     init_schedule: str = "constant"
     calib_samples: int = 64  # random training examples the thresholds are calibrated / snapped on
-    temperature: float = 0.5  # concrete relaxation temperature
+    temperature: float = 0.5  # concrete relaxation temperature ("ste"; "official" uses 0.1)
+    # concrete variant: "ste" (this project's: logistic noise, straight-through hard masks) or
+    # "official" (run_bert_with_concrete: Φ(z-scored scores), T = 0.1, soft masks, method/concrete_official.py)
+    concrete: str = "ste"
     ltp_temperature: float = 0.1  # LTP's sigmoid temperature (importances are O(1))
     min_keep: int = 4  # STTABT: tokens always kept per layer, prefix included (short inputs keep their words)
     ltp_min_keep: int = 1  # LTP: real tokens always kept per layer beyond the prefix
@@ -159,6 +163,8 @@ class SparseTrainConfig(JsonConfig):
             raise ValueError(f"hard_frac must be in [0, 1), got {self.hard_frac}")
         if self.init != "calibrate":
             float(self.init)  # raises ValueError for anything else
+        if self.concrete not in CONCRETE_VARIANTS:
+            raise ValueError(f"concrete must be one of {CONCRETE_VARIANTS}, got {self.concrete!r}")
         if self.init_schedule not in INIT_SCHEDULES:
             raise ValueError(f"init_schedule must be one of {INIT_SCHEDULES}, got {self.init_schedule!r}")
 

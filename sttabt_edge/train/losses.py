@@ -150,7 +150,8 @@ class SparseObjective(Objective):
     ``set_phase(reducer, hard)`` switches the reducer between its soft (learnable) and hard
     form; ``reducer_groups`` gives the AdamW groups of the reducer's own parameters;
     ``snap()`` runs once, at the first hard step, to put the hard retention on the target
-    (soft-phase noise biases it). All three are optional (top-k has none).
+    (soft-phase noise biases it); ``regularizer()`` is the reducer's own soft-phase loss term.
+    All are optional (top-k has none).
     """
 
     def __init__(
@@ -163,6 +164,7 @@ class SparseObjective(Objective):
         reducer_groups: Callable[[TrainConfig], list[dict[str, Any]]] | None = None,
         checkpoint_extra: Mapping[str, nn.Module] | None = None,
         snap: Callable[[], None] | None = None,
+        regularizer: Callable[[], torch.Tensor] | None = None,
     ):
         super().__init__()
         self.sparse = SparseClassifier(model, reducer, mode="mask")
@@ -173,6 +175,7 @@ class SparseObjective(Objective):
         self._reducer_groups = reducer_groups
         self._extra = dict(checkpoint_extra or {})
         self.snap = snap
+        self.regularizer = regularizer  # the reducer's own loss term (official concrete: θ toward its init)
         self.hard = False
 
     def forward(
@@ -193,6 +196,10 @@ class SparseObjective(Objective):
         gap = retention_penalty(out.retention, c.target_retention)
         if not self.hard and c.retention_weight > 0:
             loss = loss + c.retention_weight * gap
+        if self.regularizer is not None and not self.hard:
+            reg = self.regularizer()
+            loss = loss + reg
+            logs["reg"] = reg.detach()
         logs["retention"] = out.retention.detach().float().mean()
         logs["hard"] = torch.tensor(float(self.hard))
         return loss, logs
