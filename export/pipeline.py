@@ -3,7 +3,12 @@
 Without ``--approx`` an STTABT export gets an UNTRAINED ApproxNet (interpolation init from
 the teacher's weights): the graph has the right shape and cost, so latency numbers are
 meaningful, but its token choices are not those of a distilled ApproxNet. A loud warning
-is emitted. Without ``--calib`` the export is verified on synthetic inputs (also warned).
+is emitted (the CLI asks for ``--approx untrained`` explicitly). Without ``--calib`` the export
+is verified on synthetic inputs (also warned).
+
+With ``quantize`` the file at ``out`` is the INT8 one, the file the user asked for; the
+verified fp32 graph it was quantized from is kept beside it as ``<stem>.fp32<suffix>`` (the
+summary's ``files`` lists everything written).
 """
 
 from __future__ import annotations
@@ -64,8 +69,8 @@ def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
         approx = ApproxNet.load(req.approx, model.config)
     else:
         warn(
-            f"NO --approx: using an UNTRAINED ApproxNet (interpolate init, factor {req.approx_factor}). "
-            "Latency is representative; token selection and accuracy are NOT. Distil one, pass --approx DIR."
+            f"UNTRAINED ApproxNet (interpolate init, factor {req.approx_factor}): latency is representative; "
+            "token selection and accuracy are NOT. Distil one (`sttabt-edge train approx`), pass --approx DIR."
         )
         approx = build_approxnet(model, req.approx_factor, "interpolate", heads=req.approx_heads)
     return make_reducer("sttabt", approx=approx.eval(), keep_ratio=req.keep_ratio)
@@ -126,12 +131,33 @@ def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     return {"source": None, "init": "interpolate", "factor": req.approx_factor, "seed": 0, "heads": req.approx_heads}
 
 
+def check_request(req: ExportRequest) -> None:
+    """Everything that can be wrong with a request without loading the model: fail before the load."""
+    suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(req.target)
+    if suffix is None:
+        raise InputError(f"--target must be onnx or tflite, got {req.target!r}")
+    if req.out.suffix != suffix:
+        raise InputError(f"--out {req.out}: a {req.target} export is a {suffix} file (the runtime goes by the suffix)")
+    if req.quantize is not None and req.quantize not in QUANTIZE:
+        raise InputError(f"--quantize must be one of {sorted(QUANTIZE)}, got {req.quantize!r}")
+    if req.calib_samples < 1:
+        raise InputError(f"--calib-samples must be >= 1, got {req.calib_samples}")
+    if req.calib is not None and not req.calib.exists():
+        raise InputError(f"--calib {req.calib}: no such file or folder")
+    if req.method != "dense" and not 0.0 < req.keep_ratio <= 1.0:
+        raise InputError(f"--keep-ratio must be in (0, 1] (a fraction of the tokens), got {req.keep_ratio:g}")
+    if req.target == "tflite":
+        if req.batch not in ("dynamic", 1):
+            raise InputError("TFLite exports have a static batch of 1 (the runtime runs a batch row by row)")
+        if req.quantize == "int8-static":
+            raise InputError("TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only")
+
+
 def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     """Export + verification + optional INT8 + latency breakdown; returns the summary."""
     from sttabt_edge.models.loading import load_model
 
-    if req.quantize is not None and req.quantize not in QUANTIZE:
-        raise InputError(f"--quantize must be one of {sorted(QUANTIZE)}, got {req.quantize!r}")
+    check_request(req)
     model = load_model(req.model)
     reducer = build_reducer(model, req, warn)
     calib, calib_src = calibration_batch(model, req, warn)
@@ -142,15 +168,14 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     path, report = export_verified(
         model,
         reducer,
-        req.out,
+        fp32_sibling(req.out) if req.quantize else req.out,
         example_inputs=calib,
         metadata={"source_model": req.model, "approx": approx_record(req)},
         tokenizer_file=tokenizer,
         **kwargs,
     )
     summary: dict[str, Any] = {
-        "out": str(path),
-        "size_mb": path.stat().st_size / 2**20,
+        "out": str(req.out),
         "method": reducer.name,
         "batch": req.batch,
         "exporter": "dynamo" if req.dynamo else "legacy (TorchScript)",
@@ -165,8 +190,9 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     summary["ort_nodes"] = ort_utils.optimized_node_counts(path)
     int8 = None
     if req.quantize:
-        summary["quantization"] = _quantize(model, path, QUANTIZE[req.quantize], calib)
-        int8 = Path(summary["quantization"]["path"])
+        summary["quantization"] = _quantize(model, path, req.out, QUANTIZE[req.quantize], calib)
+        int8 = req.out
+    summary.update(written_files(req.out, path, tokenizer is not None))
     if req.latency_runs > 0:
         summary["latency_ms"] = _latency(model, reducer, path, sample, calib, req, kwargs, tokenizer, int8)
         summary["latency_note"] = (
@@ -182,28 +208,42 @@ def run_export_tflite(
     """Static batch-1 .tflite (fixed per-layer counts), verified in the LiteRT interpreter."""
     from sttabt_edge.export.tflite import export_tflite, quantize_tflite, read_sidecar
 
-    if req.batch not in ("dynamic", 1):
-        raise InputError("TFLite exports have a static batch of 1 (the runtime runs a batch row by row)")
-    if req.quantize == "int8-static":
-        raise InputError("TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only")
+    check_request(req)
     family = model_parts(model).family
     if family == "bert":  # synthetic batches can be longer than the static length (real ones are tokenized to it)
         calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
     path = export_tflite(
-        model, reducer, req.out, example_inputs=calib,
+        model, reducer, fp32_sibling(req.out) if req.quantize else req.out, example_inputs=calib,
         metadata={"source_model": req.model, "approx": approx_record(req)},
         seq_len=req.seq_len if family == "bert" else None, tokenizer_file=_tokenizer(req.model),
     )
     side = read_sidecar(path)
     summary: dict[str, Any] = {
-        "out": str(path), "size_mb": path.stat().st_size / 2**20, "method": reducer.name, "target": "tflite",
+        "out": str(req.out), "method": reducer.name, "target": "tflite",
         "calibration": calib_src, "tflite": {k: v for k, v in side["tflite"].items() if k != "verification"},
         "parity": side["tflite"].get("verification"),
     }
     if req.quantize:
-        out = path.with_name(f"{path.stem}.int8.tflite")
-        summary["quantization"] = quantize_tflite(path, out, model=model, reducer=reducer, inputs=calib)
+        report = quantize_tflite(path, req.out, model=model, reducer=reducer, inputs=calib)
+        sizes = {"fp32_bytes": path.stat().st_size, "int8_bytes": req.out.stat().st_size}
+        summary["quantization"] = {"mode": "dynamic-range", **report, **sizes}
+    summary.update(written_files(req.out, path, family == "bert", sidecar=True))
     return summary
+
+
+def fp32_sibling(out: Path) -> Path:
+    """Where a quantized export keeps its verified fp32 graph: ``X.onnx`` -> ``X.fp32.onnx``."""
+    return out.with_name(f"{out.stem}.fp32{out.suffix}")
+
+
+def written_files(out: Path, fp32: Path, text: bool, sidecar: bool = False) -> dict[str, Any]:
+    """``size_mb`` of ``out`` and every file the export wrote (``out`` first), so nothing lands unannounced."""
+    from sttabt_edge.export.metadata import tokenizer_name
+
+    files = [out] if fp32 == out else [out, fp32]
+    extras = [f.with_name(f.name + ".json") for f in files] if sidecar else []
+    extras += [f.with_name(tokenizer_name(f.stem)) for f in files] if text else []
+    return {"size_mb": out.stat().st_size / 2**20, "files": [str(f) for f in files + extras]}
 
 
 def kept_summary(
@@ -253,10 +293,11 @@ def timing_sample(calib: Mapping[str, torch.Tensor], batch: Batch) -> dict[str, 
     )
 
 
-def _quantize(model: nn.Module, path: Path, mode: str, calib: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def _quantize(
+    model: nn.Module, path: Path, out: Path, mode: str, calib: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
     from sttabt_edge.export.quantize import quantize_onnx
 
-    out = path.with_name(f"{path.stem}.int8.onnx")
     return quantize_onnx(path, out, mode, _feeds(model, calib)).to_dict()
 
 

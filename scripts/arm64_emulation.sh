@@ -206,8 +206,9 @@ parity() {  # method -> 0 pass, 1 fail
         echo "-- [$((SECONDS - START))s] export --method $m (x86)"
         rm -f "$onnx" "$WORK/x86_$m.stamp"
         # untrained ApproxNet for sttabt (the exporter warns): parity does not need accuracy
+        local approx=(); [ "$m" = sttabt ] && approx=(--approx untrained)
         if ! "$X86_PYTHON" -m sttabt_edge.cli export --model "$SHARED/models/deit-tiny-imagenet" --method "$m" \
-            --out "$onnx" --calib "$SHARED/data/imagenet-sample" --calib-samples 4 --latency-runs 0 \
+            "${approx[@]}" --out "$onnx" --calib "$SHARED/data/imagenet-sample" --calib-samples 4 --latency-runs 0 \
             >"$WORK/export_$m.log" 2>&1; then
             tail -20 "$WORK/export_$m.log"
             return 1

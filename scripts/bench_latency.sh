@@ -12,7 +12,7 @@ D=${BENCH_DIR:-/tmp/sttabt-bench}; mkdir -p $D
 R=benchmarks/results
 DEIT=../shared/models/deit-tiny-imagenet; IMG=../shared/data/imagenet-sample
 MINI=../shared/models/minilm-l6-sst2; SST=../shared/data/glue/SST-2/dev.tsv
-APPROX="--keep-ratio 0.3 --approx-factor 8 --approx-heads 1"
+APPROX="--keep-ratio 0.3 --approx untrained --approx-factor 8 --approx-heads 1"
 sttabt-edge export --model $DEIT --method dense --batch 1 --latency-runs 0 --calib $IMG --out $D/deit_dense.onnx \
     --json $R/export_deit_dense.json > $D/log1 2>&1
 sttabt-edge export --model $DEIT $APPROX --batch 1 --latency-runs 0 --calib $IMG --out $D/deit_sttabt.onnx \

@@ -1,20 +1,44 @@
-"""CLI commands for exported models: `run`, `bench` (torch-free) and `show` (torch).
+"""CLI commands for exported models: `run`, `bench` (torch-free), `show` and `verify` (torch).
 
-`run` and `bench` import only the runtime, so they work on a device with no torch.
+`run` and `bench` import only the runtime, so they work on a device with no torch; `show` and
+`verify` say so in one line when torch is missing.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sttabt_edge.cli_common import (
+    approx_choice,
+    check_at_least,
+    check_exists,
+    check_fraction,
+    error_line,
+    fail,
+)
 
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+if TYPE_CHECKING:
+    from sttabt_edge.runtime import Prediction, Predictor
+
+SMALL_IMAGE = 0.5  # warn when an image's shorter side is under this fraction of the model's crop
+ORACLE = "the model's own attention: an upper bound, not deployable"
+
+
+def require_torch(command: str) -> None:
+    """`show` and `verify` run the PyTorch model; a runtime-only install says so in one line."""
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec("torch") is None
+    except (ImportError, ValueError):  # a broken or deliberately blocked torch
+        missing = True
+    if missing:
+        fail(f"`sttabt-edge {command}` runs the PyTorch model and needs torch (pip install torch, then "
+             "sttabt-edge[export]); `run` and `bench` work without it")
 
 
 def run_cmd(
@@ -23,6 +47,8 @@ def run_cmd(
     text: Annotated[list[str] | None, typer.Option(help="text(s); 'a ||| b' for a sentence pair")] = None,
     top_k: int = 5,
     threads: Annotated[int | None, typer.Option(help="intra-op threads (default: runtime's choice)")] = None,
+    truncate: Annotated[bool, typer.Option(help="cut texts longer than the model's limit (default: refuse them)")]
+    = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Classify images or texts with an exported model (no torch needed)."""
@@ -30,13 +56,21 @@ def run_cmd(
     from sttabt_edge.runtime import load
 
     if not image and not text:
-        _fail("give --image PATH or --text TEXT")
+        fail("give --image PATH or --text TEXT")
+    check_exists("model", model, "file")
+    check_at_least("--top-k", top_k, 1)
+    check_at_least("--threads", threads, 1)
+    for path in image or ():
+        check_exists("--image", path, "file")
     try:
         pred = load(model, threads=threads)
-        texts = [tuple(t.split(" ||| ", 1)) if " ||| " in t else t for t in text] if text else None
-        out = pred.predict(images=image or None, texts=texts, top_k=top_k)
+        if image:
+            _warn_small_images(pred, image)
+            out = pred.predict(images=image, top_k=top_k)
+        else:
+            out = _predict_texts(pred, text or [], top_k, truncate)
     except (SttabtError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(error_line(str(e)))
     items = out.to_json()
     if as_json:
         typer.echo(json.dumps(items, indent=2))
@@ -48,6 +82,48 @@ def run_cmd(
             typer.echo(f"  {t['score']:.3f}  {t['label']}")
         if "kept_counts" in item:
             typer.echo(f"  kept tokens per layer: {item['kept_counts']}")
+
+
+def _predict_texts(pred: Predictor, text: list[str], top_k: int, truncate: bool) -> Prediction:
+    """Texts ('a ||| b': a pair) through the model; too-long ones are cut with --truncate, else refused."""
+    texts: list[Any] = [tuple(t.split(" ||| ", 1)) if " ||| " in t else t for t in text]
+    if pred.text is None:
+        return pred.predict(texts=texts, top_k=top_k)  # the runtime's own "image model" error
+    if not truncate:
+        _refuse_long_texts(pred, texts)
+    enc = pred.text(texts, truncation=truncate)
+    feeds = {k: v for k, v in enc.items() if k in pred.input_names}
+    return pred.postprocess(pred.run(feeds), top_k)
+
+
+def _refuse_long_texts(pred: Predictor, texts: list[Any]) -> None:
+    """Name the CLI option in the error (the library's own message names ``truncation=True``)."""
+    text = pred.text
+    assert text is not None
+    limit = text.max_length or text.model_max_length
+    for i, enc in enumerate(text.tokenizer.encode_batch(texts, add_special_tokens=True)):
+        if len(enc.ids) > limit:
+            fail(f"text {i + 1} is {len(enc.ids)} tokens long, over the model's limit of {limit}; "
+                 "pass --truncate to cut it")
+
+
+def _warn_small_images(pred: Predictor, images: list[Path]) -> None:
+    """Upscaling a thumbnail to the model's crop blurs it past what the model was trained on."""
+    from PIL import Image
+
+    if pred.image is None:
+        return
+    crop = pred.image.image_size
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except (OSError, ValueError):
+            continue  # unreadable: the runtime reports it
+        if min(w, h) < SMALL_IMAGE * crop:
+            typer.secho(f"WARNING: {path} is {w}x{h}, much smaller than the model's {crop}x{crop} input: it is "
+                        f"upscaled {pred.image.resize_size / min(w, h):.1f}x, expect lower accuracy",
+                        fg="yellow", err=True)
 
 
 def bench_cmd(
@@ -72,13 +148,19 @@ def bench_cmd(
     from rich.table import Table
 
     from sttabt_edge.errors import SttabtError
+
+    check_exists("model", model, "file")
+    check_exists("--vs", vs, "file")
+    for name, value, low in (("--threads", threads, 1), ("--batch", batch, 1), ("--runs", runs, 1),
+                             ("--warmup", warmup, 0), ("--seq-len", seq_len, 1), ("--block", block, 1)):
+        check_at_least(name, value, low)
     from sttabt_edge.runtime.bench import bench, plot
 
     try:
         res = bench(model, vs, threads=threads, batch=batch, runs=runs, warmup=warmup, seq_len=seq_len,
                     spinning=spin, block=block)
     except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
-        _fail(str(e))
+        fail(error_line(str(e)))
     rounds = f"{runs} rounds of {block} runs (first dropped)" if block > 1 else f"{runs} runs"
     table = Table(title=f"batch {batch}, {threads} threads{' (spinning)' if spin else ''}, {rounds} after "
                         f"{warmup} warm-up")
@@ -107,9 +189,16 @@ def show_cmd(
     text: Annotated[str | None, typer.Option(help="a text")] = None,
     method: Annotated[str, typer.Option(help="sttabt, topk, tome, ltp")] = "sttabt",
     keep_ratio: float = 0.3,
-    approx: Annotated[Path | None, typer.Option(help="ApproxNet dir (sttabt; default: oracle)")] = None,
+    approx: Annotated[str | None, typer.Option(
+        help="sttabt: ApproxNet DIR, or 'oracle' (the model's own attention: an upper bound)")] = None,
 ) -> None:
     """Render which tokens each layer keeps: a patch grid PNG or highlighted-text HTML."""
+    if (image is None) == (text is None):
+        fail("give exactly one of --image or --text")
+    check_exists("--image", image, "file")
+    check_fraction("--keep-ratio", keep_ratio)
+    approx_dir = approx_choice(approx, "oracle", "show --method sttabt", ORACLE) if method == "sttabt" else None
+    require_torch("show")
     import numpy as np
     import torch
 
@@ -122,15 +211,13 @@ def show_cmd(
     from sttabt_edge.sparse_model import SparseClassifier
     from sttabt_edge.visualize import denormalize, layer_grid, text_html
 
-    if (image is None) == (text is None):
-        _fail("give exactly one of --image or --text")
     try:
         net = load_model(model)
         kwargs: dict = {"keep_ratio": keep_ratio}
-        if approx is not None:
+        if approx_dir is not None:
             from sttabt_edge.method.approxnet import ApproxNet
 
-            kwargs["approx"] = ApproxNet.load(approx)
+            kwargs["approx"] = ApproxNet.load(approx_dir)
         reducer = make_reducer(method, **kwargs)
         parts = model_parts(net)
         if image is not None:
@@ -155,7 +242,7 @@ def show_cmd(
             out.write_text(text_html(tokens, keep, f"{method} r={keep_ratio}: predicted {label}"))
             typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
     except (SttabtError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(error_line(str(e)))
 
 
 def verify_cmd(
@@ -171,6 +258,12 @@ def verify_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
 ) -> None:
     """PyTorch vs exported parity on a dataset; exits 1 beyond tolerance (the CI check)."""
+    check_exists("model", model, "file")
+    check_exists("--data", data)
+    check_exists("--approx", approx, "dir")
+    check_at_least("--batch-size", batch_size, 1)
+    check_at_least("--max-samples", max_samples, 1)
+    require_torch("verify")
     from sttabt_edge.data import glue_tsv, image_folder, model_class_names
     from sttabt_edge.errors import SttabtError
     from sttabt_edge.models.loading import load_model
@@ -189,7 +282,7 @@ def verify_cmd(
         report = verify(pred, net, reducer, examples, batch_size,
                         Tolerance(max_abs_logit, min_top1_agreement, min_kept_agreement), task)
     except (SttabtError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(error_line(str(e)))
     typer.echo(json.dumps(report.to_dict(), indent=2))
     if json_out:
         json_out.write_text(json.dumps(report.to_dict(), indent=2))

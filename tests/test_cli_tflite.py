@@ -25,7 +25,8 @@ def test_cli_tflite_export_run_verify(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
     out = tmp_path / "m.tflite"
     res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--out", str(out),
-                              "--keep-ratio", "0.5", "--calib", str(images.parent), "--calib-samples", "3"])
+                              "--keep-ratio", "0.5", "--calib", str(images.parent), "--calib-samples", "3",
+                              "--approx", "untrained", "--json", "-"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["target"] == "tflite" and out.is_file()

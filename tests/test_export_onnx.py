@@ -413,6 +413,8 @@ def test_cli_export_dense_and_errors(tmp_path):
             "0",
             "--calib-samples",
             "2",
+            "--json",
+            "-",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -420,7 +422,7 @@ def test_cli_export_dense_and_errors(tmp_path):
     assert summary["parity"]["max_abs_diff"] <= 1e-4 and out.is_file()
     assert summary["kept_tokens_per_layer_mean"] == [17.0] * 3 and "SYNTHETIC" in res.stderr
     res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--batch", "4",
-                              "--out", str(tmp_path / "x.tflite")])
+                              "--method", "dense", "--out", str(tmp_path / "x.tflite")])
     assert res.exit_code == 2 and "static batch of 1" in res.output
     res = runner.invoke(app, ["export", "--model", str(model_dir), "--batch", "x", "--out", str(out)])
     assert res.exit_code == 2 and "--batch" in res.output
@@ -437,6 +439,10 @@ def test_cli_untrained_approx_is_loud(tmp_path):
             str(model_dir),
             "--out",
             str(tmp_path / "s.onnx"),
+            "--approx",
+            "untrained",
+            "--json",
+            "-",
             "--keep-ratio",
             "0.3",
             "--no-simplify",

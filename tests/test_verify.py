@@ -29,6 +29,7 @@ def exported(tmp_path_factory):
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / cls / f"{i}.png")
     out = root / "sttabt.onnx"
     res = runner.invoke(app, ["export", "--model", str(model_dir), "--out", str(out), "--keep-ratio", "0.5",
+                              "--approx", "untrained",
                               "--calib", str(images), "--calib-samples", "4", "--latency-runs", "0",
                               "--no-simplify"])
     assert res.exit_code == 0, res.output

@@ -247,13 +247,31 @@ def _load_local_dir(path: Path, *, num_labels: int | None, dtype: torch.dtype) -
     return _from_pretrained(cls, str(path), config, num_labels=num_labels, new_head=new_head, dtype=dtype)
 
 
+def _hub_unreachable(timeout: float = 2.0) -> bool:
+    """One TCP connect to the hub's host: without network, huggingface_hub retries for ~25 s before it
+    gives up, so the alias fails fast instead (a proxy in the environment: we cannot tell, try it)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return True
+    return False
+
+
 def _load_from_hub(name: str, *, num_labels: int | None, dtype: torch.dtype) -> PreTrainedModel:
     repo = resolve_alias(name)
     offline = _offline()
-    try:
-        config = transformers.AutoConfig.from_pretrained(repo, local_files_only=offline)
+    unreachable = not offline and _hub_unreachable()
+    try:  # unreachable: the HF cache may still hold the model
+        config = transformers.AutoConfig.from_pretrained(repo, local_files_only=offline or unreachable)
     except (OSError, ValueError) as e:
-        state = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub may be unreachable"
+        state = ("offline mode is on (HF_HUB_OFFLINE)" if offline
+                 else "the hub is unreachable" if unreachable else "the hub may be unreachable")
         raise ModelNotFoundError(
             f"{name!r} is not a local path, and hub model {repo!r} could not be loaded ({state}: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Without network, pass a local "
@@ -262,7 +280,8 @@ def _load_from_hub(name: str, *, num_labels: int | None, dtype: torch.dtype) -> 
     arch, new_head = _pick_class(getattr(config, "architectures", None), config.model_type, repo)
     cls = getattr(transformers, arch)
     return _from_pretrained(
-        cls, repo, config, num_labels=num_labels, new_head=new_head, dtype=dtype, local_files_only=offline
+        cls, repo, config, num_labels=num_labels, new_head=new_head, dtype=dtype,
+        local_files_only=offline or unreachable,
     )
 
 

@@ -1,0 +1,222 @@
+"""`sttabt-edge train approx|concrete|baseline`: thin shells over sttabt_edge.train."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sttabt_edge.cli_common import check_exists, check_fraction, fail
+
+train_app = typer.Typer(no_args_is_help=True, help="Train an ApproxNet, STTABT thresholds, or LTP/top-k.")
+
+
+class Init(str, Enum):
+    interpolate = "interpolate"
+    random = "random"
+
+
+class InitSchedule(str, Enum):
+    constant = "constant"
+    shared = "shared"
+
+
+class Baseline(str, Enum):
+    ltp = "ltp"
+    topk = "topk"
+
+
+ModelOpt = Annotated[str, typer.Option(help="dense model dir (with tokenizer.json for text) or alias")]
+DataOpt = Annotated[Path, typer.Option(help="GLUE task dir / .tsv / .txt, image folder, save_to_disk dir")]
+OutOpt = Annotated[Path, typer.Option(help="output directory (also checkpoints/ and metrics.jsonl)")]
+EvalDataOpt = Annotated[Path | None, typer.Option(help="held-out data (default: dev.tsv / image split)")]
+StepsOpt = Annotated[int | None, typer.Option(help="optimizer steps (0: use --epochs)")]
+EpochsOpt = Annotated[float | None, typer.Option(help="epochs, when --steps is 0")]
+BatchOpt = Annotated[int | None, typer.Option(help="per-process micro-batch")]
+LrOpt = Annotated[float | None, typer.Option(help="peak learning rate")]
+AccumOpt = Annotated[int | None, typer.Option(help="micro-batches per optimizer step")]
+AmpOpt = Annotated[str | None, typer.Option(help="none | bf16 | fp16 (CUDA)")]
+IntOpt = Annotated[int | None, typer.Option()]
+FloatOpt = Annotated[float | None, typer.Option()]
+ConfigOpt = Annotated[Path | None, typer.Option(help="TrainConfig JSON; explicit options override it")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue from the latest checkpoint in --out")]
+TargetOpt = Annotated[float, typer.Option(help="mean fraction of real tokens entering each layer")]
+
+
+class CalibOn(str, Enum):
+    train = "train"
+    eval = "eval"
+
+
+CalibOpt = Annotated[CalibOn, typer.Option(
+    help="inputs the retention level is calibrated on (labels unused): train | eval (held-out, transductive)")]
+
+
+def _train_config(config: Path | None, defaults: dict, options: dict) -> object:
+    """TrainConfig from --config (else the verb's defaults); the verb's options that name a
+    TrainConfig field and were given (not None) override it."""
+    import dataclasses
+
+    from sttabt_edge.train.config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig.load(config) if config else TrainConfig(**defaults)
+    return base.replace(**{k: v for k, v in options.items() if k in names and v is not None})
+
+
+def _load_training(
+    model: str, data: Path, eval_data: Path | None, labeled: bool, seed: int, calib_on: str = "train"
+) -> tuple:
+    """(dense model, TrainData, model dir or None). ``calib_on="eval"``: thresholds are calibrated
+    on the held-out inputs (labels unused) instead of training inputs."""
+    import dataclasses
+
+    from sttabt_edge.models.loading import load_model
+    from sttabt_edge.train.data import prepare_data
+
+    net = load_model(model)
+    model_dir = Path(model) if Path(model).is_dir() else None
+    train_data = prepare_data(data, net, model_dir, eval_data, labeled=labeled, seed=seed)
+    if calib_on == "eval":
+        if not train_data.eval:
+            raise ValueError("--calib-on eval needs held-out data (--eval-data, or a dev.tsv / image split)")
+        train_data = dataclasses.replace(train_data, calib=train_data.eval)
+    return net, train_data, model_dir
+
+
+def _train_errors() -> tuple[type[BaseException], ...]:
+    from sttabt_edge.errors import SttabtError
+
+    return (SttabtError, ValueError, FileNotFoundError)
+
+
+@train_app.command("approx")
+def train_approx_cmd(
+    model: ModelOpt, data: DataOpt, out: OutOpt,
+    factor: Annotated[int, typer.Option(help="hidden/FFN widths divided by this")] = 4,
+    init: Annotated[Init, typer.Option(help="interpolate (resized teacher) | random")] = Init.interpolate,
+    heads: Annotated[int | None, typer.Option(help="attention heads (a divisor of the model's; default: same)")] = None,
+    track_weight: Annotated[float, typer.Option(help="weight of the back-tracking KL (importance ranking)")] = 0.0,
+    eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
+    num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
+    max_eval_samples: IntOpt = None, config: ConfigOpt = None, resume: ResumeOpt = False,
+) -> None:
+    """Distil an ApproxNet (attention KL + hidden MSE; labels unused). Reports held-out attention KL."""
+    options = dict(locals())
+    _check_common(data, eval_data, config)
+    from sttabt_edge.train.approx import REPORT_FILE, train_approx
+    from sttabt_edge.train.config import ApproxConfig
+
+    try:
+        cfg = _train_config(config, {"lr": 5e-4, "steps": 1000}, options)
+        net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.seed)
+        acfg = ApproxConfig(factor=factor, init=init.value, heads=heads, track_weight=track_weight)
+        train_approx(net, train_data, cfg=cfg, out=out, acfg=acfg, resume=resume)
+    except _train_errors() as e:
+        fail(str(e))
+    report = out / REPORT_FILE
+    if _is_rank0():
+        typer.echo(report.read_text() if report.is_file() else "{}")
+
+
+@train_app.command("concrete")
+def train_concrete_cmd(
+    model: ModelOpt, approx: Annotated[Path, typer.Option(help="ApproxNet dir from `train approx`")],
+    data: DataOpt, out: OutOpt, target_retention: TargetOpt = 0.5,
+    freeze_main: Annotated[bool, typer.Option(help="train thresholds (+ ApproxNet) only")] = False,
+    kd_weight: FloatOpt = None, retention_weight: FloatOpt = None, threshold_lr: FloatOpt = None,
+    hard_frac: Annotated[float | None, typer.Option(help="last fraction of steps with hard masks")] = None,
+    init_schedule: Annotated[InitSchedule, typer.Option(
+        help="initial keep schedule: constant (every layer ~target) | shared (one threshold offset)")
+    ] = InitSchedule.constant,
+    calib_on: CalibOpt = CalibOn.train, eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
+    num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
+    max_eval_samples: IntOpt = None, config: ConfigOpt = None, resume: ResumeOpt = False,
+) -> None:
+    """Learn STTABT's per-layer thresholds for a retention target (concrete masking), then a hard phase."""
+    options = dict(locals())
+    _check_common(data, eval_data, config, target_retention)
+    check_exists("--approx", approx, "dir")
+    from sttabt_edge.method.approxnet import ApproxNet
+    from sttabt_edge.train.artifacts import TRAINED_FILE
+    from sttabt_edge.train.concrete import train_concrete
+    from sttabt_edge.train.config import SparseTrainConfig
+
+    try:
+        cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
+        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
+        losses = {"kd_weight": kd_weight, "retention_weight": retention_weight, "threshold_lr": threshold_lr,
+                  "hard_frac": hard_frac}
+        scfg = SparseTrainConfig(target_retention=target_retention, freeze_main=freeze_main,
+                                 init_schedule=init_schedule.value).replace(
+            **{k: v for k, v in losses.items() if v is not None})
+        train_concrete(net, ApproxNet.load(approx, net.config), train_data, cfg=cfg, scfg=scfg, out=out,
+                       resume=resume, source_dir=model_dir)
+    except _train_errors() as e:
+        fail(str(e))
+    _echo_trained(out / TRAINED_FILE)
+
+
+@train_app.command("baseline")
+def train_baseline_cmd(
+    method: Annotated[Baseline, typer.Option(help="ltp (learned thresholds) or topk (fixed schedule)")],
+    model: ModelOpt, data: DataOpt, out: OutOpt, target_retention: TargetOpt = 0.5,
+    calib_on: CalibOpt = CalibOn.train, eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
+    num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
+    max_eval_samples: IntOpt = None, config: ConfigOpt = None, resume: ResumeOpt = False,
+) -> None:
+    """Train an LTP or top-k baseline with the same losses (task + KD + retention) as STTABT."""
+    options = dict(locals())
+    _check_common(data, eval_data, config, target_retention)
+    from sttabt_edge.train.artifacts import TRAINED_FILE
+    from sttabt_edge.train.baselines import train_baseline
+
+    try:
+        cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
+        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
+        train_baseline(method.value, net, train_data, target_retention, cfg, out=out, resume=resume,
+                       source_dir=model_dir)
+    except _train_errors() as e:
+        fail(str(e))
+    _echo_trained(out / TRAINED_FILE)
+
+
+def _check_common(data: Path, eval_data: Path | None, config: Path | None, target: float | None = None) -> None:
+    """The inputs every train verb reads, checked before the model loads."""
+    check_exists("--data", data)
+    check_exists("--eval-data", eval_data)
+    check_exists("--config", config, "file")
+    if target is not None:
+        check_fraction("--target-retention", target)
+
+
+def _is_rank0() -> bool:
+    """Under torchrun every rank runs the command; only rank 0 prints the summary."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _echo_trained(path: Path) -> None:
+    """The summary of a finished run (or a note that only a checkpoint exists yet)."""
+    if not _is_rank0():
+        return
+    if not path.is_file():
+        typer.echo(json.dumps({"finished": False, "checkpoints": str(path.parent / "checkpoints")}))
+        return
+    meta = json.loads(path.read_text())
+    keys = ("method", "step", "eval", "keep_schedule", "reducer")
+    typer.echo(json.dumps({k: meta.get(k) for k in keys}, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")

@@ -1,0 +1,90 @@
+"""What `sttabt-edge info` reports, from a model's config.json alone (torch-free, no weights read).
+
+Loading MiniLM's weights just to print six numbers took ~50 s on a busy 2-core machine; the
+config holds all of them. Only a timm checkpoint file (no config beside it) needs the loader.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sttabt_edge.errors import InputError, ModelNotFoundError, UnsupportedModelError
+
+FAMILIES = {"bert": "bert", "vit": "vit", "deit": "vit"}  # config model_type -> sttabt-edge family
+TRAINED_FILE = "sttabt.json"  # a `train concrete|baseline` output dir keeps the model in model/
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def looks_like_path(source: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a local path (the loader's rule)."""
+    return (
+        source.startswith(("/", "./", "../", "~", "."))
+        or "\\" in source
+        or source.count("/") > 1
+        or source.lower().endswith(WEIGHT_SUFFIXES)
+    )
+
+
+def config_file(source: str | Path) -> Path | None:
+    """The config.json of a local model dir (or of a trained output dir's model/); None for a file,
+    an alias or a hub id. A path that does not exist raises ModelNotFoundError."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / TRAINED_FILE).is_file() and (path / "model" / "config.json").is_file():
+            return path / "model" / "config.json"
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json; expected a directory written by save_pretrained")
+        return path / "config.json"
+    if not path.exists() and looks_like_path(str(source)):
+        raise ModelNotFoundError(f"--model {source}: no such file or folder")
+    return None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from e
+
+
+def describe(
+    config: Mapping[str, Any], source: str = "config.json", num_prefix_tokens: int | None = None
+) -> dict[str, Any]:
+    """family, layers, heads, hidden, intermediate, prefix tokens (+ architecture, labels, tokens).
+
+    ``num_prefix_tokens``: when the loaded model is at hand (its class decides; else the config's
+    architecture: DeiT with a distillation token has 2)."""
+    model_type = config.get("model_type")
+    family = FAMILIES.get(str(model_type))
+    arch = (config.get("architectures") or [None])[0]
+    if family is None:
+        raise UnsupportedModelError(f"{source}: model_type {model_type!r} (architecture {arch!r}) is not "
+                                    f"supported; supported: {', '.join(sorted(FAMILIES))}")
+    try:
+        info = {
+            "family": family,
+            "layers": int(config["num_hidden_layers"]),
+            "heads": int(config["num_attention_heads"]),
+            "hidden": int(config["hidden_size"]),
+            "intermediate": int(config["intermediate_size"]),
+            "num_prefix_tokens": num_prefix_tokens or (2 if arch == "DeiTForImageClassificationWithTeacher" else 1),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{source}: config lacks a usable {e} entry") from e
+    info["architecture"] = arch
+    info["num_labels"] = len(config.get("id2label") or {}) or None
+    info["tokens"] = _tokens(config, family, info["num_prefix_tokens"])
+    return info
+
+
+def _tokens(config: Mapping[str, Any], family: str, prefix: int) -> int | None:
+    """Sequence length at the model's input size: patches + prefix tokens, or BERT's position limit."""
+    if family == "bert":
+        return config.get("max_position_embeddings")
+    size, patch = config.get("image_size"), config.get("patch_size")
+    if not (isinstance(size, int) and isinstance(patch, int) and patch > 0):
+        return None
+    return (size // patch) ** 2 + prefix

@@ -1,0 +1,116 @@
+"""`export` as a user walks it: a short table, JSON on request, --out is the INT8 file, `run` on it."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from tiny import tiny_bert, tiny_vit
+from typer.testing import CliRunner
+
+from sttabt_edge.cli import app
+from sttabt_edge.export.metadata import read_metadata
+
+runner = CliRunner()
+WORDS = "a fine film dull tedious mess charming moving plot cast story good bad long short".split()
+FAST = ["--no-simplify", "--latency-runs", "0", "--calib-samples", "2"]
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vit") / "vit"
+    tiny_vit().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """Tiny BERT (64 positions) with a WordLevel tokenizer.json whose ids fit its 100-token vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    d = tmp_path_factory.mktemp("bert") / "bert"
+    tiny_bert().save_pretrained(d)
+    tok.save(str(d / "tokenizer.json"))
+    return d
+
+
+def test_export_prints_a_table_and_writes_json_on_request(vit_dir, tmp_path):
+    out, report = tmp_path / "dense.onnx", tmp_path / "summary.json"
+    res = runner.invoke(app, ["export", "--model", str(vit_dir), "--method", "dense", "--out", str(out),
+                              "--json", str(report), *FAST])
+    assert res.exit_code == 0, res.output
+    assert "parity" in res.stdout and "max |dlogit|" in res.stdout and not res.stdout.lstrip().startswith("{")
+    summary = json.loads(report.read_text())
+    assert summary["out"] == str(out) and summary["files"] == [str(out)] and summary["parity"]["max_abs_diff"] < 1e-4
+
+
+def test_quantized_export_writes_int8_at_out(vit_dir, tmp_path):
+    out = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", "--model", str(vit_dir), "--out", str(out), "--approx", "untrained",
+                              "--quantize", "int8", *FAST, "--json", "-"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    fp32 = tmp_path / "m.fp32.onnx"
+    assert summary["out"] == str(out) and summary["files"] == [str(out), str(fp32)]
+    assert read_metadata(out)["quantization"] == "int8-dynamic" and "quantization" not in read_metadata(fp32)
+    assert summary["quantization"]["int8_bytes"] == out.stat().st_size < fp32.stat().st_size
+    assert not (tmp_path / "m.int8.onnx").exists()
+    table = runner.invoke(app, ["export", "--model", str(vit_dir), "--out", str(out), "--approx", "untrained",
+                                "--quantize", "int8", *FAST])
+    assert table.exit_code == 0 and "also wrote" in table.stdout and "INT8" in table.stdout
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(img)
+    res = runner.invoke(app, ["run", str(out), "--image", str(img), "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)[0]["kept_counts"]) == 3
+
+
+def test_text_int8_quantizes_embeddings_and_runs_on_its_own(bert_dir, tmp_path):
+    """Word, position and token-type tables of the model and of the ApproxNet are 8-bit; the
+    ApproxNet's matmuls stay fp32; the INT8 file names its own tokenizer copy."""
+    out = tmp_path / "t" / "text.onnx"
+    res = runner.invoke(app, ["export", "--model", str(bert_dir), "--out", str(out), "--approx", "untrained",
+                              "--quantize", "int8", *FAST, "--json", "-"])
+    assert res.exit_code == 0, res.output
+    q = json.loads(res.stdout)["quantization"]
+    assert q["int8_embeddings"] == 6 and q["fp32_nodes"] > 0 and q["kept_counts_equal"]
+    graph = onnx.load(str(out)).graph
+    tables = {t.name: t.data_type for t in graph.initializer if len(t.dims) == 2}
+    gathered = [tables[n.input[0]] for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    assert gathered and onnx.TensorProto.FLOAT not in gathered
+    assert read_metadata(out)["preprocess"]["text"]["tokenizer_file"] == "text.tokenizer.json"
+    assert (out.parent / "text.tokenizer.json").is_file()
+    res = runner.invoke(app, ["run", str(out), "--text", "a fine film", "--json"])
+    assert res.exit_code == 0, res.output
+
+
+def test_run_refuses_long_text_naming_truncate(bert_dir, tmp_path):
+    out = tmp_path / "dense.onnx"
+    res = runner.invoke(app, ["export", "--model", str(bert_dir), "--method", "dense", "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    long = " ".join(WORDS * 6)  # 90 words + 2 special tokens > 64 positions
+    res = runner.invoke(app, ["run", str(out), "--text", long])
+    assert res.exit_code == 2 and "--truncate" in res.output and "truncation=True" not in res.output
+    res = runner.invoke(app, ["run", str(out), "--text", long, "--text", "a fine film", "--truncate", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)) == 2
+
+
+def test_run_warns_on_small_images(vit_dir, tmp_path):
+    """The tiny ViT crops 32 px from a 32 px resize: a 12 px image is upscaled past half the crop."""
+    out = tmp_path / "dense.onnx"
+    assert runner.invoke(app, ["export", "--model", str(vit_dir), "--method", "dense", "--out", str(out),
+                               *FAST]).exit_code == 0
+    small, big = tmp_path / "small.png", tmp_path / "big.png"
+    Image.new("RGB", (12, 30)).save(small)
+    Image.new("RGB", (40, 40)).save(big)
+    res = runner.invoke(app, ["run", str(out), "--image", str(small), "--image", str(big)])
+    assert res.exit_code == 0, res.output
+    assert "small.png is 12x30, much smaller" in res.stderr and "big.png is" not in res.stderr
