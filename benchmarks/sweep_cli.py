@@ -54,6 +54,8 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     ap.add_argument("--sparse-steps", type=int, default=None, help="override the budget's steps per trained point")
     ap.add_argument("--init-schedule", choices=["constant", "shared"], default="constant",
                     help="concrete: initial keep schedule (SparseTrainConfig.init_schedule)")
+    ap.add_argument("--concrete", choices=["ste", "official"], default="ste",
+                    help="concrete variant (SparseTrainConfig.concrete): ours (straight-through) or the official one")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
@@ -63,7 +65,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     plan.approx_dir = args.approx
     if args.targets:
         plan.targets = args.targets
-    plan.scfg = plan.scfg.replace(init_schedule=args.init_schedule)
+    plan.scfg = plan.scfg.replace(init_schedule=args.init_schedule, concrete=args.concrete)
     if args.sparse_steps:
         plan.sparse_cfg = plan.sparse_cfg.replace(steps=args.sparse_steps)
     work = args.work / args.budget / time.strftime("%Y%m%d-%H%M%S")
@@ -76,6 +78,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
         "targets": plan.targets,
         "sparse_steps": plan.sparse_cfg.steps,
         "init_schedule": plan.scfg.init_schedule,
+        "concrete": plan.scfg.concrete,
         **dict(d.header),
         "env": environment(),
     }

@@ -368,6 +368,28 @@ def test_shape_thresholds_gives_every_layer_the_target():
         assert ret[0] >= ret[1] >= ret[2]  # nested
 
 
+def test_union_thresholds_grow_toward_the_input():
+    """The union init: each layer's own selection keeps one fraction q, so the nested sets grow
+    toward the input (the constant schedule gave every layer the top layer's set), mean on target."""
+    from sttabt_edge import compat
+    from sttabt_edge.method.concrete import ConcreteThresholds
+    from sttabt_edge.reducers.sttabt import SttabtReducer
+    from sttabt_edge.train.concrete import _own_fraction_probe, union_thresholds
+
+    model = tiny_bert()
+    parts = compat.model_parts(model)
+    reducer = SttabtReducer(build_approxnet(model, 2, "random"), thresholds=ConcreteThresholds(3, min_keep=1))
+    _, long = _short_and_long_text()
+    for target in (0.6, 0.4):
+        with torch.no_grad():
+            reducer.thresholds.logits.zero_()
+        per_layer = union_thresholds(reducer, parts, [long], target)
+        assert sum(per_layer) / 3 == pytest.approx(target, abs=0.03)
+        assert per_layer[0] > per_layer[1] > per_layer[2]  # grows toward the input, no collapse
+        own = _own_fraction_probe(reducer, parts, [long])(reducer.thresholds.logits.detach())
+        assert float(own.max() - own.min()) < 0.15  # one own fraction for every layer (before the snap's shift)
+
+
 def test_concrete_refuses_unreachable_target_before_training(text_model_dir, glue_dir, tmp_path):
     from sttabt_edge.train.concrete import UnreachableTargetError
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("interpolate", "random")
-INIT_SCHEDULES = ("constant", "shared")
+INIT_SCHEDULES = ("constant", "union", "shared")
 CONCRETE_VARIANTS = ("ste", "official")
 
 C = TypeVar("C", bound="JsonConfig")
@@ -140,7 +140,8 @@ class SparseTrainConfig(JsonConfig):
     hard_frac: float = 0.2  # last fraction of the steps: thresholds frozen, hard masks, model fine-tuned
     snap: bool = True  # at the first hard step (or the end): shift thresholds so hard retention = target
     init: str = "calibrate"  # thresholds: "calibrate" (retention starts at the target) or a float
-    # calibrated init's keep schedule: "constant" (every layer keeps ~target; train/concrete.shape_thresholds)
+    # calibrated init's keep schedule: "constant" (every layer keeps ~target; train/concrete.shape_thresholds),
+    # "union" (each layer's own selection keeps one fraction, sets grow toward the input; union_thresholds)
     # or "shared" (one offset for all layers: the importance profile decides, early layers keep everything)
     init_schedule: str = "constant"
     calib_samples: int = 64  # random training examples the thresholds are calibrated / snapped on
