@@ -25,7 +25,13 @@ from torch import nn
 
 from sttabt_edge import compat
 from sttabt_edge.compat import ModelParts
-from sttabt_edge.errors import CheckpointMismatchError, InputError, UnsupportedModelError
+from sttabt_edge.errors import (
+    CheckpointMismatchError,
+    InputError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+    one_line,
+)
 from sttabt_edge.method.flops import model_flops
 from sttabt_edge.method.sparse import dense_counts, dense_forward
 from sttabt_edge.models.adapter import classify, embed
@@ -176,7 +182,8 @@ class ApproxNet(nn.Module):
     ) -> ApproxNet:
         """Rebuild from :meth:`save` output (safetensors only); shape mismatches raise CheckpointMismatchError.
 
-        ``teacher_config`` / ``factor``, when given, are checked against the checkpoint.
+        ``teacher_config`` / ``factor``, when given, are checked against the checkpoint. A damaged
+        or foreign file (invalid JSON, a pickle renamed .safetensors) is one CheckpointMismatchError line.
         """
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -185,18 +192,22 @@ class ApproxNet(nn.Module):
         meta_path, weights_path = d / META_FILE, d / WEIGHTS_FILE
         for p in (meta_path, weights_path):
             if not p.is_file():
-                raise FileNotFoundError(f"{p} not found: not an ApproxNet directory (see ApproxNet.save)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise CheckpointMismatchError(f"{meta_path} is not an ApproxNet description (format={meta.get('format')!r})")
+                raise ModelNotFoundError(f"{p} not found: not an ApproxNet directory (see ApproxNet.save)")
+        meta = _read_description(meta_path)
         model_cls = _model_class(meta["model_class"])
-        config = model_cls.config_class.from_dict(meta["config"])
+        try:
+            config = model_cls.config_class.from_dict(meta["config"])
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CheckpointMismatchError(f"{meta_path}: invalid model config ({one_line(e)})") from e
         config._attn_implementation = "eager"
         saved_factor = int(meta["factor"])
         if factor is not None and factor != saved_factor:
             raise CheckpointMismatchError(f"{d} holds an ApproxNet with factor {saved_factor}, expected {factor}")
-        with safe_open(str(weights_path), framework="pt") as f:
-            tags = f.metadata() or {}
+        try:
+            with safe_open(str(weights_path), framework="pt") as f:
+                tags = f.metadata() or {}
+        except Exception as e:  # SafetensorError is a bare Exception
+            raise CheckpointMismatchError(f"{weights_path}: not a readable safetensors file ({one_line(e)})") from e
         if tags.get("factor", str(saved_factor)) != str(saved_factor):
             raise CheckpointMismatchError(
                 f"{weights_path} was saved with factor {tags['factor']} but {meta_path} says {saved_factor}"
@@ -205,7 +216,10 @@ class ApproxNet(nn.Module):
             _check_teacher(config, int(meta["teacher_hidden_size"]), teacher_config, saved_factor, d)
         with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the global RNG
             net = cls(model_cls(config), saved_factor, str(meta["init"]), int(meta["teacher_hidden_size"]))
-        state = load_file(str(weights_path), device=str(device))
+        try:
+            state = load_file(str(weights_path), device=str(device))
+        except Exception as e:  # a valid header over truncated tensor data
+            raise CheckpointMismatchError(f"{weights_path}: not a readable safetensors file ({one_line(e)})") from e
         _check_state(net.state_dict(), state, weights_path)
         net.load_state_dict(state)
         return net.to(device).eval()
@@ -355,6 +369,23 @@ def _upsample_transfers(transfers: nn.ModuleList) -> None:
 
 
 # ---- persistence helpers --------------------------------------------------------------
+
+
+def _read_description(path: Path) -> dict[str, Any]:
+    """approxnet.json with the keys :meth:`ApproxNet.load` reads, or one CheckpointMismatchError line."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointMismatchError(f"{path}: unreadable ApproxNet description ({one_line(e)})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointMismatchError(f"{path} is not an ApproxNet description (format={found!r})")
+    ints = ("factor", "teacher_hidden_size")
+    bad = [k for k in ("model_class", "init", "config", *ints) if k not in meta]
+    bad += [k for k in ints if k in meta and (isinstance(meta[k], bool) or not isinstance(meta[k], int) or meta[k] < 1)]
+    if bad or not isinstance(meta["config"], dict):
+        raise CheckpointMismatchError(f"{path}: missing or invalid {bad or ['config']}")
+    return meta
 
 
 def _atomic_write(path: Path, write: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -20,7 +21,13 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from sttabt_edge import compat
-from sttabt_edge.errors import CheckpointMismatchError, InputError, ModelNotFoundError, UnsupportedModelError
+from sttabt_edge.errors import (
+    CheckpointMismatchError,
+    InputError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+    one_line,
+)
 
 # Hub ids: resolving them needs network access (or a populated HF cache).
 MODEL_ALIASES: Mapping[str, str] = MappingProxyType(
@@ -109,22 +116,39 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelNotFoundError(f"weights file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: object = load_file(str(path), device="cpu")
+        obj: object = read_safetensors(path)
     elif suffix in _WEIGHT_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # UnpicklingError for pickled non-tensor objects, etc.
             raise InputError(
-                f"cannot read {path.name} with torch.load(weights_only=True): {e}. "
-                "Re-save only the state dict (torch.save(model.state_dict(), ...) or safetensors)."
+                f"{path.name}: {pickle_refusal(e)}; re-save only the state dict "
+                "(torch.save(model.state_dict(), ...) or safetensors)"
             ) from e
     else:
         raise InputError(
             f"unknown weights format {path.name!r}; expected one of {', '.join(_WEIGHT_SUFFIXES)}"
         )
     return _as_state_dict(obj, path.name)
+
+
+def read_safetensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """safetensors.torch.load_file, with a damaged or foreign file as one InputError line."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # SafetensorError (header too large, invalid JSON...) is a bare Exception
+        raise InputError(f"{path}: not a readable safetensors file ({one_line(e)})") from e
+
+
+def pickle_refusal(error: BaseException) -> str:
+    """torch.load(weights_only=True)'s paragraph as one line, naming what the pickle tried to load."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if found:
+        return (f"holds pickled code or objects (it tries to load {found.group(1)}), which "
+                "torch.load(weights_only=True) refuses to run")
+    return f"torch.load(weights_only=True) cannot read it ({type(error).__name__}: {one_line(error, limit=160)})"
 
 
 def _as_state_dict(obj: object, what: str) -> dict[str, torch.Tensor]:

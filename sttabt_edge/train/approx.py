@@ -143,7 +143,9 @@ def train_approx(
         approx = build_approxnet(teacher, acfg.factor, acfg.init, seed=cfg.seed, heads=acfg.heads)
         source = data.source(cfg.batch_size, cfg.seed, cfg.augment, cfg.max_length, cfg.bucket_batches)
         held = data.eval_batches(cfg.eval_batch_size, cfg.max_eval_samples, cfg.max_length)
-        kl_before = _maybe_kl(teacher, approx, held, dist) if not resume else None
+        # before fit() restores a checkpoint, ``approx`` is the deterministic init (seeded), so a resumed
+        # run measures the same "before" as the run it continues (its report may never have been written)
+        kl_before = _maybe_kl(teacher, approx, held, dist)
         objective = ApproxObjective(teacher, approx, weights)
 
         def evaluate() -> dict[str, float]:

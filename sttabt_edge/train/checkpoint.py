@@ -7,18 +7,22 @@ Layout of a run directory::
 
 A checkpoint is written into a hidden temp dir beside its final place, renamed into
 place, and only then does ``latest`` (replaced with ``os.replace``) point to it. A crash
-at any moment leaves ``latest`` naming a complete checkpoint; stale temp dirs are
-ignored by readers and removed by the next save.
+at any moment leaves ``latest`` naming a complete checkpoint; stale temp dirs and the
+``.<name>.*.tmp`` files of a killed atomic write are ignored by readers and removed by the
+next save. ``latest`` may only name a ``ckpt-NNNNNN`` folder of the run itself: a pointer
+edited to lead elsewhere (``../..``, an absolute path, a symlink) is refused.
 
 Weights are safetensors. Optimizer / scheduler / GradScaler state (tensors, numbers and
 lists only) is ``torch.save``d and read back with ``torch.load(weights_only=True)``, so
-loading runs no pickled code.
+loading runs no pickled code; a file it refuses, or damaged weights or state, is one
+CheckpointMismatchError line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -30,14 +34,16 @@ import torch
 from torch import nn
 
 from sttabt_edge import compat
-from sttabt_edge.errors import CheckpointMismatchError
-from sttabt_edge.models.loading import load_state_dict_checked
+from sttabt_edge.errors import CheckpointMismatchError, InputError, one_line
+from sttabt_edge.models.loading import load_state_dict_checked, pickle_refusal, read_safetensors
 
 CKPT_ROOT = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"
 FORMAT = "sttabt-train-checkpoint"
+CKPT_NAME = re.compile(r"ckpt-\d{6,}")
+_MAX_POINTER_BYTES = 256
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -91,10 +97,12 @@ def save_module(module: nn.Module, path: Path, metadata: Mapping[str, str] | Non
 
 def load_module(module: nn.Module, path: Path) -> None:
     """Strict load; key or shape differences raise CheckpointMismatchError."""
-    from safetensors.torch import load_file
-
     device = next((t.device for t in module.state_dict().values()), torch.device("cpu"))
-    load_state_dict_checked(module, load_file(str(path), device=str(device)), what=str(path))
+    try:
+        state = read_safetensors(path, device=str(device))
+    except InputError as e:
+        raise CheckpointMismatchError(str(e)) from e
+    load_state_dict_checked(module, state, what=str(path))
 
 
 def checkpoint_name(step: int) -> str:
@@ -133,21 +141,52 @@ def _prune(root: Path, keep: int, current: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(".ckpt-*"):  # temp dirs of an interrupted save
         shutil.rmtree(p, ignore_errors=True)
+    for folder in (root, root.parent):  # the run's own atomic writes (latest, report.json ...) cut short
+        remove_stale_temps(folder)
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that atomic writes leave when killed mid-write.
+
+    Only while this process is the run's one writer (a checkpoint save): a live write's temp
+    file would go too."""
+    gone = [p for p in folder.glob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint ``latest`` names, or None when the run has none."""
-    pointer = Path(run_dir) / CKPT_ROOT / LATEST
+    """The checkpoint ``latest`` names, or None when the run has none.
+
+    The pointer must name a ``ckpt-NNNNNN`` folder directly inside the run's checkpoints
+    folder: anything else (``../x``, an absolute path, a symlink out) is refused, never followed."""
+    root = Path(run_dir) / CKPT_ROOT
+    pointer = root / LATEST
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
+    with open(pointer, "rb") as f:
+        raw = f.read(_MAX_POINTER_BYTES + 1)
+    name = raw.decode("utf-8", errors="replace").strip()
+    if len(raw) > _MAX_POINTER_BYTES or not CKPT_NAME.fullmatch(name):
+        raise CheckpointMismatchError(
+            f"{pointer} names {name[:60]!r}, not a checkpoint folder of this run (ckpt-NNNNNN); refusing to follow it"
+        )
+    path = root / name
+    if path.is_symlink() or path.resolve().parent != root.resolve():
+        raise CheckpointMismatchError(f"{path} leads outside {root}; refusing to follow it")
     if not (path / STATE_FILE).is_file():
         raise CheckpointMismatchError(f"{pointer} names {path.name}, which is not a complete checkpoint")
     return path
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
-    state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointMismatchError(f"{ckpt / STATE_FILE}: unreadable checkpoint state ({one_line(e)})") from e
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"{ckpt / STATE_FILE} holds a {type(state).__name__}, not a checkpoint state")
     if state.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{ckpt} is not a training checkpoint (format={state.get('format')!r})")
     return state
@@ -179,7 +218,12 @@ def load_checkpoint(
         raise CheckpointMismatchError(f"checkpoint {ckpt} has no weights for {missing}")
     for name, module in modules.items():
         load_module(module, ckpt / f"{name}.safetensors")
-    trainer_state = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+    try:
+        trainer_state = torch.load(ckpt / TRAINER_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (pickled code), EOFError / RuntimeError (truncated zip) ...
+        raise CheckpointMismatchError(f"{ckpt / TRAINER_FILE}: {pickle_refusal(e)}") from e
+    if not isinstance(trainer_state, dict):
+        raise CheckpointMismatchError(f"{ckpt / TRAINER_FILE} holds a {type(trainer_state).__name__}, not trainer state")
     return trainer_state, state
 
 
