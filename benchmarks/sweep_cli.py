@@ -52,7 +52,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     ap.add_argument("--approx", type=Path, default=None, help="reuse this ApproxNet dir instead of distilling one")
     ap.add_argument("--targets", type=float, nargs="+", default=None, help="override the budget's retention targets")
     ap.add_argument("--sparse-steps", type=int, default=None, help="override the budget's steps per trained point")
-    ap.add_argument("--init-schedule", choices=["constant", "shared"], default="constant",
+    ap.add_argument("--init-schedule", choices=["constant", "union", "shared"], default="constant",
                     help="concrete: initial keep schedule (SparseTrainConfig.init_schedule)")
     ap.add_argument("--concrete", choices=["ste", "official"], default="ste",
                     help="concrete variant (SparseTrainConfig.concrete): ours (straight-through) or the official one")
