@@ -21,7 +21,13 @@ class Init(str, Enum):
 
 class InitSchedule(str, Enum):
     constant = "constant"
+    union = "union"
     shared = "shared"
+
+
+class ConcreteVariant(str, Enum):
+    ste = "ste"
+    official = "official"
 
 
 class Baseline(str, Enum):
@@ -131,9 +137,14 @@ def train_concrete_cmd(
     freeze_main: Annotated[bool, typer.Option(help="train thresholds (+ ApproxNet) only")] = False,
     kd_weight: FloatOpt = None, retention_weight: FloatOpt = None, threshold_lr: FloatOpt = None,
     hard_frac: Annotated[float | None, typer.Option(help="last fraction of steps with hard masks")] = None,
-    init_schedule: Annotated[InitSchedule, typer.Option(
-        help="initial keep schedule: constant (every layer ~target) | shared (one threshold offset)")
-    ] = InitSchedule.constant,
+    concrete: Annotated[ConcreteVariant, typer.Option(
+        help="ste (ours: noise + straight-through) | official (the paper's code: Φ of z-scored scores, T 0.1)")
+    ] = ConcreteVariant.ste,
+    init_schedule: Annotated[InitSchedule | None, typer.Option(
+        help="initial keep schedule: constant (every layer ~target) | union (one own fraction per layer, sets "
+             "grow toward the input) | shared (one threshold offset; the official init). Default: constant "
+             "for ste, shared for official")
+    ] = None,
     calib_on: CalibOpt = CalibOn.train, eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
@@ -154,8 +165,9 @@ def train_concrete_cmd(
         net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
         losses = {"kd_weight": kd_weight, "retention_weight": retention_weight, "threshold_lr": threshold_lr,
                   "hard_frac": hard_frac}
+        schedule = init_schedule.value if init_schedule else ("shared" if concrete.value == "official" else "constant")
         scfg = SparseTrainConfig(target_retention=target_retention, freeze_main=freeze_main,
-                                 init_schedule=init_schedule.value).replace(
+                                 init_schedule=schedule, concrete=concrete.value).replace(
             **{k: v for k, v in losses.items() if v is not None})
         train_concrete(net, ApproxNet.load(approx, net.config), train_data, cfg=cfg, scfg=scfg, out=out,
                        resume=resume, source_dir=model_dir)

@@ -594,6 +594,14 @@ def test_cli_train_verbs_and_eval(image_dir, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "c" / "sttabt.json").read_text())["sparse_config"]["init_schedule"] == "shared"
+    res = runner.invoke(  # the official variant: its init schedule defaults to the official shared one
+        app, ["train", "concrete", "--model", str(model_dir), "--approx", str(tmp_path / "ax"), "--target-retention",
+              "0.5", "--concrete", "official", "--out", str(tmp_path / "co"), *common],
+    )
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "co" / "sttabt.json").read_text())
+    assert saved["sparse_config"]["concrete"] == "official" and saved["sparse_config"]["init_schedule"] == "shared"
+    assert saved["reducer"]["concrete"] == "official"
     for method in ("ltp", "topk"):
         res = runner.invoke(
             app,
