@@ -43,6 +43,12 @@ def _rows(flags: np.ndarray) -> str:
     return f"row{'s' if len(idx) > 1 else ''} {idx[:_SHOWN_ROWS]}{more}"
 
 
+def _dims(shape: Shape) -> str:
+    """(B, 3, 224, 224) / (B, N): dynamic axes by name, as the contract documents them."""
+    names = ["B" if axis == 0 else "N" if d is None else str(d) for axis, d in enumerate(shape)]
+    return "(" + ", ".join(names) + ")"
+
+
 def _as_array(name: str, value: Any, kinds: str) -> np.ndarray:
     try:
         x = np.asarray(value)
@@ -88,7 +94,7 @@ def _check_shapes(spec: InputSpec, feed: Mapping[str, np.ndarray]) -> int:
             dim, got = want[axis], x.shape[axis]
             if dim is None or got == dim or (spec.pads_text and axis == 1 and got < dim):
                 continue
-            raise InputError(f"input {name} has shape {x.shape}; the model takes {tuple(want)}")
+            raise InputError(f"input {name} has shape {x.shape}; the model takes {_dims(want)}")
     return b
 
 

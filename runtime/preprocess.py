@@ -6,9 +6,8 @@ torchvision or transformers: images follow the torchvision/timm eval convention
 ``tokenizer.json`` through the ``tokenizers`` library, padded the way ``AutoTokenizer``
 pads with ``padding=True``.
 
-Images come from anywhere, so they are bounded before they are decoded: the header's size
-and aspect ratio, and the size of the resized image, are checked first (a 99-byte PNG can
-claim 1 x 100000 pixels), and 16-bit images are scaled to 8 bits instead of saturating.
+Images come from anywhere, so they are bounded before they are decoded (:mod:`.images`): the
+header's size and aspect ratio, and the size of the resized image, are checked first.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import numpy as np
 
 from sttabt_edge.errors import InputError, InputNotFoundError, InputTypeError
 from sttabt_edge.runtime.contract import INTERPOLATIONS, MAX_IMAGE_SIZE, MAX_RESIZE_SIZE
+from sttabt_edge.runtime.images import MAX_ASPECT_RATIO, MAX_RESIZED_PIXELS, load_rgb, to_rgb
 
 if TYPE_CHECKING:  # pragma: no cover - typing only, keeps pillow/tokenizers imports lazy
     from PIL import Image
@@ -34,14 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only, keeps pillow/tokenizers imp
 
 __all__ = ["ImagePreprocess", "TextPreprocess"]
 
-# Decoded pixels one image may have (Pillow holds RGB in 4 bytes a pixel: 64 MB); larger JPEGs are
-# decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), anything else larger is refused.
-MAX_IMAGE_PIXELS = 16_000_000
-# Longer side / shorter side; beyond it the centre crop sees under 1/32 of the image.
-MAX_ASPECT_RATIO = 32
-# The image after "shorter side to resize_size", before the crop (a 1 x 3000 PNG would be 256 x 768000).
-MAX_RESIZED_PIXELS = 16_000_000
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 # tokenizer_config.json sometimes stores a huge sentinel (int(1e30)) meaning "no limit".
 _MAX_SANE_LENGTH = 1_000_000
 _DEFAULT_MODEL_MAX_LENGTH = 512
@@ -128,9 +120,9 @@ class ImagePreprocess:
 
         if isinstance(item, Image.Image):
             self.check_geometry(item.size, "image")
-            img = _to_rgb(item, "image")
+            img = to_rgb(item, "image")
         elif isinstance(item, (str, os.PathLike)):
-            img = _load_rgb(item, self.check_geometry)
+            img = load_rgb(item, self.check_geometry)
         else:
             raise InputTypeError(f"expected an image path or a PIL.Image.Image, got {type(item).__name__}")
         img = self._resize_shorter(img)
@@ -179,64 +171,6 @@ class ImagePreprocess:
         top = int(round((h - crop) / 2.0))
         left = int(round((w - crop) / 2.0))
         return img.crop((left, top, left + crop, top + crop))
-
-
-def _load_rgb(path: str | os.PathLike[str], check: Any = None) -> Image.Image:
-    """Open, bound (``check(size, name)`` on the header, then the pixel limit) and decode an image.
-
-    Errors name the file: PIL decodes lazily and its own messages do not."""
-    from PIL import Image
-
-    name = os.fspath(path)
-    try:
-        with Image.open(path) as im:
-            if check is not None:
-                check(im.size, name)
-            _bound_pixels(im, name)
-            im.load()
-            return _to_rgb(im, name)
-    except InputError:
-        raise
-    except FileNotFoundError as e:
-        raise InputNotFoundError(f"image file not found: {name}") from e
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{name}: over {MAX_IMAGE_PIXELS:,} pixels ({e})") from e
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise InputError(f"cannot read image {name}: not a valid or complete image ({e})") from e
-
-
-def _bound_pixels(im: Image.Image, name: str, limit: int = MAX_IMAGE_PIXELS) -> None:
-    """Keep the decode under ``limit`` pixels: JPEGs decode at 1/2, 1/4 or 1/8 scale, others are refused."""
-    w, h = im.size
-    if w * h <= limit:
-        return
-    scale = next((k for k in (2, 4, 8) if -(-w // k) * -(-h // k) <= limit), None)
-    if im.format == "JPEG" and scale is not None:
-        im.draft(im.mode, (-(-w // scale), -(-h // scale)))
-        if im.size[0] * im.size[1] <= limit:
-            return
-    raise InputError(f"{name} is {w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit; downscale it first")
-
-
-def _to_rgb(im: Image.Image, name: str) -> Image.Image:
-    """8-bit RGB. 16-bit pixels keep their top 8 bits (as Pillow does for 16-bit RGB); Pillow's own
-    conversion would clip them at 255 and make a 16-bit photo all white."""
-    from PIL import Image
-
-    if im.mode in _SIXTEEN_BIT or (im.mode == "I" and im.format == "PNG"):  # older Pillow: 16-bit PNG as "I"
-        x = np.asarray(im).astype(np.int64)
-        if x.min() < 0 or x.max() > 65535:
-            raise InputError(f"{name}: {im.mode} pixels outside the 16-bit range")
-        return Image.fromarray((x >> 8).astype(np.uint8)).convert("RGB")
-    if im.mode in ("I", "F"):
-        raise InputError(
-            f"{name}: mode {im.mode} (32-bit {'integer' if im.mode == 'I' else 'float'} pixels) has no defined "
-            "0-255 range; convert it to 8-bit RGB first"
-        )
-    try:
-        return im.convert("RGB")
-    except ValueError as e:
-        raise InputError(f"{name}: cannot convert mode {im.mode} to RGB ({e})") from e
 
 
 def _read_model_max_length(tokenizer_json: Path) -> int:
@@ -312,6 +246,17 @@ class TextPreprocess:
                 f"max_length {max_length} exceeds the model's limit model_max_length={self.model_max_length}"
             )
         return int(max_length)
+
+    def token_lengths(self, texts: str | Sequence[str] | Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens per text (special tokens included), untruncated and unchecked against the limit:
+        for callers that word their own too-long error. Bad texts raise as in :meth:`__call__`."""
+        batch = _normalize_texts(texts)
+        with self._lock:
+            self._tokenizer.no_truncation()
+            try:
+                return [len(enc.ids) for enc in self._tokenizer.encode_batch(batch, add_special_tokens=True)]
+            except Exception as e:  # tokenizers raises a bare Exception
+                raise InputError(f"tokenization failed: {e}") from e
 
     @property
     def tokenizer(self) -> Tokenizer:

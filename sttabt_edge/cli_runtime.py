@@ -24,6 +24,9 @@ from sttabt_edge.cli_common import (
 if TYPE_CHECKING:
     from sttabt_edge.runtime import Prediction, Predictor
 
+NoVerifyDigest = Annotated[bool, typer.Option(
+    "--no-verify-digest", help="load a model whose graph and weights do not match the digest recorded at export "
+                               "(or files exported before digests)")]
 SMALL_IMAGE = 0.5  # warn when an image's shorter side is under this fraction of the model's crop
 ORACLE = "the model's own attention: an upper bound, not deployable"
 
@@ -50,6 +53,7 @@ def run_cmd(
     truncate: Annotated[bool, typer.Option(help="cut texts longer than the model's limit (default: refuse them)")]
     = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    no_verify_digest: NoVerifyDigest = False,
 ) -> None:
     """Classify images or texts with an exported model (no torch needed)."""
     from sttabt_edge.errors import SttabtError
@@ -63,7 +67,7 @@ def run_cmd(
     for path in image or ():
         check_exists("--image", path, "file")
     try:
-        pred = load(model, threads=threads)
+        pred = load(model, threads=threads, verify_digest=not no_verify_digest)
         if image:
             _warn_small_images(pred, image)
             out = pred.predict(images=image, top_k=top_k)
@@ -101,10 +105,9 @@ def _refuse_long_texts(pred: Predictor, texts: list[Any]) -> None:
     text = pred.text
     assert text is not None
     limit = text.max_length or text.model_max_length
-    for i, enc in enumerate(text.tokenizer.encode_batch(texts, add_special_tokens=True)):
-        if len(enc.ids) > limit:
-            fail(f"text {i + 1} is {len(enc.ids)} tokens long, over the model's limit of {limit}; "
-                 "pass --truncate to cut it")
+    for i, n in enumerate(text.token_lengths(texts)):  # the runtime's checks (e.g. valid Unicode) first
+        if n > limit:
+            fail(f"text {i + 1} is {n} tokens long, over the model's limit of {limit}; pass --truncate to cut it")
 
 
 def _warn_small_images(pred: Predictor, images: list[Path]) -> None:
@@ -142,6 +145,7 @@ def bench_cmd(
     ] = False,
     block: Annotated[int, typer.Option(help="runs of each model per round (A A A B B B ...); the first, cold "
                                             "run of each block is dropped: warm-cache latency")] = 1,
+    no_verify_digest: NoVerifyDigest = False,
 ) -> None:
     """Latency p50/p90/p99, throughput, peak RSS, kept tokens; with --vs the latency ratio."""
     from rich.console import Console
@@ -158,7 +162,7 @@ def bench_cmd(
 
     try:
         res = bench(model, vs, threads=threads, batch=batch, runs=runs, warmup=warmup, seq_len=seq_len,
-                    spinning=spin, block=block)
+                    spinning=spin, block=block, verify_digest=not no_verify_digest)
     except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
         fail(error_line(str(e)))
     rounds = f"{runs} rounds of {block} runs (first dropped)" if block > 1 else f"{runs} runs"
@@ -256,6 +260,7 @@ def verify_cmd(
     min_top1_agreement: float = 0.999,
     min_kept_agreement: float = 0.99,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
+    no_verify_digest: NoVerifyDigest = False,
 ) -> None:
     """PyTorch vs exported parity on a dataset; exits 1 beyond tolerance (the CI check)."""
     check_exists("model", model, "file")
@@ -271,7 +276,7 @@ def verify_cmd(
     from sttabt_edge.verify import Tolerance, reference_reducer, verify
 
     try:
-        pred = load(model)
+        pred = load(model, verify_digest=not no_verify_digest)
         net = load_model(reference)
         reducer = reference_reducer(pred.metadata.raw, net, approx)
         if data.is_dir():

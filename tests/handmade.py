@@ -109,3 +109,16 @@ def word_tokenizer(path: str | Path, words: int = 8) -> Path:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(str(path))
     return Path(path)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A valid PNG that claims width x height RGB pixels but holds a tiny, truncated zlib stream:
+    what an attacker sends (a few dozen bytes); only a bounded loader stays cheap on it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
