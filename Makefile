@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo
+.PHONY: venv test lint demo wheel check-wheel
 
 venv: $(STAMP)
 
@@ -31,3 +31,12 @@ lint: venv
 
 demo: venv
 	$(VPY) benchmarks/quickstart.py
+
+# The wheel (pure Python) into dist/; `pip install dist/sttabt_edge-*.whl` is the torch-free runtime.
+wheel:
+	PYTHON=$(if $(wildcard $(VPY)),$(VPY),$(PYTHON)) scripts/build_wheel.sh dist
+
+# A fresh venv with only that wheel (dependencies from the package index, no torch): import the
+# runtime, `sttabt-edge run/bench/info` on exported models. Needs network; not part of `make test`.
+check-wheel: venv
+	scripts/check_wheel.sh

@@ -140,14 +140,15 @@ if [ "$(cat "$SITE/.stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 
 # --------------------------------------------------------------------------- this checkout
-# Build the real wheel (so the package-dir mapping runtime/ -> sttabt_edge/runtime is what gets
-# tested) from a copy, so the build leaves nothing in the working tree.
-step "building the sttabt-edge wheel from this checkout"
-rm -rf "$PROJECT" "$CACHE/build"
-mkdir -p "$CACHE/build/src" "$PROJECT"
-cp -r pyproject.toml README.md sttabt_edge runtime export "$CACHE/build/src/"
-python3 -m pip wheel --quiet --no-deps -w "$CACHE/build" "$CACHE/build/src"
-python3 -m zipfile -e "$CACHE"/build/sttabt_edge-*.whl "$PROJECT"
+# The wheel `make wheel` builds (scripts/build_wheel.sh, from a copy of the sources: the checkout
+# stays clean), installed by pip for the ARM side: it is pure Python (py3-none-any), and its
+# dependencies are the aarch64 wheels above. So what runs on ARM is what `pip install` of the
+# wheel gives a Pi, package-dir mapping (runtime/ -> sttabt_edge/runtime) included.
+step "building the sttabt-edge wheel (make wheel) and installing it for ARM"
+WHEEL=$(scripts/build_wheel.sh dist)
+rm -rf "$PROJECT" && mkdir -p "$PROJECT"
+python3 -m pip install --quiet --no-deps --no-warn-script-location --target "$PROJECT" "$WHEEL"
+echo "$WHEEL -> $PROJECT"
 trap - ERR
 
 # --------------------------------------------------------------------------- 1. interpreter
