@@ -374,7 +374,7 @@ def test_union_thresholds_grow_toward_the_input():
     from sttabt_edge import compat
     from sttabt_edge.method.concrete import ConcreteThresholds
     from sttabt_edge.reducers.sttabt import SttabtReducer
-    from sttabt_edge.train.concrete import _own_fraction_probe, union_thresholds
+    from sttabt_edge.train.calibrate import _own_fraction_probe, union_thresholds
 
     model = tiny_bert()
     parts = compat.model_parts(model)

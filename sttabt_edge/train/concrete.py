@@ -15,30 +15,31 @@ spending steps dragging the pruning rate from 0.
 from __future__ import annotations
 
 import copy
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from sttabt_edge import compat
 from sttabt_edge.method.approxnet import ApproxNet
-from sttabt_edge.method.backtrack import retention
 from sttabt_edge.method.concrete import ConcreteThresholds
 from sttabt_edge.method.concrete_official import OfficialConcrete
-from sttabt_edge.method.sparse import dense_forward
-from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.train.artifacts import load_sttabt, save_trained
+from sttabt_edge.train.calibrate import (
+    calibration_batches,
+    shape_thresholds,
+    snap_thresholds,
+    union_thresholds,
+)
 from sttabt_edge.train.checkpoint import model_fingerprint
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import Dist, distributed
 from sttabt_edge.train.engine import FitResult, decay_groups, fit
-from sttabt_edge.train.losses import SparseObjective, UnreachableTargetError, bisect_offset, calibrate_offset
+from sttabt_edge.train.losses import SparseObjective, UnreachableTargetError
 
 # the official concrete constants: temperature, and the occupancy-loss factor per family
 # (concrete_loss_encoder_mask_avg_factor: 1e-3 for GLUE, 100 for ViT)
@@ -46,223 +47,9 @@ OFFICIAL_TEMPERATURE = 0.1
 OFFICIAL_RATIO_WEIGHT = {"bert": 1e-3, "vit": 100.0}
 
 __all__ = [
-    "UnreachableTargetError", "load_sttabt", "shape_thresholds", "snap_thresholds", "train_concrete", "union_thresholds",
+    "UnreachableTargetError", "calibration_batches", "load_sttabt", "shape_thresholds", "snap_thresholds",
+    "train_concrete", "union_thresholds",
 ]
-
-
-def calibration_batches(
-    data: TrainData, scfg: SparseTrainConfig, cfg: TrainConfig, device: torch.device
-) -> list[dict[str, torch.Tensor]]:
-    """``scfg.calib_samples`` random examples of ``data.calib`` (default: training) as tensors on
-    ``device`` (see TrainData). Warns when they are much shorter or longer than the held-out inputs."""
-    batches = data.calibration_batches(scfg.calib_samples, cfg.seed, cfg.max_length)
-    warn_length_shift(data, batches, cfg.max_length)
-    return [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in batches]
-
-
-LENGTH_SHIFT = 1.25  # calibration vs held-out mean text length ratio that warrants a warning
-
-
-def warn_length_shift(data: TrainData, batches: Sequence[dict[str, Any]], max_length: int) -> float | None:
-    """Mean length of the calibration texts over that of (up to 256) held-out texts; warns past
-    :data:`LENGTH_SHIFT` either way. None for images (fixed length) or without held-out data.
-
-    Thresholds keep a length-dependent fraction (short inputs keep more, and the forced tokens
-    are a larger share of them), so a retention calibrated on SST-2's short training phrases
-    (mean 13 tokens) lands far below target on its dev sentences (mean 25).
-    """
-    if data.modality != "text" or not data.eval or "attention_mask" not in batches[0]:
-        return None
-    held = data.eval_batches(64, 256, max_length)
-    calib_len = float(np.mean(np.concatenate([b["attention_mask"].sum(1) for b in batches])))
-    held_len = float(np.mean(np.concatenate([b[0]["attention_mask"].sum(1) for b in held])))
-    ratio = calib_len / held_len
-    if not 1 / LENGTH_SHIFT <= ratio <= LENGTH_SHIFT:
-        warnings.warn(
-            f"calibration inputs average {calib_len:.1f} tokens, held-out ones {held_len:.1f}: thresholds "
-            "calibrated on them give a different retention on held-out inputs; set TrainData.calib to "
-            "unlabeled inputs like the deployment ones (e.g. the held-out inputs)",
-            stacklevel=2,
-        )
-    return ratio
-
-
-@torch.no_grad()
-def snap_thresholds(
-    reducer: SttabtReducer,
-    parts: compat.ModelParts,
-    batches: Sequence[dict[str, torch.Tensor]],
-    target: float,
-    noisy: bool = False,
-    span: float = 20.0,
-    strict: bool = True,
-) -> float:
-    """Add one offset to every threshold logit so the retention on ``batches`` is ``target``.
-
-    ``noisy=False``: the hard (inference) retention; at the start of the hard phase this removes
-    the retention bias of the soft phase's noise while keeping the learned per-layer
-    differences. ``noisy=True``: the training-mode retention under concrete noise (fixed
-    noise, so the bisection is deterministic); the init, so the soft phase starts at the
-    target it is penalised toward. The logistic noise has a std of 1.8 in log-importance
-    units, so the two differ a lot. Bisection on cached attention maps: each probe is a
-    back-tracking pass only, no model pass. Returns the offset.
-
-    A target below the retention the forced tokens give on ``batches`` (prefix + ``min_keep``
-    per layer: most of a short input) raises :class:`UnreachableTargetError` (``strict``) or
-    warns and snaps to that floor; without the check the bisection silently ran to +``span``,
-    so every such target gave the same floor-only model (see :func:`calibrate_offset`).
-    """
-    return _snap(reducer, _retention_probe(reducer, parts, batches, noisy), target, span, strict)
-
-
-def _snap(
-    reducer: SttabtReducer, per_layer: Callable[[torch.Tensor], torch.Tensor], target: float, span: float, strict: bool
-) -> float:
-    """:func:`snap_thresholds` on a built retention probe (see :func:`_retention_probe`)."""
-    th = reducer.thresholds
-    base = th.logits.detach().clone()
-
-    def mean_retention(offset: float) -> float:
-        return float(per_layer(base + offset).mean())
-
-    offset = calibrate_offset(mean_retention, target, -span, span, what="STTABT thresholds", strict=strict)
-    th.logits.copy_(base + offset)
-    return offset
-
-
-@torch.no_grad()
-def shape_thresholds(
-    reducer: SttabtReducer,
-    parts: compat.ModelParts,
-    batches: Sequence[dict[str, torch.Tensor]],
-    target: float,
-    noisy: bool = False,
-    span: float = 20.0,
-    strict: bool = True,
-) -> list[float]:
-    """Set each layer's threshold, top layer first, so every layer keeps about ``target`` of the
-    real tokens on ``batches``: a constant keep schedule; then snap the mean to ``target`` as
-    :func:`snap_thresholds` does (same reachability check, same cached maps). Returns the
-    per-layer retentions.
-
-    Why: one shared threshold turns the importance profile into the schedule. Early layers
-    spread attention evenly, so their importances all sit near the mean and a shared threshold
-    keeps every token there, starving the later layers: on SST-2 at a 0.3 target the shared
-    init gave [1.0, 0.18, 0.15, ...] and 76.6% after 250 steps, while one keep ratio for every
-    layer scored 79.4% on the untrained model. Layer l's kept set depends only on the
-    thresholds of layers >= l (nesting), so a top-down pass of 1-D bisections sets them; a
-    layer whose nested set already exceeds ``target`` keeps just that.
-    """
-    th = reducer.thresholds
-    logits = th.logits.detach().clone()
-    per_layer = _retention_probe(reducer, parts, batches, noisy)
-    for layer in reversed(range(logits.numel())):
-
-        def layer_retention(value: float, layer: int = layer) -> float:
-            logits[layer] = value
-            return float(per_layer(logits)[layer])
-
-        logits[layer] = bisect_offset(layer_retention, target, -span, span, iters=20)
-    th.logits.copy_(logits)
-    _snap(reducer, per_layer, target, span, strict)
-    return [float(v) for v in per_layer(th.logits.detach())]
-
-
-@torch.no_grad()
-def union_thresholds(
-    reducer: SttabtReducer,
-    parts: compat.ModelParts,
-    batches: Sequence[dict[str, torch.Tensor]],
-    target: float,
-    noisy: bool = False,
-    span: float = 20.0,
-    strict: bool = True,
-) -> list[float]:
-    """Thresholds whose *own* selection keeps the same fraction q of the real tokens at every layer
-    (before the union with the layer above), q bisected so the mean retention of the nested sets is
-    ``target``; then the mean is snapped as :func:`snap_thresholds` does. Returns the per-layer
-    retentions.
-
-    The threshold analogue of the official top-k with one keep ratio (``topk ∪ next``): sets grow
-    toward the input. Why: the "constant" schedule asks every layer for ~target retention, and with
-    nested sets a layer whose inherited set already holds that much keeps only the inherited set, so
-    every layer below the top kept the top layer's set (SST-2 medium run: 0.302 in all 6 layers) and
-    back-tracking below the top was never used.
-    """
-    th = reducer.thresholds
-    per_layer, own = _retention_probe(reducer, parts, batches, noisy), _own_fraction_probe(reducer, parts, batches)
-    logits = th.logits.detach().clone()
-
-    def shape(q: float) -> float:
-        for layer in reversed(range(logits.numel())):
-            def frac(value: float, layer: int = layer) -> float:
-                logits[layer] = value
-                return float(own(logits)[layer])
-
-            logits[layer] = bisect_offset(frac, q, -span, span, iters=16)
-        return float(per_layer(logits).mean())
-
-    lo, hi = 1e-3, 1.0
-    for _ in range(12):  # retention grows with q
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if shape(mid) < target else (lo, mid)
-    shape((lo + hi) / 2)
-    th.logits.copy_(logits)
-    _snap(reducer, per_layer, target, span, strict)
-    return [float(v) for v in per_layer(th.logits.detach())]
-
-
-def _own_fraction_probe(
-    reducer: SttabtReducer, parts: compat.ModelParts, batches: Sequence[dict[str, torch.Tensor]]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """threshold logits (L,) -> (L,) mean fraction of real tokens each layer's threshold selects by
-    itself (normalised importance > exp(θ_l), before the union with the layer above), noise-free."""
-    from sttabt_edge.method.concrete import normalized_importance
-
-    reducer.eval()
-    th = reducer.thresholds
-    cached = [(_maps(reducer, parts, b), embed(parts, b)[1]) for b in batches]
-
-    def probe(logits: torch.Tensor) -> torch.Tensor:
-        vals = []
-        for a, pad in cached:
-            bt = th.masks(a, pad, logits, parts.num_prefix_tokens, reducer.p, reducer.head_reduce)
-            real = pad.to(torch.float32)
-            own = [((normalized_importance(s, pad) > torch.exp(logits[i])).float() * real).sum(1) / real.sum(1)
-                   for i, s in enumerate(bt.scores)]
-            vals.append(torch.stack(own, dim=1))  # (B, L)
-        return torch.cat(vals).mean(0)
-
-    return probe
-
-
-def _maps(reducer: SttabtReducer, parts: compat.ModelParts, inputs: dict[str, torch.Tensor]) -> Any:
-    """The attention maps back-tracking reads: the ApproxNet's, or the model's own (oracle)."""
-    if reducer.approx is not None:
-        return reducer.approx.attentions(inputs)
-    x, pad = embed(parts, inputs)
-    return torch.stack(dense_forward(parts, x, pad, need_attn=True).attentions)  # (L, B, H, N, N)
-
-
-def _retention_probe(
-    reducer: SttabtReducer, parts: compat.ModelParts, batches: Sequence[dict[str, torch.Tensor]], noisy: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """threshold logits (L,) -> mean per-layer retention (L,) on ``batches``, from attention maps
-    computed once (each probe is a back-tracking pass, no model pass). ``noisy``: training-mode
-    masks under a fixed concrete noise, so probes are deterministic."""
-    reducer.eval()  # deterministic attention (callers restore train modes per step)
-    th = reducer.thresholds
-    cached = [(_maps(reducer, parts, b), embed(parts, b)[1]) for b in batches]
-
-    def probe(logits: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator(device=logits.device).manual_seed(0) if noisy else None
-        vals = []
-        for a, pad in cached:
-            bt = th.masks(a, pad, logits, parts.num_prefix_tokens, reducer.p, reducer.head_reduce, noisy, gen)
-            vals.append(retention(bt.keep, pad))  # (B, L)
-        return torch.cat(vals).mean(0)  # (L,)
-
-    return probe
 
 
 def snap_without_hard_phase(objective: SparseObjective, res: FitResult, scfg: SparseTrainConfig) -> None:
