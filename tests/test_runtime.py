@@ -5,7 +5,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from handmade import LABELS, image_graph, image_meta, save_sealed
+from handmade import image_graph, image_meta, save_sealed
 from PIL import Image
 
 from sttabt_edge.runtime import ModelFileError, load
