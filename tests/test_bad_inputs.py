@@ -594,7 +594,26 @@ def test_resume_keeps_heldout_kl_before_and_refuses_a_malicious_trainer_state(tm
     with pytest.raises(CheckpointMismatchError, match="trainer.pt: holds pickled code") as err:
         train_approx(teacher, data, init="random", cfg=cfg(steps=6), out=out, resume=True)
     one_line(err)
-    assert not marker.exists()
+    from typer.testing import CliRunner
+
+    from sttabt_edge.cli import app
+
+    res = CliRunner().invoke(app, ["train", "approx", "--model", str(vit_dir), "--data", str(image_dir),
+                                   "--out", str(out), "--init", "random", "--steps", "6", "--resume"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and lines[-1].startswith("error: ") and "holds pickled code" in lines[-1], res.output
+    assert "Traceback" not in res.output and not marker.exists()
+
+
+def test_quantized_export_carries_a_valid_digest(fuzz_exports, tmp_path):
+    """quantize_onnx rewrites the graph; set_metadata seals the new one, so the INT8 file loads."""
+    from sttabt_edge.export.quantize import quantize_onnx
+
+    pred = fuzz_exports["bert", "topk-0.6"][0]
+    quantize_onnx(pred.path, tmp_path / "q.onnx")
+    q = load(tmp_path / "q.onnx")
+    assert q.metadata.raw["quantization"] == "int8-dynamic"
+    assert q.metadata.raw["digest"] != pred.metadata.raw["digest"]
 
 
 # ---- fuzz: token counts and padding, both families, top-k and concrete exports -------------------
