@@ -254,7 +254,8 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace) -
         "approx": str(args.approx)
         if args.approx
         else "UNTRAINED interpolate init /4 (token choices not distilled)",
-        "int8_approxnet": "int8 too (--quantize-approx)" if args.quantize_approx else "kept fp32 (default)",
+        "int8_approxnet": "int8 too (--quantize-approx)" if args.quantize_approx
+        else "matmuls kept fp32, embedding tables 8-bit (default)",
         "static_calibration": args.calibration,
         "eval_s": time.perf_counter() - t0,
         "results": results,

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
 from sttabt_edge.export.metadata import read_metadata
+from sttabt_edge.export.quantize import quantize_onnx
+from sttabt_edge.method.approxnet import APPROX_SCOPE
 
 runner = CliRunner()
 WORDS = "a fine film dull tedious mess charming moving plot cast story good bad long short".split()
@@ -89,6 +91,11 @@ def test_text_int8_quantizes_embeddings_and_runs_on_its_own(bert_dir, tmp_path):
     assert (out.parent / "text.tokenizer.json").is_file()
     res = runner.invoke(app, ["run", str(out), "--text", "a fine film", "--json"])
     assert res.exit_code == 0, res.output
+    kept_fp32 = quantize_onnx(out.with_name("text.fp32.onnx"), tmp_path / "q.onnx", approx_embeddings=False)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    floats = {t.name for t in graph.initializer if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT}
+    fp32_tables = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in floats]
+    assert kept_fp32.int8_embeddings == 3 and fp32_tables and all(n.startswith(APPROX_SCOPE) for n in fp32_tables)
 
 
 def test_run_refuses_long_text_naming_truncate(bert_dir, tmp_path):
