@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from sttabt_edge.compat import model_parts
+from sttabt_edge.defaults import KEEP_RATIO_DEFAULTS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import input_names
@@ -46,7 +47,9 @@ class ExportRequest:
     approx_heads: int | None = None  # only for the untrained fallback (None: the model's)
     target: str = "onnx"  # "onnx" | "tflite"
     seq_len: int = 128  # tflite text models: the static sequence length
-    keep_ratio: float = 0.5
+    keep_ratio: float = KEEP_RATIO_DEFAULTS["sttabt"]  # see sttabt_edge/defaults.py
+    nesting: str = "union"  # STTABT back-tracking: "union" (official) | "count" (earlier rule)
+    min_keep: int = 4  # STTABT: tokens every layer keeps at least, CLS included
     quantize: str | None = None  # "int8" (= dynamic) | "int8-static"
     batch: Batch = "dynamic"
     calib: Path | None = None
@@ -73,7 +76,9 @@ def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
             "token selection and accuracy are NOT. Distil one (`sttabt-edge train approx`), pass --approx DIR."
         )
         approx = build_approxnet(model, req.approx_factor, "interpolate", heads=req.approx_heads)
-    return make_reducer("sttabt", approx=approx.eval(), keep_ratio=req.keep_ratio)
+    return make_reducer(
+        "sttabt", approx=approx.eval(), keep_ratio=req.keep_ratio, nesting=req.nesting, min_keep=req.min_keep
+    )
 
 
 def calibration_batch(

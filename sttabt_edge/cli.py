@@ -27,6 +27,12 @@ from sttabt_edge.cli_common import (
 )
 from sttabt_edge.cli_runtime import ORACLE
 from sttabt_edge.cli_summary import print_export_summary
+from sttabt_edge.defaults import default_keep_ratio
+
+KEEP_RATIO_HELP = (
+    "keep ratio (default per method: sttabt 0.15, topk / tome 0.5). sttabt: the top-k fraction each layer "
+    "adds to the next layer's set (union), so retention is higher; see sttabt_edge/defaults.py"
+)
 
 app = typer.Typer(
     cls=ErrorHandlingGroup, no_args_is_help=True, add_completion=False, help="STTABT token pruning for edge CPUs."
@@ -90,7 +96,7 @@ def eval_cmd(
     model: Annotated[str, typer.Option(help="checkpoint directory, timm file or alias")],
     data: Annotated[Path, typer.Option(help="image folder, or a GLUE TSV file (e.g. SST-2/dev.tsv)")],
     method: Annotated[Method, typer.Option(help="token reducer")] = Method.dense,
-    keep_ratio: Annotated[float, typer.Option(help="fraction of real tokens each layer keeps")] = 0.5,
+    keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
     approx: Annotated[str | None, typer.Option(
         help="sttabt: ApproxNet DIR (from `train approx`), or 'oracle' (the model's own attention)")] = None,
     batch_size: int = 32,
@@ -102,6 +108,7 @@ def eval_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
 ) -> None:
     """Task metric, retention, occupancy and analytic FLOPs of a model under a token reducer."""
+    keep_ratio = default_keep_ratio(method.value) if keep_ratio is None else keep_ratio
     check_model(model)
     check_exists("--data", data)
     check_fraction("--keep-ratio", keep_ratio)
@@ -218,7 +225,9 @@ def export_cmd(
         help="sttabt: ApproxNet DIR (from `train approx`), or 'untrained' (latency only: token choice is not)")] = None,
     approx_factor: Annotated[int, typer.Option(help="width divisor of the untrained ApproxNet")] = 4,
     approx_heads: Annotated[int | None, typer.Option(help="head count of the untrained ApproxNet")] = None,
-    keep_ratio: Annotated[float, typer.Option(help="fraction of real tokens each layer keeps")] = 0.5,
+    keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
+    nesting: NestingOpt = Nesting.union,
+    min_keep: MinKeepOpt = 4,
     quantize: Annotated[Quantize | None, typer.Option(
         help="int8 (dynamic; --out is the INT8 file, the fp32 one goes beside it) | int8-static (QDQ)")] = None,
     batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size N")] = "dynamic",
@@ -241,6 +250,7 @@ def export_cmd(
                              ("--threads", threads, 1), ("--seq-len", seq_len, 1),
                              ("--approx-factor", approx_factor, 1), ("--approx-heads", approx_heads, 1)):
         check_at_least(name, value, low)
+    keep_ratio = default_keep_ratio(method.value) if keep_ratio is None else keep_ratio
     if method != ExportMethod.dense:
         check_fraction("--keep-ratio", keep_ratio)
     import contextlib
@@ -251,8 +261,8 @@ def export_cmd(
 
     req = ExportRequest(
         model=model, out=out, method=method.value, approx=approx_dir, approx_factor=approx_factor,
-        approx_heads=approx_heads, keep_ratio=keep_ratio, quantize=quantize.value if quantize else None,
-        batch=fixed_batch, calib=calib, calib_samples=calib_samples,
+        approx_heads=approx_heads, keep_ratio=keep_ratio, nesting=nesting.value, min_keep=min_keep,
+        quantize=quantize.value if quantize else None, batch=fixed_batch, calib=calib, calib_samples=calib_samples,
         opset=opset, dynamo=dynamo, simplify=simplify, latency_runs=latency_runs, threads=threads,
         target=target.value, seq_len=seq_len,
     )

@@ -192,11 +192,15 @@ def show_cmd(
     image: Annotated[Path | None, typer.Option(help="an image")] = None,
     text: Annotated[str | None, typer.Option(help="a text")] = None,
     method: Annotated[str, typer.Option(help="sttabt, topk, tome, ltp")] = "sttabt",
-    keep_ratio: float = 0.3,
+    keep_ratio: Annotated[float | None, typer.Option(
+        help="keep ratio (default per method: sttabt 0.15, topk / tome 0.5; see sttabt_edge/defaults.py)")] = None,
     approx: Annotated[str | None, typer.Option(
         help="sttabt: ApproxNet DIR, or 'oracle' (the model's own attention: an upper bound)")] = None,
 ) -> None:
     """Render which tokens each layer keeps: a patch grid PNG or highlighted-text HTML."""
+    from sttabt_edge.defaults import default_keep_ratio
+
+    keep_ratio = default_keep_ratio(method) if keep_ratio is None else keep_ratio
     if (image is None) == (text is None):
         fail("give exactly one of --image or --text")
     check_exists("--image", image, "file")
