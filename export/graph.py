@@ -23,6 +23,7 @@ from sttabt_edge.method.backtrack import Backtrack, topk_plan
 from sttabt_edge.method.sparse import plan_forward
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import exportable_kinds
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.sparse_model import sparse_forward
 
@@ -32,7 +33,7 @@ INPUT_NAMES: Mapping[str, tuple[str, ...]] = {
 }
 OUTPUT_NAMES = ("logits", "kept_counts")
 # Reducers whose token counts follow from shapes and per-sample lengths inside the graph.
-EXPORTABLE = ("dense", "sttabt", "topk", "tome")
+EXPORTABLE = exportable_kinds("onnx")
 
 
 def input_names(family: str) -> tuple[str, ...]:

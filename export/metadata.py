@@ -22,6 +22,7 @@ from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import ReducerSpec, SttabtSpec, make_spec
 from sttabt_edge.runtime import contract
 from sttabt_edge.runtime.contract import FORMAT_VERSION, METADATA_KEY, REQUIRED_KEYS, TASKS
 
@@ -36,33 +37,53 @@ def labels(model: nn.Module) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(int(cfg.num_labels))]
 
 
-def keep_schedule(reducer: Reducer, num_layers: int) -> list[float] | None:
+def keep_schedule(spec: ReducerSpec, num_layers: int) -> list[float] | None:
     """Per-layer keep ratios of STTABT (top-k) and EViT top-k, else None (see docs/onnx_contract.md)."""
-    ratio = getattr(reducer, "keep_ratio", None)
-    if ratio is None or getattr(reducer, "name", "") not in ("sttabt", "topk"):
-        return None
-    return ratio_schedule(ratio, num_layers)
+    schedule = spec.keep_schedule(num_layers)
+    return None if schedule is None else ratio_schedule(schedule, num_layers)
 
 
-def thresholds(reducer: Reducer) -> list[float] | None:
+def thresholds(spec: ReducerSpec) -> list[float] | None:
     """Concrete threshold logits θ_l (a token is kept when normalised importance > exp(θ_l))."""
-    th = getattr(reducer, "thresholds", None)
-    return None if th is None else [float(v) for v in th.logits.detach().cpu()]
+    th = spec.thresholds if isinstance(spec, SttabtSpec) else None
+    return None if th is None else list(th)
 
 
-def sttabt_settings(reducer: Reducer) -> dict[str, Any] | None:
+def sttabt_settings(spec: ReducerSpec) -> dict[str, Any] | None:
     """What rebuilds an STTABT reducer's back-tracking exactly (None for other methods)."""
-    if getattr(reducer, "name", "") != "sttabt":
+    if not isinstance(spec, SttabtSpec):
         return None
-    th = getattr(reducer, "thresholds", None)
+    concrete = spec.thresholds is not None
     return {
-        "nesting": reducer.nesting,
-        "min_keep": int(reducer.min_keep),
-        "p": float(reducer.p),
-        "head_reduce": reducer.head_reduce,
-        "temperature": None if th is None else float(th.temperature),
-        "concrete": None if th is None else th.kind,  # "ste" | "official" (threshold exports)
+        "nesting": spec.nesting,
+        "min_keep": spec.min_keep,
+        "p": spec.p,
+        "head_reduce": spec.head_reduce,
+        "temperature": None if not concrete or spec.temperature is None else spec.temperature,
+        "concrete": spec.concrete if concrete else None,  # "ste" | "official" (threshold exports)
     }
+
+
+# files from before the "sttabt" key ran the counted-in rule with no short-input floor
+LEGACY_STTABT = {"nesting": "count", "min_keep": 1, "p": 0.1, "head_reduce": "mean"}
+
+
+def reducer_spec(meta: Mapping[str, Any]) -> ReducerSpec:
+    """The spec an export's metadata records (inverse of :func:`build_metadata`'s method keys)."""
+    method = meta.get("method", "dense")
+    if method == "dense":
+        return make_spec("dense")
+    if method != "sttabt":
+        return make_spec(method, keep_ratio=meta["keep_schedule"])
+    st = meta.get("sttabt") or LEGACY_STTABT
+    common = {"p": st["p"], "head_reduce": st["head_reduce"], "nesting": st["nesting"], "min_keep": st["min_keep"]}
+    if meta.get("thresholds") is not None:
+        temperature = st.get("temperature")
+        return SttabtSpec(
+            thresholds=meta["thresholds"], concrete="official" if st.get("concrete") == "official" else "ste",
+            temperature=0.5 if temperature is None else float(temperature), **common,
+        )
+    return SttabtSpec(keep_ratio=meta["keep_schedule"], **common)
 
 
 def default_preprocess(model: nn.Module, family: str, stem: str) -> dict[str, Any]:
@@ -100,18 +121,19 @@ def build_metadata(
     import transformers
 
     parts = model_parts(model)
+    spec = reducer.spec()
     approx = getattr(reducer, "approx", None)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "task": TASKS[parts.family],
         "family": parts.family,
-        "method": getattr(reducer, "name", "dense"),
+        "method": spec.kind,
         "labels": labels(model),
         "num_layers": len(parts.layers),
         "num_prefix_tokens": parts.num_prefix_tokens,
-        "keep_schedule": keep_schedule(reducer, len(parts.layers)),
-        "thresholds": thresholds(reducer),
-        "sttabt": sttabt_settings(reducer),
+        "keep_schedule": keep_schedule(spec, len(parts.layers)),
+        "thresholds": thresholds(spec),
+        "sttabt": sttabt_settings(spec),
         "approx_factor": None if approx is None else int(approx.factor),
         "approx_heads": None if approx is None else int(approx.heads),
         "preprocess": default_preprocess(model, parts.family, out_stem),

@@ -28,9 +28,10 @@ from sttabt_edge.method.backtrack import (
 )
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import exportable_kinds
 from sttabt_edge.reducers.sttabt import SttabtReducer
 
-SUPPORTED = ("dense", "sttabt")
+SUPPORTED = exportable_kinds("tflite")
 QUANT_MODES = ("int8",)
 QUANT_OPS = ("FULLY_CONNECTED", "CONV_2D", "EMBEDDING_LOOKUP")  # weights only; never BATCH_MATMUL
 Sample = dict[str, torch.Tensor]  # one static-shape input: (1, ...) per contract name

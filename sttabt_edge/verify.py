@@ -50,14 +50,14 @@ class VerifyReport:
 
 
 def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: Path | None = None) -> Reducer:
-    """Rebuild the export's reducer from its metadata (see docs/onnx_contract.md)."""
-    from sttabt_edge.reducers.factory import make_reducer
+    """Rebuild the export's reducer from its metadata (see docs/onnx_contract.md): the spec it
+    records (:func:`~sttabt_edge.export.metadata.reducer_spec`) and, for STTABT, its ApproxNet."""
+    from sttabt_edge.export.metadata import reducer_spec
+    from sttabt_edge.reducers.factory import build
 
-    method = meta.get("method", "dense")
-    if method == "dense":
-        return make_reducer("dense")
-    if method != "sttabt":
-        return make_reducer(method, keep_ratio=meta["keep_schedule"])
+    spec = reducer_spec(meta)
+    if spec.kind != "sttabt":
+        return build(spec)
     from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 
     info = meta.get("approx") or {}
@@ -71,27 +71,7 @@ def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: 
         )
     else:
         raise ValueError("the export's ApproxNet is not recorded in its metadata; pass --approx DIR")
-    approx.eval()
-    # files from before the "sttabt" key ran the counted-in rule with no short-input floor
-    st = meta.get("sttabt") or {"nesting": "count", "min_keep": 1, "p": 0.1, "head_reduce": "mean"}
-    common = {"p": float(st["p"]), "head_reduce": st["head_reduce"]}
-    if meta.get("thresholds") is not None:
-        from sttabt_edge.method.concrete import ConcreteThresholds
-        from sttabt_edge.method.concrete_official import OfficialConcrete
-
-        temperature = st.get("temperature")
-        kind = OfficialConcrete if st.get("concrete") == "official" else ConcreteThresholds
-        th = kind(
-            len(meta["thresholds"]), temperature=0.5 if temperature is None else float(temperature),
-            min_keep=int(st["min_keep"]),
-        ).eval()
-        with torch.no_grad():
-            th.logits.copy_(torch.tensor(meta["thresholds"]))
-        return make_reducer("sttabt", approx=approx, thresholds=th, **common)
-    return make_reducer(
-        "sttabt", approx=approx, keep_ratio=meta["keep_schedule"], nesting=st["nesting"],
-        min_keep=int(st["min_keep"]), **common,
-    )
+    return build(spec, approx.eval()).eval()
 
 
 @torch.no_grad()

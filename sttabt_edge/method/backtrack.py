@@ -45,6 +45,8 @@ POS_INF = float("inf")
 AttentionMaps: TypeAlias = Sequence[torch.Tensor] | torch.Tensor
 Nesting: TypeAlias = Literal["union", "count"]
 NESTINGS: tuple[Nesting, ...] = ("union", "count")
+HeadReduce: TypeAlias = Literal["mean", "max"]
+HEAD_REDUCES: tuple[HeadReduce, ...] = ("mean", "max")
 DEFAULT_MIN_KEEP = 4  # tokens per layer, prefix included (see the module docstring)
 
 

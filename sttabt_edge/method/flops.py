@@ -20,7 +20,7 @@ the attention matmuls whatever kernel runs them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,9 +28,23 @@ from torch import nn
 from sttabt_edge import compat
 from sttabt_edge.compat import ModelParts
 
-if TYPE_CHECKING:  # avoid an import cycle: sparse_model -> reducers -> method
-    from sttabt_edge.reducers.base import Reducer
-    from sttabt_edge.sparse_model import SparseOutput
+
+class CountedOutput(Protocol):
+    """What :func:`output_flops` reads of a forward (``SparseOutput``): (B, L) counts, (B, N) real mask."""
+
+    n_in: torch.Tensor
+    n_out: torch.Tensor
+    pad_mask: torch.Tensor
+
+
+class CostReporter(Protocol):
+    """A reducer's own cost (``Reducer.extra_flops`` / ``decision_flops``): the method layer does not
+    import the reducers, they report what they spend."""
+
+    def extra_flops(self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor | None: ...
+
+    def decision_flops(self, parts: ModelParts, pad_mask: torch.Tensor) -> torch.Tensor | None: ...
+
 
 Count = torch.Tensor | float  # a per-sample tensor or a plain number
 
@@ -148,26 +162,21 @@ def backtrack_flops(num_layers: int, num_heads: int, n_tokens: Count) -> Count:
 
 def output_flops(
     parts: ModelParts,
-    out: SparseOutput,
-    reducer: Reducer | None = None,
+    out: CountedOutput,
+    reducer: CostReporter | None = None,
     inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Per-sample FLOPs of one SparseClassifier forward: model + reducer extra + back-tracking.
-
-    The oracle STTABT reducer (``approx=None``) reports no extra FLOPs: its dense
-    attention pass is an analysis device, not part of the method's cost.
-    """
+    """Per-sample FLOPs of one SparseClassifier forward: model + the reducer's attention source
+    (``extra_flops``, e.g. the ApproxNet) + its decisions (``decision_flops``, e.g. back-tracking)."""
     total = model_flops(parts, out.n_in, out.n_out)  # (B,)
     if reducer is None:
         return total
     extra = reducer.extra_flops(inputs if inputs is not None else {}, out.pad_mask)
     if extra is not None:
         total = total + torch.as_tensor(extra, dtype=_FLOAT, device=total.device)
-    if getattr(reducer, "name", None) == "sttabt":
-        n_real = out.pad_mask.sum(dim=1).to(_FLOAT)  # (B,)
-        approx = getattr(reducer, "approx", None)
-        heads = parts.num_heads if approx is None else int(approx.heads)
-        total = total + backtrack_flops(len(parts.layers), heads, n_real)
+    decisions = reducer.decision_flops(parts, out.pad_mask)
+    if decisions is not None:
+        total = total + torch.as_tensor(decisions, dtype=_FLOAT, device=total.device)
     return total
 
 

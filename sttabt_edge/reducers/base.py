@@ -9,6 +9,7 @@ from torch import nn
 
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.sparse import ForwardResult
+from sttabt_edge.reducers.spec import ReducerSpec
 
 
 class Reducer(nn.Module):
@@ -27,6 +28,16 @@ class Reducer(nn.Module):
     ) -> ForwardResult:
         raise NotImplementedError
 
+    def spec(self) -> ReducerSpec:
+        """The reducer's config without its weights: what metadata and trained dirs record, and
+        what :func:`sttabt_edge.reducers.factory.build` turns back into an equal reducer."""
+        raise NotImplementedError(f"{type(self).__name__} has no spec")
+
     def extra_flops(self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor | None:
-        """Per-sample FLOPs the reducer itself spends (e.g. ApproxNet), (B,) or None."""
+        """Per-sample FLOPs the reducer's attention source spends (e.g. ApproxNet), (B,) or None."""
+        return None
+
+    def decision_flops(self, parts: ModelParts, pad_mask: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample FLOPs of turning that source into keep decisions (STTABT's back-tracking),
+        (B,) or None; the reducer reports its own so the FLOPs counter needs no per-method cases."""
         return None

@@ -9,10 +9,18 @@ import torch
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.sparse import ForwardResult, dense_forward
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import DenseSpec
 
 
 class DenseReducer(Reducer):
     name = "dense"
+
+    @classmethod
+    def from_spec(cls, spec: DenseSpec) -> DenseReducer:
+        return cls()
+
+    def spec(self) -> DenseSpec:
+        return DenseSpec()
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,

@@ -30,6 +30,7 @@ from sttabt_edge.method.sparse import ForwardResult, TokenState, online_forward
 from sttabt_edge.method.tokens import batched_gather, compact_indices, compact_size, rank_topk_mask
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import LtpSpec
 
 
 def token_importance(attn: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
@@ -122,6 +123,16 @@ class LtpReducer(Reducer):
         self.temperature = temperature
         self.min_keep = min_keep
         self.soft = soft
+
+    @classmethod
+    def from_spec(cls, spec: LtpSpec) -> LtpReducer:
+        return cls(spec.thresholds, spec.num_layers, spec.temperature, spec.min_keep, spec.soft)
+
+    def spec(self) -> LtpSpec:
+        return LtpSpec(
+            thresholds=tuple(float(v) for v in self.thresholds.detach().cpu()), temperature=self.temperature,
+            min_keep=self.min_keep, soft=self.soft,
+        )
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,

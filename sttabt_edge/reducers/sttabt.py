@@ -13,13 +13,21 @@ from sttabt_edge.method.backtrack import (
     DEFAULT_MIN_KEEP,
     AttentionMaps,
     Backtrack,
+    HeadReduce,
     Nesting,
     check_nesting,
     topk_backtrack,
 )
 from sttabt_edge.method.concrete import ConcreteThresholds
+from sttabt_edge.method.concrete_official import OfficialConcrete
+from sttabt_edge.method.flops import backtrack_flops
 from sttabt_edge.method.sparse import ForwardResult, KeepPlan, dense_forward, plan_forward
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import SttabtSpec
+
+CONCRETE: dict[str, type[ConcreteThresholds] | type[OfficialConcrete]] = {
+    "ste": ConcreteThresholds, "official": OfficialConcrete,
+}
 
 
 class AttentionSource(Protocol):
@@ -49,7 +57,7 @@ class SttabtReducer(Reducer):
         keep_ratio: float | Sequence[float] | None = None,
         thresholds: ConcreteThresholds | None = None,
         p: float = 0.1,
-        head_reduce: str = "mean",
+        head_reduce: HeadReduce = "mean",
         nesting: Nesting = "union",
         min_keep: int = DEFAULT_MIN_KEEP,
     ):
@@ -65,6 +73,31 @@ class SttabtReducer(Reducer):
         self.head_reduce = head_reduce
         self.nesting = check_nesting(nesting)
         self.min_keep = thresholds.min_keep if thresholds is not None else min_keep
+
+    @classmethod
+    def from_spec(cls, spec: SttabtSpec, approx: nn.Module | None = None) -> SttabtReducer:
+        """The reducer of ``spec`` (threshold logits loaded into a fresh concrete module)."""
+        common = {"p": spec.p, "head_reduce": spec.head_reduce, "nesting": spec.nesting, "min_keep": spec.min_keep}
+        if spec.thresholds is None:
+            return cls(approx, keep_ratio=spec.keep_ratio, **common)
+        temperature = {} if spec.temperature is None else {"temperature": spec.temperature}
+        th = CONCRETE[spec.concrete](len(spec.thresholds), 0.0, min_keep=spec.min_keep, **temperature)
+        with torch.no_grad():
+            th.logits.copy_(torch.tensor(spec.thresholds, dtype=torch.float32))
+        return cls(approx, thresholds=th, **common)
+
+    def spec(self) -> SttabtSpec:
+        th = self.thresholds
+        if th is None:
+            return SttabtSpec(
+                keep_ratio=self.keep_ratio, p=self.p, head_reduce=self.head_reduce, nesting=self.nesting,
+                min_keep=self.min_keep,
+            )
+        return SttabtSpec(
+            thresholds=tuple(float(v) for v in th.logits.detach().cpu()), concrete=th.kind,
+            temperature=th.temperature, p=self.p, head_reduce=self.head_reduce, nesting=self.nesting,
+            min_keep=self.min_keep,
+        )
 
     def backtrack(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor
@@ -112,4 +145,12 @@ class SttabtReducer(Reducer):
         return self.thresholds is None and self.nesting == "count" and parts.family == "vit"
 
     def extra_flops(self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor | None:
+        """The ApproxNet's FLOPs. The oracle (``approx=None``) reports none: its dense attention pass
+        is an analysis device, not part of the method's cost."""
         return None if self.approx is None else self.approx.flops(pad_mask)
+
+    def decision_flops(self, parts: ModelParts, pad_mask: torch.Tensor) -> torch.Tensor:
+        """Back-tracking over the source's maps (:func:`~sttabt_edge.method.flops.backtrack_flops`)."""
+        n_real = pad_mask.sum(dim=1).to(torch.float64)  # (B,)
+        heads = parts.num_heads if self.approx is None else int(self.approx.heads)
+        return torch.as_tensor(backtrack_flops(len(parts.layers), heads, n_real))

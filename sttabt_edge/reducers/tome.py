@@ -32,6 +32,7 @@ from sttabt_edge.method.block import BlockOutput
 from sttabt_edge.method.sparse import ForwardResult, TokenState, online_forward
 from sttabt_edge.method.tokens import batched_gather, compact_indices
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import TomeSpec
 
 _PAD_RANK = -2.0  # padding A tokens: dropped after every real pair is merged
 _LONE_RANK = -3.0  # real A token without any legal partner: dropped last
@@ -182,6 +183,13 @@ class TomeReducer(Reducer):
             raise ValueError("give exactly one of r or keep_ratio")
         self.r = r
         self.keep_ratio = keep_ratio
+
+    @classmethod
+    def from_spec(cls, spec: TomeSpec) -> TomeReducer:
+        return cls(r=spec.r, keep_ratio=spec.keep_ratio)
+
+    def spec(self) -> TomeSpec:
+        return TomeSpec(r=self.r, keep_ratio=self.keep_ratio)
 
     def schedule(self, num_tokens: int, num_layers: int, num_prefix_tokens: int) -> list[int]:
         return tome_schedule(num_tokens, num_layers, num_prefix_tokens, self.r, self.keep_ratio)

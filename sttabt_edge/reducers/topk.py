@@ -22,6 +22,7 @@ from sttabt_edge.method.block import BlockOutput
 from sttabt_edge.method.sparse import ForwardResult, TokenState, online_forward
 from sttabt_edge.method.tokens import batched_gather, compact_indices, rank_topk_mask
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import TopkSpec
 
 
 def cls_attention(attn: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -92,6 +93,13 @@ class TopkReducer(Reducer):
         super().__init__()
         self.keep_ratio = keep_ratio
         self.prune_layers = None if prune_layers is None else tuple(int(i) for i in prune_layers)
+
+    @classmethod
+    def from_spec(cls, spec: TopkSpec) -> TopkReducer:
+        return cls(spec.keep_ratio, spec.prune_layers)
+
+    def spec(self) -> TopkSpec:
+        return TopkSpec(keep_ratio=self.keep_ratio, prune_layers=self.prune_layers)
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,

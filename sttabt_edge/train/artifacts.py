@@ -28,6 +28,7 @@ TRAINED_FILE = "sttabt.json"
 FORMAT = "sttabt-trained"
 MODEL_DIR = "model"
 APPROX_DIR = "approxnet"
+SAVABLE = ("sttabt", "ltp", "topk")  # what `train concrete|baseline` produces
 SIDE_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -42,65 +43,26 @@ def is_trained_dir(path: str | Path) -> bool:
 
 
 def reducer_meta(reducer: Reducer) -> dict[str, Any]:
-    """JSON description of a trained reducer (what :func:`build_reducer` needs)."""
-    name = reducer.name
-    if name == "sttabt":
-        th = reducer.thresholds
-        return {
-            "name": name,
-            "thresholds": [float(v) for v in th.logits.detach().cpu()],
-            "concrete": th.kind,
-            "temperature": th.temperature,
-            "min_keep": th.min_keep,
-            "p": reducer.p,
-            "head_reduce": reducer.head_reduce,
-            "approx": APPROX_DIR,
-        }
-    if name == "ltp":
-        return {
-            "name": name,
-            "thresholds": [float(v) for v in reducer.thresholds.detach().cpu()],
-            "temperature": reducer.temperature,
-            "min_keep": reducer.min_keep,
-        }
-    if name == "topk":
-        ratio = reducer.keep_ratio
-        return {
-            "name": name,
-            "keep_ratio": list(ratio) if not isinstance(ratio, float) else ratio,
-            "prune_layers": None if reducer.prune_layers is None else list(reducer.prune_layers),
-        }
-    raise ValueError(f"cannot save a {name!r} reducer")
+    """JSON description of a trained reducer (what :func:`build_reducer` needs): its spec's
+    metadata, plus where an STTABT reducer's ApproxNet lives."""
+    if reducer.name not in SAVABLE:
+        raise ValueError(f"cannot save a {reducer.name!r} reducer")
+    meta = reducer.spec().to_metadata()
+    return {**meta, "approx": APPROX_DIR} if reducer.name == "sttabt" else meta
 
 
 def build_reducer(meta: Mapping[str, Any], approx: nn.Module | None) -> Reducer:
-    """Inverse of :func:`reducer_meta` (inference form: hard thresholds)."""
-    import torch
+    """Inverse of :func:`reducer_meta` (inference form: hard thresholds). Runs saved before the
+    "concrete" key are the straight-through variant (the spec's default)."""
+    from sttabt_edge.reducers.factory import build
+    from sttabt_edge.reducers.spec import LtpSpec, spec_from_metadata
 
-    from sttabt_edge.method.concrete import ConcreteThresholds
-    from sttabt_edge.method.concrete_official import OfficialConcrete
-    from sttabt_edge.reducers import LtpReducer, SttabtReducer, TopkReducer
-
-    name = meta["name"]
-    if name == "sttabt":
-        # runs saved before the "concrete" key are the straight-through variant
-        kind = {"ste": ConcreteThresholds, "official": OfficialConcrete}[meta.get("concrete", "ste")]
-        th = kind(len(meta["thresholds"]), 0.0, float(meta["temperature"]), int(meta["min_keep"]))
-        with torch.no_grad():
-            th.logits.copy_(torch.tensor(meta["thresholds"], dtype=torch.float32))
-        return SttabtReducer(
-            approx, thresholds=th, p=float(meta["p"]), head_reduce=meta["head_reduce"]
-        ).eval()
-    if name == "ltp":
-        return LtpReducer(
-            meta["thresholds"],
-            temperature=float(meta["temperature"]),
-            min_keep=int(meta["min_keep"]),
-            soft=False,
-        ).eval()
-    if name == "topk":
-        return TopkReducer(meta["keep_ratio"], meta.get("prune_layers")).eval()
-    raise CheckpointMismatchError(f"unknown reducer {name!r} in {TRAINED_FILE}")
+    if meta.get("name") not in SAVABLE:
+        raise CheckpointMismatchError(f"unknown reducer {meta.get('name')!r} in {TRAINED_FILE}")
+    spec = spec_from_metadata(meta)
+    if isinstance(spec, LtpSpec):
+        spec = spec.replace(soft=False)
+    return build(spec, approx if spec.kind == "sttabt" else None).eval()
 
 
 def save_trained(
@@ -164,7 +126,8 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Reducer, dict[str, Any]]:
             f"{model.config.num_hidden_layers} layers, "
             f"but {TRAINED_FILE} describes a {meta['model_class']} with {meta['num_layers']}"
         )
-    n_th = len(meta["reducer"].get("thresholds", [0] * meta["num_layers"]))
+    th = meta["reducer"].get("thresholds")
+    n_th = len(th) if isinstance(th, list) else meta["num_layers"]  # top-k and a scalar LTP θ: no list
     if n_th != meta["num_layers"]:
         raise CheckpointMismatchError(f"{TRAINED_FILE} has {n_th} thresholds for {meta['num_layers']} layers")
     approx = None
