@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from sttabt_edge.errors import CheckpointMismatchError
-from sttabt_edge.models.loading import ensure_eager, load_state_dict_checked, load_weights, mismatch_message
+from sttabt_edge.models.weights import ensure_eager, load_state_dict_checked, load_weights, mismatch_message
 
 # (name prefixes, heads, width): heads are not recoverable from tensor shapes.
 _KNOWN_HEADS: tuple[tuple[tuple[str, ...], int, int], ...] = (
