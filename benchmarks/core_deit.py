@@ -98,7 +98,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/core_deit[_flops].json")
+    ap.add_argument("--replot", type=Path, default=None, help="only redraw the figure of this results JSON")
     args = ap.parse_args()
+    if args.replot is not None:
+        replot(args.replot)
+        return
     suffix = "" if args.match == "retention" else "_flops"
     args.out = args.out or Path(f"benchmarks/results/core_deit{suffix}.json")
 
@@ -172,6 +176,26 @@ def _embed(model, inputs):
     return embed(model_parts(model), inputs)
 
 
+LABELS = {
+    "sttabt": "STTABT union (own attention)",
+    "sttabt-count": "STTABT count (own attention)",
+    "sttabt-approx": "STTABT union (untrained ÷4 ApproxNet)",
+    "sttabt-approx-count": "STTABT count (untrained ÷4 ApproxNet)",
+    "sttabt-geo": "STTABT count, geometric (own attention)",
+    "topk": "EViT top-k",
+    "tome": "ToMe",
+}
+
+
+def replot(json_path: Path) -> None:
+    """Redraw a results file's figure (e.g. after a label change) without rerunning it."""
+    import json
+    from types import SimpleNamespace
+
+    results = [SimpleNamespace(**r) for r in json.loads(json_path.read_text())["results"]]
+    _plot(results, json_path.with_suffix(".png"))
+
+
 def _plot(results, path: Path) -> None:
     import matplotlib
 
@@ -180,7 +204,7 @@ def _plot(results, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, xlabel in ((axes[0], "flops_ratio", "FLOPs / dense"),
-                            (axes[1], "latency", "batch-1 latency / dense (PyTorch CPU)")):
+                            (axes[1], "latency", "batch-1 latency / dense (PyTorch CPU, this run's machine load)")):
         by_method: dict[str, list] = {}
         for r in results:
             base = r.method.split("@")[0]
@@ -189,7 +213,7 @@ def _plot(results, path: Path) -> None:
         for base, pts in by_method.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "*", ms=8,
-                    label=base.replace("sttabt", "sttabt (oracle attn)"))
+                    label=LABELS.get(base, base))
             for x, y, ret in pts:
                 ax.annotate(f"r={ret:.2f}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.set_xlabel(xlabel)
