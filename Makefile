@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 CONSTRAINTS := $(VENV)/constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo wheel check-wheel
+.PHONY: venv test lint typecheck demo wheel check-wheel
 
 venv: $(STAMP)
 
@@ -26,8 +26,19 @@ test: venv
 	$(VPY) -m pytest -n 2 -q -m "not tflite" tests
 	$(VPY) -m pytest -n 2 -q -m tflite --dist loadgroup tests
 
-lint: venv
+lint: venv typecheck
 	$(VENV)/bin/ruff check .
+
+# mypy on the packages listed in [tool.mypy] of pyproject.toml. export/ and runtime/ install as
+# sttabt_edge.export / sttabt_edge.runtime (package-dir), which mypy cannot map, so it checks a tree
+# of symlinks with the installed layout (build/mypy; error paths read sttabt_edge/export/...).
+MYPY_TREE := build/mypy
+typecheck: venv
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/sttabt_edge
+	for f in sttabt_edge/*; do ln -s "$(CURDIR)/$$f" $(MYPY_TREE)/sttabt_edge/; done
+	ln -s "$(CURDIR)/export" $(MYPY_TREE)/sttabt_edge/export
+	ln -s "$(CURDIR)/runtime" $(MYPY_TREE)/sttabt_edge/runtime
+	cd $(MYPY_TREE) && "$(CURDIR)/$(VENV)/bin/mypy" --config-file "$(CURDIR)/pyproject.toml"
 
 demo: venv
 	$(VPY) benchmarks/quickstart.py

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from sttabt_edge.errors import InputError
 from sttabt_edge.runtime.contract import INPUT_NAMES
@@ -37,7 +38,7 @@ class InputSpec:
     fixed_batch: int | None = None  # a graph exported with --batch N takes exactly N rows
 
 
-def _rows(flags: np.ndarray) -> str:
+def _rows(flags: npt.ArrayLike) -> str:
     idx = np.flatnonzero(flags).tolist()
     more = f" and {len(idx) - _SHOWN_ROWS} more" if len(idx) > _SHOWN_ROWS else ""
     return f"row{'s' if len(idx) > 1 else ''} {idx[:_SHOWN_ROWS]}{more}"

@@ -43,7 +43,7 @@ def _float_triple(value: Sequence[float], name: str) -> tuple[float, float, floa
     items = tuple(float(v) for v in value)
     if len(items) != 3:
         raise InputError(f"{name} must have 3 values (one per RGB channel), got {len(items)}")
-    return items  # type: ignore[return-value]
+    return items[0], items[1], items[2]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny import text_batch, tiny_bert
 
 from sttabt_edge.export.metadata import reducer_spec, sttabt_settings
 from sttabt_edge.method.approxnet import build_approxnet
@@ -26,7 +27,6 @@ from sttabt_edge.reducers import (
 from sttabt_edge.reducers.spec import SPECS, exportable_kinds
 from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.artifacts import build_reducer, reducer_meta
-from tiny import text_batch, tiny_bert
 
 EXAMPLES = [
     DenseSpec(),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 import torch
 
@@ -60,7 +60,7 @@ class Backtrack:
     same: list[bool] | None = None  # same[l]: keep[l] == keep[l+1] in every sample (see same_as_next)
 
 
-def reduce_heads(attn: torch.Tensor, head_reduce: str = "mean") -> torch.Tensor:
+def reduce_heads(attn: torch.Tensor, head_reduce: HeadReduce = "mean") -> torch.Tensor:
     """(..., H, N, N) -> (..., N, N)."""
     if head_reduce == "mean":
         return attn.mean(dim=-3)
@@ -84,7 +84,7 @@ def input_importance(attn_l: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     return torch.bmm(weights[:, : attn_l.shape[-2]].unsqueeze(1), attn_l).squeeze(1)
 
 
-def layer_importance(attn_l: torch.Tensor, weights: torch.Tensor, head_reduce: str = "mean") -> torch.Tensor:
+def layer_importance(attn_l: torch.Tensor, weights: torch.Tensor, head_reduce: HeadReduce = "mean") -> torch.Tensor:
     """Importance of one layer's inputs from its per-head maps. (B, H, R, N), (B, N) -> (B, N).
 
     Rows beyond R must carry zero weight. For the head mean, the weighted row sum is taken
@@ -122,7 +122,7 @@ def ratio_schedule(keep_ratio: float | Sequence[float], num_layers: int) -> list
 def check_nesting(nesting: str) -> Nesting:
     if nesting not in NESTINGS:
         raise ValueError(f"nesting must be one of {NESTINGS}, got {nesting!r}")
-    return nesting  # type: ignore[return-value]
+    return cast(Nesting, nesting)
 
 
 def same_as_next(ratios: Sequence[float], nesting: Nesting = "union") -> list[bool]:
@@ -147,7 +147,7 @@ def topk_backtrack(
     keep_ratio: float | Sequence[float],
     num_prefix_tokens: int = 1,
     p: float = 0.1,
-    head_reduce: str = "mean",
+    head_reduce: HeadReduce = "mean",
     k_table: torch.Tensor | None = None,
     nesting: Nesting = "union",
     min_keep: int = DEFAULT_MIN_KEEP,
@@ -169,7 +169,7 @@ def topk_backtrack(
     floor = n_real.clamp(max=min_keep)  # (B,)
     keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
     importance = keep_out.to(attn[0].dtype)
-    keep, scores = [keep_out], []
+    keep, scores = [keep_out], []  # type: tuple[list[torch.Tensor], list[torch.Tensor]]
     for layer in reversed(range(num_layers)):
         s = layer_importance(attn[layer], row_weights(keep_out, importance, p), head_reduce)  # (B, N)
         if same[layer]:  # the top-k would pick exactly keep_out

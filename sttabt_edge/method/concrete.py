@@ -10,6 +10,8 @@ threshold, so each layer learns its own pruning rate.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -17,6 +19,7 @@ from sttabt_edge.method.backtrack import (
     DEFAULT_MIN_KEEP,
     AttentionMaps,
     Backtrack,
+    HeadReduce,
     check_maps,
     layer_importance,
     retention,
@@ -40,7 +43,7 @@ def concrete_backtrack(
     threshold_logits: torch.Tensor,
     num_prefix_tokens: int = 1,
     p: float = 0.1,
-    head_reduce: str = "mean",
+    head_reduce: HeadReduce = "mean",
     temperature: float = 0.5,
     training: bool = False,
     min_keep: int = DEFAULT_MIN_KEEP,
@@ -105,7 +108,7 @@ class ConcreteThresholds(nn.Module):
     project's straight-through variant ("ste"); the official one is
     :class:`~sttabt_edge.method.concrete_official.OfficialConcrete`."""
 
-    kind = "ste"
+    kind: Literal["ste"] = "ste"
 
     def __init__(
         self, num_layers: int, init: float = 0.0, temperature: float = 0.5, min_keep: int = DEFAULT_MIN_KEEP
@@ -117,7 +120,7 @@ class ConcreteThresholds(nn.Module):
 
     def masks(
         self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
-        p: float = 0.1, head_reduce: str = "mean", soft: bool = False, generator: torch.Generator | None = None,
+        p: float = 0.1, head_reduce: HeadReduce = "mean", soft: bool = False, generator: torch.Generator | None = None,
     ) -> Backtrack:
         """Masks at given logits (calibration probes); ``soft``: the training-mode (noisy) masks."""
         return concrete_backtrack(
@@ -127,6 +130,6 @@ class ConcreteThresholds(nn.Module):
 
     def forward(
         self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
-        head_reduce: str = "mean",
+        head_reduce: HeadReduce = "mean",
     ) -> Backtrack:
         return self.masks(attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce, soft=self.training)

@@ -23,11 +23,12 @@ project's trainer (see train/concrete.py).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
-from sttabt_edge.method.backtrack import DEFAULT_MIN_KEEP, AttentionMaps, Backtrack, check_maps
+from sttabt_edge.method.backtrack import DEFAULT_MIN_KEEP, AttentionMaps, Backtrack, HeadReduce, check_maps
 from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
 
 EPS = 1e-7  # the official EPS
@@ -106,7 +107,8 @@ class OfficialConcrete(nn.Module):
     ``init`` is the value θ starts at and is regularised toward (official: 1e-3 Σ (θ - init)²).
     """
 
-    kind = "official"
+    kind: Literal["official"] = "official"
+    init: torch.Tensor  # buffer: the value θ is regularised toward
 
     def __init__(
         self, num_layers: int, init: float = 0.0, temperature: float = 0.1, min_keep: int = DEFAULT_MIN_KEEP
@@ -119,7 +121,7 @@ class OfficialConcrete(nn.Module):
 
     def masks(
         self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
-        p: float = 0.1, head_reduce: str = "mean", soft: bool = False, generator: torch.Generator | None = None,
+        p: float = 0.1, head_reduce: HeadReduce = "mean", soft: bool = False, generator: torch.Generator | None = None,
     ) -> Backtrack:
         """Masks at given logits (calibration probes); ``soft``: the training-mode masks."""
         if head_reduce != "mean":
@@ -130,7 +132,7 @@ class OfficialConcrete(nn.Module):
 
     def forward(
         self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
-        head_reduce: str = "mean",
+        head_reduce: HeadReduce = "mean",
     ) -> Backtrack:
         return self.masks(attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce, soft=self.training)
 

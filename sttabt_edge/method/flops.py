@@ -86,6 +86,8 @@ def _patch_conv(parts: ModelParts) -> nn.Conv2d:
 
 def _num_patches(conv: nn.Conv2d, image_size: tuple[int, int]) -> int:
     """Output positions of ``conv`` on the model's configured image (standard conv arithmetic)."""
+    if isinstance(conv.padding, str):  # "same" / "valid": no ViT patch embedding uses them
+        raise ValueError(f"patch convolution with padding={conv.padding!r} is not supported")
     out = []
     for size, k, s, p, d in zip(
         image_size, conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True
@@ -102,7 +104,7 @@ def embedding_flops(parts: ModelParts, n_tokens: Count | None = None) -> Count:
     BERT: 0 — token/position/type embeddings are lookups.
     """
     if parts.family != "vit":
-        return torch.zeros_like(_as_float(n_tokens)) if isinstance(n_tokens, torch.Tensor) else 0.0
+        return torch.zeros_like(n_tokens, dtype=_FLOAT) if isinstance(n_tokens, torch.Tensor) else 0.0
     conv = _patch_conv(parts)
     per_patch = (
         2 * conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] * conv.kernel_size[1]

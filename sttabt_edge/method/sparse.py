@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
 
 import torch
 
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.block import BlockOutput, block_forward, key_padding_bias, padding_bias
-from sttabt_edge.method.tokens import batched_gather, compact_indices, compact_size, local_positions
+from sttabt_edge.method.tokens import Size, batched_gather, compact_indices, compact_size, local_positions
+
+# "remove": real token removal (inference); "mask": full shapes, differentiable (training)
+Mode: TypeAlias = Literal["remove", "mask"]
 
 
 @dataclass
@@ -31,7 +35,7 @@ class KeepPlan:
     """
 
     keep: list[torch.Tensor]
-    sizes: list[int] | None = None
+    sizes: list[Size] | None = None
     scores: list[torch.Tensor] | None = None  # per-layer importance, for analysis
     # every sample keeps exactly sizes[l] tokens (ViT top-k: no padding, k = size): the compact
     # tensors have no invalid slots, so remove mode skips their padding bias (ops per layer)
@@ -75,6 +79,7 @@ def dense_forward(
         )
         x = out.hidden
         if need_attn:
+            assert out.attn is not None  # block_forward(need_attn=True) returns it
             attns.append(out.attn)
         if need_hidden:
             hiddens.append(x)
@@ -96,7 +101,7 @@ def dense_counts(
 
 
 def plan_forward(
-    parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan, mode: str = "remove"
+    parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan, mode: Mode = "remove"
 ) -> ForwardResult:
     """Run the model under a keep plan. mode: "remove" (real removal) or "mask"."""
     if mode == "remove":
@@ -124,7 +129,7 @@ def _remove_forward(parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, 
             idx_out, valid_out = compact_indices(keep[layer_idx + 1], sizes[layer_idx + 1], need_valid=not exact)
             q_idx = local_positions(keep[layer_idx], idx_out)  # (B, K_out) into h
         h = block_forward(layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p).hidden
-        if valid_out is not valid:
+        if valid_out is not valid and valid_out is not None:  # None only in exact plans, then valid is too
             valid, bias = valid_out, padding_bias(valid_out, h.dtype)
     counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)
     return ForwardResult(h[:, : parts.num_prefix_tokens], counts[:, :-1], counts[:, 1:], keep)

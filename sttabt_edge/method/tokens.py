@@ -8,6 +8,7 @@ where K is the batch maximum (or a static bound); extra slots are marked invalid
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import torch
 
@@ -62,6 +63,16 @@ def compact_size(keep: torch.Tensor) -> Size:
     return count if torch.jit.is_tracing() else int(count)
 
 
+@overload
+def compact_indices(
+    keep: torch.Tensor, size: Size, need_valid: Literal[True] = ...
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def compact_indices(keep: torch.Tensor, size: Size, need_valid: bool) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
 def compact_indices(
     keep: torch.Tensor, size: Size, need_valid: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,7 +86,8 @@ def compact_indices(
     n = keep.shape[1]
     ramp = torch.arange(n, device=keep.device, dtype=torch.float32)  # (N,)
     key = torch.where(keep, ramp, ramp + n)  # kept first, in position order
-    idx = torch.topk(-key, size, dim=1, largest=True, sorted=True).indices  # (B, K)
+    # a traced Size is a 0-dim tensor, which torch.topk takes; its stub only says int
+    idx = torch.topk(-key, size, dim=1, largest=True, sorted=True).indices  # type: ignore[arg-type]  # (B, K)
     return idx, torch.gather(keep, 1, idx) if need_valid else None
 
 
@@ -86,8 +98,8 @@ def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: Size) -> torch.T
     k[b] <= size. `size` is a static upper bound so no host sync is needed.
     """
     size = size_min(size, scores.shape[1])
-    top = torch.topk(scores, size, dim=1, sorted=True).indices  # (B, K)
-    slot = torch.arange(size, device=scores.device).unsqueeze(0)  # (1, K)
+    top = torch.topk(scores, size, dim=1, sorted=True).indices  # type: ignore[arg-type]  # (B, K), as above
+    slot = torch.arange(size, device=scores.device).unsqueeze(0)  # type: ignore[arg-type]  # (1, K)
     chosen = slot < k.unsqueeze(1)  # (B, K)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     return keep.scatter(1, top, chosen)

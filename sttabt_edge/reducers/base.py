@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sttabt_edge.compat import ModelParts
-from sttabt_edge.method.sparse import ForwardResult
+from sttabt_edge.method.sparse import ForwardResult, Mode
 from sttabt_edge.reducers.spec import ReducerSpec
 
 
@@ -24,7 +24,7 @@ class Reducer(nn.Module):
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
-        mode: str = "remove",
+        mode: Mode = "remove",
     ) -> ForwardResult:
         raise NotImplementedError
 

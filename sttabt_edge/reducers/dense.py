@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 
 from sttabt_edge.compat import ModelParts
-from sttabt_edge.method.sparse import ForwardResult, dense_forward
+from sttabt_edge.method.sparse import ForwardResult, Mode, dense_forward
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import DenseSpec
 
@@ -24,7 +24,7 @@ class DenseReducer(Reducer):
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
-        mode: str = "remove",
+        mode: Mode = "remove",
     ) -> ForwardResult:
         out = dense_forward(parts, x, pad_mask)
         out.keep = [pad_mask] * (len(parts.layers) + 1)

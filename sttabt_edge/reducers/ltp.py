@@ -26,7 +26,7 @@ from torch import nn
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.method.block import BlockOutput
-from sttabt_edge.method.sparse import ForwardResult, TokenState, online_forward
+from sttabt_edge.method.sparse import ForwardResult, Mode, TokenState, online_forward
 from sttabt_edge.method.tokens import batched_gather, compact_indices, compact_size, rank_topk_mask
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
@@ -136,7 +136,7 @@ class LtpReducer(Reducer):
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
-        mode: str = "remove",
+        mode: Mode = "remove",
     ) -> ForwardResult:
         return self._forward(parts, x, pad_mask, mode)
 
@@ -147,7 +147,7 @@ class LtpReducer(Reducer):
             )
 
     def _forward(
-        self, parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, mode: str,
+        self, parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, mode: Mode,
         calibrate_to: Sequence[float] | None = None,
     ) -> ForwardResult:
         if mode not in ("remove", "mask"):
@@ -158,6 +158,7 @@ class LtpReducer(Reducer):
 
         def step(layer_idx: int, state: TokenState, out: BlockOutput) -> TokenState:
             live = state.valid.to(x.dtype) if state.weight is None else state.weight * state.valid
+            assert out.attn is not None  # online_forward(need_attn=True)
             importance = token_importance(out.attn, live)  # (B, K)
             if calibrate_to is not None:  # choose θ_l on this batch before applying it
                 forced = forced_mask(importance, state.valid, num_prefix, self.min_keep)

@@ -13,9 +13,9 @@ trained dir's ``sttabt.json``). Pure data: nothing is built here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, overload
 
 from sttabt_edge.method.backtrack import DEFAULT_MIN_KEEP, HEAD_REDUCES, NESTINGS, HeadReduce, Nesting
 
@@ -29,7 +29,15 @@ TARGETS: tuple[Target, ...] = ("onnx", "tflite")
 S = TypeVar("S", bound="ReducerSpec")
 
 
-def _floats(v: Any) -> Ratio | None:
+@overload
+def as_ratio(v: float | Sequence[float]) -> Ratio: ...
+
+
+@overload
+def as_ratio(v: Any) -> Ratio | None: ...
+
+
+def as_ratio(v: Any) -> Ratio | None:
     """A scalar stays a float; a sequence (list, tuple, tensor) becomes a tuple of floats: specs compare equal."""
     if v is None:
         return None
@@ -38,7 +46,8 @@ def _floats(v: Any) -> Ratio | None:
     return tuple(float(x) for x in v)
 
 
-def _ints(v: Any) -> int | tuple[int, ...] | None:
+def as_counts(v: Any) -> int | tuple[int, ...] | None:
+    """An int stays an int; a sequence becomes a tuple of ints."""
     if v is None:
         return None
     if isinstance(v, int):
@@ -124,15 +133,15 @@ class SttabtSpec(ReducerSpec):
     min_keep: int = DEFAULT_MIN_KEEP
 
     def __post_init__(self) -> None:
-        self._set("keep_ratio", _floats(self.keep_ratio))
-        th = _floats(self.thresholds)
+        self._set("keep_ratio", as_ratio(self.keep_ratio))
+        th = as_ratio(self.thresholds)
         self._set("thresholds", None if th is None else (th,) if isinstance(th, float) else th)
         if (self.keep_ratio is None) == (self.thresholds is None):
             raise ValueError("give exactly one of keep_ratio (top-k) or thresholds (concrete)")
         _choice("nesting", self.nesting, NESTINGS)
         _choice("head_reduce", self.head_reduce, HEAD_REDUCES)
         _choice("concrete", self.concrete, CONCRETE_KINDS)
-        if int(self.min_keep) < 1:
+        if int(self.min_keep) < (1 if self.thresholds is None else 0):  # concrete floors may be 0
             raise ValueError(f"min_keep must be >= 1, got {self.min_keep}")
         self._set("min_keep", int(self.min_keep))
         self._set("p", float(self.p))
@@ -152,8 +161,8 @@ class TopkSpec(ReducerSpec):
     prune_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        self._set("keep_ratio", _floats(self.keep_ratio))
-        pl = _ints(self.prune_layers)
+        self._set("keep_ratio", as_ratio(self.keep_ratio))
+        pl = as_counts(self.prune_layers)
         self._set("prune_layers", (pl,) if isinstance(pl, int) else pl)
 
     def keep_schedule(self, num_layers: int) -> list[float] | None:
@@ -173,7 +182,7 @@ class LtpSpec(ReducerSpec):
     soft: bool | None = None
 
     def __post_init__(self) -> None:
-        self._set("thresholds", _floats(self.thresholds))
+        self._set("thresholds", as_ratio(self.thresholds))
         self._set("temperature", float(self.temperature))
         self._set("min_keep", int(self.min_keep))
 
@@ -188,8 +197,8 @@ class TomeSpec(ReducerSpec):
     keep_ratio: Ratio | None = None
 
     def __post_init__(self) -> None:
-        self._set("r", _ints(self.r))
-        self._set("keep_ratio", _floats(self.keep_ratio))
+        self._set("r", as_counts(self.r))
+        self._set("keep_ratio", as_ratio(self.keep_ratio))
         if (self.r is None) == (self.keep_ratio is None):
             raise ValueError("give exactly one of r or keep_ratio")
 

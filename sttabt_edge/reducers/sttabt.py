@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import torch
 from torch import nn
@@ -21,22 +21,25 @@ from sttabt_edge.method.backtrack import (
 from sttabt_edge.method.concrete import ConcreteThresholds
 from sttabt_edge.method.concrete_official import OfficialConcrete
 from sttabt_edge.method.flops import backtrack_flops
-from sttabt_edge.method.sparse import ForwardResult, KeepPlan, dense_forward, plan_forward
+from sttabt_edge.method.sparse import ForwardResult, KeepPlan, Mode, dense_forward, plan_forward
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.reducers.spec import SttabtSpec
+from sttabt_edge.reducers.spec import SttabtSpec, as_ratio
 
-CONCRETE: dict[str, type[ConcreteThresholds] | type[OfficialConcrete]] = {
-    "ste": ConcreteThresholds, "official": OfficialConcrete,
-}
+Thresholds: TypeAlias = ConcreteThresholds | OfficialConcrete  # learned concrete threshold modules
+CONCRETE: dict[str, type[Thresholds]] = {"ste": ConcreteThresholds, "official": OfficialConcrete}
 
 
 class AttentionSource(Protocol):
     """Anything that predicts the main model's attention maps: L maps (B, H, R, N), R <= N
-    (a map may stop at the rows back-tracking reads, see :mod:`sttabt_edge.method.backtrack`)."""
+    (a map may stop at the rows back-tracking reads, see :mod:`sttabt_edge.method.backtrack`).
+    In practice an ApproxNet (an ``nn.Module``, so the reducer registers it)."""
 
     def attentions(self, inputs: Mapping[str, torch.Tensor]) -> AttentionMaps: ...
 
     def flops(self, pad_mask: torch.Tensor) -> torch.Tensor: ...
+
+    @property
+    def heads(self) -> int: ...
 
 
 class SttabtReducer(Reducer):
@@ -53,9 +56,9 @@ class SttabtReducer(Reducer):
 
     def __init__(
         self,
-        approx: nn.Module | None = None,
+        approx: AttentionSource | nn.Module | None = None,
         keep_ratio: float | Sequence[float] | None = None,
-        thresholds: ConcreteThresholds | None = None,
+        thresholds: Thresholds | None = None,
         p: float = 0.1,
         head_reduce: HeadReduce = "mean",
         nesting: Nesting = "union",
@@ -64,33 +67,38 @@ class SttabtReducer(Reducer):
         super().__init__()
         if (keep_ratio is None) == (thresholds is None):
             raise ValueError("give exactly one of keep_ratio (top-k) or thresholds (concrete)")
-        if min_keep < 1:
+        if thresholds is None and min_keep < 1:  # a threshold reducer's floor is thresholds.min_keep
             raise ValueError(f"min_keep must be >= 1, got {min_keep}")
-        self.approx = approx
+        self.approx: AttentionSource | None = approx  # type: ignore[assignment]  # an ApproxNet module
         self.keep_ratio = keep_ratio
-        self.thresholds = thresholds
+        self.thresholds: Thresholds | None = thresholds
         self.p = p
         self.head_reduce = head_reduce
         self.nesting = check_nesting(nesting)
         self.min_keep = thresholds.min_keep if thresholds is not None else min_keep
 
     @classmethod
-    def from_spec(cls, spec: SttabtSpec, approx: nn.Module | None = None) -> SttabtReducer:
+    def from_spec(cls, spec: SttabtSpec, approx: AttentionSource | nn.Module | None = None) -> SttabtReducer:
         """The reducer of ``spec`` (threshold logits loaded into a fresh concrete module)."""
-        common = {"p": spec.p, "head_reduce": spec.head_reduce, "nesting": spec.nesting, "min_keep": spec.min_keep}
-        if spec.thresholds is None:
-            return cls(approx, keep_ratio=spec.keep_ratio, **common)
-        temperature = {} if spec.temperature is None else {"temperature": spec.temperature}
-        th = CONCRETE[spec.concrete](len(spec.thresholds), 0.0, min_keep=spec.min_keep, **temperature)
-        with torch.no_grad():
-            th.logits.copy_(torch.tensor(spec.thresholds, dtype=torch.float32))
-        return cls(approx, thresholds=th, **common)
+        th = None
+        if spec.thresholds is not None:
+            kind = CONCRETE[spec.concrete]
+            if spec.temperature is None:
+                th = kind(len(spec.thresholds), 0.0, min_keep=spec.min_keep)
+            else:
+                th = kind(len(spec.thresholds), 0.0, temperature=spec.temperature, min_keep=spec.min_keep)
+            with torch.no_grad():
+                th.logits.copy_(torch.tensor(spec.thresholds, dtype=torch.float32))
+        return cls(
+            approx, keep_ratio=spec.keep_ratio, thresholds=th, p=spec.p, head_reduce=spec.head_reduce,
+            nesting=spec.nesting, min_keep=spec.min_keep,
+        )
 
     def spec(self) -> SttabtSpec:
         th = self.thresholds
         if th is None:
             return SttabtSpec(
-                keep_ratio=self.keep_ratio, p=self.p, head_reduce=self.head_reduce, nesting=self.nesting,
+                keep_ratio=as_ratio(self.keep_ratio), p=self.p, head_reduce=self.head_reduce, nesting=self.nesting,
                 min_keep=self.min_keep,
             )
         return SttabtSpec(
@@ -102,6 +110,7 @@ class SttabtReducer(Reducer):
     def backtrack(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor
     ) -> Backtrack:
+        attn: AttentionMaps
         if self.approx is None:
             attn = dense_forward(parts, x, pad_mask, need_attn=True).attentions  # L x (B, H, N, N)
         else:
@@ -118,6 +127,7 @@ class SttabtReducer(Reducer):
         evaluation, export and the profiled stages all call."""
         if self.thresholds is not None:
             return self.thresholds(attn, pad_mask, num_prefix_tokens, self.p, self.head_reduce)
+        assert self.keep_ratio is not None  # exactly one of keep_ratio / thresholds (__init__)
         return topk_backtrack(
             attn, pad_mask, self.keep_ratio, num_prefix_tokens, self.p, self.head_reduce,
             nesting=self.nesting, min_keep=self.min_keep,
@@ -125,7 +135,7 @@ class SttabtReducer(Reducer):
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
-        mode: str = "remove",
+        mode: Mode = "remove",
     ) -> ForwardResult:
         bt = self.backtrack(parts, inputs, x, pad_mask)
         return plan_forward(parts, x, pad_mask, self.keep_plan(parts, bt), mode)

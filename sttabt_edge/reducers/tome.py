@@ -29,10 +29,10 @@ import torch
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.method.block import BlockOutput
-from sttabt_edge.method.sparse import ForwardResult, TokenState, online_forward
+from sttabt_edge.method.sparse import ForwardResult, Mode, TokenState, online_forward
 from sttabt_edge.method.tokens import batched_gather, compact_indices
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.reducers.spec import TomeSpec
+from sttabt_edge.reducers.spec import TomeSpec, as_counts, as_ratio
 
 _PAD_RANK = -2.0  # padding A tokens: dropped after every real pair is merged
 _LONE_RANK = -3.0  # real A token without any legal partner: dropped last
@@ -147,6 +147,7 @@ def tome_schedule(
         ratio = ratio_schedule(keep_ratio, num_layers)[0]
         rs = [round((1.0 - ratio) * num_tokens / num_layers)] * num_layers
     else:
+        assert keep_ratio is not None  # exactly one of r / keep_ratio, checked above
         ratios = ratio_schedule(keep_ratio, num_layers)
     out, count = [], num_tokens
     for layer in range(num_layers):
@@ -163,6 +164,7 @@ def tome_step(schedule: Sequence[int], num_prefix_tokens: int) -> Callable[[int,
         r = schedule[layer_idx]
         if r == 0:
             return state
+        assert out.keys is not None  # online_forward(need_keys=True)
         metric = out.keys.mean(dim=1)  # (B, H, K, D) -> (B, K, D)
         merge = bipartite_soft_matching(metric, r, num_prefix_tokens, state.valid)
         hidden, size = merge_wavg(merge, state.hidden, state.size)
@@ -189,14 +191,14 @@ class TomeReducer(Reducer):
         return cls(r=spec.r, keep_ratio=spec.keep_ratio)
 
     def spec(self) -> TomeSpec:
-        return TomeSpec(r=self.r, keep_ratio=self.keep_ratio)
+        return TomeSpec(r=as_counts(self.r), keep_ratio=as_ratio(self.keep_ratio))
 
     def schedule(self, num_tokens: int, num_layers: int, num_prefix_tokens: int) -> list[int]:
         return tome_schedule(num_tokens, num_layers, num_prefix_tokens, self.r, self.keep_ratio)
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
-        mode: str = "remove",
+        mode: Mode = "remove",
     ) -> ForwardResult:
         if mode == "mask":
             raise NotImplementedError("ToMe merges tokens, which has no full-shape mask form; use mode='remove'")

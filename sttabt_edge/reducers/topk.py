@@ -19,10 +19,10 @@ import torch
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.method.block import BlockOutput
-from sttabt_edge.method.sparse import ForwardResult, TokenState, online_forward
+from sttabt_edge.method.sparse import ForwardResult, Mode, TokenState, online_forward
 from sttabt_edge.method.tokens import batched_gather, compact_indices, rank_topk_mask
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.reducers.spec import TopkSpec
+from sttabt_edge.reducers.spec import TopkSpec, as_ratio
 
 
 def cls_attention(attn: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -99,11 +99,11 @@ class TopkReducer(Reducer):
         return cls(spec.keep_ratio, spec.prune_layers)
 
     def spec(self) -> TopkSpec:
-        return TopkSpec(keep_ratio=self.keep_ratio, prune_layers=self.prune_layers)
+        return TopkSpec(keep_ratio=as_ratio(self.keep_ratio), prune_layers=self.prune_layers)
 
     def run(
         self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
-        mode: str = "remove",
+        mode: Mode = "remove",
     ) -> ForwardResult:
         if mode not in ("remove", "mask"):
             raise ValueError(f"mode must be 'remove' or 'mask', got {mode!r}")
@@ -118,6 +118,7 @@ class TopkReducer(Reducer):
             if layer_idx not in prune:
                 return state
             ratio = ratios[layer_idx]
+            assert out.attn is not None  # online_forward(need_attn=True)
             size = static_size(n, ratio, state.hidden.shape[1], num_prefix)
             keep = keep_counts(n_real, state.valid.sum(dim=1), ratio, num_prefix)  # (B,)
             if mode == "mask":  # full shapes: a dropped token is invalid and has key weight 0

@@ -12,7 +12,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # an annotation only: this module stays torch-free
+    from sttabt_edge.method.backtrack import HeadReduce
 
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("interpolate", "random")
@@ -153,7 +156,7 @@ class SparseTrainConfig(JsonConfig):
     min_keep: int = 4  # STTABT: tokens always kept per layer, prefix included (short inputs keep their words)
     ltp_min_keep: int = 1  # LTP: real tokens always kept per layer beyond the prefix
     p: float = 0.1  # back-tracking propagation weight (see method/backtrack.py)
-    head_reduce: str = "mean"
+    head_reduce: HeadReduce = "mean"
     schedule: str = "geometric"  # top-k baseline: "geometric" (q**l per layer) or "constant"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
 
