@@ -21,6 +21,7 @@ from sttabt_edge.compat import ModelParts, model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.method.backtrack import Backtrack, topk_plan
 from sttabt_edge.method.sparse import plan_forward
+from sttabt_edge.method.tokens import Size
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import exportable_kinds
@@ -144,7 +145,7 @@ class SparseStage(nn.Module):
         *inputs, keep = args
         x, pad = embed(self.parts, as_inputs(self.parts.family, tuple(inputs)))  # (B, N, C), (B, N)
         r = self.reducer
-        sizes: list = []
+        sizes: list[Size] | None = None
         same = None
         if r.keep_ratio is not None:  # static bounds from the shape, as topk_backtrack makes them
             n_layers, n_prefix = len(self.parts.layers), self.parts.num_prefix_tokens

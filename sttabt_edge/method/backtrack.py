@@ -55,7 +55,7 @@ class Backtrack:
     """Nested keep masks (L+1 entries, see KeepPlan), static sizes and scores."""
 
     keep: list[torch.Tensor]
-    sizes: list[Size]
+    sizes: list[Size] | None  # static compact bounds (top-k), None when counts are data-dependent (as KeepPlan)
     scores: list[torch.Tensor]  # (B, N) importance of layer l's inputs
     same: list[bool] | None = None  # same[l]: keep[l] == keep[l+1] in every sample (see same_as_next)
 

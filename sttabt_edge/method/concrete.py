@@ -95,7 +95,7 @@ def concrete_backtrack(
         keep.insert(0, out)
         scores.insert(0, s)
         importance = s
-    return Backtrack(keep, [], scores)
+    return Backtrack(keep, None, scores)  # data-dependent counts: no static bounds
 
 
 def retention_loss(keep: list[torch.Tensor], pad_mask: torch.Tensor, target: float) -> torch.Tensor:

@@ -97,7 +97,7 @@ def official_concrete_backtrack(
         keep.insert(0, hard_in if hard else soft_in)
         scores.insert(0, s)
         soft_out, hard_out, score_out = soft_in, hard_in, s
-    return Backtrack(keep, [], scores)
+    return Backtrack(keep, None, scores)  # data-dependent counts: no static bounds
 
 
 class OfficialConcrete(nn.Module):

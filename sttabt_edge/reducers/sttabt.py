@@ -145,8 +145,7 @@ class SttabtReducer(Reducer):
         (count-nested top-k on ViT) or where the graph needs static shapes (``static``, LiteRT);
         otherwise each layer's batch maximum (data-dependent; a union set is often far below
         its bound)."""
-        use_static = bool(bt.sizes) and (static or self.exact_counts(parts))
-        sizes = list(bt.sizes) if use_static else None
+        sizes = list(bt.sizes) if bt.sizes is not None and (static or self.exact_counts(parts)) else None
         return KeepPlan(bt.keep, sizes, bt.scores, exact=self.exact_counts(parts), same=bt.same)
 
     def exact_counts(self, parts: ModelParts) -> bool:
