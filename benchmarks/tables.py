@@ -16,18 +16,20 @@ def _acc(metrics: dict) -> str:
     return f"{100 * metrics['accuracy']:.1f}"
 
 
-def core_table(paths: list[Path]) -> str:
-    """core_deit.json (and the --match flops one): method, target, top-1, retention, occupancy, FLOPs, latency."""
-    rows = ["| match | method | top-1 % | retention | occupancy | FLOPs × | keep ratio | PyTorch latency × |",
-            "|---|---|---|---|---|---|---|---|"]
+def core_table(paths: list[Path], latency: bool = True) -> str:
+    """core_deit.json (and the --match flops one): method, target, top-1, retention, occupancy, FLOPs, latency
+    (``latency=False`` leaves out the PyTorch latency column, e.g. for a run on a loaded machine)."""
+    rows = ["| match | method | top-1 % | retention | occupancy | FLOPs × | keep ratio |"
+            + (" PyTorch latency × |" if latency else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if latency else "")]
     for path in paths:
         d = json.loads(path.read_text())
         for r in d["results"]:
             knob = r["extra"].get("knob")
             knob_s = "" if knob is None or knob != knob else f"{knob:.4f}"
+            lat = f" {r['extra'].get('latency_ratio_vs_ref', float('nan')):.2f} |" if latency else ""
             rows.append(f"| {d.get('match', 'retention')} | {r['method']} | {_acc(r['metrics'])} | {r['retention']:.3f} | "
-                        f"{r['occupancy']:.3f} | {r['flops_ratio']:.3f} | {knob_s} | "
-                        f"{r['extra'].get('latency_ratio_vs_ref', float('nan')):.2f} |")
+                        f"{r['occupancy']:.3f} | {r['flops_ratio']:.3f} | {knob_s} |{lat}")
         rows.append(f"\n`{d['benchmark']}` at `{d['env'].get('commit', '?')}`, {d['images']} images, "
                     f"{d['wall_s'] / 60:.1f} min")
     return "\n".join(rows)
@@ -67,9 +69,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", choices=["core", "core-sst2", "sweep"])
     ap.add_argument("paths", type=Path, nargs="+")
+    ap.add_argument("--no-latency", action="store_true", help="core: leave out the PyTorch latency column")
     args = ap.parse_args()
     if args.kind == "core":
-        print(core_table(args.paths))
+        print(core_table(args.paths, latency=not args.no_latency))
     elif args.kind == "core-sst2":
         print(core_sst2_table(args.paths[0]))
     else:
