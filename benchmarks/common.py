@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from sttabt_edge.atomic import atomic_write_text
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.runtime.sessions import interleaved_times_ms
 from sttabt_edge.sparse_model import SparseClassifier
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -73,15 +74,7 @@ def interleaved_latency(
     the first callable (the reference).
     """
     names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(runs):
-        for n in names:
-            t0 = time.perf_counter()
-            fns[n]()
-            times[n].append((time.perf_counter() - t0) * 1e3)
+    times = interleaved_times_ms(fns, runs, warmup)  # the runtime's timing loop, as bench and export use
     ref = times[names[0]]
     out = {}
     for n in names:
@@ -122,7 +115,4 @@ def environment() -> dict[str, str | int]:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=2))

@@ -1,14 +1,13 @@
 """onnxruntime helpers shared by verification, quantization and latency measurement.
 
-Sessions are created one at a time with explicit thread counts and intra-op spinning off:
-on a small shared CPU, spinning threads of one session slow every other process (and
-other sessions) down, which makes latency numbers meaningless.
+Sessions are created one at a time with explicit thread counts and intra-op spinning off, with
+the runtime's own session options and timing loop (:mod:`sttabt_edge.runtime.sessions`), so
+export latencies and ``sttabt-edge bench`` configure and time sessions the same way.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,18 +17,14 @@ import numpy as np
 import onnxruntime as ort
 
 from sttabt_edge.errors import ExportError
+from sttabt_edge.runtime import sessions
 
 INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3  # errors only: ORT warns about unused initializers after slimming
-    return so
+    """The runtime's options (:func:`sttabt_edge.runtime.sessions.session_options`), spinning off, quiet."""
+    return sessions.session_options(threads, quiet=True)
 
 
 def open_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
@@ -97,17 +92,13 @@ def interleaved_times_ms(
     not contend; load changes on a shared machine hit every graph of a round alike, which keeps
     per-round ratios stable where back-to-back medians drift.
     """
-    sessions = {name: (open_session(path, threads), feeds) for name, (path, feeds) in graphs.items()}
-    for _ in range(warmup):
-        for session, feeds in sessions.values():
-            run(session, feeds)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(runs):
-        for name, (session, feeds) in sessions.items():
-            t0 = time.perf_counter()
-            run(session, feeds)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
+    opened = {name: (open_session(path, threads), feeds) for name, (path, feeds) in graphs.items()}
+    calls = {name: _runner(session, feeds) for name, (session, feeds) in opened.items()}
+    return sessions.interleaved_times_ms(calls, runs, warmup)
+
+
+def _runner(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> Any:
+    return lambda: run(session, feeds)
 
 
 def optimized_node_counts(path: str | Path) -> dict[str, int]:

@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 
 from sttabt_edge.errors import InputError
 from sttabt_edge.runtime.predictor import Predictor, load
+from sttabt_edge.runtime.sessions import time_ms
 
 
 @dataclass
@@ -96,9 +96,7 @@ def _worker(
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "run":
-            t0 = time.perf_counter()
-            out = pred.run(inputs)
-            ms = (time.perf_counter() - t0) * 1e3
+            ms, out = time_ms(lambda: pred.run(inputs))
             if "kept_counts" in out:
                 kept.append(np.asarray(out["kept_counts"], dtype=np.float64).mean(0))
             print(f"{ms:.6f}", flush=True)

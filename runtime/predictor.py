@@ -26,10 +26,10 @@ from sttabt_edge.errors import InferenceError, InputError, ModelFileError, one_l
 from sttabt_edge.runtime import contract
 from sttabt_edge.runtime.inputs import InputSpec, check_inputs
 from sttabt_edge.runtime.preprocess import ImagePreprocess, TextPreprocess
+from sttabt_edge.runtime.sessions import OPTIMIZATIONS, Optimization, session_options
 
 METADATA_KEY = contract.METADATA_KEY
 FORMAT_VERSION = contract.FORMAT_VERSION
-OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 __all__ = ["ModelFileError", "Prediction", "Predictor", "load"]
 
@@ -214,29 +214,14 @@ class OrtPredictor(Predictor):
         path: Path,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
-        optimization: str = "all",
+        optimization: Optimization = "all",
         spinning: bool = False,
         verify_digest: bool = True,
     ):
         import onnxruntime as ort
 
         meta = self._read_checked(path, verify_digest)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization]
-        # spinning threads make sessions and neighbours slow each other on small CPUs; when on, they
-        # spin only inside a run (force_spinning_stop): between runs they sleep instead of stealing
-        # the cores of whatever runs next (another model, the preprocessing, a benchmark's other worker)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        if spinning:
-            opts.add_session_config_entry("session.force_spinning_stop", "1")
+        opts = session_options(threads, optimization, spinning)
         super().__init__(path, meta)
         try:
             self.session = ort.InferenceSession(
@@ -346,7 +331,7 @@ def load(
     path: str | os.PathLike[str],
     threads: int | None = None,
     providers: Sequence[str] | None = None,
-    optimization: str = "all",
+    optimization: Optimization = "all",
     spinning: bool = False,
     verify_digest: bool = True,
 ) -> Predictor:
