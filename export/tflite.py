@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sttabt_edge.atomic import atomic_write_bytes
 from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export.graph import ExportModule, example_args, input_names
@@ -224,14 +225,8 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return json.loads(side.read_text(encoding="utf-8"))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, meta: Mapping[str, Any]) -> None:
-    _write_atomic(path, json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
+    atomic_write_bytes(path, json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def tflite_metadata(
@@ -331,10 +326,10 @@ def quantize_tflite(
     if text:
         tok = out.with_name(tokenizer_name(out.stem))
         if (src.parent / text["tokenizer_file"]).resolve() != tok.resolve():
-            _write_atomic(tok, (src.parent / text["tokenizer_file"]).read_bytes())
+            atomic_write_bytes(tok, (src.parent / text["tokenizer_file"]).read_bytes())
         text["tokenizer_file"] = tok.name
     try:
-        _write_atomic(out, quantize_bytes(src.read_bytes(), mode))
+        atomic_write_bytes(out, quantize_bytes(src.read_bytes(), mode))
         meta["tflite"]["size_bytes"] = out.stat().st_size
         meta[contract.DIGEST_KEY] = contract.file_digest(out.read_bytes())
         _write_json(sidecar_path(out), meta)  # verify_tflite reads a threshold model's schedule from it

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from sttabt_edge import compat
+from sttabt_edge.atomic import atomic_write
 from sttabt_edge.errors import CheckpointMismatchError, ModelNotFoundError, UnsupportedModelError, one_line
 from sttabt_edge.method.approxnet import FORMAT, META_FILE, WEIGHTS_FILE, ApproxNet, approx_config
 
@@ -37,9 +37,9 @@ def save_approxnet(net: ApproxNet, directory: str | os.PathLike[str]) -> Path:
         "config": net.model.config.to_dict(),
     }
     tags = {"format": FORMAT, "factor": str(net.factor), "model_class": meta["model_class"]}
-    _atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=tags))
+    atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata=tags))
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-    _atomic_write(d / META_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(d / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return d
 
 
@@ -107,17 +107,6 @@ def _read_description(path: Path) -> dict[str, Any]:
     if bad or not isinstance(meta["config"], dict):
         raise CheckpointMismatchError(f"{path}: missing or invalid {bad or ['config']}")
     return meta
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _model_class(name: str) -> Any:

@@ -21,12 +21,9 @@ CheckpointMismatchError line.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ import torch
 from torch import nn
 
 from sttabt_edge import compat
+from sttabt_edge.atomic import atomic_dir, atomic_write_text  # noqa: F401 (re-exported: train's writers use them)
 from sttabt_edge.errors import CheckpointMismatchError, InputError, one_line
 from sttabt_edge.models.loading import load_state_dict_checked, pickle_refusal, read_safetensors
 
@@ -44,44 +42,6 @@ TRAINER_FILE = "trainer.pt"
 FORMAT = "sttabt-train-checkpoint"
 CKPT_NAME = re.compile(r"ckpt-\d{6,}")
 _MAX_POINTER_BYTES = 256
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temp file in the same folder + os.replace (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temp dir beside ``path``; on success it replaces ``path`` (old version removed).
-
-    The swap is two renames (old aside, new in). Readers that need a single atomic switch
-    use a pointer file instead (see :func:`save_checkpoint`).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def module_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
