@@ -73,6 +73,7 @@ def _tracing() -> bool:
 def classify(parts: ModelParts, prefix_hidden: torch.Tensor) -> torch.Tensor:
     """Final hidden states of the prefix tokens (B, P, C) -> logits (B, num_labels)."""
     if parts.family == "vit":
+        assert parts.final_norm is not None  # compat.model_parts finds one in every ViT/DeiT
         z = parts.final_norm(prefix_hidden)
         logits = [head(z[:, i]) for i, head in enumerate(parts.classifiers)]
         return logits[0] if len(logits) == 1 else torch.stack(logits, 0).mean(0)

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import torch
 import transformers
@@ -112,8 +113,8 @@ def _offline() -> bool:
 
 def _pick_class(architectures: list[str] | None, model_type: str | None, source: str) -> tuple[str, bool]:
     """-> (class name, whether the head is new). Raises for anything STTABT cannot run."""
-    arch = (architectures or [None])[0] or _MODEL_TYPE_DEFAULT.get(model_type or "")
-    if arch in _BASE_TO_TASK:
+    arch = (architectures[0] if architectures else None) or _MODEL_TYPE_DEFAULT.get(model_type or "")
+    if arch is not None and arch in _BASE_TO_TASK:
         return _BASE_TO_TASK[arch], True
     if arch not in compat.SUPPORTED_CLASSES:
         raise UnsupportedModelError(
@@ -202,7 +203,7 @@ def _from_pretrained(
     try:
         # ignore_mismatched_sizes=True: get the full loading info instead of transformers' bare
         # RuntimeError; we raise ourselves below unless the mismatch is in a head we replace.
-        model, info = cls.from_pretrained(
+        loaded: Any = cls.from_pretrained(  # (model, info) with output_loading_info; the stub says model
             source,
             config=config,
             dtype=dtype,
@@ -215,6 +216,7 @@ def _from_pretrained(
         raise CheckpointMismatchError(f"{source}: weights do not fit {cls.__name__}: {e}") from e
     except OSError as e:
         raise ModelNotFoundError(f"{source}: no loadable weights for {cls.__name__}: {e}") from e
+    model, info = loaded
     _check_loading_info(model, info, source, new_head=new_head)
     return model
 
@@ -261,4 +263,4 @@ def _load_timm_file(path: Path, *, num_labels: int | None, dtype: torch.dtype) -
             f"{path.name} has a {model.config.num_labels}-class head; num_labels={num_labels} cannot be applied "
             "to a timm checkpoint (convert it, save_pretrained, then load the directory with num_labels)"
         )
-    return model.to(dtype)
+    return model.to(dtype)  # type: ignore[arg-type]  # transformers' wrapped .to stub takes no dtype

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -76,7 +77,7 @@ def timm_vit_config(
     size = _image_size(int(state_dict["pos_embed"].shape[1]), prefix, patch, image_size)
     heads = _num_heads(hidden, num_heads, name)
     head = state_dict.get("head.weight")
-    fields = dict(
+    fields: dict[str, Any] = dict(
         hidden_size=hidden,
         num_hidden_layers=depth,
         num_attention_heads=heads,
@@ -172,7 +173,7 @@ def _rename_table(config: ViTConfig | DeiTConfig) -> dict[str, str]:
         for src, dst in pairs:
             for p in ("weight", "bias"):
                 table[f"blocks.{i}.{src}.{p}"] = f"{bb}.layers.{i}.{dst}.{p}"
-    if config.num_labels > 0:
+    if (config.num_labels or 0) > 0:
         heads = {"head": "cls_classifier", "head_dist": "distillation_classifier"} if distilled else {}
         for src, dst in (heads or {"head": "classifier"}).items():
             for p in ("weight", "bias"):
@@ -230,10 +231,10 @@ def build_timm_model(
     """timm state dict -> HF model (eager attention, eval mode, weights checked strictly)."""
     config = timm_vit_config(state_dict, num_heads=num_heads, name=name)
     converted = convert_timm_vit_state_dict(state_dict, config)
-    cls = (
-        DeiTForImageClassificationWithTeacher if isinstance(config, DeiTConfig) else ViTForImageClassification
+    model: PreTrainedModel = (
+        DeiTForImageClassificationWithTeacher(config) if isinstance(config, DeiTConfig)
+        else ViTForImageClassification(config)
     )
-    model = cls(config)
     ensure_eager(model, switch=True)
     load_state_dict_checked(model, converted, what="converted timm checkpoint")
     return model.eval()
