@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,12 +70,12 @@ def attn_implementation(model: nn.Module) -> str | None:
     return getattr(cfg, "_attn_implementation", None)
 
 
-def set_eager_attention(model: nn.Module) -> None:
+def set_eager_attention(model: Any) -> None:
     """Switch a loaded model to eager attention (needed for attention probabilities)."""
     model.set_attn_implementation("eager")
 
 
-def _vit_layer(layer: nn.Module) -> LayerParts:
+def _vit_layer(layer: Any) -> LayerParts:
     att = layer.attention
     return LayerParts(
         q=att.q_proj,
@@ -90,7 +91,7 @@ def _vit_layer(layer: nn.Module) -> LayerParts:
     )
 
 
-def _bert_layer(layer: nn.Module) -> LayerParts:
+def _bert_layer(layer: Any) -> LayerParts:
     sa = layer.attention.self
     return LayerParts(
         q=sa.query,
@@ -106,7 +107,7 @@ def _bert_layer(layer: nn.Module) -> LayerParts:
     )
 
 
-def vision_backbone(model: nn.Module) -> nn.Module:
+def vision_backbone(model: nn.Module) -> Any:
     """The ViTModel/DeiTModel inside a classifier."""
     for name in ("vit", "deit"):
         if hasattr(model, name):
@@ -114,22 +115,23 @@ def vision_backbone(model: nn.Module) -> nn.Module:
     raise TypeError(f"{class_name(model)} has no ViT/DeiT backbone")
 
 
-def bert_backbone(model: nn.Module) -> nn.Module:
-    return model.bert if hasattr(model, "bert") else model
+def bert_backbone(model: nn.Module) -> Any:
+    return getattr(model, "bert", model)
 
 
 def model_parts(model: nn.Module) -> ModelParts:
     """Collect the submodules of a supported HF classifier."""
     name = class_name(model)
-    cfg = model.config
+    hf: Any = model  # a transformers classifier: its attribute tree has no static types
+    cfg = hf.config
     if name not in SUPPORTED_CLASSES:
         raise TypeError(f"unsupported model class {name}; supported: {', '.join(SUPPORTED_CLASSES)}")
     if name.startswith(("ViT", "DeiT")):
         bb = vision_backbone(model)
         if name == "DeiTForImageClassificationWithTeacher":
-            classifiers: tuple[nn.Module, ...] = (model.cls_classifier, model.distillation_classifier)
+            classifiers: tuple[nn.Module, ...] = (hf.cls_classifier, hf.distillation_classifier)
         else:
-            classifiers = (model.classifier,)
+            classifiers = (hf.classifier,)
         prefix = 2 if hasattr(bb.embeddings, "distillation_token") else 1
         return ModelParts(
             family="vit",
@@ -156,38 +158,38 @@ def model_parts(model: nn.Module) -> ModelParts:
         embeddings=bb.embeddings,
         final_norm=None,
         pooler=getattr(bb, "pooler", None),
-        classifiers=(model.classifier,) if hasattr(model, "classifier") else (),
+        classifiers=(hf.classifier,) if hasattr(model, "classifier") else (),
         dropout=getattr(model, "dropout", None),
         dropout_p=float(cfg.hidden_dropout_prob),
     )
 
 
-def vit_image_size(embeddings: nn.Module) -> tuple[int, int]:
+def vit_image_size(embeddings: Any) -> tuple[int, int]:
     size = embeddings.patch_embeddings.image_size
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def vit_patch_embed(embeddings: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+def vit_patch_embed(embeddings: Any, pixel_values: torch.Tensor) -> torch.Tensor:
     """Patch projection only: (B, 3, H, W) -> (B, N_patch, C)."""
     return embeddings.patch_embeddings(pixel_values)
 
 
-def vit_prefix_tokens(embeddings: nn.Module) -> list[torch.Tensor]:
+def vit_prefix_tokens(embeddings: Any) -> list[torch.Tensor]:
     toks = [embeddings.cls_token]
     if hasattr(embeddings, "distillation_token"):
         toks.append(embeddings.distillation_token)
     return toks
 
 
-def vit_position_embeddings(embeddings: nn.Module) -> torch.Tensor:
+def vit_position_embeddings(embeddings: Any) -> torch.Tensor:
     return embeddings.position_embeddings
 
 
-def bert_max_positions(embeddings: nn.Module) -> int:
+def bert_max_positions(embeddings: Any) -> int:
     return int(embeddings.position_embeddings.num_embeddings)
 
 
-def bert_embed(embeddings: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+def bert_embed(embeddings: Any, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
     return embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
 
