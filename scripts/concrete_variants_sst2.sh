@@ -13,6 +13,7 @@ for spec in "ste union" "official shared" "ste constant"; do
     start=$(date +%s)
     .venv/bin/python benchmarks/train_sst2.py --budget medium --methods concrete sttabt-topk --targets 0.3 \
         --approx "$approx" --sparse-steps "$steps" --calib-on eval --concrete "$1" --init-schedule "$2" \
+        --work "/tmp/sttabt-concrete-variants/$1_$2" \
         --out "benchmarks/results/concrete_variants_sst2_$1_$2.json"
     echo "concrete $1 $2: $(( $(date +%s) - start )) s"
 done
