@@ -103,7 +103,35 @@ def retention_loss(keep: list[torch.Tensor], pad_mask: torch.Tensor, target: flo
     return (retention(keep, pad_mask).mean() - target) ** 2
 
 
-class ConcreteThresholds(nn.Module):
+class ThresholdModule(nn.Module):
+    """Per-layer threshold logits θ (L,) plus a mask rule: what both concrete variants share.
+
+    Subclasses define :meth:`masks` (the masks at given logits, used by the calibration probes);
+    ``forward`` applies it at the module's own logits, soft in train mode, hard in eval mode.
+    """
+
+    kind: str = "base"
+
+    def __init__(self, num_layers: int, init: float, temperature: float, min_keep: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.full((num_layers,), float(init)))
+        self.temperature = temperature
+        self.min_keep = min_keep
+
+    def masks(
+        self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
+        p: float = 0.1, head_reduce: HeadReduce = "mean", soft: bool = False, generator: torch.Generator | None = None,
+    ) -> Backtrack:
+        raise NotImplementedError
+
+    def forward(
+        self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
+        head_reduce: HeadReduce = "mean",
+    ) -> Backtrack:
+        return self.masks(attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce, soft=self.training)
+
+
+class ConcreteThresholds(ThresholdModule):
     """Learnable per-layer threshold logits (thin wrapper over :func:`concrete_backtrack`): this
     project's straight-through variant ("ste"); the official one is
     :class:`~sttabt_edge.method.concrete_official.OfficialConcrete`."""
@@ -113,10 +141,7 @@ class ConcreteThresholds(nn.Module):
     def __init__(
         self, num_layers: int, init: float = 0.0, temperature: float = 0.5, min_keep: int = DEFAULT_MIN_KEEP
     ):
-        super().__init__()
-        self.logits = nn.Parameter(torch.full((num_layers,), float(init)))
-        self.temperature = temperature
-        self.min_keep = min_keep
+        super().__init__(num_layers, init, temperature, min_keep)
 
     def masks(
         self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
@@ -127,9 +152,3 @@ class ConcreteThresholds(nn.Module):
             attn, pad_mask, logits, num_prefix_tokens, p, head_reduce, self.temperature, soft, self.min_keep,
             generator,
         )
-
-    def forward(
-        self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
-        head_reduce: HeadReduce = "mean",
-    ) -> Backtrack:
-        return self.masks(attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce, soft=self.training)

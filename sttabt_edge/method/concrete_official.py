@@ -26,9 +26,9 @@ import math
 from typing import Literal
 
 import torch
-from torch import nn
 
 from sttabt_edge.method.backtrack import DEFAULT_MIN_KEEP, AttentionMaps, Backtrack, HeadReduce, check_maps
+from sttabt_edge.method.concrete import ThresholdModule
 from sttabt_edge.method.tokens import prefix_mask, rank_topk_mask
 
 EPS = 1e-7  # the official EPS
@@ -100,7 +100,7 @@ def official_concrete_backtrack(
     return Backtrack(keep, None, scores)  # data-dependent counts: no static bounds
 
 
-class OfficialConcrete(nn.Module):
+class OfficialConcrete(ThresholdModule):
     """Learnable per-layer θ_l of :func:`official_concrete_backtrack` (θ_l = -p_logit, the official parameter).
 
     Soft masks in train mode, hard masks in eval mode (the hard phase puts it in eval mode).
@@ -113,11 +113,8 @@ class OfficialConcrete(nn.Module):
     def __init__(
         self, num_layers: int, init: float = 0.0, temperature: float = 0.1, min_keep: int = DEFAULT_MIN_KEEP
     ):
-        super().__init__()
-        self.logits = nn.Parameter(torch.full((num_layers,), float(init)))
+        super().__init__(num_layers, init, temperature, min_keep)
         self.register_buffer("init", torch.full((num_layers,), float(init)))
-        self.temperature = temperature
-        self.min_keep = min_keep
 
     def masks(
         self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
@@ -129,12 +126,6 @@ class OfficialConcrete(nn.Module):
         return official_concrete_backtrack(
             attn, pad_mask, logits, num_prefix_tokens, p, self.temperature, not soft, self.min_keep
         )
-
-    def forward(
-        self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
-        head_reduce: HeadReduce = "mean",
-    ) -> Backtrack:
-        return self.masks(attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce, soft=self.training)
 
     def regularizer(self) -> torch.Tensor:
         """The official per-layer term: 1e-3 Σ_l (p_logit_l - init)² (the same in θ = -p_logit)."""
