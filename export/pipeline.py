@@ -100,7 +100,7 @@ def calibration_batch(
             raise InputError(f"--calib for an image model must be an image folder, got {req.calib}")
         examples, pre = image_folder(req.calib)[:n], {"image": image_preprocess_for(model)}
     else:
-        tok = Path(req.model) / "tokenizer.json"
+        tok = model_files(req.model) / "tokenizer.json"
         if not req.calib.is_file() or not tok.is_file():
             raise InputError(f"--calib for a text model must be a GLUE TSV file and {tok} must exist")
         examples = glue_tsv(req.calib)[:n]
@@ -127,8 +127,35 @@ def synthetic_batch(model: nn.Module, family: str, n: int, seed: int = 0) -> dic
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
+def load_source(req: ExportRequest, warn: Warn) -> tuple[nn.Module, Reducer]:
+    """(model, reducer) to export: a ``train concrete|baseline`` output brings its fine-tuned model and
+    trained reducer (ApproxNet, thresholds, schedule); a dense model gets the reducer the request names."""
+    from sttabt_edge.models.loading import load_model
+    from sttabt_edge.train.artifacts import is_trained_dir, load_sttabt
+
+    if is_trained_dir(req.model):
+        if req.approx is not None:
+            raise InputError(f"--model {req.model} is a trained STTABT dir with its own ApproxNet; drop --approx")
+        return load_sttabt(req.model)
+    model = load_model(req.model)
+    return model, build_reducer(model, req, warn)
+
+
+def model_files(model: str) -> Path:
+    """The folder with the model's tokenizer.json / synsets.json (a trained dir keeps them in model/)."""
+    from sttabt_edge.train.artifacts import MODEL_DIR, is_trained_dir
+
+    return Path(model) / MODEL_DIR if is_trained_dir(model) else Path(model)
+
+
 def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     """How `verify` can rebuild the export's ApproxNet: a saved dir, or the deterministic untrained init."""
+    from sttabt_edge.train.artifacts import APPROX_DIR, is_trained_dir
+
+    if is_trained_dir(req.model):
+        approx = Path(req.model) / APPROX_DIR
+        return {"source": str(approx.resolve()), "init": None, "factor": None, "seed": None, "heads": None} \
+            if approx.is_dir() else None
     if req.method != "sttabt":
         return None
     if req.approx is not None:
@@ -160,11 +187,9 @@ def check_request(req: ExportRequest) -> None:
 
 def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     """Export + verification + optional INT8 + latency breakdown; returns the summary."""
-    from sttabt_edge.models.loading import load_model
 
     check_request(req)
-    model = load_model(req.model)
-    reducer = build_reducer(model, req, warn)
+    model, reducer = load_source(req, warn)
     calib, calib_src = calibration_batch(model, req, warn)
     if req.target == "tflite":
         return run_export_tflite(req, model, reducer, calib, calib_src)
@@ -280,7 +305,7 @@ def analytic_flops(model: nn.Module, reducer: Reducer, calib: Mapping[str, torch
 
 
 def _tokenizer(model: str) -> Path | None:
-    tok = Path(model) / "tokenizer.json"
+    tok = model_files(model) / "tokenizer.json"
     return tok if tok.is_file() else None
 
 

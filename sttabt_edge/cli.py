@@ -244,7 +244,8 @@ def export_cmd(
     """Export to one ONNX graph (ApproxNet -> back-tracking -> sparse model), verified against PyTorch."""
     check_model(model)
     fixed_batch = check_batch(batch)
-    approx_dir = _export_approx(approx, method)
+    trained = (Path(model) / "sttabt.json").is_file()  # a train concrete|baseline output: its own reducer
+    approx_dir = None if trained and approx is None else _export_approx(approx, method)
     check_exists("--calib", calib)
     for name, value, low in (("--calib-samples", calib_samples, 1), ("--latency-runs", latency_runs, 0),
                              ("--threads", threads, 1), ("--seq-len", seq_len, 1),

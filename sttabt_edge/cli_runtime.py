@@ -277,11 +277,16 @@ def verify_cmd(
     from sttabt_edge.errors import SttabtError
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.runtime import load
+    from sttabt_edge.train.artifacts import MODEL_DIR, is_trained_dir, load_sttabt
     from sttabt_edge.verify import Tolerance, reference_reducer, verify
 
     try:
         pred = load(model, verify_digest=not no_verify_digest)
-        net = load_model(reference)
+        if is_trained_dir(reference):  # a train concrete|baseline output: its fine-tuned model
+            net, _ = load_sttabt(reference)
+            reference = str(Path(reference) / MODEL_DIR)  # synsets.json sits beside the weights
+        else:
+            net = load_model(reference)
         reducer = reference_reducer(pred.metadata.raw, net, approx)
         if data.is_dir():
             examples, task = image_folder(data, model_class_names(reference) if Path(reference).is_dir() else None), None

@@ -387,7 +387,9 @@ def test_union_thresholds_grow_toward_the_input():
         assert sum(per_layer) / 3 == pytest.approx(target, abs=0.03)
         assert per_layer[0] > per_layer[1] > per_layer[2]  # grows toward the input, no collapse
         own = _own_fraction_probe(reducer, parts, [long])(reducer.thresholds.logits.detach())
-        assert float(own.max() - own.min()) < 0.15  # one own fraction for every layer (before the snap's shift)
+        # one own fraction for every layer; the snap then shifts every threshold by one offset (to the
+        # middle of its retention plateau), which moves the layers' own fractions a little apart
+        assert float(own.max() - own.min()) < 0.2
 
 
 def test_concrete_refuses_unreachable_target_before_training(text_model_dir, glue_dir, tmp_path):

@@ -101,8 +101,31 @@ def _snap(
         return float(per_layer(base + offset).mean())
 
     offset = calibrate_offset(mean_retention, target, -span, span, what="STTABT thresholds", strict=strict)
+    offset = plateau_middle(mean_retention, offset, span)
     th.logits.copy_(base + offset)
     return offset
+
+
+def plateau_middle(measure: Callable[[float], float], offset: float, span: float, iters: int = 20) -> float:
+    """The middle of the interval of offsets around ``offset`` that give the same ``measure``.
+
+    Retention is a step function of the offset, and a bisection ends on a step: some calibration
+    token then sits exactly at its threshold, and float differences between PyTorch and an
+    exported graph (or any later input that repeats it) flip it. The middle of the plateau keeps
+    the most margin to every token's score without changing the retention.
+    """
+    level = measure(offset)
+
+    def edge(towards: float) -> float:
+        inside, outside = offset, towards
+        if measure(outside) == level:
+            return outside
+        for _ in range(iters):
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if measure(mid) == level else (inside, mid)
+        return inside
+
+    return (edge(offset - span) + edge(offset + span)) / 2
 
 
 @torch.no_grad()
