@@ -30,6 +30,7 @@ from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import input_names
 from sttabt_edge.export.onnx import Batch, export_onnx, export_verified, first_sample
+from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def load_source(req: ExportRequest, warn: Warn) -> tuple[nn.Module, Reducer]:
     """(model, reducer) to export: a ``train concrete|baseline`` output brings its fine-tuned model and
     trained reducer (ApproxNet, thresholds, schedule); a dense model gets the reducer the request names."""
     from sttabt_edge.models.loading import load_model
-    from sttabt_edge.train.artifacts import is_trained_dir, load_sttabt
+    from sttabt_edge.train.artifacts import load_sttabt
 
     if is_trained_dir(req.model):
         if req.approx is not None:
@@ -141,16 +142,9 @@ def load_source(req: ExportRequest, warn: Warn) -> tuple[nn.Module, Reducer]:
     return model, build_reducer(model, req, warn)
 
 
-def model_files(model: str) -> Path:
-    """The folder with the model's tokenizer.json / synsets.json (a trained dir keeps them in model/)."""
-    from sttabt_edge.train.artifacts import MODEL_DIR, is_trained_dir
-
-    return Path(model) / MODEL_DIR if is_trained_dir(model) else Path(model)
-
-
 def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     """How `verify` can rebuild the export's ApproxNet: a saved dir, or the deterministic untrained init."""
-    from sttabt_edge.train.artifacts import APPROX_DIR, is_trained_dir
+    from sttabt_edge.train.artifacts import APPROX_DIR
 
     if is_trained_dir(req.model):
         approx = Path(req.model) / APPROX_DIR

@@ -28,6 +28,7 @@ from sttabt_edge.cli_common import (
 from sttabt_edge.cli_runtime import ORACLE
 from sttabt_edge.cli_summary import print_export_summary
 from sttabt_edge.defaults import default_keep_ratio
+from sttabt_edge.model_info import is_trained_dir, model_files
 
 KEEP_RATIO_HELP = (
     "keep ratio (default per method: sttabt 0.15, topk / tome 0.5). sttabt: the top-k fraction each layer "
@@ -114,7 +115,7 @@ def eval_cmd(
     check_fraction("--keep-ratio", keep_ratio)
     check_at_least("--batch-size", batch_size, 1)
     check_at_least("--max-samples", max_samples, 1)
-    trained = (Path(model) / "sttabt.json").is_file()  # from `train concrete|baseline`: has its reducer
+    trained = is_trained_dir(model)  # from `train concrete|baseline`: has its reducer
     approx_dir = _eval_approx(approx, method, trained)
     import torch
 
@@ -130,7 +131,7 @@ def eval_cmd(
             from sttabt_edge.train.artifacts import load_sttabt
 
             net, reducer = load_sttabt(model)
-            model = str(Path(model) / "model")  # tokenizer.json / synsets.json sit beside the weights
+            model = str(model_files(model))  # tokenizer.json / synsets.json sit beside the weights
         else:
             net = load_model(model)
             kwargs: dict = {} if method in (Method.dense, Method.ltp) else {"keep_ratio": keep_ratio}
@@ -244,7 +245,7 @@ def export_cmd(
     """Export to one ONNX graph (ApproxNet -> back-tracking -> sparse model), verified against PyTorch."""
     check_model(model)
     fixed_batch = check_batch(batch)
-    trained = (Path(model) / "sttabt.json").is_file()  # a train concrete|baseline output: its own reducer
+    trained = is_trained_dir(model)  # a train concrete|baseline output: its own reducer
     approx_dir = None if trained and approx is None else _export_approx(approx, method)
     check_exists("--calib", calib)
     for name, value, low in (("--calib-samples", calib_samples, 1), ("--latency-runs", latency_runs, 0),

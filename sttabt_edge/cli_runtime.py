@@ -275,18 +275,19 @@ def verify_cmd(
     require_torch("verify")
     from sttabt_edge.data import glue_tsv, image_folder, model_class_names
     from sttabt_edge.errors import SttabtError
+    from sttabt_edge.model_info import is_trained_dir, model_files
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.runtime import load
-    from sttabt_edge.train.artifacts import MODEL_DIR, is_trained_dir, load_sttabt
+    from sttabt_edge.train.artifacts import load_sttabt
     from sttabt_edge.verify import Tolerance, reference_reducer, verify
 
     try:
         pred = load(model, verify_digest=not no_verify_digest)
         if is_trained_dir(reference):  # a train concrete|baseline output: its fine-tuned model
             net, _ = load_sttabt(reference)
-            reference = str(Path(reference) / MODEL_DIR)  # synsets.json sits beside the weights
         else:
             net = load_model(reference)
+        reference = str(model_files(reference))  # synsets.json sits beside the weights
         reducer = reference_reducer(pred.metadata.raw, net, approx)
         if data.is_dir():
             examples, task = image_folder(data, model_class_names(reference) if Path(reference).is_dir() else None), None

@@ -15,7 +15,18 @@ from sttabt_edge.errors import InputError, ModelNotFoundError, UnsupportedModelE
 
 FAMILIES = {"bert": "bert", "vit": "vit", "deit": "vit"}  # config model_type -> sttabt-edge family
 TRAINED_FILE = "sttabt.json"  # a `train concrete|baseline` output dir keeps the model in model/
+MODEL_DIR = "model"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def is_trained_dir(path: str | Path) -> bool:
+    """A ``train concrete|baseline`` output: its model, reducer and ApproxNet, not a plain checkpoint."""
+    return (Path(path) / TRAINED_FILE).is_file()
+
+
+def model_files(path: str | Path) -> Path:
+    """The folder holding a model's weights and tokenizer.json / synsets.json (model/ of a trained dir)."""
+    return Path(path) / MODEL_DIR if is_trained_dir(path) else Path(path)
 
 
 def looks_like_path(source: str) -> bool:
@@ -33,8 +44,8 @@ def config_file(source: str | Path) -> Path | None:
     an alias or a hub id. A path that does not exist raises ModelNotFoundError."""
     path = Path(source).expanduser()
     if path.is_dir():
-        if (path / TRAINED_FILE).is_file() and (path / "model" / "config.json").is_file():
-            return path / "model" / "config.json"
+        if is_trained_dir(path) and (path / MODEL_DIR / "config.json").is_file():
+            return path / MODEL_DIR / "config.json"
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} has no config.json; expected a directory written by save_pretrained")
         return path / "config.json"

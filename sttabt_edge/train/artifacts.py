@@ -21,12 +21,11 @@ from torch import nn
 
 from sttabt_edge import compat
 from sttabt_edge.errors import CheckpointMismatchError
+from sttabt_edge.model_info import MODEL_DIR, TRAINED_FILE, is_trained_dir  # noqa: F401 (the layout, re-exported)
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.train.checkpoint import atomic_dir, atomic_write_text
 
-TRAINED_FILE = "sttabt.json"
 FORMAT = "sttabt-trained"
-MODEL_DIR = "model"
 APPROX_DIR = "approxnet"
 SAVABLE = ("sttabt", "ltp", "topk")  # what `train concrete|baseline` produces
 SIDE_FILES = (
@@ -36,10 +35,6 @@ SIDE_FILES = (
     "special_tokens_map.json",
     "synsets.json",
 )
-
-
-def is_trained_dir(path: str | Path) -> bool:
-    return (Path(path) / TRAINED_FILE).is_file()
 
 
 def reducer_meta(reducer: Reducer) -> dict[str, Any]:
