@@ -374,7 +374,7 @@ def test_union_thresholds_grow_toward_the_input():
     from sttabt_edge import compat
     from sttabt_edge.method.concrete import ConcreteThresholds
     from sttabt_edge.reducers.sttabt import SttabtReducer
-    from sttabt_edge.train.calibrate import _own_fraction_probe, union_thresholds
+    from sttabt_edge.train.calibrate import _own_fraction_probe, cached_maps, union_thresholds
 
     model = tiny_bert()
     parts = compat.model_parts(model)
@@ -386,7 +386,7 @@ def test_union_thresholds_grow_toward_the_input():
         per_layer = union_thresholds(reducer, parts, [long], target)
         assert sum(per_layer) / 3 == pytest.approx(target, abs=0.03)
         assert per_layer[0] > per_layer[1] > per_layer[2]  # grows toward the input, no collapse
-        own = _own_fraction_probe(reducer, parts, [long])(reducer.thresholds.logits.detach())
+        own = _own_fraction_probe(reducer, parts, cached_maps(reducer, parts, [long]))(reducer.thresholds.logits.detach())
         # one own fraction for every layer; the snap then shifts every threshold by one offset (to the
         # middle of its retention plateau), which moves the layers' own fractions a little apart
         assert float(own.max() - own.min()) < 0.2

@@ -87,7 +87,8 @@ def snap_thresholds(
     warns and snaps to that floor; without the check the bisection silently ran to +``span``,
     so every such target gave the same floor-only model (see :func:`calibrate_offset`).
     """
-    return _snap(reducer, _retention_probe(reducer, parts, batches, noisy), target, span, strict)
+    return _snap(reducer, _retention_probe(reducer, parts, cached_maps(reducer, parts, batches), noisy), target, span,
+                 strict)
 
 
 def _snap(
@@ -153,14 +154,8 @@ def shape_thresholds(
     """
     th = reducer.thresholds
     logits = th.logits.detach().clone()
-    per_layer = _retention_probe(reducer, parts, batches, noisy)
-    for layer in reversed(range(logits.numel())):
-
-        def layer_retention(value: float, layer: int = layer) -> float:
-            logits[layer] = value
-            return float(per_layer(logits)[layer])
-
-        logits[layer] = bisect_offset(layer_retention, target, -span, span, iters=20)
+    per_layer = _retention_probe(reducer, parts, cached_maps(reducer, parts, batches), noisy)
+    _top_down(logits, per_layer, target, span, iters=20)
     th.logits.copy_(logits)
     _snap(reducer, per_layer, target, span, strict)
     return [float(v) for v in per_layer(th.logits.detach())]
@@ -188,16 +183,12 @@ def union_thresholds(
     back-tracking below the top was never used.
     """
     th = reducer.thresholds
-    per_layer, own = _retention_probe(reducer, parts, batches, noisy), _own_fraction_probe(reducer, parts, batches)
+    cached = cached_maps(reducer, parts, batches)  # one maps pass serves both probes
+    per_layer, own = _retention_probe(reducer, parts, cached, noisy), _own_fraction_probe(reducer, parts, cached)
     logits = th.logits.detach().clone()
 
     def shape(q: float) -> float:
-        for layer in reversed(range(logits.numel())):
-            def frac(value: float, layer: int = layer) -> float:
-                logits[layer] = value
-                return float(own(logits)[layer])
-
-            logits[layer] = bisect_offset(frac, q, -span, span, iters=16)
+        _top_down(logits, own, q, span, iters=16)
         return float(per_layer(logits).mean())
 
     lo, hi = 1e-3, 1.0
@@ -210,16 +201,49 @@ def union_thresholds(
     return [float(v) for v in per_layer(th.logits.detach())]
 
 
+def _top_down(
+    logits: torch.Tensor, per_layer: Callable[[torch.Tensor], torch.Tensor], value: float, span: float, iters: int
+) -> None:
+    """Set each layer's logit in place, top layer first, so ``per_layer(logits)[l]`` is ``value``.
+
+    Layer l's masks depend only on the logits of layers >= l (nesting), so one 1-D bisection per
+    layer, from the top down, suffices."""
+    for layer in reversed(range(logits.numel())):
+
+        def at(v: float, layer: int = layer) -> float:
+            logits[layer] = v
+            return float(per_layer(logits)[layer])
+
+        logits[layer] = bisect_offset(at, value, -span, span, iters=iters)
+
+
+Cached = list[tuple[Any, torch.Tensor]]  # per batch: (attention maps, padding mask (B, N))
+
+
+def cached_maps(reducer: SttabtReducer, parts: compat.ModelParts, batches: Sequence[dict[str, torch.Tensor]]) -> Cached:
+    """The maps back-tracking reads (the ApproxNet's, or the model's own for the oracle), computed
+    once per batch so every probe is a back-tracking pass only; the reducer is put in eval mode
+    (deterministic attention; callers restore train modes per step)."""
+    reducer.eval()
+    out: Cached = []
+    for inputs in batches:
+        x, pad = embed(parts, inputs)
+        if reducer.approx is not None:
+            attn = reducer.approx.attentions(inputs)
+        else:
+            attn = torch.stack(dense_forward(parts, x, pad, need_attn=True).attentions)  # (L, B, H, N, N)
+        out.append((attn, pad))
+    return out
+
+
 def _own_fraction_probe(
-    reducer: SttabtReducer, parts: compat.ModelParts, batches: Sequence[dict[str, torch.Tensor]]
+    reducer: SttabtReducer, parts: compat.ModelParts, cached: Cached
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """threshold logits (L,) -> (L,) mean fraction of real tokens each layer's threshold selects by
     itself (normalised importance > exp(θ_l), before the union with the layer above), noise-free."""
     from sttabt_edge.method.concrete import normalized_importance
 
-    reducer.eval()
     th = reducer.thresholds
-    cached = [(_maps(reducer, parts, b), embed(parts, b)[1]) for b in batches]
 
     def probe(logits: torch.Tensor) -> torch.Tensor:
         vals = []
@@ -234,23 +258,13 @@ def _own_fraction_probe(
     return probe
 
 
-def _maps(reducer: SttabtReducer, parts: compat.ModelParts, inputs: dict[str, torch.Tensor]) -> Any:
-    """The attention maps back-tracking reads: the ApproxNet's, or the model's own (oracle)."""
-    if reducer.approx is not None:
-        return reducer.approx.attentions(inputs)
-    x, pad = embed(parts, inputs)
-    return torch.stack(dense_forward(parts, x, pad, need_attn=True).attentions)  # (L, B, H, N, N)
-
-
 def _retention_probe(
-    reducer: SttabtReducer, parts: compat.ModelParts, batches: Sequence[dict[str, torch.Tensor]], noisy: bool
+    reducer: SttabtReducer, parts: compat.ModelParts, cached: Cached, noisy: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """threshold logits (L,) -> mean per-layer retention (L,) on ``batches``, from attention maps
-    computed once (each probe is a back-tracking pass, no model pass). ``noisy``: training-mode
-    masks under a fixed concrete noise, so probes are deterministic."""
-    reducer.eval()  # deterministic attention (callers restore train modes per step)
+    """threshold logits (L,) -> mean per-layer retention (L,) on the cached maps (see
+    :func:`cached_maps`). ``noisy``: training-mode masks under a fixed concrete noise, so probes
+    are deterministic."""
     th = reducer.thresholds
-    cached = [(_maps(reducer, parts, b), embed(parts, b)[1]) for b in batches]
 
     def probe(logits: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator(device=logits.device).manual_seed(0) if noisy else None
