@@ -25,7 +25,7 @@ from sttabt_edge.method.tokens import Size
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import exportable_kinds
-from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.reducers.sttabt import AttentionSource, SttabtReducer
 from sttabt_edge.sparse_model import sparse_forward
 
 INPUT_NAMES: Mapping[str, tuple[str, ...]] = {
@@ -111,7 +111,9 @@ class ApproxStage(nn.Module):
 
     def __init__(self, model: nn.Module, reducer: Reducer):
         super().__init__()
-        self.approx = _sttabt(reducer).approx
+        approx = _sttabt(reducer).approx
+        assert approx is not None  # _sttabt refuses a reducer without an ApproxNet
+        self.approx: AttentionSource = approx
         self.family = model_parts(model).family
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

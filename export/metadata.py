@@ -30,9 +30,16 @@ __all__ = ["FORMAT_VERSION", "METADATA_KEY", "REQUIRED_KEYS", "TASKS", "build_me
            "check_saved_digest", "copy_tokenizer", "read_metadata", "set_metadata"]
 
 
+def hf_config(model: nn.Module) -> Any:
+    """A transformers model's ``config``: nn.Module types attributes as Tensor | Module, and the
+    config's fields (num_labels, vocab_size, ...) have no stubs."""
+    hf: Any = model
+    return hf.config
+
+
 def labels(model: nn.Module) -> list[str]:
     """Class names in logit order (config.id2label; its keys may be ints or strings)."""
-    cfg = model.config
+    cfg = hf_config(model)
     id2label = {int(k): str(v) for k, v in (getattr(cfg, "id2label", None) or {}).items()}
     return [id2label.get(i, f"LABEL_{i}") for i in range(int(cfg.num_labels))]
 
@@ -65,7 +72,7 @@ def sttabt_settings(spec: ReducerSpec) -> dict[str, Any] | None:
 
 
 # files from before the "sttabt" key ran the counted-in rule with no short-input floor
-LEGACY_STTABT = {"nesting": "count", "min_keep": 1, "p": 0.1, "head_reduce": "mean"}
+LEGACY_STTABT: dict[str, Any] = {"nesting": "count", "min_keep": 1, "p": 0.1, "head_reduce": "mean"}
 
 
 def reducer_spec(meta: Mapping[str, Any]) -> ReducerSpec:
@@ -75,7 +82,7 @@ def reducer_spec(meta: Mapping[str, Any]) -> ReducerSpec:
         return make_spec("dense")
     if method != "sttabt":
         return make_spec(method, keep_ratio=meta["keep_schedule"])
-    st = meta.get("sttabt") or LEGACY_STTABT
+    st: Mapping[str, Any] = meta.get("sttabt") or LEGACY_STTABT
     common = {"p": st["p"], "head_reduce": st["head_reduce"], "nesting": st["nesting"], "min_keep": st["min_keep"]}
     if meta.get("thresholds") is not None:
         temperature = st.get("temperature")
@@ -91,7 +98,7 @@ def default_preprocess(model: nn.Module, family: str, stem: str) -> dict[str, An
         from sttabt_edge.data import image_preprocess_for
 
         return {"image": image_preprocess_for(model).to_dict()}
-    max_len = int(model.config.max_position_embeddings)
+    max_len = int(hf_config(model).max_position_embeddings)
     return {"text": {"tokenizer_file": tokenizer_name(stem), "max_length": max_len}}
 
 
@@ -99,7 +106,7 @@ def vocab_sizes(model: nn.Module, family: str) -> dict[str, int | None]:
     """Embedding table sizes: the runtime refuses token ids and types outside them."""
     if family != "bert":
         return {"vocab_size": None, "type_vocab_size": None}
-    cfg = model.config
+    cfg = hf_config(model)
     types = getattr(cfg, "type_vocab_size", None)
     return {"vocab_size": int(cfg.vocab_size), "type_vocab_size": None if types is None else int(types)}
 

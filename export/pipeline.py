@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from sttabt_edge.defaults import KEEP_RATIO_DEFAULTS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import input_names
+from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, export_onnx, export_verified, first_sample
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
@@ -36,6 +37,15 @@ from sttabt_edge.reducers.base import Reducer
 log = logging.getLogger(__name__)
 Warn = Callable[[str], None]
 QUANTIZE = {"int8": "dynamic", "int8-dynamic": "dynamic", "int8-static": "static"}
+
+
+class OnnxOptions(TypedDict):
+    """The exporter settings of a request, shared by the pipeline graph and the dense baseline."""
+
+    batch: Batch
+    opset: int
+    dynamo: bool
+    simplify: bool
 
 
 @dataclass
@@ -66,7 +76,8 @@ def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
     from sttabt_edge.reducers.factory import make_reducer
 
     if req.method != "sttabt":
-        return make_reducer(req.method, **({} if req.method == "dense" else {"keep_ratio": req.keep_ratio}))
+        options: dict[str, Any] = {} if req.method == "dense" else {"keep_ratio": req.keep_ratio}
+        return make_reducer(req.method, **options)
     from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 
     if req.approx is not None:
@@ -99,24 +110,24 @@ def calibration_batch(
     if family == "vit":
         if not req.calib.is_dir():
             raise InputError(f"--calib for an image model must be an image folder, got {req.calib}")
-        examples, pre = image_folder(req.calib)[:n], {"image": image_preprocess_for(model)}
+        examples = image_folder(req.calib)[:n]
+        arrays, _ = next(batches(examples, n, image=image_preprocess_for(model)))
     else:
         tok = model_files(req.model) / "tokenizer.json"
         if not req.calib.is_file() or not tok.is_file():
             raise InputError(f"--calib for a text model must be a GLUE TSV file and {tok} must exist")
         examples = glue_tsv(req.calib)[:n]
-        limit = int(model.config.max_position_embeddings)
+        limit = int(hf_config(model).max_position_embeddings)
         if req.target == "tflite":  # the static length; the tokenizer truncates keeping [SEP]
             limit = min(limit, req.seq_len)
-        pre = {"text": TextPreprocess.from_file(tok), "max_length": limit}
-    arrays, _ = next(batches(examples, n, **pre))
+        arrays, _ = next(batches(examples, n, text=TextPreprocess.from_file(tok), max_length=limit))
     return {k: torch.from_numpy(v) for k, v in arrays.items()}, str(req.calib)
 
 
 def synthetic_batch(model: nn.Module, family: str, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random pixels, or random token ids with varied lengths (right padding, real first token)."""
     g = torch.Generator().manual_seed(seed)
-    cfg = model.config
+    cfg = hf_config(model)
     if family == "vit":
         size = int(cfg.image_size)
         return {"pixel_values": torch.randn(n, 3, size, size, generator=g)}
@@ -187,7 +198,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     calib, calib_src = calibration_batch(model, req, warn)
     if req.target == "tflite":
         return run_export_tflite(req, model, reducer, calib, calib_src)
-    kwargs = {"batch": req.batch, "opset": req.opset, "dynamo": req.dynamo, "simplify": req.simplify}
+    kwargs: OnnxOptions = {"batch": req.batch, "opset": req.opset, "dynamo": req.dynamo, "simplify": req.simplify}
     tokenizer = _tokenizer(req.model)
     path, report = export_verified(
         model,
@@ -332,7 +343,7 @@ def _latency(
     sample: Mapping[str, torch.Tensor],
     calib: Mapping[str, torch.Tensor],
     req: ExportRequest,
-    kwargs: dict[str, Any],
+    kwargs: OnnxOptions,
     tokenizer: Path | None,
     int8: Path | None,
 ) -> dict[str, float]:

@@ -60,7 +60,9 @@ def export_stages(
     ``batch``: "dynamic", or fixed like the pipeline it is compared with (the sample's batch).
     """
     dyn = batch == "dynamic"
-    approx, masks, sparse = (cls(model, reducer).eval() for cls in (ApproxStage, MaskStage, SparseStage))
+    approx = ApproxStage(model, reducer).eval()
+    masks = MaskStage(model, reducer).eval()
+    sparse = SparseStage(model, reducer).eval()
     family = sparse.parts.family
     names = input_names(family)
     args = example_args(family, sample)

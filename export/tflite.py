@@ -146,10 +146,12 @@ def run_tflite(path: str | Path, batch: Sequence[Sample], threads: int = 1) -> t
     except (ValueError, RuntimeError) as e:
         raise ExportError(f"{path}: LiteRT cannot load it: {e}") from e
     dtypes = {k: v["dtype"] for k, v in runner.get_input_details().items()}
-    logits, kept = [], []
+    logits: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
     for s in batch:
         out = runner(**{k: v.numpy().astype(dtypes[k]) for k, v in s.items()})
-        logits.append(out["logits"]), kept.append(out["kept_counts"])
+        logits.append(out["logits"])
+        kept.append(out["kept_counts"])
     return np.concatenate(logits), np.concatenate(kept)
 
 

@@ -43,6 +43,9 @@ Sample = dict[str, torch.Tensor]  # one static-shape input: (1, ...) per contrac
 class StaticTopkReducer(SttabtReducer):
     """An STTABT top-k reducer for a fixed token count N: constant k table, static sizes."""
 
+    keep_ratio: list[float]  # always a per-layer schedule here (SttabtReducer allows a scalar or None)
+    table: torch.Tensor  # buffer: the constant k table
+
     def __init__(self, source: SttabtReducer, ratios: Sequence[float], n_tokens: int, num_prefix_tokens: int):
         super().__init__(
             source.approx, keep_ratio=list(ratios), p=source.p, head_reduce=source.head_reduce,
@@ -55,6 +58,7 @@ class StaticTopkReducer(SttabtReducer):
     def backtrack(
         self, parts: Any, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor
     ) -> Backtrack:
+        assert self.approx is not None  # check_supported refuses STTABT without an ApproxNet
         attn = self.approx.attentions(inputs)  # L x (B, H, R, N)
         if x.shape[1] != self.n_tokens or attn[0].shape[-1] != self.n_tokens:
             raise ExportError(f"static reducer built for {self.n_tokens} tokens, got {x.shape[1]}")
@@ -107,7 +111,7 @@ def reference_reducer(
     Dense and top-k reducers are their own reference; a threshold reducer becomes top-k at
     ``ratios`` (default: :func:`threshold_ratios` on ``calib``).
     """
-    if check_supported(reducer) == "dense" or reducer.thresholds is None:
+    if check_supported(reducer) == "dense" or not isinstance(reducer, SttabtReducer) or reducer.thresholds is None:
         return reducer, None
     ratios = list(ratios) if ratios is not None else threshold_ratios(model, reducer, calib)
     info = {
@@ -128,6 +132,8 @@ def static_reducer(model: nn.Module, reducer: Reducer, n_tokens: int) -> Reducer
     """What goes into the graph: dense as is, top-k with the constant k table for N tokens."""
     if getattr(reducer, "name", "") == "dense":
         return reducer
+    if not isinstance(reducer, SttabtReducer) or reducer.keep_ratio is None:
+        raise ExportError("the static graph takes dense or STTABT top-k (reference_reducer turns thresholds into top-k)")
     parts = model_parts(model)
     ratios = ratio_schedule(reducer.keep_ratio, len(parts.layers))
     return StaticTopkReducer(reducer, ratios, n_tokens, parts.num_prefix_tokens).eval()
