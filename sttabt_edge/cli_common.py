@@ -11,10 +11,14 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:  # the click that TyperGroup is built on (typer >= 0.2x: its vendored copy)
+    from typer._click import Context
+    from typer._click.exceptions import UsageError
 
 # Loggers that print at import or per call, none of it about the user's model: torchao's
 # "Failed to load ..._C_*.so" (kernels for GPUs this machine lacks), torch's _pytree
@@ -23,7 +27,8 @@ NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch.onnx", "transformers",
 NOISY_MODULES = r"(torch|torchao|transformers|huggingface_hub|onnx|onnxscript|onnxruntime|onnxslim|timm)(\.|$)"
 # typer >= 0.2x vendors click (typer._click), older typer uses click itself: its UsageError is the
 # base of typer.BadParameter either way (and `click` may not be installed at all).
-UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+if not TYPE_CHECKING:
+    UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 def fail(msg: str) -> NoReturn:
@@ -44,7 +49,16 @@ class ErrorHandlingGroup(TyperGroup):
     """Turns an sttabt-edge error (SttabtError, incl. the runtime's InputError) or a bad option that
     reaches the top into ``error: <one line>`` and exit 2, never a traceback or a usage panel."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
+        """The top level's own options (``sttabt-edge --bogus``) are parsed here, outside invoke."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as e:
+            usage_failure(e, info_name or "sttabt-edge")
+
+    def invoke(self, ctx: Context) -> Any:
         from sttabt_edge.errors import SttabtError
 
         verbose = bool((ctx.params or {}).get("verbose"))
@@ -52,9 +66,17 @@ class ErrorHandlingGroup(TyperGroup):
             return super().invoke(ctx)
         except SttabtError as e:
             fail(error_line(str(e), verbose))
-        except UsageError as e:  # bad values, missing options of a subcommand
-            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
-            fail(f"{e.format_message()} (see `{where} --help`)")
+        except UsageError as e:  # unknown verbs, bad values, missing options of a subcommand
+            usage_failure(e, ctx.command_path)
+
+
+def usage_failure(e: UsageError, command_path: str) -> NoReturn:
+    """A click usage error as one ``error:`` line naming the command's --help. A group called with
+    no arguments has already printed its help (``no_args_is_help``): re-raised, click exits 2 quietly."""
+    if type(e).__name__ == "NoArgsIsHelpError":
+        raise e
+    where = e.ctx.command_path if e.ctx is not None else command_path
+    fail(f"{e.format_message()} (see `{where} --help`)")
 
 
 @contextmanager

@@ -77,6 +77,11 @@ BAD = {
     "train missing data": (["train", "approx", "--model", "{vit}", "--data", "{missing}", "--out", "{missing}"],
                            "--data"),
     "missing option": (["export", "--out", "{out}"], "--model"),
+    "unknown global option": (["--bogus"], "No such option: --bogus"),
+    "unknown verb": (["bogus"], "No such command 'bogus'"),
+    "unknown option of a verb": (["export", "--bogus"], "No such option: --bogus"),
+    "unknown train verb": (["train", "bogus"], "No such command 'bogus'"),
+    "unknown option of a train verb": (["train", "approx", "--bogus"], "No such option: --bogus"),
 }
 
 
@@ -129,3 +134,11 @@ def test_verbose_is_a_global_option(files):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["--verbose", "info", "--model", files["missing"]])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_help_still_prints_help():
+    """The one-line usage errors leave --help, and a group's help when called bare, alone."""
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0 and "Usage" in res.output and "error:" not in res.output
+    res = runner.invoke(app, ["train"])  # no_args_is_help: click's own exit 2, help and nothing else
+    assert res.exit_code == 2 and "approx" in res.output and "error:" not in res.output
