@@ -197,6 +197,9 @@ _register_subcommands()
 # ---- export: a thin shell over sttabt_edge.export.pipeline ------------------------------------
 
 
+UNTRAINED_FACTOR = 4  # --approx untrained: ApproxNet widths / this unless --approx-factor
+
+
 class ExportTarget(str, Enum):
     onnx = "onnx"
     tflite = "tflite"
@@ -224,8 +227,10 @@ def export_cmd(
     method: Annotated[ExportMethod, typer.Option(help="sttabt | dense (topk | tome: ViT only)")] = ExportMethod.sttabt,
     approx: Annotated[str | None, typer.Option(
         help="sttabt: ApproxNet DIR (from `train approx`), or 'untrained' (latency only: token choice is not)")] = None,
-    approx_factor: Annotated[int, typer.Option(help="width divisor of the untrained ApproxNet")] = 4,
-    approx_heads: Annotated[int | None, typer.Option(help="head count of the untrained ApproxNet")] = None,
+    approx_factor: Annotated[int | None, typer.Option(
+        help=f"--approx untrained: width divisor of its ApproxNet (default: {UNTRAINED_FACTOR})")] = None,
+    approx_heads: Annotated[int | None, typer.Option(
+        help="--approx untrained: head count of its ApproxNet (default: the model's)")] = None,
     keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
     nesting: NestingOpt = Nesting.union,
     min_keep: MinKeepOpt = 4,
@@ -247,6 +252,7 @@ def export_cmd(
     fixed_batch = check_batch(batch)
     trained = is_trained_dir(model)  # a train concrete|baseline output: its own reducer
     approx_dir = None if trained and approx is None else _export_approx(approx, method)
+    _check_untrained_shape(approx, approx_factor, approx_heads)
     check_exists("--calib", calib)
     for name, value, low in (("--calib-samples", calib_samples, 1), ("--latency-runs", latency_runs, 0),
                              ("--threads", threads, 1), ("--seq-len", seq_len, 1),
@@ -262,7 +268,8 @@ def export_cmd(
     from sttabt_edge.export.pipeline import ExportRequest, check_request, run_export
 
     req = ExportRequest(
-        model=model, out=out, method=method.value, approx=approx_dir, approx_factor=approx_factor,
+        model=model, out=out, method=method.value, approx=approx_dir,
+        approx_factor=UNTRAINED_FACTOR if approx_factor is None else approx_factor,
         approx_heads=approx_heads, keep_ratio=keep_ratio, nesting=nesting.value, min_keep=min_keep,
         quantize=quantize.value if quantize else None, batch=fixed_batch, calib=calib, calib_samples=calib_samples,
         opset=opset, dynamo=dynamo, simplify=simplify, latency_runs=latency_runs, threads=threads,
@@ -285,6 +292,16 @@ def _export_approx(approx: str | None, method: ExportMethod) -> Path | None:
         return None
     return approx_choice(approx, "untrained", "export --method sttabt",
                          "an untrained ApproxNet: the latency is representative, the token choice is not")
+
+
+def _check_untrained_shape(approx: str | None, factor: int | None, heads: int | None) -> None:
+    """--approx-factor / --approx-heads shape only the ApproxNet built for --approx untrained; a DIR
+    (or a trained model) brings its own, and silently ignoring them would mislabel the export."""
+    given = [name for name, value in (("--approx-factor", factor), ("--approx-heads", heads)) if value is not None]
+    if given and approx != "untrained":
+        verb = "applies" if len(given) == 1 else "apply"
+        fail(f"{' / '.join(given)} {verb} only to --approx untrained (an ApproxNet DIR or a trained model "
+             "has its own widths and heads); drop it")
 
 
 def main() -> None:

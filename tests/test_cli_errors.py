@@ -17,13 +17,15 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A tiny ViT dir, an image folder, an (empty) .onnx path and a missing path."""
+    """A tiny ViT dir, an image folder, an (empty) .onnx path, an ApproxNet dir and a missing path."""
     root = tmp_path_factory.mktemp("cli-errors")
     tiny_vit().save_pretrained(root / "vit")
     (root / "images" / "a").mkdir(parents=True)
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "images" / "a" / "0.png")
     (root / "m.onnx").write_bytes(b"")
-    return {"vit": str(root / "vit"), "img": str(root / "images"), "png": str(root / "images" / "a" / "0.png"),
+    (root / "approx").mkdir()
+    (root / "approx" / "approxnet.json").write_text("{}")  # an ApproxNet dir as the CLI recognises one
+    return {"approx": str(root / "approx"), "vit": str(root / "vit"), "img": str(root / "images"), "png": str(root / "images" / "a" / "0.png"),
             "onnx": str(root / "m.onnx"), "missing": str(root / "missing"), "out": str(root / "o.onnx")}
 
 
@@ -46,6 +48,13 @@ BAD = {
                                 "not an ApproxNet"),
     "export approx with dense": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense",
                                   "--approx", "untrained"], "--approx"),
+    "export approx factor with a dir": (["export", "--model", "{vit}", "--out", "{out}", "--approx", "{approx}",
+                                         "--approx-factor", "8"], "--approx-factor applies only to --approx untrained"),
+    "export approx heads with a dir": (["export", "--model", "{vit}", "--out", "{out}", "--approx", "{approx}",
+                                        "--approx-heads", "2"], "--approx-heads applies only"),
+    "export approx shape with dense": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense",
+                                        "--approx-factor", "8", "--approx-heads", "2"],
+                                       "--approx-factor / --approx-heads apply only"),
     "export bad batch": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense", "--batch", "0"],
                          "--batch"),
     "export missing calib": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense",
