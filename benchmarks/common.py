@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from sttabt_edge.atomic import atomic_write_text
+from sttabt_edge.provenance import git_commit
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime.sessions import interleaved_times_ms
 from sttabt_edge.sparse_model import SparseClassifier
@@ -86,21 +87,6 @@ def interleaved_latency(
             "ratio_vs_ref": statistics.median(ratios),
         }
     return out
-
-
-def git_commit() -> str:
-    """The commit the run is at (with "+dirty" when tracked files differ), so results name their code."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "sttabt_edge", "export", "runtime",
-                                "benchmarks"], cwd=root).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def environment() -> dict[str, str | int]:

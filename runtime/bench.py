@@ -162,6 +162,7 @@ def bench(
     by default, like :func:`load`. ``block``: runs per model per round (see the module doc);
     ``runs`` counts rounds, and the latency statistics use every warm run. ``verify_digest``: see
     :func:`load`."""
+    from rich.console import Console
     from rich.progress import Progress
 
     for name, value, low in (("block", block, 1), ("runs", runs, 1), ("warmup", warmup, 0), ("batch", batch, 1),
@@ -176,7 +177,7 @@ def bench(
     times: list[list[float]] = [[] for _ in paths]  # every timed (warm) run
     rounds: list[list[float]] = [[] for _ in paths]  # per round: median of the block's warm runs
     try:
-        with Progress(disable=not progress, transient=True) as bar:
+        with Progress(disable=not progress, transient=True, console=Console(stderr=True)) as bar:
             job = bar.add_task("benchmark", total=warmup + runs)
             for i in range(warmup + runs):
                 for w, t, r in zip(workers, times, rounds, strict=True):

@@ -185,10 +185,11 @@ def _eval_approx(approx: str | None, method: Method, trained: bool) -> Path | No
 
 
 def _register_subcommands() -> None:
-    from sttabt_edge import cli_runtime, cli_train
+    from sttabt_edge import cli_compress, cli_runtime, cli_train
 
     cli_runtime.register(app)
     cli_train.register(app)
+    cli_compress.register(app)
 
 
 _register_subcommands()

@@ -76,6 +76,7 @@ def evaluate(
     ``occupancy_length``: the padded length T of the paper's occupancy (e.g. the longest
     example, as the official GLUE evaluation pads); None divides by each real length.
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     if not examples:
@@ -83,7 +84,7 @@ def evaluate(
     sc = SparseClassifier(model, reducer).eval()
     parts = model_parts(model)
     preds, labels, ret, occ, flops, dense = [], [], [], [], [], []
-    with Progress(disable=not progress, transient=True) as bar:
+    with Progress(disable=not progress, transient=True, console=Console(stderr=True)) as bar:  # stdout: results
         job = bar.add_task(f"eval {name or reducer.name}", total=len(examples))
         for np_inputs, y in batches(examples, batch_size, image, text, max_length):
             inputs = {k: torch.from_numpy(v) for k, v in np_inputs.items()}

@@ -44,3 +44,26 @@ def text_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     mask[1, 12:] = 0
     mask[2, 5:] = 0
     return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def save_tiny_text_model(path, words, num_labels: int = 3, seed: int = 0):
+    """Tiny BERT saved with a WordLevel tokenizer.json over ``words`` (ids within its 100-token
+    vocabulary): a text model directory as the CLI takes it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(
+        [" ".join(words)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    model = tiny_bert(seed)
+    if num_labels != model.config.num_labels:
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(model.config.__class__(**{**model.config.to_dict(), "num_labels": num_labels}))
+        model.eval()
+    model.save_pretrained(path)
+    tok.save(str(path / "tokenizer.json"))
+    return path

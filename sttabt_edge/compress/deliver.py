@@ -1,0 +1,108 @@
+"""The end of ``compress``: export the chosen point and the dense baseline, verify, measure.
+
+Layout of ``--out``: ``model.onnx`` (INT8 with ``--quantize int8``; then fp32 at
+``model.fp32.onnx``, the layout of ``sttabt-edge export``), ``baseline/dense.onnx`` likewise,
+``approx/`` (the distilled ApproxNet), ``sttabt/`` (the trained dir, when thresholds were trained).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sttabt_edge.compress import stages
+from sttabt_edge.compress.config import CompressConfig
+from sttabt_edge.compress.search import Point
+from sttabt_edge.verify import Tolerance
+
+log = logging.getLogger("sttabt_edge.compress")
+# INT8 cannot equal fp32 logits: it must agree on the answers. Its ApproxNet embeddings are 8-bit too
+# (the CLI's default, docs/int8.md), so a token choice may differ: kept-count agreement is reported, not required.
+INT8_TOLERANCE = Tolerance(max_abs_logit=2.0, min_top1_agreement=0.95, min_kept_agreement=0.0)
+VERIFY_EXAMPLES = 256
+
+
+def calib_path(cfg: CompressConfig) -> Path:
+    """The file/folder the exporter checks its graph on: the training TSV or the image folder."""
+    data = Path(cfg.data)
+    if data.is_dir() and (data / "train.tsv").is_file():
+        return data / "train.tsv"
+    return data
+
+
+def _export(cfg: CompressConfig, model: str, out: Path, method: str, approx: Path | None,
+            keep_ratio: float | None) -> dict[str, Any]:
+    from sttabt_edge.export.pipeline import ExportRequest, run_export
+
+    kwargs: dict[str, Any] = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
+    req = ExportRequest(model=model, out=out, method=method, approx=approx, target=cfg.target,
+                        seq_len=cfg.max_length, quantize=cfg.quantize, calib=calib_path(cfg), calib_samples=16,
+                        latency_runs=0, threads=cfg.threads, **kwargs)
+    return run_export(req, warn=log.warning)
+
+
+def files_of(cfg: CompressConfig, out: Path) -> dict[str, Path]:
+    """{"fp32": ..., "int8": ...} of one export (``int8`` only with --quantize)."""
+    from sttabt_edge.export.pipeline import fp32_sibling
+
+    return {"fp32": fp32_sibling(out), "int8": out} if cfg.quantize else {"fp32": out}
+
+
+def deliver(cfg: CompressConfig, net: Any, chosen: Point, split: stages.Split, report: dict[str, Any]) -> dict[str, Any]:
+    from sttabt_edge.runtime import load
+    from sttabt_edge.train.artifacts import load_sttabt
+    from sttabt_edge.verify import reference_reducer, verify
+
+    suffix = ".onnx" if cfg.target == "onnx" else ".tflite"
+    model_out, dense_out = cfg.out / f"model{suffix}", cfg.out / "baseline" / f"dense{suffix}"
+    dense_out.parent.mkdir(parents=True, exist_ok=True)
+    if chosen.kind == "concrete":
+        source, approx, ratio = str(cfg.out / "sttabt"), None, None
+        ref_model, _ = load_sttabt(cfg.out / "sttabt")
+    else:
+        source, approx, ratio = cfg.model, Path(report["approx"]["dir"]), chosen.keep_ratio
+        ref_model = net
+    exports = {"sttabt": _export(cfg, source, model_out, "sttabt", approx, ratio),
+               "dense": _export(cfg, cfg.model, dense_out, "dense", None, None)}
+    held = split.held[:VERIFY_EXAMPLES]
+    out: dict[str, Any] = {"export": {k: _brief(v) for k, v in exports.items()}, "verify": {}, "accuracy": {}}
+    paths = {f"{m}_{kind}": p for m, o in (("sttabt", model_out), ("dense", dense_out))
+             for kind, p in files_of(cfg, o).items()}
+    for name, path in paths.items():
+        pred = load(path)
+        model = ref_model if name.startswith("sttabt") else net
+        tol = INT8_TOLERANCE if name.endswith("int8") else Tolerance()
+        rep = verify(pred, model, reference_reducer(pred.metadata.raw, model), held, tolerance=tol, task=split.data.task)
+        out["verify"][name] = {**rep.to_dict(), "tolerance": vars(tol)}
+        out["accuracy"][name] = {"held_out": stages.runtime_accuracy(path, split.held)}
+        if split.report:
+            out["accuracy"][name]["report"] = stages.runtime_accuracy(path, split.report)
+    out["paths"] = {k: str(v) for k, v in paths.items()}
+    out["passed"] = all(v["passed"] for v in out["verify"].values())
+    return out
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("out", "method", "parity", "flops", "quantization", "files", "kept_tokens")
+    return {k: summary[k] for k in keys if k in summary}
+
+
+def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 latency pairs (block alternation, worker processes, as ``sttabt-edge bench --vs``)."""
+    from sttabt_edge.runtime.bench import bench
+
+    paths = files["paths"]
+    pairs = [("sttabt_fp32", "dense_fp32")]
+    if cfg.quantize:
+        pairs += [("dense_int8", "dense_fp32"), ("sttabt_int8", "dense_fp32"), ("sttabt_int8", "dense_int8")]
+    seq_len = max(2, round(split.mean_length)) if split.mean_length else 128
+    res: dict[str, Any] = {"seq_len": seq_len if split.data.modality == "text" else None, "threads": cfg.threads,
+                           "runs": cfg.bench_runs, "block": 5, "pairs": {}}
+    for a, b in pairs:
+        r = bench(paths[a], vs=paths[b], threads=cfg.threads, batch=1, runs=cfg.bench_runs, warmup=5, seq_len=seq_len,
+                  block=5).to_dict()
+        for s in (r["a"], r["b"]):
+            s.pop("runs_ms", None)
+        res["pairs"][f"{a}_vs_{b}"] = r
+    return res

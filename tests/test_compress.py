@@ -1,0 +1,125 @@
+"""`compress`: the search logic on its own, then the whole command on a tiny BERT (distil, search,
+train thresholds, export, verify, benchmark, report)."""
+
+import json
+
+import numpy as np
+import pytest
+from tiny import save_tiny_text_model
+from typer.testing import CliRunner
+
+from sttabt_edge.cli import app
+from sttabt_edge.compress.config import CompressConfig
+from sttabt_edge.compress.search import (
+    Point,
+    best_point,
+    bisect_knob,
+    contained_in,
+    first_failure,
+    search_keep_ratio,
+    split_holdout,
+)
+from sttabt_edge.errors import InputError
+
+runner = CliRunner()
+WORDS = "a the film movie good bad great dull fun boring plot actor story is was not very and of it".split()
+
+
+def point(r: float, acc: float) -> Point:
+    return Point("topk", r, acc, retention=r, occupancy=r / 2, flops_ratio=r)
+
+
+def test_search_finds_the_lowest_ratio_within_the_drop():
+    """Accuracy falls linearly below r = 0.4 (dense 90): within 2 points means r >= 0.3."""
+
+    def acc(r: float) -> float:
+        return 90.0 - max(0.0, 0.4 - r) * 20
+
+    probes = search_keep_ratio(lambda r: point(r, acc(r)), 90.0, 2.0, steps=10)
+    best = best_point(probes, 90.0, 2.0)
+    assert best is not None and 0.29 <= best.keep_ratio <= 0.31
+    assert all(90.0 - p.accuracy <= 2.0 for p in probes if p.keep_ratio >= best.keep_ratio)
+    miss = first_failure(probes, 90.0, 2.0, best)
+    assert miss is not None and miss.retention < best.retention and 90.0 - miss.accuracy > 2.0
+
+
+def test_best_point_ignores_non_monotone_misses_and_none_when_nothing_fits():
+    pts = [point(0.5, 89.5), point(0.25, 87.0), point(0.37, 88.9), point(0.3, 89.1)]
+    assert best_point(pts, 90.0, 1.0).retention == 0.3
+    assert best_point(pts, 95.0, 1.0) is None
+
+
+def test_bisect_knob_hits_an_increasing_target():
+    r = bisect_knob(lambda k: k**2, 0.25, steps=20)
+    assert r == pytest.approx(0.5, abs=1e-3)
+
+
+def test_holdout_split_is_disjoint_seeded_and_sentence_like():
+    lengths = np.arange(100) % 20
+    fit, held = split_holdout(100, 10, seed=3, lengths=lengths, min_tokens=16)
+    assert len(held) == 10 and set(fit).isdisjoint(held) and len(fit) + len(held) == 100
+    assert (lengths[held] >= 16).all()
+    assert np.array_equal(held, split_holdout(100, 10, seed=3, lengths=lengths, min_tokens=16)[1])
+    with pytest.raises(InputError, match="--holdout"):
+        split_holdout(100, 30, seed=0, lengths=lengths, min_tokens=16)
+
+
+def test_sub_phrases_of_held_out_sentences_are_found():
+    held = ["A gripping film , not a dull moment", "the plot is thin"]
+    mask = contained_in(["a dull moment", "plot is", "a great film", "The Plot Is Thin"], held)
+    assert mask.tolist() == [True, True, False, True]
+
+
+def test_config_refuses_bad_requests_before_loading(tmp_path):
+    ok = dict(model="m", data=tmp_path, out=tmp_path / "o")
+    for bad, match in ((dict(), "exactly one"), (dict(max_drop=1, target_retention=0.3), "exactly one"),
+                       (dict(max_drop=-1), "--max-drop"), (dict(target_retention=1.5), "--target-retention"),
+                       (dict(max_drop=1, budget_minutes=0), "--budget-minutes"),
+                       (dict(max_drop=1, target="coreml"), "--target"),
+                       (dict(max_drop=1, approx=tmp_path, approx_factor=4), "drop them"),
+                       (dict(max_drop=1, eval_data=tmp_path / "nope"), "--eval-data")):
+        with pytest.raises(InputError, match=match):
+            CompressConfig(**ok, **bad)
+
+
+@pytest.fixture()
+def sst2(tmp_path):
+    d = tmp_path / "SST-2"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 120), ("dev", 16)):
+        rows = [" ".join(rng.choice(WORDS, rng.integers(3, 14))) + f"\t{i % 2}" for i in range(n)]
+        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return d
+
+
+def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):
+    model = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
+    out = tmp_path / "out"
+    args = ["compress", "--model", str(model), "--data", str(sst2), "--out", str(out), "--max-drop", "5",
+            "--approx-steps", "20", "--threshold-steps", "30", "--holdout", "24", "--holdout-min-tokens", "6", "--search-steps", "3",
+            "--batch-size", "8", "--bench-runs", "2", "--threads", "1", "--approx-factor", "2",
+            "--quantize", "int8", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["commit"] and report["data"]["held_out"] == 24 and report["data"]["report"] == 16
+    assert len(report["search"]) == 3 and report["approx"]["trained_here"] and report["approx"]["steps"] == 20
+    assert report["thresholds"]["steps"] == 30 and report["thresholds"]["point"]["kind"] == "concrete"
+    chosen, dense = report["chosen"], report["dense"]
+    assert report["within_budget"] == (dense["accuracy"] - chosen["accuracy"] <= 5 + 1e-9)
+    files = report["files"]
+    assert files["passed"] and set(files["paths"]) == {"sttabt_fp32", "sttabt_int8", "dense_fp32", "dense_int8"}
+    assert files["verify"]["sttabt_fp32"]["max_abs_logit"] <= 1e-3
+    # the runtime's held-out accuracy of the fp32 file is PyTorch's on the same examples
+    assert files["accuracy"]["sttabt_fp32"]["held_out"]["accuracy"] == pytest.approx(chosen["accuracy"], abs=1e-6)
+    assert set(report["latency"]["pairs"]) == {"sttabt_fp32_vs_dense_fp32", "dense_int8_vs_dense_fp32",
+                                               "sttabt_int8_vs_dense_fp32", "sttabt_int8_vs_dense_int8"}
+    assert (out / "model.onnx").is_file() and (out / "model.fp32.onnx").is_file()
+    assert (out / "report.md").read_text().startswith("# compress") and (out / "report.png").stat().st_size > 0
+    # a finished run is not overwritten; --resume reuses its stages
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "report.json").read_text())["approx"].get("reused") is True
