@@ -11,9 +11,11 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from sttabt_edge.errors import InputTypeError
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
@@ -68,7 +70,8 @@ def model_class_names(model_dir: str | Path) -> list[str] | None:
 
 def image_preprocess_for(model: object) -> ImagePreprocess:
     """DeiT/ViT evaluation preprocessing for a model's input size (crop ratio 0.875: 224 <- 256)."""
-    size = int(model.config.image_size)
+    hf: Any = model  # a transformers ViT/DeiT: its config fields have no static types
+    size = int(hf.config.image_size)
     return ImagePreprocess(image_size=size, resize_size=int(size / 0.875))
 
 
@@ -78,8 +81,8 @@ def glue_tsv(path: str | Path, task: str | None = None) -> list[Example]:
     task = task or path.parent.name
     if task == "CoLA":  # no header: source, label, star, sentence
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        return [Example(r[3], int(r[1])) for r in rows]
+            lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [Example(r[3], int(r[1])) for r in lines]
     if task not in GLUE_TASKS:
         raise ValueError(f"unknown GLUE task {task!r}; known: CoLA, {', '.join(GLUE_TASKS)}")
     cols, label_col = GLUE_TASKS[task]
@@ -107,12 +110,40 @@ def batches(
         chunk = examples[i : i + batch_size]
         labels = np.asarray([e.label for e in chunk])
         if image is not None:
-            yield {"pixel_values": image([e.inputs for e in chunk])}, labels
+            yield {"pixel_values": image(image_batch([e.inputs for e in chunk]))}, labels
         elif text is not None:
-            enc = text([e.inputs for e in chunk], max_length=max_length, truncation=max_length is not None)
+            texts = text_batch([e.inputs for e in chunk])
+            enc = text(texts, max_length=max_length, truncation=max_length is not None)
             yield enc, labels
         else:
             raise ValueError("give an image or a text preprocessor")
+
+
+def image_batch(items: Sequence[str | tuple[str, str] | Path]) -> list[str | Path]:
+    """``items`` as :class:`ImagePreprocess` takes them: image paths (or images). A text pair raises
+    the InputTypeError ImagePreprocess raises for it; anything else is left to ImagePreprocess."""
+    images = [x for x in items if not isinstance(x, tuple)]
+    if len(images) != len(items):
+        raise InputTypeError("expected an image path or a PIL.Image.Image, got tuple")
+    return images
+
+
+def text_batch(items: Sequence[str | tuple[str, str] | Path]) -> list[str] | list[tuple[str, str]]:
+    """``items`` as :class:`TextPreprocess` takes them: all texts, or all (text_a, text_b) pairs.
+
+    A mixture (or a path) raises the InputTypeError TextPreprocess raises for it; the texts
+    themselves are checked by TextPreprocess.
+    """
+    texts = [x for x in items if isinstance(x, str)]
+    if len(texts) == len(items):
+        return texts
+    pairs = [x for x in items if isinstance(x, tuple)]
+    if len(pairs) == len(items):
+        return pairs
+    i = next(i for i, x in enumerate(items) if not isinstance(x, tuple))
+    raise InputTypeError(
+        f"texts must be all strings or all (text_a, text_b) pairs of strings; item {i} is {items[i]!r:.80}"
+    )
 
 
 def longest_length(

@@ -74,6 +74,7 @@ def describe(
     if family is None:
         raise UnsupportedModelError(f"{source}: model_type {model_type!r} (architecture {arch!r}) is not "
                                     f"supported; supported: {', '.join(sorted(FAMILIES))}")
+    prefix = num_prefix_tokens or (2 if arch == "DeiTForImageClassificationWithTeacher" else 1)
     try:
         info = {
             "family": family,
@@ -81,13 +82,13 @@ def describe(
             "heads": int(config["num_attention_heads"]),
             "hidden": int(config["hidden_size"]),
             "intermediate": int(config["intermediate_size"]),
-            "num_prefix_tokens": num_prefix_tokens or (2 if arch == "DeiTForImageClassificationWithTeacher" else 1),
+            "num_prefix_tokens": prefix,
         }
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{source}: config lacks a usable {e} entry") from e
     info["architecture"] = arch
     info["num_labels"] = len(config.get("id2label") or {}) or None
-    info["tokens"] = _tokens(config, family, info["num_prefix_tokens"])
+    info["tokens"] = _tokens(config, family, prefix)
     return info
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from sttabt_edge.compat import ModelParts, model_parts
-from sttabt_edge.method.sparse import ForwardResult
+from sttabt_edge.method.sparse import ForwardResult, Mode
 from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
 
@@ -35,7 +36,8 @@ def sparse_forward(
 ) -> SparseOutput:
     """Embed, run the reducer's layer loop, classify."""
     x, pad = embed(parts, inputs)
-    res: ForwardResult = reducer.run(parts, inputs, x, pad, mode)
+    # mode stays a str here (the public signature): each reducer's run checks it (ValueError)
+    res: ForwardResult = reducer.run(parts, inputs, x, pad, cast(Mode, mode))
     n_real = pad.sum(dim=1, keepdim=True).to(torch.float32)
     return SparseOutput(
         classify(parts, res.prefix_hidden), res.n_in, res.n_out, res.n_in.to(torch.float32) / n_real, res.keep, pad
@@ -67,6 +69,7 @@ class PatchHandle:
     def remove(self) -> None:
         """Restore the model's own forward."""
         if self._had_forward:
+            assert callable(self._old_forward)  # the instance's own forward, which patch() replaced
             self.model.forward = self._old_forward
         else:
             self.model.__dict__.pop("forward", None)

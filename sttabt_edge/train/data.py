@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sttabt_edge.data import Example
+from sttabt_edge.data import Example, text_batch
 from sttabt_edge.errors import InputError
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
 from sttabt_edge.train.sources import HFImage, load_splits, open_image, split_half
@@ -77,7 +77,8 @@ def augment_image(img: Any, pre: ImagePreprocess, rng: np.random.Generator) -> n
     from PIL import Image
 
     img = img.convert("RGB")
-    left, top, w, h = resized_crop_box(*img.size, rng)
+    width, height = img.size
+    left, top, w, h = resized_crop_box(width, height, rng)
     resample = getattr(Image.Resampling, pre.interpolation.upper())
     crop = img.resize((pre.image_size, pre.image_size), resample, box=(left, top, left + w, top + h))
     if rng.random() < 0.5:
@@ -191,7 +192,7 @@ def tokenize_all(
     ids: list[np.ndarray] = []
     types: list[np.ndarray] = []
     for i in range(0, len(texts), chunk):
-        enc = pre(list(texts[i : i + chunk]), max_length=max_length, truncation=True)
+        enc = pre(text_batch(texts[i : i + chunk]), max_length=max_length, truncation=True)
         n = enc["attention_mask"].sum(axis=1)
         ids.extend(enc["input_ids"][j, : n[j]].copy() for j in range(len(n)))
         types.extend(enc["token_type_ids"][j, : n[j]].copy() for j in range(len(n)))
