@@ -29,6 +29,7 @@ from sttabt_edge.train.config import ApproxConfig, TrainConfig
 from sttabt_edge.train.data import Batch, TrainData
 from sttabt_edge.train.distributed import Dist, distributed
 from sttabt_edge.train.engine import Objective, StepLogs, decay_groups, fit
+from sttabt_edge.train.hf import hf_config
 
 REPORT_FILE = "report.json"
 
@@ -49,8 +50,8 @@ class ApproxObjective(Objective):
         tt = teacher_targets(self.teacher_parts, inputs)
         out = self.approx(inputs)
         loss, parts = approx_distill_loss(
-            out, tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask, self.approx.transfers, self.weights,
-            self.teacher_parts.num_prefix_tokens,
+            out, tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask, list(self.approx.transfers),
+            self.weights, self.teacher_parts.num_prefix_tokens,
         )
         return loss, parts
 
@@ -105,7 +106,7 @@ def heldout_attention_kl(
 def approx_fingerprint(teacher: nn.Module, acfg: ApproxConfig) -> dict[str, Any]:
     return {
         **model_fingerprint("approx", teacher),
-        "heads": acfg.heads or int(teacher.config.num_attention_heads),
+        "heads": acfg.heads or int(hf_config(teacher).num_attention_heads),
         "factor": acfg.factor,
         "init": acfg.init,
     }

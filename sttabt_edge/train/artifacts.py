@@ -24,6 +24,7 @@ from sttabt_edge.errors import CheckpointMismatchError
 from sttabt_edge.model_info import MODEL_DIR, TRAINED_FILE, is_trained_dir  # noqa: F401 (the layout, re-exported)
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.train.checkpoint import atomic_dir, atomic_write_text
+from sttabt_edge.train.hf import hf_config, hf_model
 
 FORMAT = "sttabt-trained"
 APPROX_DIR = "approxnet"
@@ -71,15 +72,18 @@ def save_trained(
     """Write the self-contained output directory (see the module docstring)."""
     out = Path(out)
     with atomic_dir(out / MODEL_DIR) as tmp:
-        model.save_pretrained(tmp)
+        hf_model(model).save_pretrained(tmp)
         for name in SIDE_FILES:
             src = Path(source_dir) / name if source_dir is not None else None
             if src is not None and src.is_file():
                 shutil.copy2(src, tmp / name)
     if approx is not None:
+        from sttabt_edge.method.approxnet import ApproxNet
+
+        assert isinstance(approx, ApproxNet)  # load_trained reads the folder back with ApproxNet.load
         with atomic_dir(out / APPROX_DIR) as tmp:
             approx.save(tmp)
-    cfg = model.config
+    cfg = hf_config(model)
     payload = {
         "format": FORMAT,
         "version": 1,

@@ -34,6 +34,7 @@ from sttabt_edge import compat
 from sttabt_edge.atomic import atomic_dir, atomic_write_text  # noqa: F401 (re-exported: train's writers use them)
 from sttabt_edge.errors import CheckpointMismatchError, InputError, one_line
 from sttabt_edge.models.loading import load_state_dict_checked, pickle_refusal, read_safetensors
+from sttabt_edge.train.hf import hf_config
 
 CKPT_ROOT = "checkpoints"
 LATEST = "latest"
@@ -189,7 +190,7 @@ def load_checkpoint(
 
 def model_fingerprint(kind: str, model: nn.Module) -> dict[str, Any]:
     """The model-shape part of a run's fingerprint; resume refuses a checkpoint whose fingerprint differs."""
-    c = model.config
+    c = hf_config(model)
     return {
         "kind": kind,
         "model_class": compat.class_name(model),
