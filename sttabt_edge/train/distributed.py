@@ -10,12 +10,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 import torch.distributed as tdist
 
 from sttabt_edge.train.config import TrainConfig
-from sttabt_edge.train.data import Batch, BatchSource
+from sttabt_edge.train.data import BatchSource
+
+# a batch as the engine receives it: BatchSource's numpy Batch (train.data) as tensors; labels None: unlabeled
+TensorBatch: TypeAlias = tuple[dict[str, torch.Tensor], "torch.Tensor | None"]
 
 # ---- distribution -------------------------------------------------------------------------------
 
@@ -77,18 +81,20 @@ class _RankBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 2**62
 
-    def __getitem__(self, k: int) -> Batch:
+    def __getitem__(self, k: int) -> TensorBatch:
         inputs, labels = self.source.get(k, self.rank, self.world)
         return {n: torch.from_numpy(v) for n, v in inputs.items()}, (
             None if labels is None else torch.from_numpy(labels)
         )
 
 
-def _identity(batch: Batch) -> Batch:
+def _identity(batch: TensorBatch) -> TensorBatch:
     return batch
 
 
-def batch_stream(source: BatchSource, dist: Dist, first: int, last: int, workers: int) -> Iterator[Batch]:
+def batch_stream(
+    source: BatchSource, dist: Dist, first: int, last: int, workers: int
+) -> Iterator[TensorBatch]:
     """Micro-batches ``first`` .. ``last - 1`` of this rank, in order.
 
     The iterator is created here, and with its own generator: a DataLoader iterator draws a
@@ -100,14 +106,15 @@ def batch_stream(source: BatchSource, dist: Dist, first: int, last: int, workers
         batch_size=None,
         sampler=range(first, last),
         num_workers=workers,
-        collate_fn=_identity,
+        # batch_size=None: collate_fn gets one item, where the stub only knows batching (a list)
+        collate_fn=_identity,  # type: ignore[arg-type]
         pin_memory=dist.device.type == "cuda",
         generator=torch.Generator().manual_seed(0),
     )
     return iter(loader)
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: TensorBatch, device: torch.device) -> TensorBatch:
     inputs, labels = batch
     return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, (
         None if labels is None else labels.to(device, non_blocking=True)

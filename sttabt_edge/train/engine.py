@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from torch import nn
 from sttabt_edge.errors import InputError
 from sttabt_edge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sttabt_edge.train.config import TrainConfig
-from sttabt_edge.train.data import Batch, BatchSource
-from sttabt_edge.train.distributed import Dist, batch_stream, to_device
+from sttabt_edge.train.data import BatchSource
+from sttabt_edge.train.distributed import Dist, TensorBatch, batch_stream, to_device
 
 METRICS_FILE = "metrics.jsonl"
 StepLogs = dict[str, torch.Tensor]
@@ -269,9 +269,16 @@ def fit(
     return FitResult(hard_limit, total, finished, busy, busy / max(1, done_here), last_logs, eval_metrics)
 
 
+def _no_sync(model: nn.Module) -> AbstractContextManager[None]:
+    """DDP's no_sync (no gradient all-reduce for this micro-batch); only a run with world > 1 accumulates
+    unsynced, and there ``fit`` wrapped the objective in DDP."""
+    assert isinstance(model, nn.parallel.DistributedDataParallel)
+    return model.no_sync()
+
+
 def _one_step(
     model: nn.Module,
-    batches: Iterator[Batch],
+    batches: Iterator[TensorBatch],
     cfg: TrainConfig,
     dist: Dist,
     opt: torch.optim.Optimizer,
@@ -283,7 +290,7 @@ def _one_step(
     for micro in range(cfg.grad_accum):
         inputs, labels = to_device(next(batches), dist.device)
         sync = dist.world == 1 or micro == cfg.grad_accum - 1
-        with nullcontext() if sync else model.no_sync(), autocast(cfg, dist.device):
+        with nullcontext() if sync else _no_sync(model), autocast(cfg, dist.device):
             loss, logs = model(inputs, labels)
         loss = loss.float() / cfg.grad_accum
         (scaler.scale(loss) if scaler else loss).backward()
