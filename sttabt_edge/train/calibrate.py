@@ -19,7 +19,7 @@ from sttabt_edge import compat
 from sttabt_edge.method.backtrack import retention
 from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import embed
-from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.reducers.sttabt import SttabtReducer, Thresholds
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.losses import bisect_offset, calibrate_offset
@@ -95,7 +95,7 @@ def _snap(
     reducer: SttabtReducer, per_layer: Callable[[torch.Tensor], torch.Tensor], target: float, span: float, strict: bool
 ) -> float:
     """:func:`snap_thresholds` on a built retention probe (see :func:`_retention_probe`)."""
-    th = reducer.thresholds
+    th = _thresholds(reducer)
     base = th.logits.detach().clone()
 
     def mean_retention(offset: float) -> float:
@@ -105,6 +105,13 @@ def _snap(
     offset = plateau_middle(mean_retention, offset, span)
     th.logits.copy_(base + offset)
     return offset
+
+
+def _thresholds(reducer: SttabtReducer) -> Thresholds:
+    """The learned thresholds calibration moves: a threshold reducer's (a top-k one has none)."""
+    th = reducer.thresholds
+    assert th is not None, "calibrating thresholds needs SttabtReducer(thresholds=...), not keep_ratio"
+    return th
 
 
 def plateau_middle(measure: Callable[[float], float], offset: float, span: float, iters: int = 20) -> float:
@@ -152,7 +159,7 @@ def shape_thresholds(
     thresholds of layers >= l (nesting), so a top-down pass of 1-D bisections sets them; a
     layer whose nested set already exceeds ``target`` keeps just that.
     """
-    th = reducer.thresholds
+    th = _thresholds(reducer)
     logits = th.logits.detach().clone()
     per_layer = _retention_probe(reducer, parts, cached_maps(reducer, parts, batches), noisy)
     _top_down(logits, per_layer, target, span, iters=20)
@@ -182,7 +189,7 @@ def union_thresholds(
     every layer below the top kept the top layer's set (SST-2 medium run: 0.302 in all 6 layers) and
     back-tracking below the top was never used.
     """
-    th = reducer.thresholds
+    th = _thresholds(reducer)
     cached = cached_maps(reducer, parts, batches)  # one maps pass serves both probes
     per_layer, own = _retention_probe(reducer, parts, cached, noisy), _own_fraction_probe(reducer, parts, cached)
     logits = th.logits.detach().clone()
@@ -243,7 +250,7 @@ def _own_fraction_probe(
     itself (normalised importance > exp(θ_l), before the union with the layer above), noise-free."""
     from sttabt_edge.method.concrete import normalized_importance
 
-    th = reducer.thresholds
+    th = _thresholds(reducer)
 
     def probe(logits: torch.Tensor) -> torch.Tensor:
         vals = []
@@ -264,7 +271,7 @@ def _retention_probe(
     """threshold logits (L,) -> mean per-layer retention (L,) on the cached maps (see
     :func:`cached_maps`). ``noisy``: training-mode masks under a fixed concrete noise, so probes
     are deterministic."""
-    th = reducer.thresholds
+    th = _thresholds(reducer)
 
     def probe(logits: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator(device=logits.device).manual_seed(0) if noisy else None
