@@ -37,6 +37,7 @@ from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import distributed
 from sttabt_edge.train.engine import fit
+from sttabt_edge.train.hf import hf_config
 from sttabt_edge.train.losses import SparseObjective, calibrate_offset, constant_schedule, geometric_schedule
 
 METHODS = ("ltp", "topk")
@@ -90,7 +91,7 @@ def build_baseline(
     calib: Sequence[dict[str, torch.Tensor]] = (),
 ) -> SparseObjective:
     """Objective for ``method`` (reducer, its phases, parameter groups and hard-phase snap)."""
-    num_layers = int(model.config.num_hidden_layers)
+    num_layers = int(hf_config(model).num_hidden_layers)
     schedule = keep_schedule(scfg.target_retention, num_layers, scfg.schedule)
     for p in model.parameters():
         p.requires_grad_(not scfg.freeze_main)
@@ -107,8 +108,8 @@ def build_baseline(
         0.0, num_layers=num_layers, temperature=scfg.ltp_temperature, min_keep=scfg.ltp_min_keep, soft=True
     )
 
-    def set_phase(red: nn.Module, hard: bool) -> None:
-        red.soft = not hard
+    def set_phase(red: nn.Module, hard: bool) -> None:  # red is ``ltp``
+        ltp.soft = not hard
 
     def groups(cfg: TrainConfig) -> list[dict[str, Any]]:
         return [{"params": [ltp.thresholds], "lr": scfg.threshold_lr, "weight_decay": 0.0, "clip": "thr"}]
@@ -161,7 +162,7 @@ def train_baseline(
         calib = calibration_batches(data, scfg, cfg, dist.device)
         objective = build_baseline(method, model, scfg, calib)
         reducer = objective.sparse.reducer
-        if method == "ltp":
+        if isinstance(reducer, LtpReducer):  # method "ltp" (build_baseline)
             schedule = keep_schedule(scfg.target_retention, len(objective.sparse.parts.layers), scfg.schedule)
             reducer.calibrate(objective.sparse.parts, merge_batches(calib), schedule)  # per-layer shape
             snap_ltp(model, reducer, calib, scfg.target_retention, soft=True)  # level: soft retention
@@ -179,7 +180,7 @@ def train_baseline(
         snap_without_hard_phase(objective, res, scfg)
         model.eval()
         reducer.eval()
-        if method == "ltp":
+        if isinstance(reducer, LtpReducer):
             reducer.soft = False
         if dist.is_main and res.finished:
             meta = trained_meta(cfg, scfg, data, res, hard_schedule(objective, calib))

@@ -26,6 +26,7 @@ from sttabt_edge import compat
 from sttabt_edge.method.approxnet import ApproxNet
 from sttabt_edge.method.concrete import ConcreteThresholds
 from sttabt_edge.method.concrete_official import OfficialConcrete
+from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.train.artifacts import load_sttabt, save_trained
 from sttabt_edge.train.calibrate import (
@@ -39,6 +40,7 @@ from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
 from sttabt_edge.train.distributed import Dist, distributed
 from sttabt_edge.train.engine import FitResult, decay_groups, fit
+from sttabt_edge.train.hf import hf_config
 from sttabt_edge.train.losses import SparseObjective, UnreachableTargetError
 
 # the official concrete constants: temperature, and the occupancy-loss factor per family
@@ -61,7 +63,7 @@ def snap_without_hard_phase(objective: SparseObjective, res: FitResult, scfg: Sp
 def concrete_fingerprint(model: nn.Module, approx: ApproxNet, scfg: SparseTrainConfig) -> dict[str, Any]:
     return {
         **model_fingerprint("concrete", model),
-        "heads": int(model.config.num_attention_heads),
+        "heads": int(hf_config(model).num_attention_heads),
         "factor": approx.factor,
         "target_retention": scfg.target_retention,
         "freeze_main": scfg.freeze_main,
@@ -77,7 +79,7 @@ def build_objective(
 ) -> SparseObjective:
     """The objective and its reducer (thresholds at 0 or ``scfg.init``; snapped to the target on ``calib``
     at the first hard step)."""
-    num_layers = int(model.config.num_hidden_layers)
+    num_layers = int(hf_config(model).num_hidden_layers)
     init = 0.0 if scfg.init == "calibrate" else float(scfg.init)
     official = scfg.concrete == "official"
     thresholds: ConcreteThresholds | OfficialConcrete = (
@@ -95,9 +97,9 @@ def build_objective(
     for p in model.parameters():
         p.requires_grad_(not scfg.freeze_main)
 
-    def set_phase(red: nn.Module, hard: bool) -> None:
-        red.thresholds.train(not hard)  # hard phase: deterministic hard masks, thresholds get no gradient
-        red.approx.eval()  # dropout off: masks follow the predicted attention, not noise
+    def set_phase(red: nn.Module, hard: bool) -> None:  # red is ``reducer``: its thresholds and approx
+        thresholds.train(not hard)  # hard phase: deterministic hard masks, thresholds get no gradient
+        approx.eval()  # dropout off: masks follow the predicted attention, not noise
 
     def groups(cfg: TrainConfig) -> list[dict[str, Any]]:
         thr_lr = cfg.lr * 10 if official else scfg.threshold_lr  # official: p_logit at 10x the model's lr
@@ -120,7 +122,7 @@ def build_objective(
         groups,
         {"approx": approx, "thresholds": thresholds},
         snap if scfg.snap and calib else None,
-        thresholds.regularizer if official else None,
+        thresholds.regularizer if isinstance(thresholds, OfficialConcrete) else None,  # i.e. official
     )
 
 
@@ -166,7 +168,8 @@ def train_concrete(
         source = data.source(cfg.batch_size, cfg.seed, cfg.augment, cfg.max_length, cfg.bucket_batches)
         calib = calibration_batches(data, scfg, cfg, dist.device)
         objective = build_objective(model, approx, scfg, calib)
-        reducer: SttabtReducer = objective.sparse.reducer
+        reducer = objective.sparse.reducer
+        assert isinstance(reducer, SttabtReducer)  # build_objective's
         if scfg.init == "calibrate":
             calibrate = {"constant": shape_thresholds, "union": union_thresholds, "shared": snap_thresholds}[
                 scfg.init_schedule
@@ -206,7 +209,7 @@ def hard_schedule(objective: SparseObjective, batches: Sequence[dict[str, torch.
 
 
 def held_out_evaluator(
-    model: nn.Module, reducer: SttabtReducer, data: TrainData, cfg: TrainConfig, dist: Dist
+    model: nn.Module, reducer: Reducer, data: TrainData, cfg: TrainConfig, dist: Dist
 ) -> Any:
     """Task metric + retention on the held-out set, with real removal (what inference does)."""
     if not data.eval:

@@ -21,6 +21,7 @@ from sttabt_edge.errors import InputError
 from sttabt_edge.method.distill import logits_kd
 from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import classify, embed
+from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.engine import Objective, StepLogs, decay_groups
@@ -167,6 +168,7 @@ class SparseObjective(Objective):
         regularizer: Callable[[], torch.Tensor] | None = None,
     ):
         super().__init__()
+        assert isinstance(reducer, Reducer)  # what SparseClassifier runs (every reducer subclasses it)
         self.sparse = SparseClassifier(model, reducer, mode="mask")
         self.teacher = freeze(teacher)
         self.teacher_parts = model_parts(teacher)

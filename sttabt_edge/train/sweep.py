@@ -33,6 +33,7 @@ from sttabt_edge.train.concrete import train_concrete
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import TrainData, prepare_data
 from sttabt_edge.train.engine import METRICS_FILE
+from sttabt_edge.train.hf import hf_config
 from sttabt_edge.train.losses import REACH_TOL, UnreachableTargetError
 
 TRAINED = ("concrete", "ltp", "topk")
@@ -126,7 +127,7 @@ def training_free(
     layer: its floor is every layer merging the most it can; on short inputs that is a large
     fraction).
     """
-    num_layers = int(model.config.num_hidden_layers)
+    num_layers = int(hf_config(model).num_hidden_layers)
 
     def make(q: float) -> Reducer:
         if method == "tome":
@@ -222,12 +223,12 @@ def run_sweep(
             t0 = time.perf_counter()
             point: dict[str, Any] = {"method": method, "target": target}
             if method in TRAINING_FREE:
-                model = load_model(model_dir)
+                model: torch.nn.Module = load_model(model_dir)
                 source = approx if method == "sttabt-topk" else None
                 reducer, reached = training_free(method, model, source, target, calib)
                 point.update(calib_retention=reached, target_reachable=abs(reached - target) <= REACH_TOL)
-                if method == "sttabt-topk":
-                    point["keep_ratio"] = reducer.keep_ratio  # type: ignore[attr-defined]
+                if isinstance(reducer, SttabtReducer):  # sttabt-topk
+                    point["keep_ratio"] = reducer.keep_ratio
                 if not point["target_reachable"]:
                     log(f"{method:12s} target {target:.2f}: unreachable on the calibration inputs, "
                         f"closest retention {reached:.3f}; evaluated there")
@@ -293,7 +294,8 @@ def plot_curves(results: dict[str, Any], path: Path, title: str, metric: str = "
 
 
 def summary_rows(results: dict[str, Any], metric: str = "accuracy") -> list[Sequence[str]]:
-    rows = [("dense", "1.000", f"{100 * results['dense']['metrics'][metric]:.2f}", "1.000", "")]
+    dense = f"{100 * results['dense']['metrics'][metric]:.2f}"
+    rows: list[Sequence[str]] = [("dense", "1.000", dense, "1.000", "")]
     for p in results["points"]:
         rows.append(
             (
