@@ -25,7 +25,7 @@ class Allocation:
     steps: int
 
 
-def step_seconds(objective: Objective, source: BatchSource, n: int = 5) -> float:
+def step_seconds(objective: Objective, source: BatchSource, n: int = 10) -> float:
     """Median seconds of one training step of ``objective`` on ``source``'s first batches
     (the first pass, which warms up allocators, is not counted)."""
     objective.on_step(0, 1000)  # the training modes of an early (soft-phase) step

@@ -45,7 +45,8 @@ class Phases:
     """Numbered rich rules per phase and their wall times."""
 
     def __init__(self, console: Console, total: int):
-        self.console, self.total, self.times = console, total, {}
+        self.console, self.total = console, total
+        self.times: dict[str, float] = {}
         self.t0 = time.perf_counter()
 
     @contextmanager
