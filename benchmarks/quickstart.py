@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     preds = {name: load(path, threads=args.torch_threads) for name, path in files.items()}
     held = data.eval_examples(args.eval_examples)
     with phases("verify", f"ONNX vs PyTorch parity on {args.verify_examples} held-out inputs"):
-        parity = check_parity(preds, net, held[: args.verify_examples])
+        parity = check_parity(preds, net, held[: args.verify_examples], args.task)
         print_parity(console, parity)
     with phases("accuracy", f"accuracy, retention, occupancy of 4 files on {len(held)} held-out inputs (runtime)"):
         parts = model_parts(net)
