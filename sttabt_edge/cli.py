@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,6 +29,9 @@ from sttabt_edge.cli_runtime import ORACLE
 from sttabt_edge.cli_summary import print_export_summary
 from sttabt_edge.defaults import default_keep_ratio
 from sttabt_edge.model_info import is_trained_dir, model_files
+
+if TYPE_CHECKING:
+    from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
 
 KEEP_RATIO_HELP = (
     "keep ratio (default per method: sttabt 0.15, topk / tome 0.5). sttabt: the top-k fraction each layer "
@@ -50,7 +53,7 @@ def main_options(
     ctx.with_resource(quiet_third_party(verbose))
 
 
-class Nesting(str, Enum):
+class Nesting(Enum):  # not a str Enum: its member `count` would shadow str.count
     union = "union"
     count = "count"
 
@@ -144,30 +147,32 @@ def eval_cmd(
 
                 kwargs["approx"] = ApproxNet.load(approx_dir)
             reducer = make_reducer(method.value, **kwargs)
+        image_pre: ImagePreprocess | None = None
+        text_pre: TextPreprocess | None = None
         if data.is_dir():
             examples = image_folder(data, model_class_names(model) if Path(model).is_dir() else None)
-            pre = {"image": image_preprocess_for(net)}
-            task = None
+            image_pre, task = image_preprocess_for(net), None
         else:
             examples = glue_tsv(data)
-            pre = {"text": TextPreprocess.from_file(Path(model))}
-            task = data.parent.name
+            text_pre, task = TextPreprocess.from_file(Path(model)), data.parent.name
         examples = examples[:max_samples] if max_samples else examples
-        if occupancy_length is None and "text" in pre:
+        if occupancy_length is None and text_pre is not None:
             from sttabt_edge.data import longest_length
 
-            occupancy_length = longest_length(examples, pre["text"])
+            occupancy_length = longest_length(examples, text_pre)
         if method == Method.ltp and not trained:  # untrained LTP: thresholds set on the first batch
             from sttabt_edge.compat import model_parts
             from sttabt_edge.data import batches
+            from sttabt_edge.reducers.ltp import LtpReducer
 
-            first, _ = next(batches(examples, batch_size, **pre))
+            assert isinstance(reducer, LtpReducer)  # make_reducer("ltp")
+            first, _ = next(batches(examples, batch_size, image_pre, text_pre))
             with torch.inference_mode():
                 reducer.calibrate(model_parts(net), {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
         with torch.inference_mode():
             name = f"{reducer.name}-trained" if trained else method.value
-            res = evaluate(net, reducer, examples, batch_size=batch_size, task=task, name=name,
-                           occupancy_length=occupancy_length, **pre)
+            res = evaluate(net, reducer, examples, image_pre, text_pre, batch_size=batch_size, task=task, name=name,
+                           occupancy_length=occupancy_length)
     except (SttabtError, ValueError, FileNotFoundError) as e:
         fail(error_line(str(e)))
     typer.echo(json.dumps(res.to_dict(), indent=2))

@@ -79,7 +79,7 @@ def run_cmd(
     if as_json:
         typer.echo(json.dumps(items, indent=2))
         return
-    sources = [str(p) for p in image] if image else list(text)
+    sources = [str(p) for p in image] if image else list(text or [])
     for src, item in zip(sources, items, strict=True):
         typer.echo(src)
         for t in item["top"]:
@@ -176,7 +176,7 @@ def bench_cmd(
                       f"{s.p99_ms:.2f}", f"{s.throughput_per_s:.1f}", f"{s.peak_rss_mb:.0f}", kept)
     console = Console()
     console.print(table)
-    if res.ratio_p50 is not None:
+    if res.ratio_p50 is not None and vs is not None:  # a ratio exists only with --vs
         console.print(f"latency ratio {model.name} / {vs.name}: median {res.ratio_p50:.3f} "
                       f"(p10 {res.ratio_p10:.3f}, p90 {res.ratio_p90:.3f}), measured interleaved"
                       f"{f' in blocks of {block}' if block > 1 else ''}")
@@ -213,6 +213,7 @@ def show_cmd(
     from sttabt_edge.compat import model_parts
     from sttabt_edge.data import image_preprocess_for
     from sttabt_edge.errors import SttabtError
+    from sttabt_edge.export.metadata import labels
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.reducers.factory import make_reducer
     from sttabt_edge.runtime import TextPreprocess
@@ -235,18 +236,18 @@ def show_cmd(
                 res = SparseClassifier(net, reducer)(pixel_values=torch.from_numpy(px))
             keep = [k[0].numpy() for k in res.keep[:-1]]
             patch = int(net.config.patch_size)
-            label = net.config.id2label[int(res.logits.argmax())]
+            label = labels(net)[int(res.logits.argmax())]
             grid = layer_grid(denormalize(px[0], pre.mean, pre.std), keep, patch, parts.num_prefix_tokens)
             grid.save(out)
             typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
-        else:
+        elif text is not None:  # exactly one of the two (checked above)
             tok = TextPreprocess.from_file(Path(model))
             enc = tok([text])
             with torch.no_grad():
                 res = SparseClassifier(net, reducer)(**{k: torch.from_numpy(v) for k, v in enc.items()})
-            tokens = [tok.tokenizer.id_to_token(int(i)) for i in enc["input_ids"][0]]
+            tokens = [tok.tokenizer.id_to_token(int(i)) or "[?]" for i in enc["input_ids"][0]]  # None: not in vocab
             keep = [np.asarray(k[0]) for k in res.keep[:-1]]
-            label = net.config.id2label[int(res.logits.argmax())]
+            label = labels(net)[int(res.logits.argmax())]
             out.write_text(text_html(tokens, keep, f"{method} r={keep_ratio}: predicted {label}"))
             typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
     except (SttabtError, ValueError, FileNotFoundError) as e:

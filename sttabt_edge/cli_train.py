@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sttabt_edge.cli_common import check_exists, check_fraction, fail
+
+if TYPE_CHECKING:  # torch-heavy: imported by the verbs when they run
+    from torch import nn
+
+    from sttabt_edge.train.config import TrainConfig
+    from sttabt_edge.train.data import TrainData
 
 train_app = typer.Typer(no_args_is_help=True, help="Train an ApproxNet, STTABT thresholds, or LTP/top-k.")
 
@@ -61,7 +67,7 @@ CalibOpt = Annotated[CalibOn, typer.Option(
     help="inputs the retention level is calibrated on (labels unused): train | eval (held-out, transductive)")]
 
 
-def _train_config(config: Path | None, defaults: dict, options: dict) -> object:
+def _train_config(config: Path | None, defaults: dict[str, Any], options: dict[str, Any]) -> TrainConfig:
     """TrainConfig from --config (else the verb's defaults); the verb's options that name a
     TrainConfig field and were given (not None) override it."""
     import dataclasses
@@ -75,7 +81,7 @@ def _train_config(config: Path | None, defaults: dict, options: dict) -> object:
 
 def _load_training(
     model: str, data: Path, eval_data: Path | None, labeled: bool, seed: int, calib_on: str = "train"
-) -> tuple:
+) -> tuple[nn.Module, TrainData, Path | None]:
     """(dense model, TrainData, model dir or None). ``calib_on="eval"``: thresholds are calibrated
     on the held-out inputs (labels unused) instead of training inputs."""
     import dataclasses
