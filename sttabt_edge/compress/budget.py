@@ -25,21 +25,24 @@ class Allocation:
     steps: int
 
 
-def step_seconds(objective: Objective, source: BatchSource, n: int = 10) -> float:
-    """Median seconds of one training step of ``objective`` on ``source``'s first batches
-    (the first pass, which warms up allocators, is not counted)."""
+def step_seconds(objective: Objective, source: BatchSource, n: int = 6) -> float:
+    """Median seconds of one training step of ``objective`` on ``source``'s first ``n`` batches,
+    each timed on its second pass: the first pass of a new input shape pays one-off kernel and
+    allocator setup (oneDNN primitives are cached per shape), which a long run pays once."""
     objective.on_step(0, 1000)  # the training modes of an early (soft-phase) step
     times = []
-    for k in range(n + 1):
+    for k in range(n):
         inputs, labels = source.get(k)
         x = {name: torch.from_numpy(v) for name, v in inputs.items()}
         y = None if labels is None else torch.from_numpy(labels)
-        t0 = time.perf_counter()
-        loss, _ = objective(x, y)
-        loss.backward()
-        times.append(time.perf_counter() - t0)
+        for rep in range(2):
+            t0 = time.perf_counter()
+            loss, _ = objective(x, y)
+            loss.backward()
+            if rep:
+                times.append(time.perf_counter() - t0)
     objective.zero_grad(set_to_none=True)
-    return statistics.median(times[1:]) * STEP_MARGIN
+    return statistics.median(times) * STEP_MARGIN
 
 
 def allocate(seconds: float, per_step: float, min_steps: int, max_steps: int | None = None) -> Allocation:
