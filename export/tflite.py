@@ -79,7 +79,9 @@ from sttabt_edge.export.tflite_graph import (
     StaticTopkReducer,
     TfliteModule,
     convert,
+    litert_torch_module,
     quantize_bytes,
+    quiet_litert,
     reference_reducer,
     static_reducer,
     threshold_ratios,
@@ -141,17 +143,18 @@ def run_tflite(path: str | Path, batch: Sequence[Sample], threads: int = 1) -> t
     """LiteRT on batch-1 samples -> (logits (S, K), kept_counts (S, L))."""
     from ai_edge_litert.interpreter import Interpreter
 
-    try:
-        runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
-    except (ValueError, RuntimeError) as e:
-        raise ExportError(f"{path}: LiteRT cannot load it: {e}") from e
-    dtypes = {k: v["dtype"] for k, v in runner.get_input_details().items()}
-    logits: list[np.ndarray] = []
-    kept: list[np.ndarray] = []
-    for s in batch:
-        out = runner(**{k: v.numpy().astype(dtypes[k]) for k, v in s.items()})
-        logits.append(out["logits"])
-        kept.append(out["kept_counts"])
+    with quiet_litert():  # the interpreter's XNNPACK INFO line (on its first run)
+        try:
+            runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
+        except (ValueError, RuntimeError) as e:
+            raise ExportError(f"{path}: LiteRT cannot load it: {e}") from e
+        dtypes = {k: v["dtype"] for k, v in runner.get_input_details().items()}
+        logits: list[np.ndarray] = []
+        kept: list[np.ndarray] = []
+        for s in batch:
+            out = runner(**{k: v.numpy().astype(dtypes[k]) for k, v in s.items()})
+            logits.append(out["logits"])
+            kept.append(out["kept_counts"])
     return np.concatenate(logits), np.concatenate(kept)
 
 
@@ -189,7 +192,8 @@ def _static_len(path: Path, family: str) -> int | None:
 
     if family == "vit":
         return None
-    details = Interpreter(model_path=str(path)).get_signature_runner().get_input_details()
+    with quiet_litert():
+        details = Interpreter(model_path=str(path)).get_signature_runner().get_input_details()
     return int(details["input_ids"]["shape"][1])
 
 
@@ -236,9 +240,9 @@ def tflite_metadata(
     approximation: dict[str, Any] | None, quantize: str | None, overrides: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The contract JSON, TFLite flavour: static shapes and (approximated) schedule recorded."""
-    import litert_torch
     import transformers
 
+    litert_torch = litert_torch_module()
     own: dict[str, Any] = {
         "exporter": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "litert_torch": litert_torch.__version__, "target": "tflite", "quantize": quantize},

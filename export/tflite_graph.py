@@ -5,11 +5,21 @@ Everything here is an export-time switch: the library is called unchanged, excep
 top-k back-tracking takes its per-sample k from a constant table (see
 ``k_table`` of :func:`sttabt_edge.method.backtrack.topk_backtrack`), because LiteRT has no
 float64 CEIL.
+
+The converter, the quantizer and the interpreter are quiet unless asked (:func:`quiet_litert`):
+their progress lines and C++ INFO logs are not about the user's model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +45,18 @@ SUPPORTED = exportable_kinds("tflite")
 QUANT_MODES = ("int8",)
 QUANT_OPS = ("FULLY_CONNECTED", "CONV_2D", "EMBEDDING_LOOKUP")  # weights only; never BATCH_MATMUL
 Sample = dict[str, torch.Tensor]  # one static-shape input: (1, ...) per contract name
+log = logging.getLogger(__name__)
+# litert-torch prints a "[START] ... [ DONE]" line per conversion step unless this is off
+LITERT_ENV = {"LITERT_TORCH_SHOW_PROGRESS": "n"}
+# What LiteRT's C++ writes to fd 2 that is not about the model: the converter's absl INFO lines on
+# load and per conversion ("I0000 00:00:... port.cc:153] oneDNN custom operations are on",
+# "flatbuffer_export.cc:...] Estimated count of arithmetic ops"), absl's notice that it has no log
+# sink yet, and the interpreter's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+LITERT_NOISE = re.compile(
+    rb"I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]*\] .*"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+)
 
 
 # ---- the TFLite-safe back-tracking ----------------------------------------------------------
@@ -163,12 +185,79 @@ class TfliteModule(nn.Module):
         return {"logits": logits, "kept_counts": kept.to(torch.int32)}
 
 
+def litert_verbose() -> bool:
+    """Whether the user asked for LiteRT's own output: DEBUG logging for this module
+    (``logging.getLogger("sttabt_edge").setLevel(logging.DEBUG)``, or a DEBUG root logger)."""
+    return log.isEnabledFor(logging.DEBUG)
+
+
+def _flush_stderr() -> None:
+    """Python's buffered stderr out to fd 2 (it may be None, closed or a plain object)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _noise_dropped() -> Iterator[None]:
+    """fd 2 (where C++ writes) held in a temp file for the block, then written back without the
+    :data:`LITERT_NOISE` lines: everything else (errors, Python warnings) still reaches stderr."""
+    _flush_stderr()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a daemon, pythonw): nothing to hold back
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            _flush_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().splitlines(keepends=True)
+            kept = [line for line in lines if not LITERT_NOISE.fullmatch(line.rstrip(b"\r\n"))]
+            out = memoryview(b"".join(kept))
+            with contextlib.suppress(OSError):  # a stderr closed meanwhile must not hide the block's error
+                while out:  # os.write may write less than asked (a pipe)
+                    out = out[os.write(2, out):]
+
+
+@contextlib.contextmanager
+def quiet_litert(verbose: bool | None = None) -> Iterator[None]:
+    """litert-torch's step lines and LiteRT's C++ INFO lines off for the block, unless ``verbose``
+    (None: :func:`litert_verbose`). A variable of :data:`LITERT_ENV` the user set is left as it
+    is; the environment and fd 2 are restored on exit, and only the known INFO lines are dropped
+    from what C++ wrote there (:data:`LITERT_NOISE`)."""
+    if verbose is None:
+        verbose = litert_verbose()
+    if verbose:
+        yield
+        return
+    added = {k: v for k, v in LITERT_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        with _noise_dropped():
+            yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def litert_torch_module() -> Any:
+    """``import litert_torch`` (its first import loads the converter, which logs at load: quieted)."""
+    with quiet_litert():
+        import litert_torch
+
+    return litert_torch
+
+
 def convert(module: nn.Module, sample: Sample) -> bytes:
     """litert_torch.convert with static shapes (the sample's); returns the flatbuffer."""
-    import litert_torch
-
+    litert_torch = litert_torch_module()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_litert():
             return bytes(litert_torch.convert(module.eval(), sample_kwargs=dict(sample)).model_content())
     except Exception as e:
         raise ExportError(f"litert-torch conversion failed: {type(e).__name__}: {e}") from e
@@ -184,6 +273,16 @@ def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:
     for op in QUANT_OPS:
         manager.add_dynamic_config(regex=".*", operation_name=op, num_bits=8)
     q = quantizer.Quantizer(bytearray(flatbuffer), manager.get_quantization_recipe())
-    return bytes(q.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
+    # ai-edge-quantizer 0.10 drops enable_progress_bar on its way to the model modifier, whose tqdm bar
+    # then shows for any model with 100+ tensors: its stderr is held back (and shown if it fails)
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(sys.stderr if litert_verbose() else held):
+            result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
+    except BaseException:
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no usable stderr: the error still raises
+            sys.stderr.write(held.getvalue())
+        raise
+    return bytes(result.quantized_model)
 
 
