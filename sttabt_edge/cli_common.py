@@ -84,8 +84,14 @@ def quiet_third_party(verbose: bool) -> Iterator[None]:
     """Silence third-party warnings, log lines and progress bars for one command (``--verbose``: keep
     them). The env vars are read when huggingface_hub / transformers are first imported, which the
     commands do lazily, inside this context; levels and filters are restored on exit."""
-    if verbose:
-        yield
+    if verbose:  # the exporter shows litert-torch's own output only when its logger is at DEBUG
+        export_log = logging.getLogger("sttabt_edge.export")
+        level = export_log.level
+        export_log.setLevel(logging.DEBUG)
+        try:
+            yield
+        finally:
+            export_log.setLevel(level)
         return
     loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
     levels = [lg.level for lg in loggers]

@@ -13,7 +13,6 @@ from sttabt_edge.compress.config import CompressConfig
 from sttabt_edge.compress.search import (
     Point,
     best_point,
-    bisect_knob,
     contained_in,
     first_failure,
     search_keep_ratio,
@@ -47,11 +46,6 @@ def test_best_point_ignores_non_monotone_misses_and_none_when_nothing_fits():
     pts = [point(0.5, 89.5), point(0.25, 87.0), point(0.37, 88.9), point(0.3, 89.1)]
     assert best_point(pts, 90.0, 1.0).retention == 0.3
     assert best_point(pts, 95.0, 1.0) is None
-
-
-def test_bisect_knob_hits_an_increasing_target():
-    r = bisect_knob(lambda k: k**2, 0.25, steps=20)
-    assert r == pytest.approx(0.5, abs=1e-3)
 
 
 def test_holdout_split_is_disjoint_seeded_and_sentence_like():
@@ -123,3 +117,18 @@ def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):
     res = runner.invoke(app, [*args, "--resume"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "report.json").read_text())["approx"].get("reused") is True
+
+
+def test_compress_to_a_target_retention_without_training_thresholds(tmp_path, sst2):
+    model = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["compress", "--model", str(model), "--data", str(sst2), "--out", str(out),
+                              "--target-retention", "0.6", "--no-concrete", "--approx-steps", "20", "--holdout", "24",
+                              "--holdout-min-tokens", "6", "--batch-size", "8", "--bench-runs", "2", "--threads", "1",
+                              "--approx-factor", "2"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["thresholds"] == {"skipped": "--no-concrete"} and report["chosen"]["kind"] == "topk"
+    assert abs(report["chosen"]["retention"] - 0.6) < 0.15  # calibrated on fit inputs, measured on held-out ones
+    assert set(report["files"]["paths"]) == {"sttabt_fp32", "dense_fp32"} and report["files"]["passed"]
+    assert "| STTABT fp32 |" in res.output

@@ -30,7 +30,6 @@ from sttabt_edge.compress.config import CompressConfig
 from sttabt_edge.compress.search import (
     Point,
     best_point,
-    bisect_knob,
     first_failure,
     search_keep_ratio,
     within,
@@ -147,8 +146,10 @@ def _search(cfg: CompressConfig, net: Any, approx: Any, split: stages.Split, den
         return search_keep_ratio(at, dense.accuracy, cfg.max_drop, steps=cfg.search_steps)
     batch = stages.calibration_batch(split, cfg)
     assert cfg.target_retention is not None
-    r = bisect_knob(lambda k: stages.calibration_retention(net, stages.topk_reducer(approx, k), batch),
-                    cfg.target_retention, steps=12)
+    from sttabt_edge.train.sweep import bisect_knob, mean_retention
+
+    r, _ = bisect_knob(lambda k: mean_retention(net, stages.topk_reducer(approx, k), batch), cfg.target_retention,
+                       0.01, 1.0, iters=12)
     return [at(r)]
 
 

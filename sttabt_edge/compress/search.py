@@ -1,5 +1,5 @@
-"""The choices ``compress`` makes, as small pure functions: the held-out split, the retention
-bisection and the accuracy-budgeted search. No model here: each takes a measuring callable,
+"""The choices ``compress`` makes, as small pure functions: the held-out split and the
+accuracy-budgeted search (the retention bisection is train/sweep.bisect_knob). No model here: each takes a measuring callable,
 so the logic is tested on its own (tests/test_compress.py)."""
 
 from __future__ import annotations
@@ -58,21 +58,6 @@ def contained_in(texts: Sequence[str], held: Sequence[str]) -> np.ndarray:
     sep = "\x00"
     haystack = sep + sep.join(t.lower() for t in held) + sep
     return np.fromiter((t.lower() in haystack for t in texts), dtype=bool, count=len(texts))
-
-
-def bisect_knob(
-    measure: Callable[[float], float], target: float, lo: float = 0.01, hi: float = 1.0, steps: int = 12
-) -> float:
-    """The knob in [lo, hi] whose measure (increasing in the knob, e.g. retention of a keep
-    ratio) is closest to ``target`` among the bisection's probes."""
-    best, gap = hi, float("inf")
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        value = measure(mid)
-        if abs(value - target) < gap:
-            best, gap = mid, abs(value - target)
-        lo, hi = (lo, mid) if value > target else (mid, hi)
-    return best
 
 
 def within(point: Point, dense_accuracy: float, max_drop: float) -> bool:

@@ -22,7 +22,6 @@ from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 from sttabt_edge.method.distill import DistillWeights
 from sttabt_edge.reducers import DenseReducer, SttabtReducer
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.approx import ApproxObjective, frozen, train_approx
 from sttabt_edge.train.checkpoint import latest_checkpoint
 from sttabt_edge.train.concrete import build_objective, train_concrete
@@ -101,11 +100,6 @@ def measure(
 
 def measure_dense(model: nn.Module, split: Split, cfg: CompressConfig) -> Point:
     return measure(model, DenseReducer(), split, cfg, "dense")
-
-
-@torch.no_grad()
-def calibration_retention(model: nn.Module, reducer: Reducer, batch: dict[str, torch.Tensor]) -> float:
-    return float(SparseClassifier(model, reducer).eval()(**batch).retention.mean())
 
 
 def calibration_batch(split: Split, cfg: CompressConfig, n: int = 256) -> dict[str, torch.Tensor]:
