@@ -28,6 +28,7 @@ test: venv
 
 lint: venv typecheck
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # mypy on the packages listed in [tool.mypy] of pyproject.toml. export/ and runtime/ install as
 # sttabt_edge.export / sttabt_edge.runtime (package-dir), which mypy cannot map, so it checks a tree

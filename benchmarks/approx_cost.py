@@ -39,7 +39,12 @@ CASES = {
     "deit-tiny": (SHARED / "models" / "deit-tiny-imagenet", None, None, None),
     "deit-s-shape": (None, "vit", dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536), None),
     "minilm-sst2-128": (SHARED / "models" / "minilm-l6-sst2", None, None, 128),
-    "bert-base-shape-128": (None, "bert", dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072), 128),
+    "bert-base-shape-128": (
+        None,
+        "bert",
+        dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+        128,
+    ),
 }
 
 
@@ -87,17 +92,31 @@ def run_case(name: str, keep_ratio: float, threads: int, runs: int, console: Con
             t0 = time.perf_counter()
             approx = build_approxnet(model, factor, "interpolate", heads=heads).eval()
             reducer = SttabtReducer(approx, keep_ratio=keep_ratio).eval()
-            pipe = export_onnx(model, reducer, work / f"sttabt_{factor}_{heads}.onnx", example_inputs=sample, batch=1)
+            pipe = export_onnx(
+                model, reducer, work / f"sttabt_{factor}_{heads}.onnx", example_inputs=sample, batch=1
+            )
             ms = latency_breakdown(
-                model, reducer, pipe, sample, work / f"stages_{factor}_{heads}", dense=dense,
-                threads=threads, runs=runs, batch=1,
+                model,
+                reducer,
+                pipe,
+                sample,
+                work / f"stages_{factor}_{heads}",
+                dense=dense,
+                threads=threads,
+                runs=runs,
+                batch=1,
             )
             d = ms["dense"]
             row = {
-                "case": name, "factor": factor, "heads": heads, "teacher_heads": int(cfg.num_attention_heads),
+                "case": name,
+                "factor": factor,
+                "heads": heads,
+                "teacher_heads": int(cfg.num_attention_heads),
                 "tokens": int(sample[next(iter(sample))].shape[-1]) if length else None,
                 "ms": ms,
-                "ratio_to_dense": {k: ms[f"{k}_vs_dense"] for k in ("approxnet", "masks", "sparse_model", "pipeline")},
+                "ratio_to_dense": {
+                    k: ms[f"{k}_vs_dense"] for k in ("approxnet", "masks", "sparse_model", "pipeline")
+                },
                 "mask_cost_ratio": ms["approxnet_vs_dense"] + ms["masks_vs_dense"],
                 "seconds": time.perf_counter() - t0,
             }
@@ -116,7 +135,9 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['case'].replace('-shape', '').replace('-sst2', '')} /{r['factor']} h{r['heads']}" for r in rows]
+    labels = [
+        f"{r['case'].replace('-shape', '').replace('-sst2', '')} /{r['factor']} h{r['heads']}" for r in rows
+    ]
     parts = [("approxnet", "ApproxNet"), ("masks", "back-tracking"), ("sparse_model", "sparse model")]
     fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(rows)), 4.5))
     bottom = [0.0] * len(rows)
@@ -124,8 +145,15 @@ def plot(rows: list[dict], path: Path) -> None:
         vals = [r["ratio_to_dense"][key] for r in rows]
         ax.bar(range(len(rows)), vals, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax.scatter(range(len(rows)), [r["ratio_to_dense"]["pipeline"] for r in rows], color="k", marker="_", s=300,
-               label="whole pipeline (one graph)", zorder=3)
+    ax.scatter(
+        range(len(rows)),
+        [r["ratio_to_dense"]["pipeline"] for r in rows],
+        color="k",
+        marker="_",
+        s=300,
+        label="whole pipeline (one graph)",
+        zorder=3,
+    )
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.axhline(0.08, color="red", lw=0.8, ls="--", label="8% goal for ApproxNet + masks")
     ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=40, ha="right")
@@ -153,24 +181,56 @@ def main() -> None:
     rows = []
     for name in args.cases:
         rows += run_case(name, args.keep_ratio, args.threads, args.runs, console)
-    table = Table(title=f"mask cost vs dense (ORT {args.threads} threads, batch 1, keep ratio {args.keep_ratio})")
-    for col in ("case", "factor", "heads", "approx", "masks", "approx+masks", "sparse", "pipeline", "dense ms"):
+    table = Table(
+        title=f"mask cost vs dense (ORT {args.threads} threads, batch 1, keep ratio {args.keep_ratio})"
+    )
+    for col in (
+        "case",
+        "factor",
+        "heads",
+        "approx",
+        "masks",
+        "approx+masks",
+        "sparse",
+        "pipeline",
+        "dense ms",
+    ):
         table.add_column(col)
     for r in rows:
         q = r["ratio_to_dense"]
-        table.add_row(r["case"], str(r["factor"]), str(r["heads"]), f"{q['approxnet']:.3f}", f"{q['masks']:.3f}",
-                      f"{r['mask_cost_ratio']:.3f}", f"{q['sparse_model']:.3f}", f"{q['pipeline']:.3f}",
-                      f"{r['ms']['dense']:.1f}")
+        table.add_row(
+            r["case"],
+            str(r["factor"]),
+            str(r["heads"]),
+            f"{q['approxnet']:.3f}",
+            f"{q['masks']:.3f}",
+            f"{r['mask_cost_ratio']:.3f}",
+            f"{q['sparse_model']:.3f}",
+            f"{q['pipeline']:.3f}",
+            f"{r['ms']['dense']:.1f}",
+        )
     console.print(table)
     payload = {
         "benchmark": "approx_cost",
-        "command": "python benchmarks/approx_cost.py " + " ".join(
-            [f"--cases {' '.join(args.cases)}", f"--keep-ratio {args.keep_ratio}", f"--threads {args.threads}",
-             f"--runs {args.runs}", f"--out {args.out}"]),
-        "keep_ratio": args.keep_ratio, "threads": args.threads, "runs": args.runs, "batch": 1,
+        "command": "python benchmarks/approx_cost.py "
+        + " ".join(
+            [
+                f"--cases {' '.join(args.cases)}",
+                f"--keep-ratio {args.keep_ratio}",
+                f"--threads {args.threads}",
+                f"--runs {args.runs}",
+                f"--out {args.out}",
+            ]
+        ),
+        "keep_ratio": args.keep_ratio,
+        "threads": args.threads,
+        "runs": args.runs,
+        "batch": 1,
         "note": "untrained ApproxNets (cost only); ms: medians; ratios: medians of per-round ratios to dense, "
         "graphs timed round-robin in one process, one run at a time",
-        "env": environment(), "rows": rows, "wall_time_s": time.perf_counter() - t0,
+        "env": environment(),
+        "rows": rows,
+        "wall_time_s": time.perf_counter() - t0,
     }
     write_json(args.out, payload)
     plot(rows, args.out.with_suffix(".png"))

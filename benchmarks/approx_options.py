@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from approx_options_report import plot, summary
 from common import SHARED, environment, write_json
 from rich.console import Console
-from rich.table import Table
 from train_sst2 import BUDGETS
 
 from sttabt_edge import compat
@@ -114,7 +114,14 @@ def run_eval(
 ) -> dict[str, Any]:
     """The project's evaluate(), trimmed to what the JSON keeps."""
     res = evaluate(
-        model, reducer, examples, text=data.text, batch_size=64, task=data.task, name=name, max_length=MAX_LENGTH
+        model,
+        reducer,
+        examples,
+        text=data.text,
+        batch_size=64,
+        task=data.task,
+        name=name,
+        max_length=MAX_LENGTH,
     )
     return {
         "accuracy": res.metrics["accuracy"],
@@ -125,7 +132,9 @@ def run_eval(
     }
 
 
-def init_kls(teacher: torch.nn.Module, held: Sequence[Batch], factor: int, heads: int) -> dict[str, dict[str, float]]:
+def init_kls(
+    teacher: torch.nn.Module, held: Sequence[Batch], factor: int, heads: int
+) -> dict[str, dict[str, float]]:
     """Per-head and mean-map held-out KL of both inits before any training."""
     out = {}
     for init in ("interpolate", "random"):
@@ -143,8 +152,13 @@ def _mean_std(vals: Sequence[float]) -> tuple[float, float]:
 
 def aggregate(rows: Sequence[dict[str, Any]], keep_ratios: Sequence[float]) -> dict[str, Any]:
     """One option's seeds -> the same keys as a row, averaged, plus ``<key>_std`` (sample std)."""
-    out: dict[str, Any] = {"factor": rows[0]["factor"], "heads": rows[0]["heads"], "seeds": [r["seed"] for r in rows],
-                           "approx_params": rows[0]["approx_params"], "sttabt": {}}
+    out: dict[str, Any] = {
+        "factor": rows[0]["factor"],
+        "heads": rows[0]["heads"],
+        "seeds": [r["seed"] for r in rows],
+        "approx_params": rows[0]["approx_params"],
+        "sttabt": {},
+    }
     for key in ("approx_flops_ratio", "mean_map_kl", "per_head_kl", "distill_seconds"):
         out[key], out[f"{key}_std"] = _mean_std([r[key] for r in rows])
     for ratio in keep_ratios:
@@ -163,7 +177,9 @@ def measured_cost(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
     rows = json.loads(path.read_text()).get("rows", [])
     return {
         (int(r["factor"]), int(r["heads"])): {
-            "source": str(path), "tokens": r.get("tokens"), "mask_cost_ratio": r.get("mask_cost_ratio"),
+            "source": str(path),
+            "tokens": r.get("tokens"),
+            "mask_cost_ratio": r.get("mask_cost_ratio"),
             "ratio_to_dense": r.get("ratio_to_dense"),
         }
         for r in rows
@@ -171,106 +187,42 @@ def measured_cost(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
     }
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Left: accuracy per option (bars, seed mean ± std) with the oracle and dense as lines, the
-    ApproxNet's analytic FLOPs in the labels. Right: accuracy vs the head-mean-map KL."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = results["options"]
-    ratios = results["keep_ratios"]
-    labels = [f"/{r['factor']} h{r['heads']}" for r in rows]
-    width = 0.8 / len(ratios)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for j, r in enumerate(ratios):
-        color = f"C{j}"
-        ys = [100 * row["sttabt"][f"{r:g}"]["accuracy"] for row in rows]
-        yerr = [100 * row["sttabt"][f"{r:g}"]["accuracy_std"] for row in rows]
-        xs = [i + (j - (len(ratios) - 1) / 2) * width for i in range(len(rows))]
-        left.bar(xs, ys, width, yerr=yerr, capsize=3, color=color, label=f"STTABT keep {r:g}")
-        oracle = 100 * results["oracle"][f"{r:g}"]["accuracy"]
-        for ax in (left, right):
-            ax.axhline(oracle, color=color, linestyle=":", label=f"oracle keep {r:g}" if ax is left else None)
-        kl = [row["mean_map_kl"] for row in rows]
-        kl_err = [row["mean_map_kl_std"] for row in rows]
-        right.errorbar(kl, ys, yerr=yerr, xerr=kl_err, fmt="o", color=color, capsize=3, zorder=3)
-        for label, x, y in zip(labels, kl, ys, strict=True):
-            right.annotate(label, (x, y), fontsize=7, xytext=(4, -3 if j else 3), textcoords="offset points")
-    for ax in (left, right):
-        ax.axhline(100 * results["dense"]["accuracy"], color="gray", linestyle="--",
-                   label="dense" if ax is left else None)
-        ax.grid(alpha=0.3, axis="y" if ax is left else "both")
-    left.set_xticks(range(len(rows)), [f"{lb}\nFLOPs x{r['approx_flops_ratio']:.3f}" for lb, r in zip(
-        labels, rows, strict=True)], fontsize=8)
-    low = min(100 * row["sttabt"][f"{r:g}"]["accuracy"] for row in rows for r in ratios)
-    left.set_ylim(max(0.0, low - 8), 100 * results["dense"]["accuracy"] + 5)  # room for the legend
-    left.set_ylabel("SST-2 dev accuracy (%)")
-    left.set_xlabel("ApproxNet option (analytic FLOPs / dense: matmuls only)")
-    right.set_xlabel("held-out KL of the head-mean map (what back-tracking reads)")
-    left.legend(fontsize=7, loc="upper center", ncol=3)
-    n = len(results["train"]["seed"])
-    fig.suptitle(f"MiniLM-L6 SST-2 dev: ApproxNet options, {results['train']['steps']} distillation steps each "
-                 f"(mean ± std over {n} seed{'s' * (n > 1)})")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def summary(results: dict[str, Any]) -> Table:
-    """Per option, seed means (± sample std where there are several seeds)."""
-    ratios = results["keep_ratios"]
-    n = len(results["train"]["seed"])
-    table = Table(title=f"SST-2 dev, {results['num_eval']} sentences; mean over {n} seed(s) (± std)")
-    cols = ["option", "approx FLOPs", "mean-map KL", "per-head KL", "distil s"]
-    cols += [c for r in ratios for c in (f"acc@{r:g} %", f"ret@{r:g}", f"FLOPs@{r:g}")]
-    for c in cols:
-        table.add_column(c, justify="right")
-
-    def pm(mean: float, std: float | None, fmt: str) -> str:
-        return f"{mean:{fmt}}" + (f" ± {std:{fmt}}" if std and n > 1 else "")
-
-    def evals(ev: dict[str, Any]) -> list[str]:
-        return [c for r in ratios for c in (
-            pm(100 * ev[f"{r:g}"]["accuracy"], 100 * ev[f"{r:g}"].get("accuracy_std", 0.0), ".2f"),
-            f"{ev[f'{r:g}']['retention']:.3f}", f"{ev[f'{r:g}']['flops_ratio']:.3f}")]
-
-    dense = [f"{100 * results['dense']['accuracy']:.2f}", "1.000", "1.000"]
-    table.add_row("dense", "", "", "", "", *dense * len(ratios))
-    table.add_row("oracle", "", "0", "0", "", *evals(results["oracle"]))
-    for row in results["options"]:
-        table.add_row(
-            f"/{row['factor']} h{row['heads']}", f"{row['approx_flops_ratio']:.3f}",
-            pm(row["mean_map_kl"], row["mean_map_kl_std"], ".4f"), pm(row["per_head_kl"], row["per_head_kl_std"], ".4f"),
-            f"{row['distill_seconds']:.0f}", *evals(row["sttabt"]),
-        )
-    return table
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=SHARED / "models" / "minilm-l6-sst2")
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "glue" / "SST-2")
-    ap.add_argument("--options", nargs="+", default=[f"{f}x{h}" for f, h in OPTIONS],
-                    help="FACTORxHEADS, e.g. 4x12 8x1")
+    ap.add_argument(
+        "--options", nargs="+", default=[f"{f}x{h}" for f, h in OPTIONS], help="FACTORxHEADS, e.g. 4x12 8x1"
+    )
     ap.add_argument("--steps", type=int, default=SMALL["approx_steps"], help="distillation steps per option")
     ap.add_argument("--batch-size", type=int, default=SMALL["batch"])
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--init", choices=["interpolate", "random"], default="interpolate")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                    help="distillation seeds (data order) per option; tables and plot show the mean")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="distillation seeds (data order) per option; tables and plot show the mean",
+    )
     ap.add_argument("--keep-ratios", type=float, nargs="+", default=[0.5, 0.3])
-    ap.add_argument("--held-out", type=int, default=256, help="dev sentences for the attention KLs (as train_sst2)")
+    ap.add_argument(
+        "--held-out", type=int, default=256, help="dev sentences for the attention KLs (as train_sst2)"
+    )
     ap.add_argument("--max-eval", type=int, default=0, help="dev sentences evaluated; 0 = all 872")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sttabt-approx-options"), help="ApproxNet dirs")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/approx_options_sst2.json"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cost", type=Path, default=Path("benchmarks/results/approx_cost.json"),
-                    help="approx_cost.py output to join (its minilm-sst2-128 rows), when the file exists")
+    ap.add_argument(
+        "--cost",
+        type=Path,
+        default=Path("benchmarks/results/approx_cost.json"),
+        help="approx_cost.py output to join (its minilm-sst2-128 rows), when the file exists",
+    )
     ap.add_argument("--note", default="", help="free text stored in the JSON (e.g. why the budget was cut)")
-    ap.add_argument("--plot-only", action="store_true", help="redraw the plot and table from --out, run nothing")
+    ap.add_argument(
+        "--plot-only", action="store_true", help="redraw the plot and table from --out, run nothing"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     console = Console()
@@ -292,8 +244,15 @@ def main() -> None:
     held = data.eval_batches(64, args.held_out, MAX_LENGTH)
     eval_batches = data.eval_batches(64, args.max_eval, MAX_LENGTH)
     cfg = TrainConfig(
-        lr=args.lr, steps=args.steps, warmup=0.05, batch_size=args.batch_size, max_length=MAX_LENGTH,
-        log_every=10, eval_batch_size=64, max_eval_samples=args.held_out, progress=True,
+        lr=args.lr,
+        steps=args.steps,
+        warmup=0.05,
+        batch_size=args.batch_size,
+        max_length=MAX_LENGTH,
+        log_every=10,
+        eval_batch_size=64,
+        max_eval_samples=args.held_out,
+        progress=True,
     )
     results: dict[str, Any] = {
         "benchmark": "approx_options_sst2",
@@ -324,23 +283,28 @@ def main() -> None:
         write_json(args.out, results)
 
     def log_eval(name: str, ev: dict[str, Any]) -> None:
-        console.print(f"{name}: acc {100 * ev['accuracy']:.2f}% retention {ev['retention']:.3f} "
-                      f"FLOPs x{ev['flops_ratio']:.3f}")
+        console.print(
+            f"{name}: acc {100 * ev['accuracy']:.2f}% retention {ev['retention']:.3f} "
+            f"FLOPs x{ev['flops_ratio']:.3f}"
+        )
 
     results["dense"] = run_eval(teacher, DenseReducer(), data, examples, "dense")
     log_eval("dense", results["dense"])
     results["oracle"] = {}
     for r in args.keep_ratios:
-        results["oracle"][f"{r:g}"] = ev = run_eval(teacher, SttabtReducer(None, keep_ratio=r), data, examples,
-                                                    f"oracle {r:g}")
+        results["oracle"][f"{r:g}"] = ev = run_eval(
+            teacher, SttabtReducer(None, keep_ratio=r), data, examples, f"oracle {r:g}"
+        )
         log_eval(f"oracle keep {r:g}", ev)
     save()
 
     for factor, heads in options:
         tag = f"/{factor} h{heads}"
         before = init_kls(teacher, held, factor, heads)
-        console.print(f"[bold]{tag}[/bold] init KL per-head / mean-map: " + ", ".join(
-            f"{k} {v['per_head_kl']:.4f} / {v['mean_map_kl']:.4f}" for k, v in before.items()))
+        console.print(
+            f"[bold]{tag}[/bold] init KL per-head / mean-map: "
+            + ", ".join(f"{k} {v['per_head_kl']:.4f} / {v['mean_map_kl']:.4f}" for k, v in before.items())
+        )
         rows = []
         for seed in args.seeds:
             t0 = time.perf_counter()
@@ -364,8 +328,10 @@ def main() -> None:
                 "dir": str(out_dir),
                 "sttabt": {},
             }
-            console.print(f"{tag} seed {seed}: per-head KL {row['per_head_kl']:.4f}, mean-map KL {mm['mean']:.4f}, "
-                          f"approx FLOPs x{row['approx_flops_ratio']:.3f}, distilled in {seconds:.0f} s")
+            console.print(
+                f"{tag} seed {seed}: per-head KL {row['per_head_kl']:.4f}, mean-map KL {mm['mean']:.4f}, "
+                f"approx FLOPs x{row['approx_flops_ratio']:.3f}, distilled in {seconds:.0f} s"
+            )
             for r in args.keep_ratios:
                 row["sttabt"][f"{r:g}"] = ev = run_eval(
                     teacher, SttabtReducer(approx, keep_ratio=r), data, examples, f"{tag} s{seed} keep {r:g}"
@@ -374,14 +340,21 @@ def main() -> None:
             rows.append(row)
             results["rows"].append(row)
             save()
-        results["options"].append({**aggregate(rows, args.keep_ratios), "init_kl": before,
-                                    "measured_cost": cost.get((factor, heads))})
+        results["options"].append(
+            {
+                **aggregate(rows, args.keep_ratios),
+                "init_kl": before,
+                "measured_cost": cost.get((factor, heads)),
+            }
+        )
         save()
 
     save()
     plot(results, args.out.with_suffix(".png"))
     console.print(summary(results))
-    console.print(f"wall time {results['wall_time_s'] / 60:.1f} min -> {args.out} and {args.out.with_suffix('.png')}")
+    console.print(
+        f"wall time {results['wall_time_s'] / 60:.1f} min -> {args.out} and {args.out.with_suffix('.png')}"
+    )
 
 
 if __name__ == "__main__":

@@ -90,14 +90,20 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "imagenet-sample")
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(MAKERS))
-    ap.add_argument("--match", choices=["retention", "flops"], default="retention",
-                    help="what the targets are: mean retention, or FLOPs / dense (ApproxNet included)")
+    ap.add_argument(
+        "--match",
+        choices=["retention", "flops"],
+        default="retention",
+        help="what the targets are: mean retention, or FLOPs / dense (ApproxNet included)",
+    )
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/core_deit[_flops].json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results/core_deit[_flops].json"
+    )
     ap.add_argument("--replot", type=Path, default=None, help="only redraw the figure of this results JSON")
     args = ap.parse_args()
     if args.replot is not None:
@@ -125,16 +131,24 @@ def main() -> None:
             reducer, knob = make_reducer("dense"), None
         else:
             lo = 0.5 if method == "tome" else 0.02  # one ToMe round merges at most half the tokens
-            knob = calibrate(model, lambda r, m=method: MAKERS[m](r, num_layers, approx), calib, target, lo=lo,
-                             measure=args.match)
+            knob = calibrate(
+                model,
+                lambda r, m=method: MAKERS[m](r, num_layers, approx),
+                calib,
+                target,
+                lo=lo,
+                measure=args.match,
+            )
             reducer = MAKERS[method](knob, num_layers, approx)
         label = method if target is None else f"{method}@{target:g}"
         res = evaluate(model, reducer, examples, image=pre, batch_size=args.batch_size, name=label)
         res.extra["knob"] = float("nan") if knob is None else knob
         results.append(res)
         knobs[label] = reducer
-        console.print(f"{label:24s} top-1 {res.metrics['accuracy']:.3f} retention {res.retention:.3f} "
-                      f"occupancy {res.occupancy:.3f} FLOPs x{res.flops_ratio:.3f} (knob {res.extra['knob']:.4f})")
+        console.print(
+            f"{label:24s} top-1 {res.metrics['accuracy']:.3f} retention {res.retention:.3f} "
+            f"occupancy {res.occupancy:.3f} FLOPs x{res.flops_ratio:.3f} (knob {res.extra['knob']:.4f})"
+        )
 
     # batch-1 latency, all configs interleaved in one loop; dense (HF's own forward) is the reference
     fns = {"dense": lambda: model(**one)}
@@ -153,17 +167,39 @@ def main() -> None:
         r.extra.update({f"latency_{k}": v for k, v in lat[key].items()})
 
     table = Table(title=f"DeiT-Tiny, {len(examples)} images, batch-1 latency on {args.threads} threads")
-    for col in ("method", "top-1", "retention", "occupancy", "GFLOPs", "FLOPs ratio", "latency ms", "latency ratio"):
+    for col in (
+        "method",
+        "top-1",
+        "retention",
+        "occupancy",
+        "GFLOPs",
+        "FLOPs ratio",
+        "latency ms",
+        "latency ratio",
+    ):
         table.add_column(col, justify="right")
     for r in results:
-        table.add_row(r.method, f"{100 * r.metrics['accuracy']:.1f}", f"{r.retention:.3f}", f"{r.occupancy:.3f}",
-                      f"{r.gflops:.3f}",
-                      f"{r.flops_ratio:.3f}", f"{r.extra['latency_median_ms']:.1f}",
-                      f"{r.extra['latency_ratio_vs_ref']:.3f}")
+        table.add_row(
+            r.method,
+            f"{100 * r.metrics['accuracy']:.1f}",
+            f"{r.retention:.3f}",
+            f"{r.occupancy:.3f}",
+            f"{r.gflops:.3f}",
+            f"{r.flops_ratio:.3f}",
+            f"{r.extra['latency_median_ms']:.1f}",
+            f"{r.extra['latency_ratio_vs_ref']:.3f}",
+        )
     console.print(table)
-    payload = {"benchmark": "core_deit", "match": args.match, "targets": args.targets,
-               "model": str(args.model), "images": len(examples),
-               "wall_s": time.time() - t_start, "env": environment(), "results": [r.to_dict() for r in results]}
+    payload = {
+        "benchmark": "core_deit",
+        "match": args.match,
+        "targets": args.targets,
+        "model": str(args.model),
+        "images": len(examples),
+        "wall_s": time.time() - t_start,
+        "env": environment(),
+        "results": [r.to_dict() for r in results],
+    }
     write_json(args.out, payload)
     _plot(results, args.out.with_suffix(".png"))
     console.print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
@@ -203,8 +239,10 @@ def _plot(results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, xlabel in ((axes[0], "flops_ratio", "FLOPs / dense"),
-                            (axes[1], "latency", "batch-1 latency / dense (PyTorch CPU, this run's machine load)")):
+    for ax, key, xlabel in (
+        (axes[0], "flops_ratio", "FLOPs / dense"),
+        (axes[1], "latency", "batch-1 latency / dense (PyTorch CPU, this run's machine load)"),
+    ):
         by_method: dict[str, list] = {}
         for r in results:
             base = r.method.split("@")[0]
@@ -212,8 +250,13 @@ def _plot(results, path: Path) -> None:
             by_method.setdefault(base, []).append((x, 100 * r.metrics["accuracy"], r.retention))
         for base, pts in by_method.items():
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "*", ms=8,
-                    label=LABELS.get(base, base))
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                "o-" if len(pts) > 1 else "*",
+                ms=8,
+                label=LABELS.get(base, base),
+            )
             for x, y, ret in pts:
                 ax.annotate(f"r={ret:.2f}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
         ax.set_xlabel(xlabel)

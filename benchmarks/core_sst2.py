@@ -32,9 +32,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=SHARED / "models" / "minilm-l6-sst2")
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "glue" / "SST-2" / "dev.tsv")
-    ap.add_argument("--approx", type=Path, default=None, help="a distilled ApproxNet dir (train approx output)")
+    ap.add_argument(
+        "--approx", type=Path, default=None, help="a distilled ApproxNet dir (train approx output)"
+    )
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.4, 0.3])
-    ap.add_argument("--calib", type=int, default=128, help="dev inputs (labels unused) the keep ratio is bisected on")
+    ap.add_argument(
+        "--calib", type=int, default=128, help="dev inputs (labels unused) the keep ratio is bisected on"
+    )
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/core_sst2.json"))
@@ -53,11 +57,22 @@ def main() -> None:
         sources["approx"] = ApproxNet.load(args.approx, model.config).eval()
 
     def run(reducer, name: str, knob: float | None) -> dict:
-        res = evaluate(model, reducer, examples, text=text, batch_size=64, task="SST-2", name=name,
-                       max_length=args.max_length, occupancy_length=pad_to)
+        res = evaluate(
+            model,
+            reducer,
+            examples,
+            text=text,
+            batch_size=64,
+            task="SST-2",
+            name=name,
+            max_length=args.max_length,
+            occupancy_length=pad_to,
+        )
         row = {**res.to_dict(), "keep_ratio": knob}
-        console.print(f"{name:28s} acc {100 * res.metrics['accuracy']:.1f} retention {res.retention:.3f} "
-                      f"occupancy {res.occupancy:.3f} FLOPs x{res.flops_ratio:.3f} (keep ratio {knob})")
+        console.print(
+            f"{name:28s} acc {100 * res.metrics['accuracy']:.1f} retention {res.retention:.3f} "
+            f"occupancy {res.occupancy:.3f} FLOPs x{res.flops_ratio:.3f} (keep ratio {knob})"
+        )
         return row
 
     t0 = time.time()
@@ -65,22 +80,41 @@ def main() -> None:
     for target in args.targets:
         for src, approx in sources.items():
             for nesting in ("union", "count"):
+
                 def make(r: float, a=approx, n=nesting) -> SttabtReducer:
                     return SttabtReducer(a, keep_ratio=r, nesting=n)
 
                 knob = calibrate(model, make, calib, target, lo=0.01, hi=1.0, steps=14)
-                rows.append({**run(make(knob), f"{nesting}-{src}@{target:g}", round(knob, 4)), "target": target})
+                rows.append(
+                    {**run(make(knob), f"{nesting}-{src}@{target:g}", round(knob, 4)), "target": target}
+                )
 
     table = Table(title=f"MiniLM-SST2, SST-2 dev ({len(examples)} sentences), nothing fine-tuned")
     for col in ("method", "accuracy %", "retention", "occupancy", "FLOPs ratio", "keep ratio"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["method"], f"{100 * r['metrics']['accuracy']:.1f}", f"{r['retention']:.3f}",
-                      f"{r['occupancy']:.3f}", f"{r['flops_ratio']:.3f}", str(r["keep_ratio"]))
+        table.add_row(
+            r["method"],
+            f"{100 * r['metrics']['accuracy']:.1f}",
+            f"{r['retention']:.3f}",
+            f"{r['occupancy']:.3f}",
+            f"{r['flops_ratio']:.3f}",
+            str(r["keep_ratio"]),
+        )
     console.print(table)
-    write_json(args.out, {"benchmark": "core_sst2", "model": str(args.model), "approx": str(args.approx),
-                          "occupancy_length": pad_to, "calib_inputs": args.calib, "wall_s": time.time() - t0,
-                          "env": environment(), "results": rows})
+    write_json(
+        args.out,
+        {
+            "benchmark": "core_sst2",
+            "model": str(args.model),
+            "approx": str(args.approx),
+            "occupancy_length": pad_to,
+            "calib_inputs": args.calib,
+            "wall_s": time.time() - t0,
+            "env": environment(),
+            "results": rows,
+        },
+    )
     console.print(f"wrote {args.out} ({(time.time() - t0) / 60:.1f} min)")
 
 

@@ -141,7 +141,11 @@ def make_sttabt(model, approx: Path | None, ratio: float) -> SttabtReducer:
 
 
 def export_all(
-    model, reducers: dict[str, Reducer], task: Task, work: Path, quantize_approx: bool = False,
+    model,
+    reducers: dict[str, Reducer],
+    task: Task,
+    work: Path,
+    quantize_approx: bool = False,
     calibration: str = "minmax",
 ) -> tuple[dict, dict]:
     """fp32 + two INT8 graphs per method; -> ({method: {variant: path}}, {method: info})."""
@@ -168,7 +172,11 @@ def export_all(
         }
         for mode in ("dynamic", "static"):
             q = quantize_onnx(
-                path, work / f"{method}.int8-{mode}.onnx", mode, feeds, quantize_approx=quantize_approx,
+                path,
+                work / f"{method}.int8-{mode}.onnx",
+                mode,
+                feeds,
+                quantize_approx=quantize_approx,
                 calibration=calibration,
             )
             files[method][f"int8-{mode}"] = Path(q.path)
@@ -254,7 +262,8 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace) -
         "approx": str(args.approx)
         if args.approx
         else "UNTRAINED interpolate init /4 (token choices not distilled)",
-        "int8_approxnet": "int8 too (--quantize-approx)" if args.quantize_approx
+        "int8_approxnet": "int8 too (--quantize-approx)"
+        if args.quantize_approx
         else "matmuls kept fp32, embedding tables 8-bit (default)",
         "static_calibration": args.calibration,
         "eval_s": time.perf_counter() - t0,
@@ -274,8 +283,12 @@ def main() -> None:
     ap.add_argument(
         "--quantize-approx", action="store_true", help="INT8 the ApproxNet too (the default keeps it fp32)"
     )
-    ap.add_argument("--calibration", choices=["minmax", "percentile"], default="minmax",
-                    help="static INT8 activation ranges")
+    ap.add_argument(
+        "--calibration",
+        choices=["minmax", "percentile"],
+        default="minmax",
+        help="static INT8 activation ranges",
+    )
     ap.add_argument("--max-samples", type=int, default=None)
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -291,9 +304,11 @@ def main() -> None:
             "env": {**environment(), "onnxruntime": onnxruntime.__version__},
             **run_task(name, model_dir, data, args),
         }
-        suffix = (f"_n{args.max_samples}" if args.max_samples else "") + (
-            "_int8approx" if args.quantize_approx else ""
-        ) + ("" if args.calibration == "minmax" else f"_{args.calibration}")
+        suffix = (
+            (f"_n{args.max_samples}" if args.max_samples else "")
+            + ("_int8approx" if args.quantize_approx else "")
+            + ("" if args.calibration == "minmax" else f"_{args.calibration}")
+        )
         write_json(args.out_dir / f"export_parity_{name}{suffix}.json", payload)
         print(f"{name}: wrote {args.out_dir / f'export_parity_{name}{suffix}.json'}")
         for method, res in payload["results"].items():

@@ -39,21 +39,29 @@ def linear_stack(layers: int, c: int, ffn: int, seed: int = 0) -> bytes:
     for i in range(layers):
         for j, (k_in, k_out) in enumerate([(c, c)] * 4 + [(c, ffn), (ffn, c)]):
             w, b, y = f"w{i}_{j}", f"b{i}_{j}", f"y{i}_{j}"
-            inits += [numpy_helper.from_array((rng.standard_normal((k_in, k_out)) * 0.02).astype(np.float32), w),
-                      numpy_helper.from_array(np.zeros(k_out, np.float32), b)]
+            inits += [
+                numpy_helper.from_array((rng.standard_normal((k_in, k_out)) * 0.02).astype(np.float32), w),
+                numpy_helper.from_array(np.zeros(k_out, np.float32), b),
+            ]
             src = x if j < 4 else (f"y{i}_3" if j == 4 else f"y{i}_4")  # Q,K,V,O read x; FC1 <- O; FC2 <- FC1
             nodes.append(helper.make_node("Gemm", [src, w, b], [y]))
         x = f"y{i}_5"
-    outs = [helper.make_tensor_value_info(f"y{i}_{j}", TensorProto.FLOAT, None)
-            for i in range(layers) for j in (0, 1, 2)] + [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)]
-    graph = helper.make_graph(nodes, "linear_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", c])],
-                              outs, inits)
+    outs = [
+        helper.make_tensor_value_info(f"y{i}_{j}", TensorProto.FLOAT, None)
+        for i in range(layers)
+        for j in (0, 1, 2)
+    ] + [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)]
+    graph = helper.make_graph(
+        nodes, "linear_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", c])], outs, inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # what onnxruntime reads
     return model.SerializeToString()
 
 
-def time_counts(model: bytes, c: int, counts: list[int], threads: int, runs: int, spinning: bool) -> dict[int, float]:
+def time_counts(
+    model: bytes, c: int, counts: list[int], threads: int, runs: int, spinning: bool
+) -> dict[int, float]:
     """Median ms per token count, counts interleaved round-robin so drift hits all alike."""
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
@@ -79,14 +87,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--spin", action="store_true", help="ORT threads spin inside runs")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "linear_floor")
     args = ap.parse_args(argv)
-    console, result = Console(), {"threads": args.threads, "runs": args.runs, "spinning": args.spin, "models": {}}
+    console, result = (
+        Console(),
+        {"threads": args.threads, "runs": args.runs, "spinning": args.spin, "models": {}},
+    )
     for name, (layers, c, ffn, n, counts) in SHAPES.items():
         ms = time_counts(linear_stack(layers, c, ffn), c, counts, args.threads, args.runs, args.spin)
         weights_mb = layers * (4 * c * c + 2 * c * ffn) * 4 / 2**20
-        result["models"][name] = {"layers": layers, "hidden": c, "ffn": ffn, "full_tokens": n,
-                                  "weights_mb": weights_mb, "p50_ms": {str(m): t for m, t in ms.items()},
-                                  "latency_ratio": {str(m): ms[m] / ms[n] for m in counts}}
-        table = Table(title=f"{name}: linear layers only ({weights_mb:.0f} MB fp32 weights), {args.threads} threads")
+        result["models"][name] = {
+            "layers": layers,
+            "hidden": c,
+            "ffn": ffn,
+            "full_tokens": n,
+            "weights_mb": weights_mb,
+            "p50_ms": {str(m): t for m, t in ms.items()},
+            "latency_ratio": {str(m): ms[m] / ms[n] for m in counts},
+        }
+        table = Table(
+            title=f"{name}: linear layers only ({weights_mb:.0f} MB fp32 weights), {args.threads} threads"
+        )
         for col in ("tokens M", "M / N", "p50 ms", "latency ratio", "ratio / (M/N)"):
             table.add_column(col, justify="right")
         for m in counts:

@@ -56,21 +56,69 @@ from sttabt_edge.train.data import prepare_data
 GLUE = SHARED / "data" / "glue" / "SST-2"
 # per task: what to run on and its training recipe (SST-2: benchmarks/recipes/approx_sst2.json's lr/clip)
 TASKS: dict[str, dict[str, Any]] = {
-    "sst2": dict(title="MiniLM-SST2 on SST-2", model=SHARED / "models" / "minilm-l6-sst2", data=GLUE / "train.tsv",
-                 eval_data=GLUE / "dev.tsv", eval_name="SST-2 dev sentences", export_calib=GLUE / "train.tsv",
-                 steps=1200, batch=32, lr=1e-4, grad_clip=0.5, max_length=64, target=0.5,
-                 calib_samples=256, calib_min_tokens=16, flops_examples=0),
-    "deit": dict(title="DeiT-Tiny on imagenet-sample", model=SHARED / "models" / "deit-tiny-imagenet",
-                 data=SHARED / "data" / "imagenet-sample", eval_data=None, eval_name="held-out images",
-                 export_calib=SHARED / "data" / "imagenet-sample", steps=150, batch=16, lr=5e-4, grad_clip=1.0,
-                 max_length=128, target=0.7, calib_samples=64, calib_min_tokens=0, flops_examples=100),
+    "sst2": dict(
+        title="MiniLM-SST2 on SST-2",
+        model=SHARED / "models" / "minilm-l6-sst2",
+        data=GLUE / "train.tsv",
+        eval_data=GLUE / "dev.tsv",
+        eval_name="SST-2 dev sentences",
+        export_calib=GLUE / "train.tsv",
+        steps=1200,
+        batch=32,
+        lr=1e-4,
+        grad_clip=0.5,
+        max_length=64,
+        target=0.5,
+        calib_samples=256,
+        calib_min_tokens=16,
+        flops_examples=0,
+    ),
+    "deit": dict(
+        title="DeiT-Tiny on imagenet-sample",
+        model=SHARED / "models" / "deit-tiny-imagenet",
+        data=SHARED / "data" / "imagenet-sample",
+        eval_data=None,
+        eval_name="held-out images",
+        export_calib=SHARED / "data" / "imagenet-sample",
+        steps=150,
+        batch=16,
+        lr=5e-4,
+        grad_clip=1.0,
+        max_length=128,
+        target=0.7,
+        calib_samples=64,
+        calib_min_tokens=0,
+        flops_examples=100,
+    ),
 }
 # full: the README's command; smoke: the same path with toy budgets (tests/test_quickstart.py, ~1 min)
 BUDGETS: dict[str, dict[str, Any]] = {
-    "full": dict(bisect_steps=12, verify_examples=128, eval_examples=0, kl_samples=256, runs=50, warmup=5,
-                 block=5, export_samples=16, simplify=False),
-    "smoke": dict(steps=4, batch=8, calib_samples=64, bisect_steps=8, verify_examples=16, eval_examples=64,
-                  kl_samples=16, flops_examples=64, runs=4, warmup=1, block=2, export_samples=4, simplify=False),
+    "full": dict(
+        bisect_steps=12,
+        verify_examples=128,
+        eval_examples=0,
+        kl_samples=256,
+        runs=50,
+        warmup=5,
+        block=5,
+        export_samples=16,
+        simplify=False,
+    ),
+    "smoke": dict(
+        steps=4,
+        batch=8,
+        calib_samples=64,
+        bisect_steps=8,
+        verify_examples=16,
+        eval_examples=64,
+        kl_samples=16,
+        flops_examples=64,
+        runs=4,
+        warmup=1,
+        block=2,
+        export_samples=4,
+        simplify=False,
+    ),
 }
 PHASES = ("distil", "calibrate", "export", "verify", "accuracy", "bench", "report")
 
@@ -105,25 +153,44 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--factor", type=int, default=4, help="ApproxNet widths divided by this")
     ap.add_argument("--heads", type=int, default=None, help="ApproxNet heads (default: the model's)")
     ap.add_argument("--target", type=float, default=None, help="mean retention the keep ratio is bisected to")
-    for flag, kind, what in (("--steps", int, "distillation steps"), ("--batch", int, "distillation batch"),
-                             ("--lr", float, None), ("--grad-clip", float, None), ("--max-length", int, None),
-                             ("--calib-samples", int, "training inputs the keep ratio is bisected on"),
-                             ("--calib-min-tokens", int, "text: shortest training input calibrated on"),
-                             ("--bisect-steps", int, None), ("--verify-examples", int, "held-out parity inputs"),
-                             ("--eval-examples", int, "held-out examples for accuracy (0: all)"),
-                             ("--flops-examples", int, "held-out examples for analytic FLOPs (0: all)"),
-                             ("--kl-samples", int, "held-out inputs for the attention KL"),
-                             ("--runs", int, "latency rounds per pair"), ("--warmup", int, None),
-                             ("--block", int, "runs per model per round (first dropped)"),
-                             ("--export-samples", int, "inputs the exporter verifies on")):
+    for flag, kind, what in (
+        ("--steps", int, "distillation steps"),
+        ("--batch", int, "distillation batch"),
+        ("--lr", float, None),
+        ("--grad-clip", float, None),
+        ("--max-length", int, None),
+        ("--calib-samples", int, "training inputs the keep ratio is bisected on"),
+        ("--calib-min-tokens", int, "text: shortest training input calibrated on"),
+        ("--bisect-steps", int, None),
+        ("--verify-examples", int, "held-out parity inputs"),
+        ("--eval-examples", int, "held-out examples for accuracy (0: all)"),
+        ("--flops-examples", int, "held-out examples for analytic FLOPs (0: all)"),
+        ("--kl-samples", int, "held-out inputs for the attention KL"),
+        ("--runs", int, "latency rounds per pair"),
+        ("--warmup", int, None),
+        ("--block", int, "runs per model per round (first dropped)"),
+        ("--export-samples", int, "inputs the exporter verifies on"),
+    ):
         ap.add_argument(flag, type=kind, default=None, help=what)
-    ap.add_argument("--seq-len", type=int, default=None, help="text latency input length (default: mean dev length)")
-    ap.add_argument("--long-seq-len", type=int, default=64,
-                    help="text: a second latency length (64: SST-2's longest sentences; 0: none)")
-    ap.add_argument("--simplify", action=argparse.BooleanOptionalAction, default=None, help="onnxslim the exports")
+    ap.add_argument(
+        "--seq-len", type=int, default=None, help="text latency input length (default: mean dev length)"
+    )
+    ap.add_argument(
+        "--long-seq-len",
+        type=int,
+        default=64,
+        help="text: a second latency length (64: SST-2's longest sentences; 0: none)",
+    )
+    ap.add_argument(
+        "--simplify", action=argparse.BooleanOptionalAction, default=None, help="onnxslim the exports"
+    )
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the latency benchmark")
-    ap.add_argument("--torch-threads", type=int, default=None,
-                    help="threads for distil/export/verify/accuracy (default: --threads, 1 on a busy machine)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="threads for distil/export/verify/accuracy (default: --threads, 1 on a busy machine)",
+    )
     args = ap.parse_args(argv)
     layers = [BUDGETS["smoke"]] if args.smoke else []
     for layer in layers + [TASKS[args.task], BUDGETS["full"]]:
@@ -140,16 +207,20 @@ def torch_threads(args: argparse.Namespace, console: Console) -> int:
     load_avg = os.getloadavg()[0]
     if load_avg < 1.0:
         return args.threads
-    console.print(f"[yellow]load average {load_avg:.1f}: 1 thread for PyTorch and evaluation "
-                  f"(--torch-threads to override); the latency benchmark still uses {args.threads}")
+    console.print(
+        f"[yellow]load average {load_avg:.1f}: 1 thread for PyTorch and evaluation "
+        f"(--torch-threads to override); the latency benchmark still uses {args.threads}"
+    )
     return 1
 
 
 def print_parity(console: Console, parity: dict[str, dict[str, Any]]) -> None:
     for name, rep in parity.items():
         status = "[green]passed" if rep["passed"] else "[red]FAILED " + "; ".join(rep["failures"])
-        console.print(f"{name}: max |dlogit| {rep['max_abs_logit']:.1e}, top-1 agreement {rep['top1_agreement']:.3f},"
-                      f" kept agreement {rep['kept_agreement']}, {status}")
+        console.print(
+            f"{name}: max |dlogit| {rep['max_abs_logit']:.1e}, top-1 agreement {rep['top1_agreement']:.3f},"
+            f" kept agreement {rep['kept_agreement']}, {status}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -161,13 +232,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     phases = Phases(console)
     warn = lambda m: console.print(f"[yellow]WARNING: {m}")  # noqa: E731
 
-    with phases("distil", f"ApproxNet /{args.factor}: {args.approx or f'{args.steps} steps'} on {args.data.name}"):
+    with phases(
+        "distil", f"ApproxNet /{args.factor}: {args.approx or f'{args.steps} steps'} on {args.data.name}"
+    ):
         net = load_model(args.model)
         data = prepare_data(args.data, net, args.model, args.eval_data, labeled=False, seed=0)
         approx = distil(net, data, args, args.out / "approx")
-        console.print(f"held-out attention KL {approx['heldout_attention_kl_before']:.4f} (init) -> "
-                      f"{approx['heldout_attention_kl']:.4f}")
-    with phases("calibrate", f"keep ratio for mean retention {args.target:g} on {args.calib_samples} train inputs"):
+        console.print(
+            f"held-out attention KL {approx['heldout_attention_kl_before']:.4f} (init) -> "
+            f"{approx['heldout_attention_kl']:.4f}"
+        )
+    with phases(
+        "calibrate", f"keep ratio for mean retention {args.target:g} on {args.calib_samples} train inputs"
+    ):
         calib = choose_keep_ratio(net, ApproxNet.load(approx["dir"], net.config).eval(), data, args)
         console.print(f"r = {calib['keep_ratio']:g}: retention {calib['calib_retention']:.3f}")
     with phases("export", f"export STTABT (r={calib['keep_ratio']:g}) and dense: ONNX fp32 + INT8"):
@@ -178,7 +255,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with phases("verify", f"ONNX vs PyTorch parity on {args.verify_examples} held-out inputs"):
         parity = check_parity(preds, net, held[: args.verify_examples], args.task)
         print_parity(console, parity)
-    with phases("accuracy", f"accuracy, retention, occupancy of 4 files on {len(held)} held-out inputs (runtime)"):
+    with phases(
+        "accuracy", f"accuracy, retention, occupancy of 4 files on {len(held)} held-out inputs (runtime)"
+    ):
         parts = model_parts(net)
         first = preds["dense_fp32"]
         pad_to = None if first.text is None else longest_length(held, first.text, first.max_length)
@@ -188,18 +267,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.seq_len is None:  # text: the mean held-out length; images: their fixed token count
         args.seq_len = round(evals["dense_fp32"]["mean_length"])
     lengths = [args.seq_len] + ([args.long_seq_len] if first.text is not None and args.long_seq_len else [])
-    bench_input = "" if first.text is None else ", synthetic text of " + " and ".join(map(str, lengths)) + " tokens"
+    bench_input = (
+        "" if first.text is None else ", synthetic text of " + " and ".join(map(str, lengths)) + " tokens"
+    )
     with phases("bench", f"latency, batch 1, {args.threads} threads, block {args.block}{bench_input}"):
         lat = latency(files, args, lengths)
         for pair, r in lat.items():
-            console.print(f"{pair}: p50 {r['a']['p50_ms']:.2f} vs {r['b']['p50_ms']:.2f} ms, ratio {r['ratio_p50']:.3f}"
-                          f" (p10 {r['ratio_p10']:.3f}, p90 {r['ratio_p90']:.3f})")
+            console.print(
+                f"{pair}: p50 {r['a']['p50_ms']:.2f} vs {r['b']['p50_ms']:.2f} ms, ratio {r['ratio_p50']:.3f}"
+                f" (p10 {r['ratio_p10']:.3f}, p90 {r['ratio_p90']:.3f})"
+            )
     with phases("report", "table, summary.json, summary.png"):
         summary: dict[str, Any] = {
-            "task": args.task, "title": TASKS[args.task]["title"], "eval_name": TASKS[args.task]["eval_name"],
-            "eval_examples": len(held), "verify_examples": args.verify_examples, "threads": args.threads,
-            "torch_threads": args.torch_threads, "bench_input": bench_input, "seq_len": args.seq_len, **calib,
-            "approx_kl_before": approx["heldout_attention_kl_before"], "approx_kl_after": approx["heldout_attention_kl"],
+            "task": args.task,
+            "title": TASKS[args.task]["title"],
+            "eval_name": TASKS[args.task]["eval_name"],
+            "eval_examples": len(held),
+            "verify_examples": args.verify_examples,
+            "threads": args.threads,
+            "torch_threads": args.torch_threads,
+            "bench_input": bench_input,
+            "seq_len": args.seq_len,
+            **calib,
+            "approx_kl_before": approx["heldout_attention_kl_before"],
+            "approx_kl_after": approx["heldout_attention_kl"],
             "bench_lengths": lengths,
             "models": model_rows(evals, flops, parity, lat, files, lengths),
             "all_parity_passed": all(r["passed"] for r in parity.values()),
@@ -207,18 +298,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot(summary, args.out / "summary.png")
     summary["wall_time_s"] = round(time.perf_counter() - phases.t0, 1)
     result = {
-        "benchmark": "quickstart", "budget": "smoke" if args.smoke else "full",
+        "benchmark": "quickstart",
+        "budget": "smoke" if args.smoke else "full",
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "accuracy_backend": "ONNX Runtime through sttabt_edge.runtime (the exported files); FLOPs analytic from a "
-                            "PyTorch eval (INT8 files: their fp32 twin's count)",
-        "summary": summary, "phases_s": phases.times, "wall_time_s": summary["wall_time_s"], "approx": approx,
-        "export": exports, "parity": parity, "eval": evals, "flops": flops, "bench": lat, "env": environment(),
+        "PyTorch eval (INT8 files: their fp32 twin's count)",
+        "summary": summary,
+        "phases_s": phases.times,
+        "wall_time_s": summary["wall_time_s"],
+        "approx": approx,
+        "export": exports,
+        "parity": parity,
+        "eval": evals,
+        "flops": flops,
+        "bench": lat,
+        "env": environment(),
         "load_average": os.getloadavg(),
     }
     write_json(args.out / "summary.json", result)
     console.print(summary_table(summary, phases.times))
-    console.print(f"wrote {args.out / 'summary.json'}, {args.out / 'summary.png'}; commit {result['env']['commit']}; "
-                  f"total wall time {result['wall_time_s']:.0f} s; load average {os.getloadavg()[0]:.1f}")
+    console.print(
+        f"wrote {args.out / 'summary.json'}, {args.out / 'summary.png'}; commit {result['env']['commit']}; "
+        f"total wall time {result['wall_time_s']:.0f} s; load average {os.getloadavg()[0]:.1f}"
+    )
     if not summary["all_parity_passed"]:
         console.print("[red]parity check FAILED; see summary.json")
     return result

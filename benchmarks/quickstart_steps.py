@@ -45,8 +45,12 @@ INT8_MIN_TOP1 = {"sst2": 0.95, "deit": 0.95}
 # one or more: another sample would fail it.
 INT8_SAMPLE_TESTED = {"deit"}
 # latency pairs (a, b): every model against dense fp32, and STTABT INT8 against dense INT8
-PAIRS = (("sttabt_fp32", "dense_fp32"), ("dense_int8", "dense_fp32"), ("sttabt_int8", "dense_fp32"),
-         ("sttabt_int8", "dense_int8"))
+PAIRS = (
+    ("sttabt_fp32", "dense_fp32"),
+    ("dense_int8", "dense_fp32"),
+    ("sttabt_int8", "dense_fp32"),
+    ("sttabt_int8", "dense_int8"),
+)
 
 
 def distil(net: torch.nn.Module, data: TrainData, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -55,14 +59,28 @@ def distil(net: torch.nn.Module, data: TrainData, args: argparse.Namespace, out:
     if args.approx is not None:  # a prepared one: its held-out KL next to the untrained init's
         held = data.eval_batches(64, args.kl_samples, args.max_length)
         init = build_approxnet(net, acfg.factor, acfg.init, heads=acfg.heads).eval()
-        return {"dir": str(args.approx), "trained_here": False,
-                "heldout_attention_kl_before": heldout_attention_kl(net, init, held),
-                "heldout_attention_kl": heldout_attention_kl(net, ApproxNet.load(args.approx, net.config).eval(), held)}
+        return {
+            "dir": str(args.approx),
+            "trained_here": False,
+            "heldout_attention_kl_before": heldout_attention_kl(net, init, held),
+            "heldout_attention_kl": heldout_attention_kl(
+                net, ApproxNet.load(args.approx, net.config).eval(), held
+            ),
+        }
     if out.exists():  # a previous quickstart's run: distil afresh (reuse one with --approx DIR)
         shutil.rmtree(out)
-    cfg = TrainConfig(lr=args.lr, steps=args.steps, batch_size=args.batch, warmup=0.05, grad_clip=args.grad_clip,
-                      max_length=args.max_length, log_every=50, eval_batch_size=64,
-                      max_eval_samples=args.kl_samples, seed=0)
+    cfg = TrainConfig(
+        lr=args.lr,
+        steps=args.steps,
+        batch_size=args.batch,
+        warmup=0.05,
+        grad_clip=args.grad_clip,
+        max_length=args.max_length,
+        log_every=50,
+        eval_batch_size=64,
+        max_eval_samples=args.kl_samples,
+        seed=0,
+    )
     train_approx(net, data, cfg=cfg, out=out, acfg=acfg)
     report = json.loads((out / "report.json").read_text())
     return {"dir": str(out), "trained_here": True, "batch_size": args.batch, "lr": args.lr, **report}
@@ -79,22 +97,31 @@ def choose_keep_ratio(
     inputs have the dev sentences' mean length (25.2 tokens)."""
     if data.modality == "text" and args.calib_min_tokens:
         ids, _ = data.tokens(args.max_length)
-        data = replace(data, calib=[e for e, t in zip(data.train, ids, strict=True) if len(t) >= args.calib_min_tokens])
-    (batch,) = data.calibration_batches(args.calib_samples, seed=0, max_length=args.max_length,
-                                        chunk=args.calib_samples)
+        data = replace(
+            data, calib=[e for e, t in zip(data.train, ids, strict=True) if len(t) >= args.calib_min_tokens]
+        )
+    (batch,) = data.calibration_batches(
+        args.calib_samples, seed=0, max_length=args.max_length, chunk=args.calib_samples
+    )
     calib = {k: torch.as_tensor(v) for k, v in batch.items()}
 
     def make(r: float) -> SttabtReducer:
         return SttabtReducer(approx, keep_ratio=r)
 
     r = calibrate(net, make, calib, args.target, lo=0.01, hi=1.0, steps=args.bisect_steps)
-    return {"keep_ratio": round(r, 4), "target_retention": args.target, "calib_samples": args.calib_samples,
-            "calib_min_tokens": args.calib_min_tokens if data.modality == "text" else None,
-            "calib_retention": mean_retention(net, make(round(r, 4)), calib), "bisect_steps": args.bisect_steps}
+    return {
+        "keep_ratio": round(r, 4),
+        "target_retention": args.target,
+        "calib_samples": args.calib_samples,
+        "calib_min_tokens": args.calib_min_tokens if data.modality == "text" else None,
+        "calib_retention": mean_retention(net, make(round(r, 4)), calib),
+        "bisect_steps": args.bisect_steps,
+    }
 
 
-def export_models(args: argparse.Namespace, approx_dir: Path, keep_ratio: float, warn: Callable[[str], None]
-                  ) -> dict[str, dict[str, Any]]:
+def export_models(
+    args: argparse.Namespace, approx_dir: Path, keep_ratio: float, warn: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
     """STTABT and dense to ONNX fp32 (``X.fp32.onnx``, self-verified against PyTorch by the exporter)
     and dynamic INT8 (``X.onnx``), the layout of ``sttabt-edge export --quantize int8``.
 
@@ -104,23 +131,34 @@ def export_models(args: argparse.Namespace, approx_dir: Path, keep_ratio: float,
     out: dict[str, dict[str, Any]] = {}
     for method in ("sttabt", "dense"):
         fp32, int8 = args.out / f"{method}.fp32.onnx", args.out / f"{method}.onnx"
-        req = ExportRequest(model=str(args.model), out=fp32, method=method,
-                            approx=approx_dir if method == "sttabt" else None, keep_ratio=keep_ratio,
-                            calib=args.export_calib, calib_samples=args.export_samples, latency_runs=0,
-                            threads=args.threads, simplify=args.simplify)
+        req = ExportRequest(
+            model=str(args.model),
+            out=fp32,
+            method=method,
+            approx=approx_dir if method == "sttabt" else None,
+            keep_ratio=keep_ratio,
+            calib=args.export_calib,
+            calib_samples=args.export_samples,
+            latency_runs=0,
+            threads=args.threads,
+            simplify=args.simplify,
+        )
         out[method] = run_export(req, warn=warn)
         out[method]["quantization"] = quantize_onnx(fp32, int8, "dynamic", approx_embeddings=False).to_dict()
     return out
 
 
 def onnx_files(args: argparse.Namespace) -> dict[str, Path]:
-    return {name: args.out / f"{name.split('_')[0]}{'.fp32' if name.endswith('fp32') else ''}.onnx"
-            for name in MODELS}
+    return {
+        name: args.out / f"{name.split('_')[0]}{'.fp32' if name.endswith('fp32') else ''}.onnx"
+        for name in MODELS
+    }
 
 
 def allowed_flips(n: int, rate: float, alpha: float = 0.01) -> int:
     """The most top-1 flips in ``n`` inputs that are no evidence (one-sided binomial test at ``alpha``)
     of a flip rate above ``rate``: a small sample shows one flip as a large share."""
+
     def at_least(k: int) -> float:  # P(X >= k), X ~ Binomial(n, rate)
         return sum(math.comb(n, i) * rate**i * (1 - rate) ** (n - i) for i in range(k, n + 1))
 
@@ -174,43 +212,75 @@ def onnx_accuracy(
             lengths.append(n_real)
             for name, p in preds.items():
                 out = p.run({k: v for k, v in x.items() if k in p.input_names})
-                kept = np.asarray(out["kept_counts"], dtype=np.float64)  # (B, L) real tokens entering each layer
+                kept = np.asarray(
+                    out["kept_counts"], dtype=np.float64
+                )  # (B, L) real tokens entering each layer
                 hits[name] += int((out["logits"].argmax(1) == y).sum())
                 ret[name].append(kept / n_real[:, None])
-                occ[name].append(occupancy(torch.from_numpy(kept), prefix, torch.from_numpy(n_real), pad_to).numpy())
+                occ[name].append(
+                    occupancy(torch.from_numpy(kept), prefix, torch.from_numpy(n_real), pad_to).numpy()
+                )
             bar.advance(job, len(y))
     res, mean_length = {}, float(np.concatenate(lengths).mean())
     for name in preds:
         r = np.concatenate(ret[name])
-        res[name] = {"accuracy": hits[name] / len(held), "retention": float(r.mean()),
-                     "retention_per_layer": r.mean(0).round(4).tolist(),
-                     "occupancy": float(np.concatenate(occ[name]).mean()), "examples": len(held),
-                     "mean_length": mean_length}
+        res[name] = {
+            "accuracy": hits[name] / len(held),
+            "retention": float(r.mean()),
+            "retention_per_layer": r.mean(0).round(4).tolist(),
+            "occupancy": float(np.concatenate(occ[name]).mean()),
+            "examples": len(held),
+            "mean_length": mean_length,
+        }
     return res
 
 
-def analytic_flops(net: torch.nn.Module, preds: dict[str, Predictor], held: Sequence[Example],
-                   n: int) -> dict[str, dict[str, float]]:
+def analytic_flops(
+    net: torch.nn.Module, preds: dict[str, Predictor], held: Sequence[Example], n: int
+) -> dict[str, dict[str, float]]:
     """Analytic GFLOPs (ApproxNet and back-tracking included) of the fp32 reducers, PyTorch eval of
     ``n`` held-out examples; an INT8 file runs the same token plan, so it gets its fp32 twin's count."""
     out = {}
     for method in ("dense", "sttabt"):
         p = preds[f"{method}_fp32"]
-        r = evaluate(net, reference_reducer(p.metadata.raw, net), held[:n], p.image, p.text, batch_size=64,
-                     name=method, max_length=p.max_length)
-        out[method] = {"gflops": r.gflops, "flops_ratio": r.flops_ratio, "torch_retention": r.retention,
-                       "torch_accuracy": r.metrics["accuracy"], "examples": r.num_samples}
+        r = evaluate(
+            net,
+            reference_reducer(p.metadata.raw, net),
+            held[:n],
+            p.image,
+            p.text,
+            batch_size=64,
+            name=method,
+            max_length=p.max_length,
+        )
+        out[method] = {
+            "gflops": r.gflops,
+            "flops_ratio": r.flops_ratio,
+            "torch_retention": r.retention,
+            "torch_accuracy": r.metrics["accuracy"],
+            "examples": r.num_samples,
+        }
     return out
 
 
-def latency(files: dict[str, Path], args: argparse.Namespace, lengths: Sequence[int]) -> dict[str, dict[str, Any]]:
+def latency(
+    files: dict[str, Path], args: argparse.Namespace, lengths: Sequence[int]
+) -> dict[str, dict[str, Any]]:
     """Batch-1 latency pairs in worker processes, block alternation (as ``sttabt-edge bench --vs``),
     at each text input length (``bench``'s synthetic text; images: their fixed size)."""
     res = {}
     for n in lengths:
         for a, b in PAIRS:
-            r = bench(files[a], vs=files[b], threads=args.threads, batch=1, runs=args.runs, warmup=args.warmup,
-                      seq_len=n, block=args.block).to_dict()
+            r = bench(
+                files[a],
+                vs=files[b],
+                threads=args.threads,
+                batch=1,
+                runs=args.runs,
+                warmup=args.warmup,
+                seq_len=n,
+                block=args.block,
+            ).to_dict()
             for s in (r["a"], r["b"]):
                 s.pop("runs_ms")
             res[f"{a}_vs_{b}@{n}"] = r

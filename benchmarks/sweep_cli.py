@@ -46,16 +46,32 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", choices=sorted(d.budgets), default="small")
     ap.add_argument("--methods", nargs="+", default=None, help="subset of concrete ltp topk tome sttabt-topk")
     ap.add_argument("--work", type=Path, default=Path(f"/tmp/sttabt-{d.name}"), help="runs and checkpoints")
-    ap.add_argument("--out", type=Path, default=None, help=f"default benchmarks/results/{d.name}_<budget>.json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help=f"default benchmarks/results/{d.name}_<budget>.json"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-on", choices=["train", "eval"], default="train", help=d.calib_help)
-    ap.add_argument("--approx", type=Path, default=None, help="reuse this ApproxNet dir instead of distilling one")
-    ap.add_argument("--targets", type=float, nargs="+", default=None, help="override the budget's retention targets")
-    ap.add_argument("--sparse-steps", type=int, default=None, help="override the budget's steps per trained point")
-    ap.add_argument("--init-schedule", choices=["constant", "union", "shared"], default="constant",
-                    help="concrete: initial keep schedule (SparseTrainConfig.init_schedule)")
-    ap.add_argument("--concrete", choices=["ste", "official"], default="ste",
-                    help="concrete variant (SparseTrainConfig.concrete): ours (straight-through) or the official one")
+    ap.add_argument(
+        "--approx", type=Path, default=None, help="reuse this ApproxNet dir instead of distilling one"
+    )
+    ap.add_argument(
+        "--targets", type=float, nargs="+", default=None, help="override the budget's retention targets"
+    )
+    ap.add_argument(
+        "--sparse-steps", type=int, default=None, help="override the budget's steps per trained point"
+    )
+    ap.add_argument(
+        "--init-schedule",
+        choices=["constant", "union", "shared"],
+        default="constant",
+        help="concrete: initial keep schedule (SparseTrainConfig.init_schedule)",
+    )
+    ap.add_argument(
+        "--concrete",
+        choices=["ste", "official"],
+        default="ste",
+        help="concrete variant (SparseTrainConfig.concrete): ours (straight-through) or the official one",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()

@@ -113,13 +113,23 @@ def pick_seq_len(lengths: np.ndarray, requested: int | None) -> tuple[int, dict[
     longest = int(lengths.max())
     seq_len = requested or next((n for n in SEQ_LENS if n >= longest), SEQ_LENS[-1])
     truncated = int((lengths > seq_len).sum())
-    info = {"seq_len": seq_len, "max_tokens": longest, "mean_tokens": float(lengths.mean()),
-            "truncated_sentences": truncated, "chosen": "given" if requested else f"smallest of {SEQ_LENS} that fits"}
+    info = {
+        "seq_len": seq_len,
+        "max_tokens": longest,
+        "mean_tokens": float(lengths.mean()),
+        "truncated_sentences": truncated,
+        "chosen": "given" if requested else f"smallest of {SEQ_LENS} that fits",
+    }
     return seq_len, info
 
 
 def export_task(
-    model: torch.nn.Module, model_dir: Path, data: Path, seq_len: int, work: Path, args: argparse.Namespace,
+    model: torch.nn.Module,
+    model_dir: Path,
+    data: Path,
+    seq_len: int,
+    work: Path,
+    args: argparse.Namespace,
     console: Console,
 ) -> dict[str, Exported]:
     """fp32 STTABT and dense .tflite (conversion + LiteRT self-check), then each one's INT8 file."""
@@ -132,9 +142,17 @@ def export_task(
             console.print(f"[yellow]WARNING: {msg}")
 
         req = ExportRequest(
-            model=str(model_dir), out=work / f"{method}.tflite", method=method, approx=args.approx,
-            keep_ratio=args.keep_ratio, target="tflite", seq_len=seq_len, calib=data,
-            calib_samples=args.calib_samples, latency_runs=0, threads=args.threads,
+            model=str(model_dir),
+            out=work / f"{method}.tflite",
+            method=method,
+            approx=args.approx,
+            keep_ratio=args.keep_ratio,
+            target="tflite",
+            seq_len=seq_len,
+            calib=data,
+            calib_samples=args.calib_samples,
+            latency_runs=0,
+            threads=args.threads,
         )
         reducer = build_reducer(model, req, warn)
         calib, source = calibration_batch(model, req, warn)
@@ -143,22 +161,31 @@ def export_task(
         summary = run_export_tflite(req, model, reducer, calib, source)
         fp32 = Path(summary["out"])
         files[f"{method}-fp32"] = Exported(fp32, time.perf_counter() - t0, summary["parity"], warnings)
-        console.print(f"  {fp32.name}: {summary['size_mb']:.2f} MB in {files[f'{method}-fp32'].export_s:.0f} s, "
-                      f"self-check max |dlogit| {summary['parity']['float']['max_abs_diff']:.1e}")
+        console.print(
+            f"  {fp32.name}: {summary['size_mb']:.2f} MB in {files[f'{method}-fp32'].export_s:.0f} s, "
+            f"self-check max |dlogit| {summary['parity']['float']['max_abs_diff']:.1e}"
+        )
         if "input_ids" in calib:  # as run_export_tflite does: the calibration batch at the static length
             calib = {k: v[:, :seq_len] for k, v in calib.items()}
         t0 = time.perf_counter()
         int8 = fp32.with_name(f"{fp32.stem}.int8.tflite")
         report = quantize_tflite(fp32, int8, model=model, reducer=reducer, inputs=calib)
         files[f"{method}-int8"] = Exported(int8, time.perf_counter() - t0, report, warnings)
-        console.print(f"  {int8.name}: {int8.stat().st_size / 2**20:.2f} MB in "
-                      f"{files[f'{method}-int8'].export_s:.0f} s, self-check max |dlogit| {report['max_abs_diff']:.1e}")
+        console.print(
+            f"  {int8.name}: {int8.stat().st_size / 2**20:.2f} MB in "
+            f"{files[f'{method}-int8'].export_s:.0f} s, self-check max |dlogit| {report['max_abs_diff']:.1e}"
+        )
     return files
 
 
 def evaluate_file(
-    path: Path, model: torch.nn.Module, examples: list[Example], task: str | None, args: argparse.Namespace,
-    progress: Progress, label: str,
+    path: Path,
+    model: torch.nn.Module,
+    examples: list[Example],
+    task: str | None,
+    args: argparse.Namespace,
+    progress: Progress,
+    label: str,
 ) -> tuple[VerifyReport, RecordingTflite, float]:
     bar = progress.add_task(label, total=len(examples))
     pred = RecordingTflite(path, args.threads, lambda: progress.advance(bar))
@@ -173,8 +200,13 @@ def accuracy(metrics: dict[str, float]) -> float:
 
 
 def file_result(
-    exported: Exported, report: VerifyReport, pred: RecordingTflite, eval_s: float,
-    fp32: RecordingTflite | None, fp32_acc: float | None, labels: np.ndarray,
+    exported: Exported,
+    report: VerifyReport,
+    pred: RecordingTflite,
+    eval_s: float,
+    fp32: RecordingTflite | None,
+    fp32_acc: float | None,
+    labels: np.ndarray,
 ) -> dict[str, Any]:
     side = read_sidecar(exported.path)
     out: dict[str, Any] = {
@@ -219,7 +251,9 @@ def file_result(
     return out
 
 
-def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+def run_task(
+    name: str, model_dir: Path, data: Path, args: argparse.Namespace, console: Console
+) -> dict[str, Any]:
     t_task = time.perf_counter()
     model = load_model(model_dir)
     if data.is_dir():
@@ -231,8 +265,10 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace, c
     seq_len, text_info = 0, None
     if task is not None:
         seq_len, text_info = pick_seq_len(text_lengths(model_dir, examples), args.seq_len)
-        console.print(f"text: longest {text_info['max_tokens']} tokens -> static length {seq_len}, "
-                      f"{text_info['truncated_sentences']} truncated")
+        console.print(
+            f"text: longest {text_info['max_tokens']} tokens -> static length {seq_len}, "
+            f"{text_info['truncated_sentences']} truncated"
+        )
     work_ctx = tempfile.TemporaryDirectory(prefix="tflite-parity-") if args.work_dir is None else None
     work = Path(work_ctx.name) if work_ctx else args.work_dir / name
     work.mkdir(parents=True, exist_ok=True)
@@ -243,8 +279,13 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace, c
         results: dict[str, Any] = {}
         preds: dict[str, RecordingTflite] = {}
         t0 = time.perf_counter()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=console) as progress:
             for key in FILES:
                 report, pred, eval_s = evaluate_file(
@@ -253,12 +294,19 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace, c
                 fp32_key = key.replace("int8", "fp32")
                 ref = preds.get(fp32_key) if key.endswith("int8") else None
                 results[key] = file_result(
-                    files[key], report, pred, eval_s, ref,
-                    results[fp32_key]["accuracy"] if ref is not None else None, labels,
+                    files[key],
+                    report,
+                    pred,
+                    eval_s,
+                    ref,
+                    results[fp32_key]["accuracy"] if ref is not None else None,
+                    labels,
                 )
                 preds[key] = pred
-                console.print(f"  {key}: acc {results[key]['accuracy']:.4f}, top-1 agreement "
-                              f"{report.top1_agreement:.4f}, max |dlogit| {report.max_abs_logit:.2e}")
+                console.print(
+                    f"  {key}: acc {results[key]['accuracy']:.4f}, top-1 agreement "
+                    f"{report.top1_agreement:.4f}, max |dlogit| {report.max_abs_logit:.2e}"
+                )
         eval_total = time.perf_counter() - t0
     finally:
         if work_ctx is not None:
@@ -266,7 +314,8 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace, c
     st, fp = results["sttabt-fp32"], results["sttabt-int8"]
     done_when = {
         "sttabt_fp32_top1_agreement_ge_0.999": st["top1_agreement_vs_pytorch"] >= FP32_TOP1,
-        "sttabt_int8_accuracy_within_1pt_of_fp32_tflite": abs(fp["vs_fp32_tflite"]["accuracy_delta_pts"]) <= INT8_PTS,
+        "sttabt_int8_accuracy_within_1pt_of_fp32_tflite": abs(fp["vs_fp32_tflite"]["accuracy_delta_pts"])
+        <= INT8_PTS,
         "dense_fp32_top1_agreement_ge_0.999": results["dense-fp32"]["top1_agreement_vs_pytorch"] >= FP32_TOP1,
     }
     return {
@@ -276,22 +325,24 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace, c
         "samples": len(examples),
         "full_set": args.max_samples is None,
         "keep_ratio": args.keep_ratio,
-        "approx": str(args.approx) if args.approx else (
+        "approx": str(args.approx)
+        if args.approx
+        else (
             "UNTRAINED interpolate init /4 (token choices not distilled; fine for parity, not for STTABT accuracy)"
         ),
         "text": text_info,
         "calibration": f"first {args.calib_samples} examples of the evaluated set: exporter self-check only "
-                       "(dynamic-range INT8 uses no calibration data); they stay in every metric",
+        "(dynamic-range INT8 uses no calibration data); they stay in every metric",
         "int8": "ai-edge-quantizer dynamic range: int8 per-channel weights of FULLY_CONNECTED, CONV_2D, "
-                "EMBEDDING_LOOKUP; BATCH_MATMUL and activations float",
+        "EMBEDDING_LOOKUP; BATCH_MATMUL and activations float",
         "verify_default_tolerance": vars(Tolerance()),
         "definitions": {
             "mean_abs_logit_diff": "mean over samples of the per-sample max |dlogit| (verify's mean_abs_logit)",
             "kept_count_agreement": "per-layer kept COUNTS equal (not the kept sets; the file outputs no sets). "
-                                    "Fixed by the schedule and the real length, so it cannot catch a wrong "
-                                    "token choice: logits / top-1 do",
+            "Fixed by the schedule and the real length, so it cannot catch a wrong "
+            "token choice: logits / top-1 do",
             "litert_ms_per_sample_median": "batch-1 interpreter invoke incl. set/get tensors, median over the "
-                                           "set; a shared, loaded 2-core machine: not a latency benchmark",
+            "set; a shared, loaded 2-core machine: not a latency benchmark",
             "vs_fp32_tflite": "INT8 file against the fp32 .tflite it was quantized from",
         },
         "litert_threads": args.threads,
@@ -303,18 +354,37 @@ def run_task(name: str, model_dir: Path, data: Path, args: argparse.Namespace, c
 
 def print_table(console: Console, payload: dict[str, Any]) -> None:
     table = Table(title=f"{payload['task']}: {payload['samples']} samples, keep {payload['keep_ratio']}")
-    for col in ("file", "MB", "acc", "torch acc", "top-1 agr", "max |Δ|", "mean |Δ|", "kept agr",
-                "Δacc vs fp32 (pt ± SE)", "agr vs fp32", "LiteRT ms", "export s"):
+    for col in (
+        "file",
+        "MB",
+        "acc",
+        "torch acc",
+        "top-1 agr",
+        "max |Δ|",
+        "mean |Δ|",
+        "kept agr",
+        "Δacc vs fp32 (pt ± SE)",
+        "agr vs fp32",
+        "LiteRT ms",
+        "export s",
+    ):
         table.add_column(col, justify="right")
     for key, r in payload["results"].items():
         v = r.get("vs_fp32_tflite")
         kept = r["kept_count_agreement_vs_pytorch"]
         table.add_row(
-            key, f"{r['size_mb']:.2f}", f"{r['accuracy']:.4f}", f"{r['pytorch_accuracy']:.4f}",
-            f"{r['top1_agreement_vs_pytorch']:.4f}", f"{r['max_abs_logit_diff_vs_pytorch']:.2e}",
-            f"{r['mean_abs_logit_diff_vs_pytorch']:.2e}", "-" if kept is None else f"{kept:.4f}",
-            f"{v['accuracy_delta_pts']:+.2f} ± {v['accuracy_delta_paired_se_pts']:.2f}" if v else "-", f"{v['top1_agreement']:.4f}" if v else "-",
-            f"{r['litert_ms_per_sample_median']:.1f}", f"{r['export_s']:.0f}",
+            key,
+            f"{r['size_mb']:.2f}",
+            f"{r['accuracy']:.4f}",
+            f"{r['pytorch_accuracy']:.4f}",
+            f"{r['top1_agreement_vs_pytorch']:.4f}",
+            f"{r['max_abs_logit_diff_vs_pytorch']:.2e}",
+            f"{r['mean_abs_logit_diff_vs_pytorch']:.2e}",
+            "-" if kept is None else f"{kept:.4f}",
+            f"{v['accuracy_delta_pts']:+.2f} ± {v['accuracy_delta_paired_se_pts']:.2f}" if v else "-",
+            f"{v['top1_agreement']:.4f}" if v else "-",
+            f"{r['litert_ms_per_sample_median']:.1f}",
+            f"{r['export_s']:.0f}",
         )
     console.print(table)
     console.print(f"done-when: {payload['done_when']}")
@@ -325,7 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--approx", type=Path, default=None, help="trained ApproxNet dir (default: untrained /4)")
     ap.add_argument("--keep-ratio", type=float, default=0.3)
-    ap.add_argument("--seq-len", type=int, default=None, help="text static length (default: smallest that fits)")
+    ap.add_argument(
+        "--seq-len", type=int, default=None, help="text static length (default: smallest that fits)"
+    )
     ap.add_argument("--max-samples", type=int, default=None)
     ap.add_argument("--calib-samples", type=int, default=16, help="exporter self-check examples")
     ap.add_argument("--batch-size", type=int, default=16, help="verify batch (LiteRT still runs batch 1)")
@@ -344,9 +416,14 @@ def main(argv: list[str] | None = None) -> None:
         console.rule(f"[bold cyan]{name}")
         model_dir, data = TASKS[name]
         payload = {
-            "command": shlex.join(["python", *(sys.argv if argv is None else ["benchmarks/tflite_parity.py", *argv])]),
-            "env": {**environment(), "litert_torch": litert_torch.__version__,
-                    "ai_edge_litert": ai_edge_litert.__version__},
+            "command": shlex.join(
+                ["python", *(sys.argv if argv is None else ["benchmarks/tflite_parity.py", *argv])]
+            ),
+            "env": {
+                **environment(),
+                "litert_torch": litert_torch.__version__,
+                "ai_edge_litert": ai_edge_litert.__version__,
+            },
             **run_task(name, model_dir, data, args, console),
         }
         suffix = f"_n{args.max_samples}" if args.max_samples else ""

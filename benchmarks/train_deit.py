@@ -24,10 +24,17 @@ from sttabt_edge.train.sweep import SweepPlan
 # a concrete step at batch 16 costs ~4 DeiT-Tiny passes over 16 images (teacher, ApproxNet, student, backward)
 BUDGETS = {
     "smoke": dict(targets=[0.5], approx_steps=3, sparse_steps=2, batch=8, max_eval=32, calib=16),
-    "small": dict(targets=[0.7, 0.5, 0.35], approx_steps=40, sparse_steps=12, batch=16, max_eval=200,
-                  calib=16),
-    "full": dict(targets=[0.8, 0.7, 0.6, 0.5, 0.4, 0.3], approx_steps=3000, sparse_steps=1000, batch=32,
-                 max_eval=0, calib=64),
+    "small": dict(
+        targets=[0.7, 0.5, 0.35], approx_steps=40, sparse_steps=12, batch=16, max_eval=200, calib=16
+    ),
+    "full": dict(
+        targets=[0.8, 0.7, 0.6, 0.5, 0.4, 0.3],
+        approx_steps=3000,
+        sparse_steps=1000,
+        batch=32,
+        max_eval=0,
+        calib=64,
+    ),
 }
 
 
@@ -60,7 +67,9 @@ DRIVER = Driver(
     unit="images",
     calib_help="inputs the retention level (thresholds / knobs) is calibrated on; labels are never used. "
     "train: the training half (augmented crops); eval: unlabeled held-out images (transductive)",
-    header={"split": "split_half(seed=0): first half of the SHA-256(seed:name) ranking trains, the rest is held out"},
+    header={
+        "split": "split_half(seed=0): first half of the SHA-256(seed:name) ranking trains, the rest is held out"
+    },
 )
 
 if __name__ == "__main__":

@@ -26,8 +26,18 @@ from sttabt_edge.reducers.spec import ReducerSpec, SttabtSpec, make_spec
 from sttabt_edge.runtime import contract
 from sttabt_edge.runtime.contract import FORMAT_VERSION, METADATA_KEY, REQUIRED_KEYS, TASKS
 
-__all__ = ["FORMAT_VERSION", "METADATA_KEY", "REQUIRED_KEYS", "TASKS", "build_metadata", "check_metadata",
-           "check_saved_digest", "copy_tokenizer", "read_metadata", "set_metadata"]
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "REQUIRED_KEYS",
+    "TASKS",
+    "build_metadata",
+    "check_metadata",
+    "check_saved_digest",
+    "copy_tokenizer",
+    "read_metadata",
+    "set_metadata",
+]
 
 
 def hf_config(model: nn.Module) -> Any:
@@ -83,12 +93,19 @@ def reducer_spec(meta: Mapping[str, Any]) -> ReducerSpec:
     if method != "sttabt":
         return make_spec(method, keep_ratio=meta["keep_schedule"])
     st: Mapping[str, Any] = meta.get("sttabt") or LEGACY_STTABT
-    common = {"p": st["p"], "head_reduce": st["head_reduce"], "nesting": st["nesting"], "min_keep": st["min_keep"]}
+    common = {
+        "p": st["p"],
+        "head_reduce": st["head_reduce"],
+        "nesting": st["nesting"],
+        "min_keep": st["min_keep"],
+    }
     if meta.get("thresholds") is not None:
         temperature = st.get("temperature")
         return SttabtSpec(
-            thresholds=meta["thresholds"], concrete="official" if st.get("concrete") == "official" else "ste",
-            temperature=0.5 if temperature is None else float(temperature), **common,
+            thresholds=meta["thresholds"],
+            concrete="official" if st.get("concrete") == "official" else "ste",
+            temperature=0.5 if temperature is None else float(temperature),
+            **common,
         )
     return SttabtSpec(keep_ratio=meta["keep_schedule"], **common)
 
@@ -166,7 +183,9 @@ def check_metadata(meta: Mapping[str, Any]) -> None:
         raise ExportError(f"metadata is not JSON-serialisable: {e}") from e
     problems = contract.metadata_problems(json.loads(text))
     if problems:
-        raise ExportError(f"metadata breaks the contract (docs/onnx_contract.md): {contract.summarize(problems)}")
+        raise ExportError(
+            f"metadata breaks the contract (docs/onnx_contract.md): {contract.summarize(problems)}"
+        )
 
 
 def set_metadata(proto: Any, meta: Mapping[str, Any]) -> dict[str, Any]:

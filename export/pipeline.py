@@ -147,7 +147,9 @@ def load_source(req: ExportRequest, warn: Warn) -> tuple[nn.Module, Reducer]:
 
     if is_trained_dir(req.model):
         if req.approx is not None:
-            raise InputError(f"--model {req.model} is a trained STTABT dir with its own ApproxNet; drop --approx")
+            raise InputError(
+                f"--model {req.model} is a trained STTABT dir with its own ApproxNet; drop --approx"
+            )
         return load_sttabt(req.model)
     model = load_model(req.model)
     return model, build_reducer(model, req, warn)
@@ -159,13 +161,28 @@ def approx_record(req: ExportRequest) -> dict[str, Any] | None:
 
     if is_trained_dir(req.model):
         approx = Path(req.model) / APPROX_DIR
-        return {"source": str(approx.resolve()), "init": None, "factor": None, "seed": None, "heads": None} \
-            if approx.is_dir() else None
+        return (
+            {"source": str(approx.resolve()), "init": None, "factor": None, "seed": None, "heads": None}
+            if approx.is_dir()
+            else None
+        )
     if req.method != "sttabt":
         return None
     if req.approx is not None:
-        return {"source": str(Path(req.approx).resolve()), "init": None, "factor": None, "seed": None, "heads": None}
-    return {"source": None, "init": "interpolate", "factor": req.approx_factor, "seed": 0, "heads": req.approx_heads}
+        return {
+            "source": str(Path(req.approx).resolve()),
+            "init": None,
+            "factor": None,
+            "seed": None,
+            "heads": None,
+        }
+    return {
+        "source": None,
+        "init": "interpolate",
+        "factor": req.approx_factor,
+        "seed": 0,
+        "heads": req.approx_heads,
+    }
 
 
 def check_request(req: ExportRequest) -> None:
@@ -174,7 +191,9 @@ def check_request(req: ExportRequest) -> None:
     if suffix is None:
         raise InputError(f"--target must be onnx or tflite, got {req.target!r}")
     if req.out.suffix != suffix:
-        raise InputError(f"--out {req.out}: a {req.target} export is a {suffix} file (the runtime goes by the suffix)")
+        raise InputError(
+            f"--out {req.out}: a {req.target} export is a {suffix} file (the runtime goes by the suffix)"
+        )
     if req.quantize is not None and req.quantize not in QUANTIZE:
         raise InputError(f"--quantize must be one of {sorted(QUANTIZE)}, got {req.quantize!r}")
     if req.calib_samples < 1:
@@ -187,7 +206,9 @@ def check_request(req: ExportRequest) -> None:
         if req.batch not in ("dynamic", 1):
             raise InputError("TFLite exports have a static batch of 1 (the runtime runs a batch row by row)")
         if req.quantize == "int8-static":
-            raise InputError("TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only")
+            raise InputError(
+                "TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only"
+            )
 
 
 def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
@@ -198,7 +219,12 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     calib, calib_src = calibration_batch(model, req, warn)
     if req.target == "tflite":
         return run_export_tflite(req, model, reducer, calib, calib_src)
-    kwargs: OnnxOptions = {"batch": req.batch, "opset": req.opset, "dynamo": req.dynamo, "simplify": req.simplify}
+    kwargs: OnnxOptions = {
+        "batch": req.batch,
+        "opset": req.opset,
+        "dynamo": req.dynamo,
+        "simplify": req.simplify,
+    }
     tokenizer = _tokenizer(req.model)
     path, report = export_verified(
         model,
@@ -245,17 +271,26 @@ def run_export_tflite(
 
     check_request(req)
     family = model_parts(model).family
-    if family == "bert":  # synthetic batches can be longer than the static length (real ones are tokenized to it)
+    if (
+        family == "bert"
+    ):  # synthetic batches can be longer than the static length (real ones are tokenized to it)
         calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
     path = export_tflite(
-        model, reducer, fp32_sibling(req.out) if req.quantize else req.out, example_inputs=calib,
+        model,
+        reducer,
+        fp32_sibling(req.out) if req.quantize else req.out,
+        example_inputs=calib,
         metadata={"source_model": req.model, "approx": approx_record(req)},
-        seq_len=req.seq_len if family == "bert" else None, tokenizer_file=_tokenizer(req.model),
+        seq_len=req.seq_len if family == "bert" else None,
+        tokenizer_file=_tokenizer(req.model),
     )
     side = read_sidecar(path)
     summary: dict[str, Any] = {
-        "out": str(req.out), "method": reducer.name, "target": "tflite",
-        "calibration": calib_src, "tflite": {k: v for k, v in side["tflite"].items() if k != "verification"},
+        "out": str(req.out),
+        "method": reducer.name,
+        "target": "tflite",
+        "calibration": calib_src,
+        "tflite": {k: v for k, v in side["tflite"].items() if k != "verification"},
         "parity": side["tflite"].get("verification"),
     }
     if req.quantize:
@@ -359,13 +394,26 @@ def _latency(
     else:
         with tempfile.TemporaryDirectory(prefix="sttabt-export-") as work:
             dense = export_onnx(
-                model, DenseReducer(), Path(work) / "dense.onnx", example_inputs=calib, tokenizer_file=tokenizer,
+                model,
+                DenseReducer(),
+                Path(work) / "dense.onnx",
+                example_inputs=calib,
+                tokenizer_file=tokenizer,
                 **kwargs,
             )
             if reducer.name == "sttabt":
                 result = latency_breakdown(
-                    model, reducer, path, sample, Path(work), dense=dense, opset=kwargs["opset"],
-                    dynamo=req.dynamo, batch=req.batch, threads=threads, runs=runs,
+                    model,
+                    reducer,
+                    path,
+                    sample,
+                    Path(work),
+                    dense=dense,
+                    opset=kwargs["opset"],
+                    dynamo=req.dynamo,
+                    batch=req.batch,
+                    threads=threads,
+                    runs=runs,
                 )
             else:
                 result["pipeline"] = ort_utils.median_latency_ms(path, feeds, threads, runs)

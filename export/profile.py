@@ -68,7 +68,9 @@ def export_stages(
     args = example_args(family, sample)
     with torch.no_grad():
         maps = approx(*args)  # L x (B, H, R, N)
-        pad = args[1] if family == "bert" else torch.ones(maps[0].shape[0], maps[0].shape[-1], dtype=torch.long)
+        pad = (
+            args[1] if family == "bert" else torch.ones(maps[0].shape[0], maps[0].shape[-1], dtype=torch.long)
+        )
         keep = masks(*maps, pad)  # (L+1, B, N) bool
         logits, kept = sparse(*args, keep)
     map_names = tuple(f"attentions_{i}" for i in range(len(maps)))

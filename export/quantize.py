@@ -207,8 +207,13 @@ def _ort_quantize(
         quantize_dynamic(pre, tmp, **common)
         return
     quantize_static(
-        pre, tmp, BatchReader(batches), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-        calibrate_method=getattr(CalibrationMethod, CALIBRATIONS[calibration]), **common,
+        pre,
+        tmp,
+        BatchReader(batches),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        calibrate_method=getattr(CalibrationMethod, CALIBRATIONS[calibration]),
+        **common,
     )
 
 
@@ -221,7 +226,9 @@ def _carry_tokenizer(src: Path, dst: Path, meta: dict[str, Any]) -> dict[str, An
     tok_src, tok_dst = src.parent / text["tokenizer_file"], dst.with_name(tokenizer_name(dst.stem))
     if tok_src.resolve() != tok_dst.resolve():
         if not tok_src.is_file():
-            raise ExportError(f"{src}: its tokenizer {tok_src} is missing; cannot write a self-contained {dst}")
+            raise ExportError(
+                f"{src}: its tokenizer {tok_src} is missing; cannot write a self-contained {dst}"
+            )
         shutil.copyfile(tok_src, tok_dst)
     preprocess = {**meta["preprocess"], "text": {**text, "tokenizer_file": tok_dst.name}}
     return {**meta, "preprocess": preprocess}

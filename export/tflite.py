@@ -91,7 +91,12 @@ from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime import contract
 
 __all__ = [
-    "StaticTopkReducer", "TfliteModule", "export_tflite", "quantize_tflite", "read_sidecar", "threshold_ratios",
+    "StaticTopkReducer",
+    "TfliteModule",
+    "export_tflite",
+    "quantize_tflite",
+    "read_sidecar",
+    "threshold_ratios",
     "verify_tflite",
 ]
 
@@ -120,7 +125,9 @@ def samples(family: str, inputs: Mapping[str, torch.Tensor], seq_len: int | None
 def _pad_text(sample: Sample, seq_len: int) -> Sample:
     n_real = int(sample["attention_mask"].sum())
     if n_real > seq_len:
-        raise ExportError(f"a calibration text has {n_real} real tokens, more than the static length {seq_len}")
+        raise ExportError(
+            f"a calibration text has {n_real} real tokens, more than the static length {seq_len}"
+        )
     out = {}
     for name, t in sample.items():  # (1, n) -> (1, seq_len)
         t = t[:, :n_real]
@@ -172,7 +179,9 @@ def compare(got: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarra
     return {
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
-        "top1_agreement": float((logits.argmax(-1) == r_logits.argmax(-1)).mean()) if np.isfinite(diff).all() else 0.0,
+        "top1_agreement": float((logits.argmax(-1) == r_logits.argmax(-1)).mean())
+        if np.isfinite(diff).all()
+        else 0.0,
         "kept_counts_equal": bool(kept.shape == r_kept.shape and np.array_equal(kept, r_kept)),
         "kept_counts_mean": [float(v) for v in kept.mean(axis=0)],
         "num_samples": int(r_logits.shape[0]),
@@ -181,7 +190,9 @@ def compare(got: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarra
 
 def _check(report: dict[str, Any], path: Path, atol: float | None) -> dict[str, Any]:
     if atol is not None and not report["max_abs_diff"] <= atol:
-        raise ExportError(f"{path}: TFLite logits differ from PyTorch by {report['max_abs_diff']:.3g} > atol {atol:g}")
+        raise ExportError(
+            f"{path}: TFLite logits differ from PyTorch by {report['max_abs_diff']:.3g} > atol {atol:g}"
+        )
     if not report["kept_counts_equal"]:
         raise ExportError(f"{path}: TFLite kept token counts differ from PyTorch")
     return report
@@ -198,7 +209,10 @@ def _static_len(path: Path, family: str) -> int | None:
 
 
 def verify_tflite(
-    path: str | Path, model: nn.Module, reducer: Reducer, inputs: Mapping[str, torch.Tensor],
+    path: str | Path,
+    model: nn.Module,
+    reducer: Reducer,
+    inputs: Mapping[str, torch.Tensor],
     atol: float | None = 1e-4,
 ) -> dict[str, Any]:
     """LiteRT vs eager PyTorch, sample by sample: max |Δlogit| <= atol and identical kept counts.
@@ -236,18 +250,35 @@ def _write_json(path: Path, meta: Mapping[str, Any]) -> None:
 
 
 def tflite_metadata(
-    model: nn.Module, reducer: Reducer, out: Path, *, seq_len: int | None, sizes: list[int] | None,
-    approximation: dict[str, Any] | None, quantize: str | None, overrides: Mapping[str, Any] | None,
+    model: nn.Module,
+    reducer: Reducer,
+    out: Path,
+    *,
+    seq_len: int | None,
+    sizes: list[int] | None,
+    approximation: dict[str, Any] | None,
+    quantize: str | None,
+    overrides: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The contract JSON, TFLite flavour: static shapes and (approximated) schedule recorded."""
     import transformers
 
     litert_torch = litert_torch_module()
     own: dict[str, Any] = {
-        "exporter": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "litert_torch": litert_torch.__version__, "target": "tflite", "quantize": quantize},
-        "tflite": {"batch": 1, "sequence_length": seq_len, "kept_sizes": sizes, "quantize": quantize,
-                   "threshold_approximation": approximation},
+        "exporter": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "litert_torch": litert_torch.__version__,
+            "target": "tflite",
+            "quantize": quantize,
+        },
+        "tflite": {
+            "batch": 1,
+            "sequence_length": seq_len,
+            "kept_sizes": sizes,
+            "quantize": quantize,
+            "threshold_approximation": approximation,
+        },
     }
     if seq_len is not None:
         own["preprocess"] = {"text": {"tokenizer_file": tokenizer_name(out.stem), "max_length": seq_len}}
@@ -303,8 +334,13 @@ def export_tflite(
             tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize))
             reports[quantize] = _check(compare(run_tflite(tmp, batch), torch_out), out, None)
         meta = tflite_metadata(
-            model, ref, out, seq_len=n_tokens if family == "bert" else None,
-            sizes=getattr(graph_reducer, "sizes", None), approximation=approximation, quantize=quantize,
+            model,
+            ref,
+            out,
+            seq_len=n_tokens if family == "bert" else None,
+            sizes=getattr(graph_reducer, "sizes", None),
+            approximation=approximation,
+            quantize=quantize,
             overrides=metadata,
         )
         meta["tflite"].update(verification=reports, size_bytes=tmp.stat().st_size)
@@ -317,8 +353,13 @@ def export_tflite(
 
 
 def quantize_tflite(
-    float_path: str | Path, out_path: str | Path, *, model: nn.Module, reducer: Reducer,
-    inputs: Mapping[str, torch.Tensor], mode: str = "int8",
+    float_path: str | Path,
+    out_path: str | Path,
+    *,
+    model: nn.Module,
+    reducer: Reducer,
+    inputs: Mapping[str, torch.Tensor],
+    mode: str = "int8",
 ) -> dict[str, Any]:
     """Quantize an exported float .tflite without reconverting; sidecar (+ tokenizer) follow it.
 

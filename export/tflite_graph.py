@@ -70,11 +70,17 @@ class StaticTopkReducer(SttabtReducer):
 
     def __init__(self, source: SttabtReducer, ratios: Sequence[float], n_tokens: int, num_prefix_tokens: int):
         super().__init__(
-            source.approx, keep_ratio=list(ratios), p=source.p, head_reduce=source.head_reduce,
-            nesting=source.nesting, min_keep=source.min_keep,
+            source.approx,
+            keep_ratio=list(ratios),
+            p=source.p,
+            head_reduce=source.head_reduce,
+            nesting=source.nesting,
+            min_keep=source.min_keep,
         )
         self.n_tokens = n_tokens
-        self.sizes = [int(s) for s in topk_sizes(n_tokens, list(ratios), num_prefix_tokens, self.nesting, self.min_keep)]
+        self.sizes = [
+            int(s) for s in topk_sizes(n_tokens, list(ratios), num_prefix_tokens, self.nesting, self.min_keep)
+        ]
         self.register_buffer("table", keep_table(ratios, n_tokens), persistent=False)
 
     def backtrack(
@@ -85,8 +91,15 @@ class StaticTopkReducer(SttabtReducer):
         if x.shape[1] != self.n_tokens or attn[0].shape[-1] != self.n_tokens:
             raise ExportError(f"static reducer built for {self.n_tokens} tokens, got {x.shape[1]}")
         bt = topk_backtrack(
-            attn, pad_mask, self.keep_ratio, parts.num_prefix_tokens, self.p, self.head_reduce, k_table=self.table,
-            nesting=self.nesting, min_keep=self.min_keep,
+            attn,
+            pad_mask,
+            self.keep_ratio,
+            parts.num_prefix_tokens,
+            self.p,
+            self.head_reduce,
+            k_table=self.table,
+            nesting=self.nesting,
+            min_keep=self.min_keep,
         )
         return Backtrack(bt.keep, list(self.sizes), bt.scores, bt.same)
 
@@ -107,12 +120,16 @@ def check_supported(reducer: Reducer) -> str:
             "token counts inside its layer loop, which LiteRT cannot run. Export it to ONNX instead."
         )
     if isinstance(reducer, SttabtReducer) and reducer.approx is None:
-        raise ExportError("STTABT TFLite export needs an ApproxNet (the self-attention oracle is a dense pass)")
+        raise ExportError(
+            "STTABT TFLite export needs an ApproxNet (the self-attention oracle is a dense pass)"
+        )
     return name
 
 
 @torch.no_grad()
-def threshold_ratios(model: nn.Module, reducer: SttabtReducer, inputs: Mapping[str, torch.Tensor]) -> list[float]:
+def threshold_ratios(
+    model: nn.Module, reducer: SttabtReducer, inputs: Mapping[str, torch.Tensor]
+) -> list[float]:
     """Per-layer keep ratios = the thresholds' mean retention over the real tokens of ``inputs``.
 
     The approximation that turns a data-dependent threshold model into fixed counts. Call it
@@ -126,14 +143,21 @@ def threshold_ratios(model: nn.Module, reducer: SttabtReducer, inputs: Mapping[s
 
 
 def reference_reducer(
-    model: nn.Module, reducer: Reducer, calib: Mapping[str, torch.Tensor], ratios: Sequence[float] | None = None
+    model: nn.Module,
+    reducer: Reducer,
+    calib: Mapping[str, torch.Tensor],
+    ratios: Sequence[float] | None = None,
 ) -> tuple[Reducer, dict[str, Any] | None]:
     """The library reducer the TFLite file is equivalent to, plus the threshold approximation (or None).
 
     Dense and top-k reducers are their own reference; a threshold reducer becomes top-k at
     ``ratios`` (default: :func:`threshold_ratios` on ``calib``).
     """
-    if check_supported(reducer) == "dense" or not isinstance(reducer, SttabtReducer) or reducer.thresholds is None:
+    if (
+        check_supported(reducer) == "dense"
+        or not isinstance(reducer, SttabtReducer)
+        or reducer.thresholds is None
+    ):
         return reducer, None
     ratios = list(ratios) if ratios is not None else threshold_ratios(model, reducer, calib)
     info = {
@@ -144,8 +168,12 @@ def reference_reducer(
         "note": "fixed per-layer counts from the thresholds' mean retention on the calibration batch",
     }
     topk = SttabtReducer(
-        reducer.approx, keep_ratio=ratios, p=reducer.p, head_reduce=reducer.head_reduce,
-        nesting="count", min_keep=reducer.min_keep,
+        reducer.approx,
+        keep_ratio=ratios,
+        p=reducer.p,
+        head_reduce=reducer.head_reduce,
+        nesting="count",
+        min_keep=reducer.min_keep,
     )
     return topk.eval(), info
 
@@ -155,7 +183,9 @@ def static_reducer(model: nn.Module, reducer: Reducer, n_tokens: int) -> Reducer
     if getattr(reducer, "name", "") == "dense":
         return reducer
     if not isinstance(reducer, SttabtReducer) or reducer.keep_ratio is None:
-        raise ExportError("the static graph takes dense or STTABT top-k (reference_reducer turns thresholds into top-k)")
+        raise ExportError(
+            "the static graph takes dense or STTABT top-k (reference_reducer turns thresholds into top-k)"
+        )
     parts = model_parts(model)
     ratios = ratio_schedule(reducer.keep_ratio, len(parts.layers))
     return StaticTopkReducer(reducer, ratios, n_tokens, parts.num_prefix_tokens).eval()
@@ -176,11 +206,18 @@ class TfliteModule(nn.Module):
         self.inner = ExportModule(model, reducer)
 
     def forward(
-        self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        given = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
-                 "token_type_ids": token_type_ids}
+        given = {
+            "pixel_values": pixel_values,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+        }
         logits, kept = self.inner(*(given[n] for n in self.inner.input_names))
         return {"logits": logits, "kept_counts": kept.to(torch.int32)}
 
@@ -221,7 +258,7 @@ def _noise_dropped() -> Iterator[None]:
             out = memoryview(b"".join(kept))
             with contextlib.suppress(OSError):  # a stderr closed meanwhile must not hide the block's error
                 while out:  # os.write may write less than asked (a pipe)
-                    out = out[os.write(2, out):]
+                    out = out[os.write(2, out) :]
 
 
 @contextlib.contextmanager
@@ -280,9 +317,9 @@ def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:
         with contextlib.redirect_stderr(sys.stderr if litert_verbose() else held):
             result = q.quantize(enable_progress_bar=False, enable_progress_report=False)
     except BaseException:
-        with contextlib.suppress(AttributeError, OSError, ValueError):  # no usable stderr: the error still raises
+        with contextlib.suppress(
+            AttributeError, OSError, ValueError
+        ):  # no usable stderr: the error still raises
             sys.stderr.write(held.getvalue())
         raise
     return bytes(result.quantized_model)
-
-

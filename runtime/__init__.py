@@ -11,4 +11,12 @@ from sttabt_edge.errors import InputError
 from .predictor import ModelFileError, Prediction, Predictor, load
 from .preprocess import ImagePreprocess, TextPreprocess
 
-__all__ = ["ImagePreprocess", "InputError", "ModelFileError", "Prediction", "Predictor", "TextPreprocess", "load"]
+__all__ = [
+    "ImagePreprocess",
+    "InputError",
+    "ModelFileError",
+    "Prediction",
+    "Predictor",
+    "TextPreprocess",
+    "load",
+]

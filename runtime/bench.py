@@ -73,8 +73,10 @@ def synthetic_inputs(pred: Predictor, batch: int, seq_len: int = 128, seed: int 
         raise InputError(f"{pred.path.name} has no preprocessing metadata; cannot build inputs")
     tok = pred.text.tokenizer
     vocab = tok.get_vocab_size()
-    texts = [tok.decode(rng.integers(1000 if vocab > 2000 else 1, vocab, size=seq_len * 2).tolist())
-             for _ in range(batch)]
+    texts = [
+        tok.decode(rng.integers(1000 if vocab > 2000 else 1, vocab, size=seq_len * 2).tolist())
+        for _ in range(batch)
+    ]
     enc = pred.text(texts, max_length=seq_len, truncation=True)
     return {k: v for k, v in enc.items() if k in pred.input_names}
 
@@ -108,13 +110,32 @@ def _worker(
 
 class _Worker:
     def __init__(
-        self, path: Path, threads: int, batch: int, seq_len: int, spinning: bool = False, verify_digest: bool = True
+        self,
+        path: Path,
+        threads: int,
+        batch: int,
+        seq_len: int,
+        spinning: bool = False,
+        verify_digest: bool = True,
     ):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sttabt_edge.runtime.bench", "--worker", str(path), str(threads), str(batch),
-             str(seq_len), str(int(spinning)), str(int(verify_digest))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "sttabt_edge.runtime.bench",
+                "--worker",
+                str(path),
+                str(threads),
+                str(batch),
+                str(seq_len),
+                str(int(spinning)),
+                str(int(verify_digest)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
 
     def ask(self, cmd: str) -> str:
@@ -136,9 +157,16 @@ def _stats(path: Path, times: list[float], batch: int, extra: dict[str, Any]) ->
     ts = np.asarray(times)
     p50 = float(np.percentile(ts, 50))
     return LatencyStats(
-        path=str(path), size_mb=_model_size_mb(path), p50_ms=p50, p90_ms=float(np.percentile(ts, 90)),
-        p99_ms=float(np.percentile(ts, 99)), mean_ms=float(ts.mean()), throughput_per_s=batch * 1e3 / p50,
-        peak_rss_mb=float(extra["peak_rss_mb"]), kept_per_layer=extra["kept_per_layer"], runs_ms=list(times),
+        path=str(path),
+        size_mb=_model_size_mb(path),
+        p50_ms=p50,
+        p90_ms=float(np.percentile(ts, 90)),
+        p99_ms=float(np.percentile(ts, 99)),
+        mean_ms=float(ts.mean()),
+        throughput_per_s=batch * 1e3 / p50,
+        peak_rss_mb=float(extra["peak_rss_mb"]),
+        kept_per_layer=extra["kept_per_layer"],
+        runs_ms=list(times),
     )
 
 
@@ -165,8 +193,14 @@ def bench(
     from rich.console import Console
     from rich.progress import Progress
 
-    for name, value, low in (("block", block, 1), ("runs", runs, 1), ("warmup", warmup, 0), ("batch", batch, 1),
-                             ("threads", threads, 1), ("seq_len", seq_len, 1)):
+    for name, value, low in (
+        ("block", block, 1),
+        ("runs", runs, 1),
+        ("warmup", warmup, 0),
+        ("batch", batch, 1),
+        ("threads", threads, 1),
+        ("seq_len", seq_len, 1),
+    ):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
 
@@ -191,8 +225,16 @@ def bench(
         for w in workers:
             w.close()
     a = _stats(paths[0], times[0], batch, extras[0])
-    res = BenchResult(batch, threads, seq_len if is_text else None, runs, a, spinning=spinning, block=block,
-                      environment=_environment())
+    res = BenchResult(
+        batch,
+        threads,
+        seq_len if is_text else None,
+        runs,
+        a,
+        spinning=spinning,
+        block=block,
+        environment=_environment(),
+    )
     if vs is not None:
         res.b = _stats(paths[1], times[1], batch, extras[1])
         ratios = sorted(x / y for x, y in zip(rounds[0], rounds[1], strict=True))
@@ -207,8 +249,12 @@ def _environment() -> dict[str, Any]:
 
     import onnxruntime
 
-    return {"machine": platform.machine(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count()}
+    return {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "cpus": os.cpu_count(),
+    }
 
 
 def plot(result: BenchResult, out: str | Path) -> None:
@@ -216,7 +262,9 @@ def plot(result: BenchResult, out: str | Path) -> None:
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("--plot needs matplotlib (pip install matplotlib); the benchmark itself does not") from e
+        raise ImportError(
+            "--plot needs matplotlib (pip install matplotlib); the benchmark itself does not"
+        ) from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -234,5 +282,11 @@ def plot(result: BenchResult, out: str | Path) -> None:
 
 
 if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "--worker":
-    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), bool(int(sys.argv[6])),
-            bool(int(sys.argv[7])))
+    _worker(
+        sys.argv[2],
+        int(sys.argv[3]),
+        int(sys.argv[4]),
+        int(sys.argv[5]),
+        bool(int(sys.argv[6])),
+        bool(int(sys.argv[7])),
+    )

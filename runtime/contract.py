@@ -97,7 +97,9 @@ def _string(nonempty: bool = True) -> Check:
 
 def _one_of(*allowed: Any) -> Check:
     def check(v: Any) -> str | None:
-        return None if isinstance(v, str) and v in allowed else f"must be one of {list(allowed)}, got {_show(v)}"
+        return (
+            None if isinstance(v, str) and v in allowed else f"must be one of {list(allowed)}, got {_show(v)}"
+        )
 
     return check
 
@@ -151,7 +153,9 @@ _IMAGE_KEYS: dict[str, Check] = {
 _TEXT_KEYS: dict[str, Check] = {"tokenizer_file": plain_file_name, "max_length": _int(1, MAX_TEXT_LENGTH)}
 
 
-def _fields(obj: dict[str, Any], checks: Mapping[str, Check], where: str, required: tuple[str, ...]) -> list[str]:
+def _fields(
+    obj: dict[str, Any], checks: Mapping[str, Check], where: str, required: tuple[str, ...]
+) -> list[str]:
     missing = [f"{where}.{k} is missing" for k in required if k not in obj]
     wrong = [f"{where}.{k} {p}" for k, c in checks.items() if k in obj and (p := c(obj[k])) is not None]
     return missing + wrong
@@ -212,7 +216,9 @@ def metadata_problems(meta: Any) -> list[str]:
     if not isinstance(meta, dict):
         return [f"metadata must be a JSON object, got {_show(meta)}"]
     if meta.get("format_version") != FORMAT_VERSION:
-        return [f"metadata format_version {meta.get('format_version')!r}, this runtime reads {FORMAT_VERSION}"]
+        return [
+            f"metadata format_version {meta.get('format_version')!r}, this runtime reads {FORMAT_VERSION}"
+        ]
     problems = [f"{k} is missing" for k in REQUIRED_KEYS if k not in meta]
     problems += [f"{k} {p}" for k, c in _TOP_LEVEL.items() if k in meta and (p := c(meta[k])) is not None]
     family = meta.get("family")

@@ -30,7 +30,9 @@ MAX_RESIZED_PIXELS = 16_000_000
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def load_rgb(path: str | os.PathLike[str], check: Callable[[tuple[int, int], str], None] | None = None) -> Image.Image:
+def load_rgb(
+    path: str | os.PathLike[str], check: Callable[[tuple[int, int], str], None] | None = None
+) -> Image.Image:
     """Open, bound (``check(size, name)`` on the header, then the pixel limit) and decode an image.
 
     Errors name the file: PIL decodes lazily and its own messages do not."""
@@ -64,7 +66,9 @@ def bound_pixels(im: Image.Image, name: str, limit: int = MAX_IMAGE_PIXELS) -> N
         im.draft(im.mode, (-(-w // scale), -(-h // scale)))
         if im.size[0] * im.size[1] <= limit:
             return
-    raise InputError(f"{name} is {w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit; downscale it first")
+    raise InputError(
+        f"{name} is {w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit; downscale it first"
+    )
 
 
 def to_rgb(im: Image.Image, name: str) -> Image.Image:

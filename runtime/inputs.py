@@ -79,7 +79,7 @@ def _check_shapes(spec: InputSpec, feed: Mapping[str, np.ndarray]) -> int:
     """Same batch everywhere, the right rank, and the graph's static dims. -> batch size."""
     batch = {x.shape[0] if x.ndim else None for x in feed.values()}
     if len(batch) != 1:
-        raise InputError(f"inputs disagree on the batch size: {({n: x.shape for n, x in feed.items()})}")
+        raise InputError(f"inputs disagree on the batch size: { ({n: x.shape for n, x in feed.items()}) }")
     b = batch.pop()
     if not b:
         raise InputError("empty batch: give at least one row")
@@ -136,7 +136,9 @@ def _check_text(spec: InputSpec, feed: Mapping[str, np.ndarray]) -> None:
         raise InputError(f"attention_mask {_rows(left)} are not right-padded (a real token follows padding)")
     empty = mask[:, 0] == 0
     if empty.any():
-        raise InputError(f"attention_mask {_rows(empty)} are all padding: each row needs at least one real token")
+        raise InputError(
+            f"attention_mask {_rows(empty)} are all padding: each row needs at least one real token"
+        )
     _check_range("input_ids", ids, spec.vocab_size, "token ids")
     if "token_type_ids" in feed:
         _check_range("token_type_ids", feed["token_type_ids"], spec.type_vocab_size, "token types")

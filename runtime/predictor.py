@@ -46,8 +46,10 @@ class Prediction:
         out = []
         for b in range(len(self.labels)):
             item: dict[str, Any] = {
-                "top": [{"label": lab, "index": int(i), "score": float(s)}
-                        for lab, i, s in zip(self.labels[b], self.indices[b], self.scores[b], strict=True)]
+                "top": [
+                    {"label": lab, "index": int(i), "score": float(s)}
+                    for lab, i, s in zip(self.labels[b], self.indices[b], self.scores[b], strict=True)
+                ]
             }
             if self.kept_counts is not None:
                 item["kept_counts"] = [int(v) for v in self.kept_counts[b]]
@@ -143,7 +145,9 @@ class Predictor:
             )
         num = outputs["logits"][-1] if outputs["logits"] else None
         if isinstance(num, int) and num != len(self.metadata.labels):
-            raise ModelFileError(f"{self.path}: the graph has {num} logits but its metadata {len(meta['labels'])} labels")
+            raise ModelFileError(
+                f"{self.path}: the graph has {num} logits but its metadata {len(meta['labels'])} labels"
+            )
         static = {n: tuple(d if isinstance(d, int) and d > 0 else None for d in s) for n, s in shapes.items()}
         self.input_names = [n for n in allowed if n in shapes]
         self.output_names = list(outputs)
@@ -153,7 +157,8 @@ class Predictor:
             static,
             image_size=self.image.image_size if self.image else None,
             max_length=self.max_length,
-            vocab_size=meta.get("vocab_size") or (self.text.tokenizer.get_vocab_size() if self.text else None),
+            vocab_size=meta.get("vocab_size")
+            or (self.text.tokenizer.get_vocab_size() if self.text else None),
             type_vocab_size=meta.get("type_vocab_size"),
             **self._spec_options(static),
         )
@@ -228,10 +233,14 @@ class OrtPredictor(Predictor):
                 str(path), opts, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types on corrupt files
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {one_line(e)})") from e
+            raise ModelFileError(
+                f"{path}: not a loadable ONNX model ({type(e).__name__}: {one_line(e)})"
+            ) from e
         self._input_types = {i.name: i.type for i in self.session.get_inputs()}
-        self._set_io({i.name: tuple(i.shape) for i in self.session.get_inputs()},
-                     {o.name: tuple(o.shape) for o in self.session.get_outputs()})
+        self._set_io(
+            {i.name: tuple(i.shape) for i in self.session.get_inputs()},
+            {o.name: tuple(o.shape) for o in self.session.get_outputs()},
+        )
 
     @staticmethod
     def _read_checked(path: Path, verify_digest: bool) -> Metadata:
@@ -250,12 +259,16 @@ class OrtPredictor(Predictor):
         return meta
 
     def _invoke(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cast = {n: x.astype(np.int64 if "int64" in self._input_types[n] else np.float32, copy=False)
-                for n, x in feed.items()}
+        cast = {
+            n: x.astype(np.int64 if "int64" in self._input_types[n] else np.float32, copy=False)
+            for n, x in feed.items()
+        }
         try:
             outs = self.session.run(self.output_names, cast)
         except Exception as e:  # checked inputs should never get here; keep ORT's text to one line
-            raise InferenceError(f"{self.path.name}: onnxruntime failed ({type(e).__name__}: {one_line(e)})") from e
+            raise InferenceError(
+                f"{self.path.name}: onnxruntime failed ({type(e).__name__}: {one_line(e)})"
+            ) from e
         return dict(zip(self.output_names, outs, strict=True))
 
 
@@ -285,20 +298,26 @@ class TflitePredictor(Predictor):
             raise ModelFileError(f"{path}: LiteRT cannot load it ({one_line(e)})") from e
         self._inputs = {_tensor_name(d["name"]): d for d in self.interpreter.get_input_details()}
         self._outputs = {_tensor_name(d["name"]): d for d in self.interpreter.get_output_details()}
-        self._set_io({n: tuple(int(s) for s in d["shape"]) for n, d in self._inputs.items()},
-                     {n: tuple(int(s) for s in d["shape"]) for n, d in self._outputs.items()})
+        self._set_io(
+            {n: tuple(int(s) for s in d["shape"]) for n, d in self._inputs.items()},
+            {n: tuple(int(s) for s in d["shape"]) for n, d in self._outputs.items()},
+        )
 
     def _spec_options(self, static: dict[str, tuple[int | None, ...]]) -> dict[str, Any]:
         """Any batch (run sample by sample); shorter text is padded to the static length."""
         first = static[self.input_names[0]]
         if first[0] != 1:
-            raise ModelFileError(f"{self.path}: static batch {first[0]}; the runtime runs TFLite files of batch 1")
+            raise ModelFileError(
+                f"{self.path}: static batch {first[0]}; the runtime runs TFLite files of batch 1"
+            )
         return {"pads_text": True, "fixed_batch": None}
 
     def _invoke(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if next(iter(feed.values())).shape[0] != 1:  # static batch 1: run sample by sample
-            parts = [self._invoke({k: v[i : i + 1] for k, v in feed.items()})
-                     for i in range(next(iter(feed.values())).shape[0])]
+            parts = [
+                self._invoke({k: v[i : i + 1] for k, v in feed.items()})
+                for i in range(next(iter(feed.values())).shape[0])
+            ]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         try:
             for name, d in self._inputs.items():

@@ -17,7 +17,10 @@ OPTIMIZATIONS: tuple[Optimization, ...] = ("disable", "basic", "extended", "all"
 
 
 def session_options(
-    threads: int | None = None, optimization: Optimization = "all", spinning: bool = False, quiet: bool = False
+    threads: int | None = None,
+    optimization: Optimization = "all",
+    spinning: bool = False,
+    quiet: bool = False,
 ) -> Any:
     """``ort.SessionOptions``: ``threads`` intra-op threads and one inter-op (None: ORT's default),
     sequential execution, graph ``optimization`` level, ``spinning`` (when on, threads spin only

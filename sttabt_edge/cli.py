@@ -39,15 +39,23 @@ KEEP_RATIO_HELP = (
 )
 
 app = typer.Typer(
-    cls=ErrorHandlingGroup, no_args_is_help=True, add_completion=False, help="STTABT token pruning for edge CPUs."
+    cls=ErrorHandlingGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    help="STTABT token pruning for edge CPUs.",
 )
 
 
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", help="show third-party warnings, log lines and progress bars, and full error messages")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="show third-party warnings, log lines and progress bars, and full error messages",
+        ),
+    ] = False,
 ) -> None:
     """STTABT token pruning for edge CPUs."""
     ctx.with_resource(quiet_third_party(verbose))
@@ -58,8 +66,12 @@ class Nesting(Enum):  # not a str Enum: its member `count` would shadow str.coun
     count = "count"
 
 
-NestingOpt = Annotated[Nesting, typer.Option(
-    help="back-tracking nesting: union (official: topk ∪ next layer's set) | count (earlier rule, for comparison)")]
+NestingOpt = Annotated[
+    Nesting,
+    typer.Option(
+        help="back-tracking nesting: union (official: topk ∪ next layer's set) | count (earlier rule, for comparison)"
+    ),
+]
 MinKeepOpt = Annotated[int, typer.Option(min=1, help="tokens every layer keeps at least, CLS included")]
 
 
@@ -101,14 +113,22 @@ def eval_cmd(
     data: Annotated[Path, typer.Option(help="image folder, or a GLUE TSV file (e.g. SST-2/dev.tsv)")],
     method: Annotated[Method, typer.Option(help="token reducer")] = Method.dense,
     keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
-    approx: Annotated[str | None, typer.Option(
-        help="sttabt: ApproxNet DIR (from `train approx`), or 'oracle' (the model's own attention)")] = None,
+    approx: Annotated[
+        str | None,
+        typer.Option(
+            help="sttabt: ApproxNet DIR (from `train approx`), or 'oracle' (the model's own attention)"
+        ),
+    ] = None,
     batch_size: int = 32,
     max_samples: Annotated[int | None, typer.Option(help="evaluate only the first N examples")] = None,
     nesting: NestingOpt = Nesting.union,
     min_keep: MinKeepOpt = 4,
-    occupancy_length: Annotated[int | None, typer.Option(
-        help="padded length T of the paper's occupancy (default: text: the longest example; images: N)")] = None,
+    occupancy_length: Annotated[
+        int | None,
+        typer.Option(
+            help="padded length T of the paper's occupancy (default: text: the longest example; images: N)"
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
 ) -> None:
     """Task metric, retention, occupancy and analytic FLOPs of a model under a token reducer."""
@@ -168,11 +188,22 @@ def eval_cmd(
             assert isinstance(reducer, LtpReducer)  # make_reducer("ltp")
             first, _ = next(batches(examples, batch_size, image_pre, text_pre))
             with torch.inference_mode():
-                reducer.calibrate(model_parts(net), {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
+                reducer.calibrate(
+                    model_parts(net), {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio
+                )
         with torch.inference_mode():
             name = f"{reducer.name}-trained" if trained else method.value
-            res = evaluate(net, reducer, examples, image_pre, text_pre, batch_size=batch_size, task=task, name=name,
-                           occupancy_length=occupancy_length)
+            res = evaluate(
+                net,
+                reducer,
+                examples,
+                image_pre,
+                text_pre,
+                batch_size=batch_size,
+                task=task,
+                name=name,
+                occupancy_length=occupancy_length,
+            )
     except (SttabtError, ValueError, FileNotFoundError) as e:
         fail(error_line(str(e)))
     typer.echo(json.dumps(res.to_dict(), indent=2))
@@ -228,20 +259,38 @@ class Quantize(str, Enum):
 def export_cmd(
     model: Annotated[str, typer.Option(help="checkpoint directory, timm file or alias")],
     out: Annotated[Path, typer.Option(help="output file (.onnx or .tflite)")],
-    target: Annotated[ExportTarget, typer.Option(help="onnx (dynamic shapes) | tflite (static, batch 1)")] = ExportTarget.onnx,
+    target: Annotated[
+        ExportTarget, typer.Option(help="onnx (dynamic shapes) | tflite (static, batch 1)")
+    ] = ExportTarget.onnx,
     seq_len: Annotated[int, typer.Option(help="tflite text models: static sequence length")] = 128,
-    method: Annotated[ExportMethod, typer.Option(help="sttabt | dense (topk | tome: ViT only)")] = ExportMethod.sttabt,
-    approx: Annotated[str | None, typer.Option(
-        help="sttabt: ApproxNet DIR (from `train approx`), or 'untrained' (latency only: token choice is not)")] = None,
-    approx_factor: Annotated[int | None, typer.Option(
-        help=f"--approx untrained: width divisor of its ApproxNet (default: {UNTRAINED_FACTOR})")] = None,
-    approx_heads: Annotated[int | None, typer.Option(
-        help="--approx untrained: head count of its ApproxNet (default: the model's)")] = None,
+    method: Annotated[
+        ExportMethod, typer.Option(help="sttabt | dense (topk | tome: ViT only)")
+    ] = ExportMethod.sttabt,
+    approx: Annotated[
+        str | None,
+        typer.Option(
+            help="sttabt: ApproxNet DIR (from `train approx`), or 'untrained' (latency only: token choice is not)"
+        ),
+    ] = None,
+    approx_factor: Annotated[
+        int | None,
+        typer.Option(
+            help=f"--approx untrained: width divisor of its ApproxNet (default: {UNTRAINED_FACTOR})"
+        ),
+    ] = None,
+    approx_heads: Annotated[
+        int | None,
+        typer.Option(help="--approx untrained: head count of its ApproxNet (default: the model's)"),
+    ] = None,
     keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
     nesting: NestingOpt = Nesting.union,
     min_keep: MinKeepOpt = 4,
-    quantize: Annotated[Quantize | None, typer.Option(
-        help="int8 (dynamic; --out is the INT8 file, the fp32 one goes beside it) | int8-static (QDQ)")] = None,
+    quantize: Annotated[
+        Quantize | None,
+        typer.Option(
+            help="int8 (dynamic; --out is the INT8 file, the fp32 one goes beside it) | int8-static (QDQ)"
+        ),
+    ] = None,
     batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size N")] = "dynamic",
     calib: Annotated[Path | None, typer.Option(help="image folder or GLUE TSV (verification data)")] = None,
     calib_samples: Annotated[int, typer.Option(help="examples taken from --calib")] = 16,
@@ -250,8 +299,12 @@ def export_cmd(
     simplify: Annotated[bool, typer.Option(help="run onnxslim (parity re-verified)")] = True,
     latency_runs: Annotated[int, typer.Option(help="runs per latency median; 0 skips timing")] = 20,
     threads: Annotated[int, typer.Option(help="onnxruntime threads for timing")] = 2,
-    json_out: Annotated[Path | None, typer.Option(
-        "--json", help="write the full summary as JSON to FILE ('-': to stdout, instead of the table)")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="write the full summary as JSON to FILE ('-': to stdout, instead of the table)"
+        ),
+    ] = None,
 ) -> None:
     """Export to one ONNX graph (ApproxNet -> back-tracking -> sparse model), verified against PyTorch."""
     check_model(model)
@@ -260,9 +313,14 @@ def export_cmd(
     approx_dir = None if trained and approx is None else _export_approx(approx, method)
     _check_untrained_shape(approx, approx_factor, approx_heads)
     check_exists("--calib", calib)
-    for name, value, low in (("--calib-samples", calib_samples, 1), ("--latency-runs", latency_runs, 0),
-                             ("--threads", threads, 1), ("--seq-len", seq_len, 1),
-                             ("--approx-factor", approx_factor, 1), ("--approx-heads", approx_heads, 1)):
+    for name, value, low in (
+        ("--calib-samples", calib_samples, 1),
+        ("--latency-runs", latency_runs, 0),
+        ("--threads", threads, 1),
+        ("--seq-len", seq_len, 1),
+        ("--approx-factor", approx_factor, 1),
+        ("--approx-heads", approx_heads, 1),
+    ):
         check_at_least(name, value, low)
     keep_ratio = default_keep_ratio(method.value) if keep_ratio is None else keep_ratio
     if method != ExportMethod.dense:
@@ -274,12 +332,26 @@ def export_cmd(
     from sttabt_edge.export.pipeline import ExportRequest, check_request, run_export
 
     req = ExportRequest(
-        model=model, out=out, method=method.value, approx=approx_dir,
+        model=model,
+        out=out,
+        method=method.value,
+        approx=approx_dir,
         approx_factor=UNTRAINED_FACTOR if approx_factor is None else approx_factor,
-        approx_heads=approx_heads, keep_ratio=keep_ratio, nesting=nesting.value, min_keep=min_keep,
-        quantize=quantize.value if quantize else None, batch=fixed_batch, calib=calib, calib_samples=calib_samples,
-        opset=opset, dynamo=dynamo, simplify=simplify, latency_runs=latency_runs, threads=threads,
-        target=target.value, seq_len=seq_len,
+        approx_heads=approx_heads,
+        keep_ratio=keep_ratio,
+        nesting=nesting.value,
+        min_keep=min_keep,
+        quantize=quantize.value if quantize else None,
+        batch=fixed_batch,
+        calib=calib,
+        calib_samples=calib_samples,
+        opset=opset,
+        dynamo=dynamo,
+        simplify=simplify,
+        latency_runs=latency_runs,
+        threads=threads,
+        target=target.value,
+        seq_len=seq_len,
     )
     try:
         check_request(req)
@@ -296,18 +368,26 @@ def _export_approx(approx: str | None, method: ExportMethod) -> Path | None:
         if approx is not None:
             fail("--approx applies to --method sttabt only")
         return None
-    return approx_choice(approx, "untrained", "export --method sttabt",
-                         "an untrained ApproxNet: the latency is representative, the token choice is not")
+    return approx_choice(
+        approx,
+        "untrained",
+        "export --method sttabt",
+        "an untrained ApproxNet: the latency is representative, the token choice is not",
+    )
 
 
 def _check_untrained_shape(approx: str | None, factor: int | None, heads: int | None) -> None:
     """--approx-factor / --approx-heads shape only the ApproxNet built for --approx untrained; a DIR
     (or a trained model) brings its own, and silently ignoring them would mislabel the export."""
-    given = [name for name, value in (("--approx-factor", factor), ("--approx-heads", heads)) if value is not None]
+    given = [
+        name for name, value in (("--approx-factor", factor), ("--approx-heads", heads)) if value is not None
+    ]
     if given and approx != "untrained":
         verb = "applies" if len(given) == 1 else "apply"
-        fail(f"{' / '.join(given)} {verb} only to --approx untrained (an ApproxNet DIR or a trained model "
-             "has its own widths and heads); drop it")
+        fail(
+            f"{' / '.join(given)} {verb} only to --approx untrained (an ApproxNet DIR or a trained model "
+            "has its own widths and heads); drop it"
+        )
 
 
 def main() -> None:

@@ -23,8 +23,17 @@ if TYPE_CHECKING:  # the click that TyperGroup is built on (typer >= 0.2x: its v
 # Loggers that print at import or per call, none of it about the user's model: torchao's
 # "Failed to load ..._C_*.so" (kernels for GPUs this machine lacks), torch's _pytree
 # deprecation notices, transformers' advisory warnings, onnxscript's rewriter notes.
-NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch.onnx", "transformers", "onnxscript", "huggingface_hub")
-NOISY_MODULES = r"(torch|torchao|transformers|huggingface_hub|onnx|onnxscript|onnxruntime|onnxslim|timm)(\.|$)"
+NOISY_LOGGERS = (
+    "torchao",
+    "torch.utils._pytree",
+    "torch.onnx",
+    "transformers",
+    "onnxscript",
+    "huggingface_hub",
+)
+NOISY_MODULES = (
+    r"(torch|torchao|transformers|huggingface_hub|onnx|onnxscript|onnxruntime|onnxslim|timm)(\.|$)"
+)
 # typer >= 0.2x vendors click (typer._click), older typer uses click itself: its UsageError is the
 # base of typer.BadParameter either way (and `click` may not be installed at all).
 if not TYPE_CHECKING:
@@ -153,12 +162,16 @@ def check_batch(batch: str) -> int | str:
 def approx_choice(value: str | None, keyword: str, command: str, meaning: str) -> Path | None:
     """``--approx DIR`` or ``--approx <keyword>`` (-> None); a missing one is an error naming both."""
     if value is None:
-        fail(f"{command} needs --approx: DIR (an ApproxNet from `sttabt-edge train approx`) or "
-             f"'{keyword}' ({meaning})")
+        fail(
+            f"{command} needs --approx: DIR (an ApproxNet from `sttabt-edge train approx`) or "
+            f"'{keyword}' ({meaning})"
+        )
     if value == keyword:
         return None
     path = Path(value)
     if not (path / "approxnet.json").is_file():
-        fail(f"--approx {value}: not an ApproxNet folder (no approxnet.json); pass DIR from "
-             f"`sttabt-edge train approx` or '{keyword}'")
+        fail(
+            f"--approx {value}: not an ApproxNet folder (no approxnet.json); pass DIR from "
+            f"`sttabt-edge train approx` or '{keyword}'"
+        )
     return path

@@ -24,36 +24,70 @@ class Quantize(str, Enum):
 
 def compress_cmd(
     model: Annotated[str, typer.Option(help="dense model dir (with tokenizer.json for text)")],
-    data: Annotated[Path, typer.Option(help="training data (GLUE task dir / .tsv, image folder); the held-out "
-                                            "selection split is carved out of it")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="training data (GLUE task dir / .tsv, image folder); the held-out "
+            "selection split is carved out of it"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="output dir: model.onnx, baseline/, approx/, sttabt/, report.*")],
-    max_drop: Annotated[float | None, typer.Option(
-        help="accuracy points below dense allowed on the held-out split: the lowest retention within it")] = None,
-    target_retention: Annotated[float | None, typer.Option(help="or: one retention level (fraction of tokens)")] = None,
-    budget_minutes: Annotated[float, typer.Option(help="training time (distillation + thresholds), approximate")] = 30.0,
-    approx_steps: Annotated[int | None, typer.Option(
-        help="distillation steps instead of the budget's share (makes a run repeatable on any machine)")] = None,
-    threshold_steps: Annotated[int | None, typer.Option(
-        help="threshold-training steps instead of what the budget leaves")] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="accuracy points below dense allowed on the held-out split: the lowest retention within it"
+        ),
+    ] = None,
+    target_retention: Annotated[
+        float | None, typer.Option(help="or: one retention level (fraction of tokens)")
+    ] = None,
+    budget_minutes: Annotated[
+        float, typer.Option(help="training time (distillation + thresholds), approximate")
+    ] = 30.0,
+    approx_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="distillation steps instead of the budget's share (makes a run repeatable on any machine)"
+        ),
+    ] = None,
+    threshold_steps: Annotated[
+        int | None, typer.Option(help="threshold-training steps instead of what the budget leaves")
+    ] = None,
     target: Annotated[Target, typer.Option(help="export format")] = Target.onnx,
-    quantize: Annotated[Quantize, typer.Option(help="int8: dynamic INT8 (baseline: dense INT8)")] = Quantize.none,
-    approx: Annotated[Path | None, typer.Option(help="a distilled ApproxNet dir to reuse (skips distillation)")] = None,
+    quantize: Annotated[
+        Quantize, typer.Option(help="int8: dynamic INT8 (baseline: dense INT8)")
+    ] = Quantize.none,
+    approx: Annotated[
+        Path | None, typer.Option(help="a distilled ApproxNet dir to reuse (skips distillation)")
+    ] = None,
     approx_factor: Annotated[int, typer.Option(help="ApproxNet widths / this (distilled here)")] = 8,
-    approx_heads: Annotated[int | None, typer.Option(help="ApproxNet heads (distilled here; default 1)")] = None,
-    eval_data: Annotated[Path | None, typer.Option(
-        help="labelled data to report at the end (default: dev.tsv / the folder's split); never used to choose")] = None,
-    holdout_data: Annotated[Path | None, typer.Option(
-        help="labelled selection data (TSV / image folder) instead of a split of --data")] = None,
+    approx_heads: Annotated[
+        int | None, typer.Option(help="ApproxNet heads (distilled here; default 1)")
+    ] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="labelled data to report at the end (default: dev.tsv / the folder's split); never used to choose"
+        ),
+    ] = None,
+    holdout_data: Annotated[
+        Path | None,
+        typer.Option(help="labelled selection data (TSV / image folder) instead of a split of --data"),
+    ] = None,
     holdout: Annotated[int, typer.Option(help="training examples held out for selection")] = 1000,
     holdout_min_tokens: Annotated[int, typer.Option(help="text: shortest held-out input, in tokens")] = 16,
-    concrete: Annotated[bool, typer.Option(help="train thresholds (concrete masking) when the budget allows")] = True,
+    concrete: Annotated[
+        bool, typer.Option(help="train thresholds (concrete masking) when the budget allows")
+    ] = True,
     search_steps: Annotated[int, typer.Option(help="bisection steps of the keep-ratio search")] = 7,
     max_length: Annotated[int, typer.Option(help="text: longest input in tokens")] = 128,
     batch_size: Annotated[int, typer.Option(help="training batch")] = 32,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads for the benchmark")] = 2,
     bench_runs: Annotated[int, typer.Option(help="benchmark rounds per pair")] = 30,
     seed: Annotated[int, typer.Option()] = 0,
-    resume: Annotated[bool, typer.Option(help="continue a run in --out (finished stages are reused)")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue a run in --out (finished stages are reused)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print report.json instead of the table")] = False,
 ) -> None:
     """Distil, search the most aggressive retention within --max-drop (or --target-retention), train
@@ -63,12 +97,31 @@ def compress_cmd(
 
     try:  # every option is checked here, before any model loads
         cfg = CompressConfig(
-            model=model, data=data, out=out, max_drop=max_drop, target_retention=target_retention,
-            budget_minutes=budget_minutes, approx_steps=approx_steps, threshold_steps=threshold_steps, target=target.value, quantize=None if quantize is Quantize.none else "int8",
-            approx=approx, approx_factor=approx_factor, approx_heads=1 if approx_heads is None else approx_heads,
-            eval_data=eval_data, holdout_data=holdout_data, holdout=holdout, holdout_min_tokens=holdout_min_tokens,
-            concrete=concrete, search_steps=search_steps, max_length=max_length, batch_size=batch_size,
-            threads=threads, bench_runs=bench_runs, seed=seed)
+            model=model,
+            data=data,
+            out=out,
+            max_drop=max_drop,
+            target_retention=target_retention,
+            budget_minutes=budget_minutes,
+            approx_steps=approx_steps,
+            threshold_steps=threshold_steps,
+            target=target.value,
+            quantize=None if quantize is Quantize.none else "int8",
+            approx=approx,
+            approx_factor=approx_factor,
+            approx_heads=1 if approx_heads is None else approx_heads,
+            eval_data=eval_data,
+            holdout_data=holdout_data,
+            holdout=holdout,
+            holdout_min_tokens=holdout_min_tokens,
+            concrete=concrete,
+            search_steps=search_steps,
+            max_length=max_length,
+            batch_size=batch_size,
+            threads=threads,
+            bench_runs=bench_runs,
+            seed=seed,
+        )
         if approx is not None and approx_heads is not None:
             fail("--approx-heads shapes an ApproxNet distilled here; drop it with --approx")
         from sttabt_edge.compress.pipeline import check_out
@@ -85,7 +138,9 @@ def compress_cmd(
     else:
         typer.echo((out / "report.md").read_text())
     if not report["files"]["passed"]:
-        typer.secho("error: an exported file failed verification (see report.json files.verify)", err=True, fg="red")
+        typer.secho(
+            "error: an exported file failed verification (see report.json files.verify)", err=True, fg="red"
+        )
         raise typer.Exit(1)
 
 

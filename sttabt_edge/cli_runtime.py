@@ -24,9 +24,14 @@ from sttabt_edge.cli_common import (
 if TYPE_CHECKING:
     from sttabt_edge.runtime import Prediction, Predictor
 
-NoVerifyDigest = Annotated[bool, typer.Option(
-    "--no-verify-digest", help="load a model whose graph and weights do not match the digest recorded at export "
-                               "(or files exported before digests)")]
+NoVerifyDigest = Annotated[
+    bool,
+    typer.Option(
+        "--no-verify-digest",
+        help="load a model whose graph and weights do not match the digest recorded at export "
+        "(or files exported before digests)",
+    ),
+]
 SMALL_IMAGE = 0.5  # warn when an image's shorter side is under this fraction of the model's crop
 ORACLE = "the model's own attention: an upper bound, not deployable"
 
@@ -40,8 +45,10 @@ def require_torch(command: str) -> None:
     except (ImportError, ValueError):  # a broken or deliberately blocked torch
         missing = True
     if missing:
-        fail(f"`sttabt-edge {command}` runs the PyTorch model and needs torch (pip install torch, then "
-             "sttabt-edge[export]); `run` and `bench` work without it")
+        fail(
+            f"`sttabt-edge {command}` runs the PyTorch model and needs torch (pip install torch, then "
+            "sttabt-edge[export]); `run` and `bench` work without it"
+        )
 
 
 def run_cmd(
@@ -50,8 +57,9 @@ def run_cmd(
     text: Annotated[list[str] | None, typer.Option(help="text(s); 'a ||| b' for a sentence pair")] = None,
     top_k: int = 5,
     threads: Annotated[int | None, typer.Option(help="intra-op threads (default: runtime's choice)")] = None,
-    truncate: Annotated[bool, typer.Option(help="cut texts longer than the model's limit (default: refuse them)")]
-    = False,
+    truncate: Annotated[
+        bool, typer.Option(help="cut texts longer than the model's limit (default: refuse them)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     no_verify_digest: NoVerifyDigest = False,
 ) -> None:
@@ -107,7 +115,9 @@ def _refuse_long_texts(pred: Predictor, texts: list[Any]) -> None:
     limit = text.max_length or text.model_max_length
     for i, n in enumerate(text.token_lengths(texts)):  # the runtime's checks (e.g. valid Unicode) first
         if n > limit:
-            fail(f"text {i + 1} is {n} tokens long, over the model's limit of {limit}; pass --truncate to cut it")
+            fail(
+                f"text {i + 1} is {n} tokens long, over the model's limit of {limit}; pass --truncate to cut it"
+            )
 
 
 def _warn_small_images(pred: Predictor, images: list[Path]) -> None:
@@ -124,9 +134,12 @@ def _warn_small_images(pred: Predictor, images: list[Path]) -> None:
         except (OSError, ValueError):
             continue  # unreadable: the runtime reports it
         if min(w, h) < SMALL_IMAGE * crop:
-            typer.secho(f"WARNING: {path} is {w}x{h}, much smaller than the model's {crop}x{crop} input: it is "
-                        f"upscaled {pred.image.resize_size / min(w, h):.1f}x, expect lower accuracy",
-                        fg="yellow", err=True)
+            typer.secho(
+                f"WARNING: {path} is {w}x{h}, much smaller than the model's {crop}x{crop} input: it is "
+                f"upscaled {pred.image.resize_size / min(w, h):.1f}x, expect lower accuracy",
+                fg="yellow",
+                err=True,
+            )
 
 
 def bench_cmd(
@@ -140,11 +153,19 @@ def bench_cmd(
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="write a latency plot (PNG)")] = None,
     spin: Annotated[
-        bool, typer.Option(help="ONNX Runtime threads busy-wait between the ops of a run (and stop when it returns): "
-                                "fastest on a device running nothing else; takes the cores from neighbours")
+        bool,
+        typer.Option(
+            help="ONNX Runtime threads busy-wait between the ops of a run (and stop when it returns): "
+            "fastest on a device running nothing else; takes the cores from neighbours"
+        ),
     ] = False,
-    block: Annotated[int, typer.Option(help="runs of each model per round (A A A B B B ...); the first, cold "
-                                            "run of each block is dropped: warm-cache latency")] = 1,
+    block: Annotated[
+        int,
+        typer.Option(
+            help="runs of each model per round (A A A B B B ...); the first, cold "
+            "run of each block is dropped: warm-cache latency"
+        ),
+    ] = 1,
     no_verify_digest: NoVerifyDigest = False,
 ) -> None:
     """Latency p50/p90/p99, throughput, peak RSS, kept tokens; with --vs the latency ratio."""
@@ -155,31 +176,59 @@ def bench_cmd(
 
     check_exists("model", model, "file")
     check_exists("--vs", vs, "file")
-    for name, value, low in (("--threads", threads, 1), ("--batch", batch, 1), ("--runs", runs, 1),
-                             ("--warmup", warmup, 0), ("--seq-len", seq_len, 1), ("--block", block, 1)):
+    for name, value, low in (
+        ("--threads", threads, 1),
+        ("--batch", batch, 1),
+        ("--runs", runs, 1),
+        ("--warmup", warmup, 0),
+        ("--seq-len", seq_len, 1),
+        ("--block", block, 1),
+    ):
         check_at_least(name, value, low)
     from sttabt_edge.runtime.bench import bench, plot
 
     try:
-        res = bench(model, vs, threads=threads, batch=batch, runs=runs, warmup=warmup, seq_len=seq_len,
-                    spinning=spin, block=block, verify_digest=not no_verify_digest)
+        res = bench(
+            model,
+            vs,
+            threads=threads,
+            batch=batch,
+            runs=runs,
+            warmup=warmup,
+            seq_len=seq_len,
+            spinning=spin,
+            block=block,
+            verify_digest=not no_verify_digest,
+        )
     except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
         fail(error_line(str(e)))
     rounds = f"{runs} rounds of {block} runs (first dropped)" if block > 1 else f"{runs} runs"
-    table = Table(title=f"batch {batch}, {threads} threads{' (spinning)' if spin else ''}, {rounds} after "
-                        f"{warmup} warm-up")
+    table = Table(
+        title=f"batch {batch}, {threads} threads{' (spinning)' if spin else ''}, {rounds} after "
+        f"{warmup} warm-up"
+    )
     for col in ("model", "MB", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MB", "mean kept / layer"):
         table.add_column(col, justify="right")
     for s in [res.a] + ([res.b] if res.b else []):
         kept = "-" if s.kept_per_layer is None else " ".join(f"{v:.0f}" for v in s.kept_per_layer)
-        table.add_row(Path(s.path).name, f"{s.size_mb:.1f}", f"{s.p50_ms:.2f}", f"{s.p90_ms:.2f}",
-                      f"{s.p99_ms:.2f}", f"{s.throughput_per_s:.1f}", f"{s.peak_rss_mb:.0f}", kept)
+        table.add_row(
+            Path(s.path).name,
+            f"{s.size_mb:.1f}",
+            f"{s.p50_ms:.2f}",
+            f"{s.p90_ms:.2f}",
+            f"{s.p99_ms:.2f}",
+            f"{s.throughput_per_s:.1f}",
+            f"{s.peak_rss_mb:.0f}",
+            kept,
+        )
     console = Console()
     console.print(table)
     if res.ratio_p50 is not None and vs is not None:  # a ratio exists only with --vs
-        console.print(f"latency ratio {model.name} / {vs.name}: median {res.ratio_p50:.3f} "
-                      f"(p10 {res.ratio_p10:.3f}, p90 {res.ratio_p90:.3f}), measured interleaved"
-                      f"{f' in blocks of {block}' if block > 1 else ''}")
+        console.print(
+            f"latency ratio {model.name} / {vs.name}: median {res.ratio_p50:.3f} "
+            f"(p10 {res.ratio_p10:.3f}, p90 {res.ratio_p90:.3f}), measured interleaved"
+            f"{f' in blocks of {block}' if block > 1 else ''}"
+        )
     if json_out:
         json_out.write_text(json.dumps(res.to_dict(), indent=2))
     if plot_out:
@@ -192,10 +241,16 @@ def show_cmd(
     image: Annotated[Path | None, typer.Option(help="an image")] = None,
     text: Annotated[str | None, typer.Option(help="a text")] = None,
     method: Annotated[str, typer.Option(help="sttabt, topk, tome, ltp")] = "sttabt",
-    keep_ratio: Annotated[float | None, typer.Option(
-        help="keep ratio (default per method: sttabt 0.15, topk / tome 0.5; see sttabt_edge/defaults.py)")] = None,
-    approx: Annotated[str | None, typer.Option(
-        help="sttabt: ApproxNet DIR, or 'oracle' (the model's own attention: an upper bound)")] = None,
+    keep_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="keep ratio (default per method: sttabt 0.15, topk / tome 0.5; see sttabt_edge/defaults.py)"
+        ),
+    ] = None,
+    approx: Annotated[
+        str | None,
+        typer.Option(help="sttabt: ApproxNet DIR, or 'oracle' (the model's own attention: an upper bound)"),
+    ] = None,
 ) -> None:
     """Render which tokens each layer keeps: a patch grid PNG or highlighted-text HTML."""
     from sttabt_edge.defaults import default_keep_ratio
@@ -205,7 +260,9 @@ def show_cmd(
         fail("give exactly one of --image or --text")
     check_exists("--image", image, "file")
     check_fraction("--keep-ratio", keep_ratio)
-    approx_dir = approx_choice(approx, "oracle", "show --method sttabt", ORACLE) if method == "sttabt" else None
+    approx_dir = (
+        approx_choice(approx, "oracle", "show --method sttabt", ORACLE) if method == "sttabt" else None
+    )
     require_torch("show")
     import numpy as np
     import torch
@@ -245,7 +302,9 @@ def show_cmd(
             enc = tok([text])
             with torch.no_grad():
                 res = SparseClassifier(net, reducer)(**{k: torch.from_numpy(v) for k, v in enc.items()})
-            tokens = [tok.tokenizer.id_to_token(int(i)) or "[?]" for i in enc["input_ids"][0]]  # None: not in vocab
+            tokens = [
+                tok.tokenizer.id_to_token(int(i)) or "[?]" for i in enc["input_ids"][0]
+            ]  # None: not in vocab
             keep = [np.asarray(k[0]) for k in res.keep[:-1]]
             label = labels(net)[int(res.logits.argmax())]
             out.write_text(text_html(tokens, keep, f"{method} r={keep_ratio}: predicted {label}"))
@@ -258,7 +317,9 @@ def verify_cmd(
     model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
     reference: Annotated[str, typer.Option(help="the PyTorch checkpoint it was exported from")],
     data: Annotated[Path, typer.Option(help="image folder or GLUE TSV")],
-    approx: Annotated[Path | None, typer.Option(help="ApproxNet dir, if not recorded in the metadata")] = None,
+    approx: Annotated[
+        Path | None, typer.Option(help="ApproxNet dir, if not recorded in the metadata")
+    ] = None,
     max_samples: Annotated[int | None, typer.Option(help="first N examples only")] = None,
     batch_size: int = 16,
     max_abs_logit: Annotated[float, typer.Option(help="tolerance on |logit diff|")] = 1e-3,
@@ -291,12 +352,22 @@ def verify_cmd(
         reference = str(model_files(reference))  # synsets.json sits beside the weights
         reducer = reference_reducer(pred.metadata.raw, net, approx)
         if data.is_dir():
-            examples, task = image_folder(data, model_class_names(reference) if Path(reference).is_dir() else None), None
+            examples, task = (
+                image_folder(data, model_class_names(reference) if Path(reference).is_dir() else None),
+                None,
+            )
         else:
             examples, task = glue_tsv(data), data.parent.name
         examples = examples[:max_samples] if max_samples else examples
-        report = verify(pred, net, reducer, examples, batch_size,
-                        Tolerance(max_abs_logit, min_top1_agreement, min_kept_agreement), task)
+        report = verify(
+            pred,
+            net,
+            reducer,
+            examples,
+            batch_size,
+            Tolerance(max_abs_logit, min_top1_agreement, min_kept_agreement),
+            task,
+        )
     except (SttabtError, ValueError, FileNotFoundError) as e:
         fail(error_line(str(e)))
     typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -52,7 +52,9 @@ def summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("tokens per layer", f"{kept} (of {s.get('real_tokens_mean', 0):.1f} real, mean)"))
     if s.get("flops"):
         f = s["flops"]
-        rows.append(("FLOPs", f"{f['ratio']:.3f} x dense ({f['gflops']:.3g} vs {f['dense_gflops']:.3g} GFLOPs)"))
+        rows.append(
+            ("FLOPs", f"{f['ratio']:.3f} x dense ({f['gflops']:.3g} vs {f['dense_gflops']:.3g} GFLOPs)")
+        )
     if s.get("latency_ms"):
         rows.append(("latency", _latency(s["latency_ms"])))
     others = [f for f in s.get("files", []) if f != s["out"]]

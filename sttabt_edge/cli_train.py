@@ -63,8 +63,12 @@ class CalibOn(str, Enum):
     eval = "eval"
 
 
-CalibOpt = Annotated[CalibOn, typer.Option(
-    help="inputs the retention level is calibrated on (labels unused): train | eval (held-out, transductive)")]
+CalibOpt = Annotated[
+    CalibOn,
+    typer.Option(
+        help="inputs the retention level is calibrated on (labels unused): train | eval (held-out, transductive)"
+    ),
+]
 
 
 def _train_config(config: Path | None, defaults: dict[str, Any], options: dict[str, Any]) -> TrainConfig:
@@ -107,16 +111,31 @@ def _train_errors() -> tuple[type[BaseException], ...]:
 
 @train_app.command("approx")
 def train_approx_cmd(
-    model: ModelOpt, data: DataOpt, out: OutOpt,
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
     factor: Annotated[int, typer.Option(help="hidden/FFN widths divided by this")] = 4,
     init: Annotated[Init, typer.Option(help="interpolate (resized teacher) | random")] = Init.interpolate,
-    heads: Annotated[int | None, typer.Option(help="attention heads (a divisor of the model's; default: same)")] = None,
-    track_weight: Annotated[float, typer.Option(help="weight of the back-tracking KL (importance ranking)")] = 0.0,
-    eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    heads: Annotated[
+        int | None, typer.Option(help="attention heads (a divisor of the model's; default: same)")
+    ] = None,
+    track_weight: Annotated[
+        float, typer.Option(help="weight of the back-tracking KL (importance ranking)")
+    ] = 0.0,
+    eval_data: EvalDataOpt = None,
+    steps: StepsOpt = None,
+    epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
-    lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
-    num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
-    max_eval_samples: IntOpt = None, config: ConfigOpt = None, resume: ResumeOpt = False,
+    lr: LrOpt = None,
+    grad_accum: AccumOpt = None,
+    amp: AmpOpt = None,
+    seed: IntOpt = None,
+    num_workers: IntOpt = None,
+    save_every: IntOpt = None,
+    log_every: IntOpt = None,
+    max_eval_samples: IntOpt = None,
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Distil an ApproxNet (attention KL + hidden MSE; labels unused). Reports held-out attention KL."""
     options = dict(locals())
@@ -138,24 +157,45 @@ def train_approx_cmd(
 
 @train_app.command("concrete")
 def train_concrete_cmd(
-    model: ModelOpt, approx: Annotated[Path, typer.Option(help="ApproxNet dir from `train approx`")],
-    data: DataOpt, out: OutOpt, target_retention: TargetOpt = 0.5,
+    model: ModelOpt,
+    approx: Annotated[Path, typer.Option(help="ApproxNet dir from `train approx`")],
+    data: DataOpt,
+    out: OutOpt,
+    target_retention: TargetOpt = 0.5,
     freeze_main: Annotated[bool, typer.Option(help="train thresholds (+ ApproxNet) only")] = False,
-    kd_weight: FloatOpt = None, retention_weight: FloatOpt = None, threshold_lr: FloatOpt = None,
+    kd_weight: FloatOpt = None,
+    retention_weight: FloatOpt = None,
+    threshold_lr: FloatOpt = None,
     hard_frac: Annotated[float | None, typer.Option(help="last fraction of steps with hard masks")] = None,
-    concrete: Annotated[ConcreteVariant, typer.Option(
-        help="ste (ours: noise + straight-through) | official (the paper's code: Φ of z-scored scores, T 0.1)")
+    concrete: Annotated[
+        ConcreteVariant,
+        typer.Option(
+            help="ste (ours: noise + straight-through) | official (the paper's code: Φ of z-scored scores, T 0.1)"
+        ),
     ] = ConcreteVariant.ste,
-    init_schedule: Annotated[InitSchedule | None, typer.Option(
-        help="initial keep schedule: constant (every layer ~target) | union (one own fraction per layer, sets "
-             "grow toward the input) | shared (one threshold offset; the official init). Default: constant "
-             "for ste, shared for official")
+    init_schedule: Annotated[
+        InitSchedule | None,
+        typer.Option(
+            help="initial keep schedule: constant (every layer ~target) | union (one own fraction per layer, sets "
+            "grow toward the input) | shared (one threshold offset; the official init). Default: constant "
+            "for ste, shared for official"
+        ),
     ] = None,
-    calib_on: CalibOpt = CalibOn.train, eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    calib_on: CalibOpt = CalibOn.train,
+    eval_data: EvalDataOpt = None,
+    steps: StepsOpt = None,
+    epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
-    lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
-    num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
-    max_eval_samples: IntOpt = None, config: ConfigOpt = None, resume: ResumeOpt = False,
+    lr: LrOpt = None,
+    grad_accum: AccumOpt = None,
+    amp: AmpOpt = None,
+    seed: IntOpt = None,
+    num_workers: IntOpt = None,
+    save_every: IntOpt = None,
+    log_every: IntOpt = None,
+    max_eval_samples: IntOpt = None,
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Learn STTABT's per-layer thresholds for a retention target (concrete masking), then a hard phase."""
     options = dict(locals())
@@ -169,14 +209,33 @@ def train_concrete_cmd(
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
         net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
-        losses = {"kd_weight": kd_weight, "retention_weight": retention_weight, "threshold_lr": threshold_lr,
-                  "hard_frac": hard_frac}
-        schedule = init_schedule.value if init_schedule else ("shared" if concrete.value == "official" else "constant")
-        scfg = SparseTrainConfig(target_retention=target_retention, freeze_main=freeze_main,
-                                 init_schedule=schedule, concrete=concrete.value).replace(
-            **{k: v for k, v in losses.items() if v is not None})
-        train_concrete(net, ApproxNet.load(approx, net.config), train_data, cfg=cfg, scfg=scfg, out=out,
-                       resume=resume, source_dir=model_dir)
+        losses = {
+            "kd_weight": kd_weight,
+            "retention_weight": retention_weight,
+            "threshold_lr": threshold_lr,
+            "hard_frac": hard_frac,
+        }
+        schedule = (
+            init_schedule.value
+            if init_schedule
+            else ("shared" if concrete.value == "official" else "constant")
+        )
+        scfg = SparseTrainConfig(
+            target_retention=target_retention,
+            freeze_main=freeze_main,
+            init_schedule=schedule,
+            concrete=concrete.value,
+        ).replace(**{k: v for k, v in losses.items() if v is not None})
+        train_concrete(
+            net,
+            ApproxNet.load(approx, net.config),
+            train_data,
+            cfg=cfg,
+            scfg=scfg,
+            out=out,
+            resume=resume,
+            source_dir=model_dir,
+        )
     except _train_errors() as e:
         fail(str(e))
     _echo_trained(out / TRAINED_FILE)
@@ -185,12 +244,25 @@ def train_concrete_cmd(
 @train_app.command("baseline")
 def train_baseline_cmd(
     method: Annotated[Baseline, typer.Option(help="ltp (learned thresholds) or topk (fixed schedule)")],
-    model: ModelOpt, data: DataOpt, out: OutOpt, target_retention: TargetOpt = 0.5,
-    calib_on: CalibOpt = CalibOn.train, eval_data: EvalDataOpt = None, steps: StepsOpt = None, epochs: EpochsOpt = None,
+    model: ModelOpt,
+    data: DataOpt,
+    out: OutOpt,
+    target_retention: TargetOpt = 0.5,
+    calib_on: CalibOpt = CalibOn.train,
+    eval_data: EvalDataOpt = None,
+    steps: StepsOpt = None,
+    epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
-    lr: LrOpt = None, grad_accum: AccumOpt = None, amp: AmpOpt = None, seed: IntOpt = None,
-    num_workers: IntOpt = None, save_every: IntOpt = None, log_every: IntOpt = None,
-    max_eval_samples: IntOpt = None, config: ConfigOpt = None, resume: ResumeOpt = False,
+    lr: LrOpt = None,
+    grad_accum: AccumOpt = None,
+    amp: AmpOpt = None,
+    seed: IntOpt = None,
+    num_workers: IntOpt = None,
+    save_every: IntOpt = None,
+    log_every: IntOpt = None,
+    max_eval_samples: IntOpt = None,
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train an LTP or top-k baseline with the same losses (task + KD + retention) as STTABT."""
     options = dict(locals())
@@ -201,14 +273,17 @@ def train_baseline_cmd(
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
         net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
-        train_baseline(method.value, net, train_data, target_retention, cfg, out=out, resume=resume,
-                       source_dir=model_dir)
+        train_baseline(
+            method.value, net, train_data, target_retention, cfg, out=out, resume=resume, source_dir=model_dir
+        )
     except _train_errors() as e:
         fail(str(e))
     _echo_trained(out / TRAINED_FILE)
 
 
-def _check_common(data: Path, eval_data: Path | None, config: Path | None, target: float | None = None) -> None:
+def _check_common(
+    data: Path, eval_data: Path | None, config: Path | None, target: float | None = None
+) -> None:
     """The inputs every train verb reads, checked before the model loads."""
     check_exists("--data", data)
     check_exists("--eval-data", eval_data)

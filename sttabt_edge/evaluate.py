@@ -43,7 +43,10 @@ def task_metrics(preds: np.ndarray, labels: np.ndarray, task: str | None = None)
     if task == "STS-B":
         p, y = preds.astype(np.float64), labels.astype(np.float64)
         rank = lambda a: np.argsort(np.argsort(a)).astype(np.float64)  # noqa: E731 (no ties in practice)
-        return {"pearson": float(np.corrcoef(p, y)[0, 1]), "spearman": float(np.corrcoef(rank(p), rank(y))[0, 1])}
+        return {
+            "pearson": float(np.corrcoef(p, y)[0, 1]),
+            "spearman": float(np.corrcoef(rank(p), rank(y))[0, 1]),
+        }
     out = {"accuracy": float((preds == labels).mean())}
     tp = float(((preds == 1) & (labels == 1)).sum())
     fp = float(((preds == 1) & (labels == 0)).sum())
@@ -84,7 +87,9 @@ def evaluate(
     sc = SparseClassifier(model, reducer).eval()
     parts = model_parts(model)
     preds, labels, ret, occ, flops, dense = [], [], [], [], [], []
-    with Progress(disable=not progress, transient=True, console=Console(stderr=True)) as bar:  # stdout: results
+    with Progress(
+        disable=not progress, transient=True, console=Console(stderr=True)
+    ) as bar:  # stdout: results
         job = bar.add_task(f"eval {name or reducer.name}", total=len(examples))
         for np_inputs, y in batches(examples, batch_size, image, text, max_length):
             inputs = {k: torch.from_numpy(v) for k, v in np_inputs.items()}

@@ -47,7 +47,9 @@ def config_file(source: str | Path) -> Path | None:
         if is_trained_dir(path) and (path / MODEL_DIR / "config.json").is_file():
             return path / MODEL_DIR / "config.json"
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} has no config.json; expected a directory written by save_pretrained")
+            raise ModelNotFoundError(
+                f"{path} has no config.json; expected a directory written by save_pretrained"
+            )
         return path / "config.json"
     if not path.exists() and looks_like_path(str(source)):
         raise ModelNotFoundError(f"--model {source}: no such file or folder")
@@ -72,8 +74,10 @@ def describe(
     family = FAMILIES.get(str(model_type))
     arch = (config.get("architectures") or [None])[0]
     if family is None:
-        raise UnsupportedModelError(f"{source}: model_type {model_type!r} (architecture {arch!r}) is not "
-                                    f"supported; supported: {', '.join(sorted(FAMILIES))}")
+        raise UnsupportedModelError(
+            f"{source}: model_type {model_type!r} (architecture {arch!r}) is not "
+            f"supported; supported: {', '.join(sorted(FAMILIES))}"
+        )
     prefix = num_prefix_tokens or (2 if arch == "DeiTForImageClassificationWithTeacher" else 1)
     try:
         info = {

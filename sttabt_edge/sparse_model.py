@@ -1,8 +1,8 @@
 """Run an HF classifier under a token reducer: a module wrapper and an undoable patch.
 
-    handle = sttabt_edge.patch(model, SttabtReducer(keep_ratio=0.3))
-    out = model(pixel_values=x)   # out.logits, out.retention, out.n_in ...
-    handle.remove()               # the model is exactly as before
+handle = sttabt_edge.patch(model, SttabtReducer(keep_ratio=0.3))
+out = model(pixel_values=x)   # out.logits, out.retention, out.n_in ...
+handle.remove()               # the model is exactly as before
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ def sparse_forward(
     res: ForwardResult = reducer.run(parts, inputs, x, pad, cast(Mode, mode))
     n_real = pad.sum(dim=1, keepdim=True).to(torch.float32)
     return SparseOutput(
-        classify(parts, res.prefix_hidden), res.n_in, res.n_out, res.n_in.to(torch.float32) / n_real, res.keep, pad
+        classify(parts, res.prefix_hidden),
+        res.n_in,
+        res.n_out,
+        res.n_in.to(torch.float32) / n_real,
+        res.keep,
+        pad,
     )
 
 

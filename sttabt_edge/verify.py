@@ -49,7 +49,9 @@ class VerifyReport:
         return asdict(self)
 
 
-def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: Path | None = None) -> Reducer:
+def reference_reducer(
+    meta: dict[str, Any], model: torch.nn.Module, approx_dir: Path | None = None
+) -> Reducer:
     """Rebuild the export's reducer from its metadata (see docs/onnx_contract.md): the spec it
     records (:func:`~sttabt_edge.export.metadata.reducer_spec`) and, for STTABT, its ApproxNet."""
     from sttabt_edge.export.metadata import reducer_spec
@@ -67,7 +69,11 @@ def reference_reducer(meta: dict[str, Any], model: torch.nn.Module, approx_dir: 
     elif info.get("init"):  # an untrained ApproxNet is rebuilt deterministically from the teacher
         heads = info.get("heads")
         approx = build_approxnet(
-            model, int(info["factor"]), info["init"], int(info.get("seed", 0)), None if heads is None else int(heads)
+            model,
+            int(info["factor"]),
+            info["init"],
+            int(info.get("seed", 0)),
+            None if heads is None else int(heads),
         )
     else:
         raise ValueError("the export's ApproxNet is not recorded in its metadata; pass --approx DIR")
@@ -113,7 +119,14 @@ def verify(
         failures.append(f"kept-count agreement {kept:.4f} < {tol.min_kept_agreement}")
     pick = (lambda z: z.squeeze(-1)) if task == "STS-B" else (lambda z: z.argmax(1))
     return VerifyReport(
-        file=str(pred.path), samples=len(d), max_abs_logit=float(d.max()), mean_abs_logit=float(d.mean()),
-        top1_agreement=agree, kept_agreement=kept, metrics_reference=task_metrics(pick(r), y, task),
-        metrics_exported=task_metrics(pick(e), y, task), passed=not failures, failures=failures,
+        file=str(pred.path),
+        samples=len(d),
+        max_abs_logit=float(d.max()),
+        mean_abs_logit=float(d.mean()),
+        top1_agreement=agree,
+        kept_agreement=kept,
+        metrics_reference=task_metrics(pick(r), y, task),
+        metrics_exported=task_metrics(pick(e), y, task),
+        passed=not failures,
+        failures=failures,
     )

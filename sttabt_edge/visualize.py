@@ -28,7 +28,11 @@ def patch_overlay(image: np.ndarray, keep: np.ndarray, patch: int, num_prefix_to
 
 
 def layer_grid(
-    image: np.ndarray, keep: Sequence[np.ndarray], patch: int, num_prefix_tokens: int = 1, cols: int = 4,
+    image: np.ndarray,
+    keep: Sequence[np.ndarray],
+    patch: int,
+    num_prefix_tokens: int = 1,
+    cols: int = 4,
     titles: Sequence[str] | None = None,
 ) -> Image.Image:
     """One overlay per layer in a grid PNG, each titled with its kept patch count."""
@@ -53,15 +57,18 @@ def text_html(tokens: Sequence[str], keep: Sequence[np.ndarray], title: str = ""
     rows = []
     for layer, k in enumerate(keep):
         cells = "".join(
-            f'<span class="{"k" if kept else "d"}">{html.escape(tok)}</span> ' for tok, kept in zip(tokens, k, strict=False)
+            f'<span class="{"k" if kept else "d"}">{html.escape(tok)}</span> '
+            for tok, kept in zip(tokens, k, strict=False)
         )
         rows.append(f"<tr><td>layer {layer} ({int(np.sum(k))}/{len(tokens)})</td><td>{cells}</td></tr>")
     style = (
         "body{font-family:sans-serif} td{padding:3px 8px;vertical-align:top} "
         ".k{background:#ffe08a;padding:1px 2px} .d{color:#aaa;text-decoration:line-through}"
     )
-    return (f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
-            f"<h3>{html.escape(title)}</h3><table>{''.join(rows)}</table></body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>"
+        f"<h3>{html.escape(title)}</h3><table>{''.join(rows)}</table></body></html>"
+    )
 
 
 def denormalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

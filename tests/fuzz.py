@@ -19,13 +19,19 @@ from sttabt_edge.runtime import Predictor
 from sttabt_edge.sparse_model import SparseClassifier
 
 # derandomized: CI sees the same examples on every run; the database stays off (no .hypothesis/ dir)
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @st.composite
-def text_batches(draw: Any, max_len: int, vocab: int, cls_sep: tuple[int, int] | None = None,
-                 max_batch: int = 8) -> tuple[dict[str, np.ndarray], list[int]]:
+def text_batches(
+    draw: Any, max_len: int, vocab: int, cls_sep: tuple[int, int] | None = None, max_batch: int = 8
+) -> tuple[dict[str, np.ndarray], list[int]]:
     """Right-padded (input_ids, attention_mask, token_type_ids): batch 1..max_batch, each row 1..max_len
     real tokens, 0..(room left) extra padding columns, single texts or pairs (type 1 after a split)."""
     b = draw(st.integers(1, max_batch))
@@ -60,18 +66,31 @@ def _row(feed: dict[str, np.ndarray], i: int, n: int) -> dict[str, np.ndarray]:
     return {k: v[i : i + 1, :n] for k, v in feed.items()}
 
 
-def assert_rows_match(pred: Predictor, model: torch.nn.Module, reducer: Any, feed: dict[str, np.ndarray],
-                      lengths: list[int], atol: float) -> None:
+def assert_rows_match(
+    pred: Predictor,
+    model: torch.nn.Module,
+    reducer: Any,
+    feed: dict[str, np.ndarray],
+    lengths: list[int],
+    atol: float,
+) -> None:
     """The property of the module docstring, for one batch."""
     out = pred.run(feed)
     with torch.no_grad():
         ref = SparseClassifier(model, reducer).eval()(**{k: torch.from_numpy(v) for k, v in feed.items()})
-    np.testing.assert_allclose(out["logits"], ref.logits.float().numpy(), atol=atol, rtol=0,
-                               err_msg="runtime vs PyTorch logits")
-    np.testing.assert_array_equal(out["kept_counts"], ref.n_in.numpy(), err_msg="runtime vs PyTorch kept counts")
+    np.testing.assert_allclose(
+        out["logits"], ref.logits.float().numpy(), atol=atol, rtol=0, err_msg="runtime vs PyTorch logits"
+    )
+    np.testing.assert_array_equal(
+        out["kept_counts"], ref.n_in.numpy(), err_msg="runtime vs PyTorch kept counts"
+    )
     for i, n in enumerate(lengths):
         alone = pred.run(_row(feed, i, n))
-        np.testing.assert_allclose(alone["logits"][0], out["logits"][i], atol=atol, rtol=0,
-                                   err_msg=f"row {i} alone vs in the batch")
-        np.testing.assert_array_equal(alone["kept_counts"][0], out["kept_counts"][i],
-                                      err_msg=f"row {i} kept counts alone vs in the batch")
+        np.testing.assert_allclose(
+            alone["logits"][0], out["logits"][i], atol=atol, rtol=0, err_msg=f"row {i} alone vs in the batch"
+        )
+        np.testing.assert_array_equal(
+            alone["kept_counts"][0],
+            out["kept_counts"][i],
+            err_msg=f"row {i} kept counts alone vs in the batch",
+        )

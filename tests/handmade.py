@@ -21,19 +21,34 @@ LABELS = ["cat", "dog", "fish", "bird"]
 
 def image_meta(size: int = 8, **overrides: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "format_version": 1, "task": "image-classification", "family": "vit", "method": "sttabt",
-        "labels": LABELS, "num_layers": 2, "num_prefix_tokens": 1, "keep_schedule": [0.5, 0.5],
-        "thresholds": None, "approx_factor": 4, "approx_heads": None,
+        "format_version": 1,
+        "task": "image-classification",
+        "family": "vit",
+        "method": "sttabt",
+        "labels": LABELS,
+        "num_layers": 2,
+        "num_prefix_tokens": 1,
+        "keep_schedule": [0.5, 0.5],
+        "thresholds": None,
+        "approx_factor": 4,
+        "approx_heads": None,
         "preprocess": {"image": {"image_size": size, "resize_size": size}},
-        "source_model": "handmade", "exporter": {"opset": 17},
+        "source_model": "handmade",
+        "exporter": {"opset": 17},
     }
     meta.update(overrides)
     return meta
 
 
-def text_meta(tokenizer_file: str, max_length: int = 16, vocab_size: int = 10, **overrides: Any) -> dict[str, Any]:
+def text_meta(
+    tokenizer_file: str, max_length: int = 16, vocab_size: int = 10, **overrides: Any
+) -> dict[str, Any]:
     meta = image_meta(
-        task="text-classification", family="bert", labels=["neg", "pos"], vocab_size=vocab_size, type_vocab_size=2,
+        task="text-classification",
+        family="bert",
+        labels=["neg", "pos"],
+        vocab_size=vocab_size,
+        type_vocab_size=2,
         preprocess={"text": {"tokenizer_file": tokenizer_file, "max_length": max_length}},
     )
     meta.update(overrides)
@@ -59,18 +74,27 @@ def image_graph(weights: np.ndarray, size: int = 8) -> onnx.ModelProto:
         helper.make_node("Shape", ["pixel_values"], ["shape"]),
         helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
         helper.make_node("Concat", ["batch", "two"], ["kshape"], axis=0),
-        helper.make_node("ConstantOfShape", ["kshape"], ["kept_counts"],
-                         value=helper.make_tensor("v", TensorProto.INT64, [1], [5])),
+        helper.make_node(
+            "ConstantOfShape",
+            ["kshape"],
+            ["kept_counts"],
+            value=helper.make_tensor("v", TensorProto.INT64, [1], [5]),
+        ),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["B", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 4]),
-         helper.make_tensor_value_info("kept_counts", TensorProto.INT64, ["B", 2])],
-        [helper.make_tensor("W", TensorProto.FLOAT, [3, 4], weights.flatten().tolist()),
-         helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
-         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-         helper.make_tensor("two", TensorProto.INT64, [1], [2])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 4]),
+            helper.make_tensor_value_info("kept_counts", TensorProto.INT64, ["B", 2]),
+        ],
+        [
+            helper.make_tensor("W", TensorProto.FLOAT, [3, 4], weights.flatten().tolist()),
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("two", TensorProto.INT64, [1], [2]),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
@@ -88,14 +112,21 @@ def text_graph(vocab: int = 10, types: int = 2) -> onnx.ModelProto:
         helper.make_node("Mul", ["et", "m3"], ["masked"]),
         helper.make_node("ReduceSum", ["masked", "one"], ["logits"], keepdims=0),
     ]
-    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "N"])
-            for n in ("input_ids", "attention_mask", "token_type_ids")]
+    ints = [
+        helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "N"])
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+    ]
     graph = helper.make_graph(
-        nodes, "tiny_text", ints, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 2])],
-        [helper.make_tensor("E", TensorProto.FLOAT, [vocab, 2], emb.flatten().tolist()),
-         helper.make_tensor("T", TensorProto.FLOAT, [types, 2], typ.flatten().tolist()),
-         helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]),
-         helper.make_tensor("one", TensorProto.INT64, [1], [1])],
+        nodes,
+        "tiny_text",
+        ints,
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 2])],
+        [
+            helper.make_tensor("E", TensorProto.FLOAT, [vocab, 2], emb.flatten().tolist()),
+            helper.make_tensor("T", TensorProto.FLOAT, [types, 2], typ.flatten().tolist()),
+            helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
@@ -118,7 +149,17 @@ def png_header(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )

@@ -36,13 +36,29 @@ L, H, C = 3, 4, 32
 
 
 def vit_config(**kw) -> ViTConfig:
-    return ViTConfig(hidden_size=C, num_hidden_layers=L, num_attention_heads=H, intermediate_size=64,
-                     image_size=32, patch_size=8, num_labels=5, **kw)
+    return ViTConfig(
+        hidden_size=C,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+        **kw,
+    )
 
 
 def bert_config(**kw) -> BertConfig:
-    return BertConfig(hidden_size=C, num_hidden_layers=L, num_attention_heads=H, intermediate_size=64,
-                      vocab_size=100, max_position_embeddings=64, num_labels=3, **kw)
+    return BertConfig(
+        hidden_size=C,
+        num_hidden_layers=L,
+        num_attention_heads=H,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=64,
+        num_labels=3,
+        **kw,
+    )
 
 
 def make(cls: type[nn.Module], cfg, seed: int = 0) -> nn.Module:
@@ -195,7 +211,9 @@ def upsampled(small: nn.Module, big_config) -> nn.Module:
                 for dim in range(v.dim()):
                     r = p.shape[dim] // v.shape[dim]
                     if r > 1:
-                        v = v.repeat_interleave(r, dim=dim) / (r if isinstance(m, nn.Linear) and dim == 1 else 1)
+                        v = v.repeat_interleave(r, dim=dim) / (
+                            r if isinstance(m, nn.Linear) and dim == 1 else 1
+                        )
                 p.copy_(v)
     return big
 
@@ -249,8 +267,9 @@ def test_loss_components_and_gradients(case):
     tt = teacher_targets(compat.model_parts(teacher), inputs)
     net = build_approxnet(teacher, 4, "interpolate").train()
     w = DistillWeights(logits=1.0, temperature=2.0, track=1.0)
-    loss, comps = approx_distill_loss(net(inputs), tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask,
-                                      net.transfers, w)
+    loss, comps = approx_distill_loss(
+        net(inputs), tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask, net.transfers, w
+    )
     floats = components_to_floats(comps)
     assert set(floats) == {"attn_kl", "hidden_mse", "embed_mse", "logits_kd", "track_kl"}
     assert all(v > 0 and torch.isfinite(torch.tensor(v)) for v in floats.values()), floats
@@ -261,8 +280,16 @@ def test_loss_components_and_gradients(case):
     for layer in net.parts.layers:
         assert float(layer.q.weight.grad.abs().sum()) > 0
     assert all(float(t.weight.grad.abs().sum()) > 0 for t in net.transfers)
-    _, no_kd = approx_distill_loss(net(inputs), tt.attentions, tt.hidden_states, None, tt.pad_mask,
-                                   net.transfers, w, compat.model_parts(teacher).num_prefix_tokens)
+    _, no_kd = approx_distill_loss(
+        net(inputs),
+        tt.attentions,
+        tt.hidden_states,
+        None,
+        tt.pad_mask,
+        net.transfers,
+        w,
+        compat.model_parts(teacher).num_prefix_tokens,
+    )
     assert float(no_kd["logits_kd"]) == 0.0
 
 
@@ -273,8 +300,15 @@ def test_few_adam_steps_reduce_loss(case):
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     history = []
     for _ in range(30):
-        loss, comps = approx_distill_loss(net(inputs), tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask,
-                                          net.transfers, DistillWeights())
+        loss, comps = approx_distill_loss(
+            net(inputs),
+            tt.attentions,
+            tt.hidden_states,
+            tt.logits,
+            tt.pad_mask,
+            net.transfers,
+            DistillWeights(),
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -296,8 +330,14 @@ def test_backtrack_kl_zero_on_teacher_positive_otherwise_and_differentiable(case
     kl.backward()
     assert all(q.grad is not None for q in (net.parts.layers[0].q.weight, net.parts.layers[-1].k.weight))
     loss, parts = approx_distill_loss(
-        out, tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask, net.transfers,
-        DistillWeights(track=2.0), num_prefix_tokens=p,
+        out,
+        tt.attentions,
+        tt.hidden_states,
+        tt.logits,
+        tt.pad_mask,
+        net.transfers,
+        DistillWeights(track=2.0),
+        num_prefix_tokens=p,
     )
     torch.testing.assert_close(parts["track_kl"], kl.detach())
 
@@ -325,8 +365,10 @@ def test_save_load_round_trip_and_mismatch(case, tmp_path):
         ApproxNet.load(tmp_path / "f4")
     from safetensors.torch import save_file  # same mismatch without the factor tag: caught by shapes
 
-    save_file({k: v.contiguous() for k, v in build_approxnet(teacher, 8).state_dict().items()},
-              tmp_path / "f4" / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in build_approxnet(teacher, 8).state_dict().items()},
+        tmp_path / "f4" / "model.safetensors",
+    )
     with pytest.raises(CheckpointMismatchError, match="wrong shapes"):
         ApproxNet.load(tmp_path / "f4")
     other = type(teacher.config)(**{**teacher.config.to_dict(), "hidden_size": 64})
@@ -388,7 +430,9 @@ def test_deit_interpolate_beats_random_init():
         with torch.no_grad():
             kl[init] = float(attention_kl(tt.attentions, net(inputs).attentions, tt.pad_mask))
     uniform = float(attention_kl(tt.attentions, torch.full_like(tt.attentions, 1 / 197), tt.pad_mask))
-    print(f"DeiT-Tiny /4 attention KL: interpolate {kl['interpolate']:.4f}, random {kl['random']:.4f}, "
-          f"uniform {uniform:.4f}")
+    print(
+        f"DeiT-Tiny /4 attention KL: interpolate {kl['interpolate']:.4f}, random {kl['random']:.4f}, "
+        f"uniform {uniform:.4f}"
+    )
     assert kl["interpolate"] < 0.95 * kl["random"], kl
     assert time.perf_counter() - start < 20

@@ -41,7 +41,9 @@ def test_hand_built_union_p0_sets_grow_toward_the_input():
     torch.testing.assert_close(bt.scores[1][0], torch.tensor([0.5, 0.5, 0.8, 0.85, 0.35]) / 3)
     torch.testing.assert_close(bt.scores[0][0], torch.tensor([0.5, 0.5, 0.7, 1.4, 0.9]) / 4)
     # the earlier counted-in rule keeps the top layer's choice in every layer at one ratio
-    count = topk_backtrack(_attn([A0, A1, A2]), PAD, 0.4, num_prefix_tokens=1, p=0.0, nesting="count", min_keep=1)
+    count = topk_backtrack(
+        _attn([A0, A1, A2]), PAD, 0.4, num_prefix_tokens=1, p=0.0, nesting="count", min_keep=1
+    )
     assert _sets(count.keep) == [{0, 1}, {0, 1}, {0, 1}, {0}]
 
 

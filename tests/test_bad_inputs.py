@@ -86,8 +86,13 @@ def test_long_thin_image_is_refused_in_bounded_time_and_memory(image_model, tmp_
     Image.new("RGB", size, (200, 10, 10)).save(bad)
     ok = tmp_path / "ok.png"
     Image.new("RGB", (20, 16), (0, 200, 0)).save(ok)
-    proc = subprocess.run([sys.executable, "-c", _BOUNDED, str(image_model), str(ok), str(bad)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _BOUNDED, str(image_model), str(ok), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     took, grew, outcome = proc.stdout.strip().split(" ", 2)
     assert float(took) <= 2.0 and float(grew) <= 300
@@ -174,8 +179,12 @@ def test_byte_corrupted_onnx_is_refused(image_model, tmp_path):
     data = image_model.read_bytes()
     weight = data.index(np.float32(10).tobytes())  # W's first 10.0
     meta = data.index(b'"labels"')
-    for at, match in [(20, "digest mismatch|not a loadable ONNX model"), (len(data) // 3, "digest mismatch"),
-                      (weight + 3, "digest mismatch"), (meta + 3, "metadata")]:
+    for at, match in [
+        (20, "digest mismatch|not a loadable ONNX model"),
+        (len(data) // 3, "digest mismatch"),
+        (weight + 3, "digest mismatch"),
+        (meta + 3, "metadata"),
+    ]:
         bad = bytearray(data)
         bad[at] ^= 0x40
         path = tmp_path / f"flip{at}.onnx"
@@ -218,8 +227,9 @@ def test_tflite_sidecar_digest_is_checked(tmp_path):
         load(path)
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.json", "sub/tok.json", "..", "C:\\tok.json",
-                                  "a\\..\\b.json", ""])
+@pytest.mark.parametrize(
+    "name", ["/etc/passwd", "../outside.json", "sub/tok.json", "..", "C:\\tok.json", "a\\..\\b.json", ""]
+)
 def test_tokenizer_file_must_be_a_plain_name_beside_the_model(tmp_path, name):
     (tmp_path / "outside.json").write_text("{}")
     path = save_sealed(text_graph(), tmp_path / "m.onnx", text_meta(name))
@@ -243,8 +253,10 @@ def test_tokenizer_file_must_be_a_plain_name_beside_the_model(tmp_path, name):
         ({**image_meta(), "keep_schedule": [0.5]}, "keep_schedule has 1 entries for 2 layers"),
         ({**image_meta(), "family": "bert"}, "does not match family|preprocess must hold"),
         ({k: v for k, v in image_meta().items() if k != "preprocess"}, "preprocess is missing"),
-        ({**image_meta(), "preprocess": {"image": {"image_size": 8, "resize_size": 8, "std": [0, 1, 1]}}},
-         r"std \[0\] must be in"),
+        (
+            {**image_meta(), "preprocess": {"image": {"image_size": 8, "resize_size": 8, "std": [0, 1, 1]}}},
+            r"std \[0\] must be in",
+        ),
         ({**image_meta(), "preprocess": {"image": {"image_sise": 8}}}, "unknown keys"),
     ],
 )
@@ -276,8 +288,11 @@ def test_stray_tokenizer_config_does_not_change_the_limit(text_model):
 
 def _text_feed(**change: np.ndarray) -> dict[str, np.ndarray]:
     mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
-    feed = {"input_ids": np.array([[2, 3, 4, 0], [5, 6, 0, 0]]), "attention_mask": mask,
-            "token_type_ids": np.zeros_like(mask)}
+    feed = {
+        "input_ids": np.array([[2, 3, 4, 0], [5, 6, 0, 0]]),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros_like(mask),
+    }
     return {**feed, **change}
 
 
@@ -288,9 +303,15 @@ def _text_feed(**change: np.ndarray) -> dict[str, np.ndarray]:
         ({"attention_mask": np.array([[0, 0, 0, 0], [0, 0, 0, 0]])}, r"\[0, 1\] are all padding"),
         ({"attention_mask": np.array([[0, 1, 1, 1], [1, 1, 0, 0]])}, r"\[0\] are not right-padded"),
         ({"attention_mask": np.array([[1, 2, 1, 0], [1, 1, 0, 0]])}, "only 0 .padding. and 1"),
-        ({"input_ids": np.array([[2, -1, 4, 0], [5, 6, 0, 0]])}, r"input_ids row \[0\] hold token ids not in \[0, 9\]"),
+        (
+            {"input_ids": np.array([[2, -1, 4, 0], [5, 6, 0, 0]])},
+            r"input_ids row \[0\] hold token ids not in \[0, 9\]",
+        ),
         ({"input_ids": np.array([[2, 3, 4, 0], [5, 10, 0, 0]])}, r"row \[1\] hold token ids not in \[0, 9\]"),
-        ({"token_type_ids": np.array([[0, 2, 0, 0], [0, 0, 0, 0]])}, r"token_type_ids row \[0\] hold token types"),
+        (
+            {"token_type_ids": np.array([[0, 2, 0, 0], [0, 0, 0, 0]])},
+            r"token_type_ids row \[0\] hold token types",
+        ),
         ({"input_ids": np.array([[2.5, 3, 4, 0], [5, 6, 0, 0]])}, "must hold integers, got dtype float64"),
         ({"input_ids": np.zeros((2, 5), np.int64)}, "must be .B, N. like input_ids|disagree|shape"),
         ({"token_type_ids": np.zeros((3, 4), np.int64)}, "disagree on the batch size"),
@@ -406,7 +427,9 @@ def test_cli_run_errors_are_one_line(image_model, text_model, tmp_path):
     ]:
         res = runner.invoke(app, args)
         lines = res.output.strip().splitlines()  # a warning may come first; the error is the one last line
-        assert res.exit_code == 2 and lines[-1].startswith("error: ") and re.search(match, lines[-1]), res.output
+        assert res.exit_code == 2 and lines[-1].startswith("error: ") and re.search(match, lines[-1]), (
+            res.output
+        )
         assert "Traceback" not in res.output and sum(ln.startswith("error: ") for ln in lines) == 1
     ok = tmp_path / "ok.png"
     Image.new("RGB", (8, 8), (0, 250, 0)).save(ok)
@@ -472,7 +495,11 @@ def test_tmp_files_of_killed_writes_are_cleaned_up(tmp_path):
     from sttabt_edge.train.checkpoint import latest_checkpoint, save_checkpoint
 
     run = _run_with_checkpoint(tmp_path)
-    stale = [run / "checkpoints" / ".latest.k1ll3d.tmp", run / ".report.json.x7.tmp", run / ".train_config.json.a.tmp"]
+    stale = [
+        run / "checkpoints" / ".latest.k1ll3d.tmp",
+        run / ".report.json.x7.tmp",
+        run / ".train_config.json.a.tmp",
+    ]
     for p in stale:
         p.write_text("half a file")
     mine = run / "notes.tmp"  # not an atomic-write temp file: left alone
@@ -521,7 +548,9 @@ def image_dir(tmp_path) -> Path:
     d.mkdir()
     rng = np.random.default_rng(0)
     for i in range(8):
-        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(d / f"n0000{i % 2}_img{i}.png")
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(
+            d / f"n0000{i % 2}_img{i}.png"
+        )
     return d
 
 
@@ -549,8 +578,24 @@ def test_malicious_pth_and_approxnet_are_one_line_cli_errors(tmp_path, vit_dir, 
     runner = CliRunner()
     for args, match in [
         (["info", "--model", str(evil)], "holds pickled code"),
-        (["export", "--model", str(vit_dir), "--out", str(tmp_path / "x.onnx"), "--approx", str(approx_dir),
-          "--calib", str(image_dir), "--calib-samples", "2", "--latency-runs", "0"], "not a readable safetensors"),
+        (
+            [
+                "export",
+                "--model",
+                str(vit_dir),
+                "--out",
+                str(tmp_path / "x.onnx"),
+                "--approx",
+                str(approx_dir),
+                "--calib",
+                str(image_dir),
+                "--calib-samples",
+                "2",
+                "--latency-runs",
+                "0",
+            ],
+            "not a readable safetensors",
+        ),
     ]:
         res = runner.invoke(app, args)
         lines = res.output.strip().splitlines()
@@ -579,8 +624,17 @@ def test_resume_keeps_heldout_kl_before_and_refuses_a_malicious_trainer_state(tm
     out = tmp_path / "ax"
 
     def cfg(**kw):
-        return TrainConfig(**{"lr": 1e-3, "steps": 4, "batch_size": 2, "warmup": 0.0, "progress": False,
-                              "eval_batch_size": 4, **kw})
+        return TrainConfig(
+            **{
+                "lr": 1e-3,
+                "steps": 4,
+                "batch_size": 2,
+                "warmup": 0.0,
+                "progress": False,
+                "eval_batch_size": 4,
+                **kw,
+            }
+        )
 
     train_approx(teacher, data, init="random", cfg=cfg(stop_after=2), out=out)
     before = json.loads((out / "report.json").read_text())["heldout_attention_kl_before"]
@@ -598,10 +652,28 @@ def test_resume_keeps_heldout_kl_before_and_refuses_a_malicious_trainer_state(tm
 
     from sttabt_edge.cli import app
 
-    res = CliRunner().invoke(app, ["train", "approx", "--model", str(vit_dir), "--data", str(image_dir),
-                                   "--out", str(out), "--init", "random", "--steps", "6", "--resume"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "approx",
+            "--model",
+            str(vit_dir),
+            "--data",
+            str(image_dir),
+            "--out",
+            str(out),
+            "--init",
+            "random",
+            "--steps",
+            "6",
+            "--resume",
+        ],
+    )
     lines = res.output.strip().splitlines()
-    assert res.exit_code == 2 and lines[-1].startswith("error: ") and "holds pickled code" in lines[-1], res.output
+    assert res.exit_code == 2 and lines[-1].startswith("error: ") and "holds pickled code" in lines[-1], (
+        res.output
+    )
     assert "Traceback" not in res.output and not marker.exists()
 
 
@@ -618,7 +690,12 @@ def test_quantized_export_carries_a_valid_digest(fuzz_exports, tmp_path):
 
 # ---- fuzz: token counts and padding, both families, top-k and concrete exports -------------------
 
-TEXT_PLANS = {"topk-0.25": 0.25, "topk-0.6": 0.6, "concrete-a": [-0.3, 0.0, 0.2], "concrete-b": [0.5, -0.4, 0.1]}
+TEXT_PLANS = {
+    "topk-0.25": 0.25,
+    "topk-0.6": 0.6,
+    "concrete-a": [-0.3, 0.0, 0.2],
+    "concrete-b": [0.5, -0.4, 0.1],
+}
 IMAGE_PLANS = {"topk-0.4": 0.4, "topk-0.8": 0.8, "concrete": [-0.2, 0.1, 0.3]}
 
 
@@ -651,12 +728,20 @@ def fuzz_exports(tmp_path_factory) -> dict:
     tok = word_tokenizer(root / "tok.json")
     images = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
     graphs = {}
-    for family, model, plans, example in (("bert", tiny_bert(), TEXT_PLANS, text_batch()),
-                                          ("vit", tiny_vit(), IMAGE_PLANS, images)):
+    for family, model, plans, example in (
+        ("bert", tiny_bert(), TEXT_PLANS, text_batch()),
+        ("vit", tiny_vit(), IMAGE_PLANS, images),
+    ):
         for name, plan in plans.items():
             reducer = _reducer(model, plan)
-            path = export_onnx(model, reducer, root / f"{family}-{name}.onnx", example_inputs=example,
-                               simplify=False, tokenizer_file=tok if family == "bert" else None)
+            path = export_onnx(
+                model,
+                reducer,
+                root / f"{family}-{name}.onnx",
+                example_inputs=example,
+                simplify=False,
+                tokenizer_file=tok if family == "bert" else None,
+            )
             graphs[family, name] = (load(path, threads=1), model, reducer)
     return graphs
 
@@ -709,9 +794,14 @@ def test_fuzz_real_minilm_rows_equal_alone_and_pytorch(shared_dir, tmp_path):
     model = load_model(model_dir)
     reducer = SttabtReducer(build_approxnet(model, 4, "interpolate").eval(), keep_ratio=0.3)
     enc = TextPreprocess.from_file(model_dir)(["a gripping, funny film", "dull", "not bad at all, really"])
-    path = export_onnx(model, reducer, tmp_path / "minilm.onnx", simplify=False,
-                       example_inputs={k: torch.from_numpy(v) for k, v in enc.items()},
-                       tokenizer_file=model_dir / "tokenizer.json")
+    path = export_onnx(
+        model,
+        reducer,
+        tmp_path / "minilm.onnx",
+        simplify=False,
+        example_inputs={k: torch.from_numpy(v) for k, v in enc.items()},
+        tokenizer_file=model_dir / "tokenizer.json",
+    )
     pred = load(path, threads=1)
     ids = pred.text.tokenizer.token_to_id("[CLS]"), pred.text.tokenizer.token_to_id("[SEP]")
 
@@ -737,8 +827,9 @@ def test_fuzz_real_deit_rows_equal_alone_and_pytorch(shared_dir, tmp_path):
     model = load_model(shared_dir / "models" / "deit-tiny-imagenet")
     reducer = SttabtReducer(build_approxnet(model, 4, "interpolate").eval(), keep_ratio=0.3)
     example = {"pixel_values": torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))}
-    pred = load(export_onnx(model, reducer, tmp_path / "deit.onnx", simplify=False, example_inputs=example),
-                threads=1)
+    pred = load(
+        export_onnx(model, reducer, tmp_path / "deit.onnx", simplify=False, example_inputs=example), threads=1
+    )
 
     @settings(FUZZ, max_examples=8)
     @given(batch=image_batches(size=224, max_batch=4))

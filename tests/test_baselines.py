@@ -29,8 +29,15 @@ from sttabt_edge.reducers.topk import evit_schedule
 from sttabt_edge.sparse_model import SparseClassifier
 
 assert_close = torch.testing.assert_close
-VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-              image_size=32, patch_size=8, num_labels=5)
+VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    num_labels=5,
+)
 SCHEDULE = [0.7, 0.5, 0.3]
 
 
@@ -53,8 +60,16 @@ def deit():
 @pytest.fixture(scope="module")
 def bert():
     torch.manual_seed(2)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=3, attn_implementation="eager")
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        attn_implementation="eager",
+    )
     return BertForSequenceClassification(cfg).eval()
 
 
@@ -175,7 +190,9 @@ def test_evit_schedule_compounds():
 
 def test_ltp_higher_thresholds_keep_fewer_tokens(case):
     model, inputs = case
-    means = [run(model, LtpReducer(t, num_layers=3), inputs).retention.mean().item() for t in (0.0, 0.6, 1.0, 2.0)]
+    means = [
+        run(model, LtpReducer(t, num_layers=3), inputs).retention.mean().item() for t in (0.0, 0.6, 1.0, 2.0)
+    ]
     assert means[0] == 1.0
     assert all(a >= b for a, b in zip(means, means[1:], strict=False)) and means[-1] < means[0]
 

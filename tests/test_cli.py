@@ -34,10 +34,17 @@ def image_dir(tmp_path):
 def test_info(vit_dir):
     res = runner.invoke(app, ["info", "--model", str(vit_dir)])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout) == {"family": "vit", "layers": 3, "heads": 4, "hidden": 32,
-                                      "intermediate": 64, "num_prefix_tokens": 1,
-                                      "architecture": "ViTForImageClassification", "num_labels": 5,
-                                      "tokens": 17}
+    assert json.loads(res.stdout) == {
+        "family": "vit",
+        "layers": 3,
+        "heads": 4,
+        "hidden": 32,
+        "intermediate": 64,
+        "num_prefix_tokens": 1,
+        "architecture": "ViTForImageClassification",
+        "num_labels": 5,
+        "tokens": 17,
+    }
 
 
 def test_info_reads_the_config_alone(vit_dir, tmp_path):
@@ -49,8 +56,9 @@ def test_info_reads_the_config_alone(vit_dir, tmp_path):
     cfg = json.loads((vit_dir / "config.json").read_text())
     d = tmp_path / "distilled"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "deit",
-                                                "architectures": ["DeiTForImageClassificationWithTeacher"]}))
+    (d / "config.json").write_text(
+        json.dumps({**cfg, "model_type": "deit", "architectures": ["DeiTForImageClassificationWithTeacher"]})
+    )
     got = json.loads(runner.invoke(app, ["info", "--model", str(d)]).stdout)
     assert got["family"] == "vit" and got["num_prefix_tokens"] == 2 and got["tokens"] == 18
 
@@ -59,8 +67,25 @@ def test_info_reads_the_config_alone(vit_dir, tmp_path):
 def test_eval_image_folder(vit_dir, image_dir, tmp_path, method):
     out = tmp_path / "res.json"
     approx = ["--approx", "oracle"] if method == "sttabt" else []
-    res = runner.invoke(app, ["eval", "--model", str(vit_dir), "--data", str(image_dir), "--method", method,
-                              "--keep-ratio", "0.5", "--batch-size", "4", "--json", str(out), *approx])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(vit_dir),
+            "--data",
+            str(image_dir),
+            "--method",
+            method,
+            "--keep-ratio",
+            "0.5",
+            "--batch-size",
+            "4",
+            "--json",
+            str(out),
+            *approx,
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["num_samples"] == 6 and 0 <= got["metrics"]["accuracy"] <= 1
@@ -83,7 +108,9 @@ def test_eval_glue_text(tmp_path, shared_dir):
     model.config.vocab_size = 100
     model.save_pretrained(d)
     (d / "tokenizer.json").write_text((shared_dir / "models/minilm-l6-sst2/tokenizer.json").read_text())
-    res = runner.invoke(app, ["eval", "--model", str(d), "--data", str(tsv), "--method", "sttabt", "--approx", "oracle"])
+    res = runner.invoke(
+        app, ["eval", "--model", str(d), "--data", str(tsv), "--method", "sttabt", "--approx", "oracle"]
+    )
     # the shared tokenizer's ids exceed the tiny vocab: that must be a clear failure, not a crash
     assert res.exit_code != 0
 
@@ -96,13 +123,40 @@ def test_missing_model_is_a_clear_error(tmp_path, image_dir, monkeypatch):
 
 def test_show_image_grid_and_text_html(vit_dir, image_dir, tmp_path, shared_dir):
     out = tmp_path / "grid.png"
-    res = runner.invoke(app, ["show", "--model", str(vit_dir), "--image", str(image_dir / "a" / "0.png"),
-                              "--keep-ratio", "0.5", "--out", str(out), "--approx", "oracle"])
+    res = runner.invoke(
+        app,
+        [
+            "show",
+            "--model",
+            str(vit_dir),
+            "--image",
+            str(image_dir / "a" / "0.png"),
+            "--keep-ratio",
+            "0.5",
+            "--out",
+            str(out),
+            "--approx",
+            "oracle",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert Image.open(out).size[0] > 4 * 32
-    res = runner.invoke(app, ["show", "--model", str(shared_dir / "models/minilm-l6-sst2"), "--text",
-                              "a charming film", "--keep-ratio", "0.5", "--out", str(tmp_path / "t.html"),
-                              "--approx", "oracle"])
+    res = runner.invoke(
+        app,
+        [
+            "show",
+            "--model",
+            str(shared_dir / "models/minilm-l6-sst2"),
+            "--text",
+            "a charming film",
+            "--keep-ratio",
+            "0.5",
+            "--out",
+            str(tmp_path / "t.html"),
+            "--approx",
+            "oracle",
+        ],
+    )
     assert res.exit_code == 0, res.output
     page = (tmp_path / "t.html").read_text()
     assert page.count("<tr>") == 6 and "charming" in page and 'class="d"' in page

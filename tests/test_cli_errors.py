@@ -25,13 +25,21 @@ def files(tmp_path_factory):
     (root / "m.onnx").write_bytes(b"")
     (root / "approx").mkdir()
     (root / "approx" / "approxnet.json").write_text("{}")  # an ApproxNet dir as the CLI recognises one
-    return {"approx": str(root / "approx"), "vit": str(root / "vit"), "img": str(root / "images"), "png": str(root / "images" / "a" / "0.png"),
-            "onnx": str(root / "m.onnx"), "missing": str(root / "missing"), "out": str(root / "o.onnx")}
+    return {
+        "approx": str(root / "approx"),
+        "vit": str(root / "vit"),
+        "img": str(root / "images"),
+        "png": str(root / "images" / "a" / "0.png"),
+        "onnx": str(root / "m.onnx"),
+        "missing": str(root / "missing"),
+        "out": str(root / "o.onnx"),
+    }
 
 
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """Any model load fails the test: the checks must come first."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was checked")
 
@@ -39,37 +47,92 @@ def no_model_load(monkeypatch):
 
 
 BAD = {
-    "export keep ratio 1.5": (["export", "--model", "{vit}", "--out", "{out}", "--approx", "untrained",
-                               "--keep-ratio", "1.5"], "--keep-ratio"),
-    "export keep ratio 0": (["export", "--model", "{vit}", "--out", "{out}", "--approx", "untrained",
-                             "--keep-ratio", "0"], "--keep-ratio"),
+    "export keep ratio 1.5": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--approx", "untrained", "--keep-ratio", "1.5"],
+        "--keep-ratio",
+    ),
+    "export keep ratio 0": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--approx", "untrained", "--keep-ratio", "0"],
+        "--keep-ratio",
+    ),
     "export no approx": (["export", "--model", "{vit}", "--out", "{out}"], "untrained"),
-    "export approx not a dir": (["export", "--model", "{vit}", "--out", "{out}", "--approx", "{missing}"],
-                                "not an ApproxNet"),
-    "export approx with dense": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense",
-                                  "--approx", "untrained"], "--approx"),
-    "export approx factor with a dir": (["export", "--model", "{vit}", "--out", "{out}", "--approx", "{approx}",
-                                         "--approx-factor", "8"], "--approx-factor applies only to --approx untrained"),
-    "export approx heads with a dir": (["export", "--model", "{vit}", "--out", "{out}", "--approx", "{approx}",
-                                        "--approx-heads", "2"], "--approx-heads applies only"),
-    "export approx shape with dense": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense",
-                                        "--approx-factor", "8", "--approx-heads", "2"],
-                                       "--approx-factor / --approx-heads apply only"),
-    "export bad batch": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense", "--batch", "0"],
-                         "--batch"),
-    "export missing calib": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense",
-                              "--calib", "{missing}"], "--calib"),
-    "export wrong suffix": (["export", "--model", "{vit}", "--out", "{missing}.tflite", "--method", "dense"],
-                            ".onnx"),
-    "export bad quantize": (["export", "--model", "{vit}", "--out", "{out}", "--method", "dense",
-                             "--quantize", "int4"], "--quantize"),
-    "export tflite batch": (["export", "--model", "{vit}", "--out", "{missing}.tflite", "--target", "tflite",
-                             "--method", "dense", "--batch", "4"], "static batch of 1"),
-    "export missing model": (["export", "--model", "{missing}", "--out", "{out}", "--method", "dense"],
-                             "no such file"),
+    "export approx not a dir": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--approx", "{missing}"],
+        "not an ApproxNet",
+    ),
+    "export approx with dense": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--method", "dense", "--approx", "untrained"],
+        "--approx",
+    ),
+    "export approx factor with a dir": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--approx", "{approx}", "--approx-factor", "8"],
+        "--approx-factor applies only to --approx untrained",
+    ),
+    "export approx heads with a dir": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--approx", "{approx}", "--approx-heads", "2"],
+        "--approx-heads applies only",
+    ),
+    "export approx shape with dense": (
+        [
+            "export",
+            "--model",
+            "{vit}",
+            "--out",
+            "{out}",
+            "--method",
+            "dense",
+            "--approx-factor",
+            "8",
+            "--approx-heads",
+            "2",
+        ],
+        "--approx-factor / --approx-heads apply only",
+    ),
+    "export bad batch": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--method", "dense", "--batch", "0"],
+        "--batch",
+    ),
+    "export missing calib": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--method", "dense", "--calib", "{missing}"],
+        "--calib",
+    ),
+    "export wrong suffix": (
+        ["export", "--model", "{vit}", "--out", "{missing}.tflite", "--method", "dense"],
+        ".onnx",
+    ),
+    "export bad quantize": (
+        ["export", "--model", "{vit}", "--out", "{out}", "--method", "dense", "--quantize", "int4"],
+        "--quantize",
+    ),
+    "export tflite batch": (
+        [
+            "export",
+            "--model",
+            "{vit}",
+            "--out",
+            "{missing}.tflite",
+            "--target",
+            "tflite",
+            "--method",
+            "dense",
+            "--batch",
+            "4",
+        ],
+        "static batch of 1",
+    ),
+    "export missing model": (
+        ["export", "--model", "{missing}", "--out", "{out}", "--method", "dense"],
+        "no such file",
+    ),
     "eval missing data": (["eval", "--model", "{vit}", "--data", "{missing}"], "--data"),
-    "eval keep ratio": (["eval", "--model", "{vit}", "--data", "{img}", "--keep-ratio", "1.5"], "--keep-ratio"),
-    "eval sttabt no approx": (["eval", "--model", "{vit}", "--data", "{img}", "--method", "sttabt"], "oracle"),
+    "eval keep ratio": (
+        ["eval", "--model", "{vit}", "--data", "{img}", "--keep-ratio", "1.5"],
+        "--keep-ratio",
+    ),
+    "eval sttabt no approx": (
+        ["eval", "--model", "{vit}", "--data", "{img}", "--method", "sttabt"],
+        "oracle",
+    ),
     "eval batch size": (["eval", "--model", "{vit}", "--data", "{img}", "--batch-size", "0"], "--batch-size"),
     "info missing model": (["info", "--model", "{missing}"], "no such file"),
     "bench runs 0": (["bench", "{onnx}", "--runs", "0"], "--runs"),
@@ -79,12 +142,31 @@ BAD = {
     "run nothing to run": (["run", "{onnx}"], "--image"),
     "run top-k": (["run", "{onnx}", "--text", "hi", "--top-k", "0"], "--top-k"),
     "run missing image": (["run", "{onnx}", "--image", "{missing}.png"], "--image"),
-    "show keep ratio": (["show", "--model", "{vit}", "--image", "{png}", "--out", "{missing}.png",
-                        "--keep-ratio", "0", "--approx", "oracle"], "--keep-ratio"),
-    "show sttabt no approx": (["show", "--model", "{vit}", "--image", "{png}", "--out", "{missing}.png"], "oracle"),
+    "show keep ratio": (
+        [
+            "show",
+            "--model",
+            "{vit}",
+            "--image",
+            "{png}",
+            "--out",
+            "{missing}.png",
+            "--keep-ratio",
+            "0",
+            "--approx",
+            "oracle",
+        ],
+        "--keep-ratio",
+    ),
+    "show sttabt no approx": (
+        ["show", "--model", "{vit}", "--image", "{png}", "--out", "{missing}.png"],
+        "oracle",
+    ),
     "verify missing data": (["verify", "{onnx}", "--reference", "{vit}", "--data", "{missing}"], "--data"),
-    "train missing data": (["train", "approx", "--model", "{vit}", "--data", "{missing}", "--out", "{missing}"],
-                           "--data"),
+    "train missing data": (
+        ["train", "approx", "--model", "{vit}", "--data", "{missing}", "--out", "{missing}"],
+        "--data",
+    ),
     "missing option": (["export", "--out", "{out}"], "--model"),
     "unknown global option": (["--bogus"], "No such option: --bogus"),
     "unknown verb": (["bogus"], "No such command 'bogus'"),

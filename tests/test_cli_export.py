@@ -33,10 +33,14 @@ def bert_dir(tmp_path_factory):
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(
-        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tok.train_from_iterator(
+        [" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
     d = tmp_path_factory.mktemp("bert") / "bert"
     tiny_bert().save_pretrained(d)
     tok.save(str(d / "tokenizer.json"))
@@ -45,18 +49,50 @@ def bert_dir(tmp_path_factory):
 
 def test_export_prints_a_table_and_writes_json_on_request(vit_dir, tmp_path):
     out, report = tmp_path / "dense.onnx", tmp_path / "summary.json"
-    res = runner.invoke(app, ["export", "--model", str(vit_dir), "--method", "dense", "--out", str(out),
-                              "--json", str(report), *FAST])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(vit_dir),
+            "--method",
+            "dense",
+            "--out",
+            str(out),
+            "--json",
+            str(report),
+            *FAST,
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "parity" in res.stdout and "max |dlogit|" in res.stdout and not res.stdout.lstrip().startswith("{")
     summary = json.loads(report.read_text())
-    assert summary["out"] == str(out) and summary["files"] == [str(out)] and summary["parity"]["max_abs_diff"] < 1e-4
+    assert (
+        summary["out"] == str(out)
+        and summary["files"] == [str(out)]
+        and summary["parity"]["max_abs_diff"] < 1e-4
+    )
 
 
 def test_quantized_export_writes_int8_at_out(vit_dir, tmp_path):
     out = tmp_path / "m.onnx"
-    res = runner.invoke(app, ["export", "--model", str(vit_dir), "--out", str(out), "--approx", "untrained",
-                              "--quantize", "int8", *FAST, "--json", "-"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(vit_dir),
+            "--out",
+            str(out),
+            "--approx",
+            "untrained",
+            "--quantize",
+            "int8",
+            *FAST,
+            "--json",
+            "-",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     fp32 = tmp_path / "m.fp32.onnx"
@@ -64,8 +100,21 @@ def test_quantized_export_writes_int8_at_out(vit_dir, tmp_path):
     assert read_metadata(out)["quantization"] == "int8-dynamic" and "quantization" not in read_metadata(fp32)
     assert summary["quantization"]["int8_bytes"] == out.stat().st_size < fp32.stat().st_size
     assert not (tmp_path / "m.int8.onnx").exists()
-    table = runner.invoke(app, ["export", "--model", str(vit_dir), "--out", str(out), "--approx", "untrained",
-                                "--quantize", "int8", *FAST])
+    table = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(vit_dir),
+            "--out",
+            str(out),
+            "--approx",
+            "untrained",
+            "--quantize",
+            "int8",
+            *FAST,
+        ],
+    )
     assert table.exit_code == 0 and "also wrote" in table.stdout and "INT8" in table.stdout
     img = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(img)
@@ -78,8 +127,23 @@ def test_text_int8_quantizes_embeddings_and_runs_on_its_own(bert_dir, tmp_path):
     """Word, position and token-type tables of the model and of the ApproxNet are 8-bit; the
     ApproxNet's matmuls stay fp32; the INT8 file names its own tokenizer copy."""
     out = tmp_path / "t" / "text.onnx"
-    res = runner.invoke(app, ["export", "--model", str(bert_dir), "--out", str(out), "--approx", "untrained",
-                              "--quantize", "int8", *FAST, "--json", "-"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(bert_dir),
+            "--out",
+            str(out),
+            "--approx",
+            "untrained",
+            "--quantize",
+            "int8",
+            *FAST,
+            "--json",
+            "-",
+        ],
+    )
     assert res.exit_code == 0, res.output
     q = json.loads(res.stdout)["quantization"]
     assert q["int8_embeddings"] == 6 and q["fp32_nodes"] > 0 and q["kept_counts_equal"]
@@ -95,17 +159,25 @@ def test_text_int8_quantizes_embeddings_and_runs_on_its_own(bert_dir, tmp_path):
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     floats = {t.name for t in graph.initializer if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT}
     fp32_tables = [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in floats]
-    assert kept_fp32.int8_embeddings == 3 and fp32_tables and all(n.startswith(APPROX_SCOPE) for n in fp32_tables)
+    assert (
+        kept_fp32.int8_embeddings == 3
+        and fp32_tables
+        and all(n.startswith(APPROX_SCOPE) for n in fp32_tables)
+    )
 
 
 def test_run_refuses_long_text_naming_truncate(bert_dir, tmp_path):
     out = tmp_path / "dense.onnx"
-    res = runner.invoke(app, ["export", "--model", str(bert_dir), "--method", "dense", "--out", str(out), *FAST])
+    res = runner.invoke(
+        app, ["export", "--model", str(bert_dir), "--method", "dense", "--out", str(out), *FAST]
+    )
     assert res.exit_code == 0, res.output
     long = " ".join(WORDS * 6)  # 90 words + 2 special tokens > 64 positions
     res = runner.invoke(app, ["run", str(out), "--text", long])
     assert res.exit_code == 2 and "--truncate" in res.output and "truncation=True" not in res.output
-    res = runner.invoke(app, ["run", str(out), "--text", long, "--text", "a fine film", "--truncate", "--json"])
+    res = runner.invoke(
+        app, ["run", str(out), "--text", long, "--text", "a fine film", "--truncate", "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)) == 2
 
@@ -113,8 +185,12 @@ def test_run_refuses_long_text_naming_truncate(bert_dir, tmp_path):
 def test_run_warns_on_small_images(vit_dir, tmp_path):
     """The tiny ViT crops 32 px from a 32 px resize: a 12 px image is upscaled past half the crop."""
     out = tmp_path / "dense.onnx"
-    assert runner.invoke(app, ["export", "--model", str(vit_dir), "--method", "dense", "--out", str(out),
-                               *FAST]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["export", "--model", str(vit_dir), "--method", "dense", "--out", str(out), *FAST]
+        ).exit_code
+        == 0
+    )
     small, big = tmp_path / "small.png", tmp_path / "big.png"
     Image.new("RGB", (12, 30)).save(small)
     Image.new("RGB", (40, 40)).save(big)

@@ -51,16 +51,32 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("no-torch")
     tiny_vit().save_pretrained(root / "vit")
     out = root / "m.onnx"
-    res = CliRunner().invoke(app, ["export", "--model", str(root / "vit"), "--out", str(out), "--approx", "untrained",
-                                   "--no-simplify", "--latency-runs", "0", "--calib-samples", "2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(root / "vit"),
+            "--out",
+            str(out),
+            "--approx",
+            "untrained",
+            "--no-simplify",
+            "--latency-runs",
+            "0",
+            "--calib-samples",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(root / "x.png")
     return root
 
 
 def _cli(cwd, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _SCRIPT, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("command", ["run", "bench", "info"])
@@ -80,6 +96,8 @@ def test_runtime_commands_never_import_torch(exported, command):
 
 
 def test_show_without_torch_is_one_line(exported):
-    proc = _cli(exported, "show", "--model", "vit", "--image", "x.png", "--out", "g.png", "--approx", "oracle")
+    proc = _cli(
+        exported, "show", "--model", "vit", "--image", "x.png", "--out", "g.png", "--approx", "oracle"
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("LEAKED")]
     assert proc.returncode == 2 and len(lines) == 1 and "needs torch" in lines[0], proc.stderr

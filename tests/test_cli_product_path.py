@@ -30,15 +30,50 @@ def test_train_export_verify_run(tmp_path, image_dir, concrete):
     model = tmp_path / "vit"
     tiny_vit().save_pretrained(model)
     common = ["--data", str(image_dir), "--steps", "2", "--batch-size", "4"]
-    res = runner.invoke(app, ["train", "approx", "--model", str(model), "--out", str(tmp_path / "ax"), *common])
+    res = runner.invoke(
+        app, ["train", "approx", "--model", str(model), "--out", str(tmp_path / "ax"), *common]
+    )
     assert res.exit_code == 0, res.output
     trained = tmp_path / "sttabt"
-    res = runner.invoke(app, ["train", "concrete", "--model", str(model), "--approx", str(tmp_path / "ax"),
-                              "--target-retention", "0.6", "--concrete", concrete, "--out", str(trained), *common])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "concrete",
+            "--model",
+            str(model),
+            "--approx",
+            str(tmp_path / "ax"),
+            "--target-retention",
+            "0.6",
+            "--concrete",
+            concrete,
+            "--out",
+            str(trained),
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     onnx = tmp_path / "m.onnx"
-    res = runner.invoke(app, ["export", "--model", str(trained), "--out", str(onnx), "--calib", str(image_dir),
-                              "--calib-samples", "4", "--latency-runs", "0", "--no-simplify", "--json", "-"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(trained),
+            "--out",
+            str(onnx),
+            "--calib",
+            str(image_dir),
+            "--calib-samples",
+            "4",
+            "--latency-runs",
+            "0",
+            "--no-simplify",
+            "--json",
+            "-",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["method"] == "sttabt" and summary["parity"]["max_abs_diff"] <= 1e-4
@@ -49,6 +84,16 @@ def test_train_export_verify_run(tmp_path, image_dir, concrete):
     res = runner.invoke(app, ["verify", str(onnx), "--reference", str(trained), "--data", str(image_dir)])
     assert res.exit_code == 0, res.output
     # a trained dir brings its own ApproxNet: a second one is refused in one line
-    res = runner.invoke(app, ["export", "--model", str(trained), "--out", str(tmp_path / "x.onnx"),
-                              "--approx", str(tmp_path / "ax")])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(trained),
+            "--out",
+            str(tmp_path / "x.onnx"),
+            "--approx",
+            str(tmp_path / "ax"),
+        ],
+    )
     assert res.exit_code == 2 and "drop --approx" in res.output

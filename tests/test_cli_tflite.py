@@ -24,9 +24,28 @@ def test_cli_tflite_export_run_verify(tmp_path):
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
     out = tmp_path / "m.tflite"
-    res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--out", str(out),
-                              "--keep-ratio", "0.5", "--calib", str(images.parent), "--calib-samples", "3",
-                              "--approx", "untrained", "--json", "-"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(model_dir),
+            "--target",
+            "tflite",
+            "--out",
+            str(out),
+            "--keep-ratio",
+            "0.5",
+            "--calib",
+            str(images.parent),
+            "--calib-samples",
+            "3",
+            "--approx",
+            "untrained",
+            "--json",
+            "-",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["target"] == "tflite" and out.is_file()
@@ -34,5 +53,7 @@ def test_cli_tflite_export_run_verify(tmp_path):
     assert res.exit_code == 0, res.output
     kept = json.loads(res.stdout)[0]["kept_counts"]  # union: the top layer keeps ceil(0.5 * 17) + CLS at most
     assert kept == sorted(kept, reverse=True) and 9 <= kept[-1] <= 10 and kept[0] <= 17
-    res = runner.invoke(app, ["verify", str(out), "--reference", str(model_dir), "--data", str(images.parent)])
+    res = runner.invoke(
+        app, ["verify", str(out), "--reference", str(model_dir), "--data", str(images.parent)]
+    )
     assert res.exit_code == 0, res.output

@@ -66,12 +66,16 @@ def test_sub_phrases_of_held_out_sentences_are_found():
 
 def test_config_refuses_bad_requests_before_loading(tmp_path):
     ok = dict(model="m", data=tmp_path, out=tmp_path / "o")
-    for bad, match in ((dict(), "exactly one"), (dict(max_drop=1, target_retention=0.3), "exactly one"),
-                       (dict(max_drop=-1), "--max-drop"), (dict(target_retention=1.5), "--target-retention"),
-                       (dict(max_drop=1, budget_minutes=0), "--budget-minutes"),
-                       (dict(max_drop=1, target="coreml"), "--target"),
-                       (dict(max_drop=1, approx=tmp_path, approx_factor=4), "drop them"),
-                       (dict(max_drop=1, eval_data=tmp_path / "nope"), "--eval-data")):
+    for bad, match in (
+        (dict(), "exactly one"),
+        (dict(max_drop=1, target_retention=0.3), "exactly one"),
+        (dict(max_drop=-1), "--max-drop"),
+        (dict(target_retention=1.5), "--target-retention"),
+        (dict(max_drop=1, budget_minutes=0), "--budget-minutes"),
+        (dict(max_drop=1, target="coreml"), "--target"),
+        (dict(max_drop=1, approx=tmp_path, approx_factor=4), "drop them"),
+        (dict(max_drop=1, eval_data=tmp_path / "nope"), "--eval-data"),
+    ):
         with pytest.raises(InputError, match=match):
             CompressConfig(**ok, **bad)
 
@@ -90,10 +94,38 @@ def sst2(tmp_path):
 def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):
     model = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
     out = tmp_path / "out"
-    args = ["compress", "--model", str(model), "--data", str(sst2), "--out", str(out), "--max-drop", "5",
-            "--approx-steps", "20", "--threshold-steps", "30", "--holdout", "24", "--holdout-min-tokens", "6", "--search-steps", "3",
-            "--batch-size", "8", "--bench-runs", "2", "--threads", "1", "--approx-factor", "2",
-            "--quantize", "int8", "--json"]
+    args = [
+        "compress",
+        "--model",
+        str(model),
+        "--data",
+        str(sst2),
+        "--out",
+        str(out),
+        "--max-drop",
+        "5",
+        "--approx-steps",
+        "20",
+        "--threshold-steps",
+        "30",
+        "--holdout",
+        "24",
+        "--holdout-min-tokens",
+        "6",
+        "--search-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--bench-runs",
+        "2",
+        "--threads",
+        "1",
+        "--approx-factor",
+        "2",
+        "--quantize",
+        "int8",
+        "--json",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
@@ -103,14 +135,27 @@ def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):
     chosen, dense = report["chosen"], report["dense"]
     assert report["within_budget"] == (dense["accuracy"] - chosen["accuracy"] <= 5 + 1e-9)
     files = report["files"]
-    assert files["passed"] and set(files["paths"]) == {"sttabt_fp32", "sttabt_int8", "dense_fp32", "dense_int8"}
+    assert files["passed"] and set(files["paths"]) == {
+        "sttabt_fp32",
+        "sttabt_int8",
+        "dense_fp32",
+        "dense_int8",
+    }
     assert files["verify"]["sttabt_fp32"]["max_abs_logit"] <= 1e-3
     # the runtime's held-out accuracy of the fp32 file is PyTorch's on the same examples
-    assert files["accuracy"]["sttabt_fp32"]["held_out"]["accuracy"] == pytest.approx(chosen["accuracy"], abs=1e-6)
-    assert set(report["latency"]["pairs"]) == {"sttabt_fp32_vs_dense_fp32", "dense_int8_vs_dense_fp32",
-                                               "sttabt_int8_vs_dense_fp32", "sttabt_int8_vs_dense_int8"}
+    assert files["accuracy"]["sttabt_fp32"]["held_out"]["accuracy"] == pytest.approx(
+        chosen["accuracy"], abs=1e-6
+    )
+    assert set(report["latency"]["pairs"]) == {
+        "sttabt_fp32_vs_dense_fp32",
+        "dense_int8_vs_dense_fp32",
+        "sttabt_int8_vs_dense_fp32",
+        "sttabt_int8_vs_dense_int8",
+    }
     assert (out / "model.onnx").is_file() and (out / "model.fp32.onnx").is_file()
-    assert (out / "report.md").read_text().startswith("# compress") and (out / "report.png").stat().st_size > 0
+    assert (out / "report.md").read_text().startswith("# compress") and (
+        out / "report.png"
+    ).stat().st_size > 0
     # a finished run is not overwritten; --resume reuses its stages
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--resume" in res.output
@@ -122,13 +167,40 @@ def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):
 def test_compress_to_a_target_retention_without_training_thresholds(tmp_path, sst2):
     model = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["compress", "--model", str(model), "--data", str(sst2), "--out", str(out),
-                              "--target-retention", "0.6", "--no-concrete", "--approx-steps", "20", "--holdout", "24",
-                              "--holdout-min-tokens", "6", "--batch-size", "8", "--bench-runs", "2", "--threads", "1",
-                              "--approx-factor", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "compress",
+            "--model",
+            str(model),
+            "--data",
+            str(sst2),
+            "--out",
+            str(out),
+            "--target-retention",
+            "0.6",
+            "--no-concrete",
+            "--approx-steps",
+            "20",
+            "--holdout",
+            "24",
+            "--holdout-min-tokens",
+            "6",
+            "--batch-size",
+            "8",
+            "--bench-runs",
+            "2",
+            "--threads",
+            "1",
+            "--approx-factor",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert report["thresholds"] == {"skipped": "--no-concrete"} and report["chosen"]["kind"] == "topk"
-    assert abs(report["chosen"]["retention"] - 0.6) < 0.15  # calibrated on fit inputs, measured on held-out ones
+    assert (
+        abs(report["chosen"]["retention"] - 0.6) < 0.15
+    )  # calibrated on fit inputs, measured on held-out ones
     assert set(report["files"]["paths"]) == {"sttabt_fp32", "dense_fp32"} and report["files"]["passed"]
     assert "| STTABT fp32 |" in res.output

@@ -19,7 +19,9 @@ from sttabt_edge.reducers import SttabtReducer
 from sttabt_edge.sparse_model import SparseClassifier
 
 
-def official_masks(scores: list[torch.Tensor], p_logit: list[float], temperature: float = 0.1, p: float = 0.1):
+def official_masks(
+    scores: list[torch.Tensor], p_logit: list[float], temperature: float = 0.1, p: float = 0.1
+):
     """scores: L tensors (H, T, T) pre-softmax. Returns (soft, hard) lists of L+1 masks (T,)."""
     eps = 1e-7
     t = scores[0].shape[-1]
@@ -141,8 +143,9 @@ def test_onnx_export_matches_pytorch(tmp_path):
     reducer = SttabtReducer(build_approxnet(model, 4, "random").eval(), thresholds=th)
     tok = tmp_path / "tokenizer.json"
     _tiny_tokenizer(tok)
-    path = export_onnx(model, reducer, tmp_path / "c.onnx", example_inputs=text_batch(), tokenizer_file=tok,
-                       simplify=False)
+    path = export_onnx(
+        model, reducer, tmp_path / "c.onnx", example_inputs=text_batch(), tokenizer_file=tok, simplify=False
+    )
     import onnxruntime as ort
 
     from sttabt_edge.export.graph import example_args

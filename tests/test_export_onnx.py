@@ -186,7 +186,10 @@ def test_attention_really_shrinks(vit05):
 def test_count_rule_one_ratio_graph_has_two_topk_nodes(tmp_path, tokenizer):
     """With the counted-in rule and one keep ratio every layer below the top keeps the top-chosen
     set (same_as_next): one back-tracking top-k and one compaction, not two per layer."""
-    for model, inputs, extra in ((tiny_vit(), images(2), {}), (tiny_bert(), text_batch(), {"tokenizer_file": tokenizer})):
+    for model, inputs, extra in (
+        (tiny_vit(), images(2), {}),
+        (tiny_bert(), text_batch(), {"tokenizer_file": tokenizer}),
+    ):
         reducer = SttabtReducer(build_approxnet(model, 4, "random").eval(), keep_ratio=0.5, nesting="count")
         path = export(model, reducer, tmp_path / model.config.model_type, inputs, **extra)
         ops = [n.op_type for n in onnx.load(str(path)).graph.node]
@@ -349,7 +352,9 @@ def test_int8_keeps_approxnet_fp32(tmp_path, vit05, mode):
     rep = quantize_onnx(vit05.path, tmp_path / "q.onnx", mode, x)
     both = quantize_onnx(vit05.path, tmp_path / "all.onnx", mode, x, quantize_approx=True)
     approx_mm = [
-        n for n in onnx.load(str(vit05.path)).graph.node if n.name.startswith(APPROX_SCOPE) and n.op_type == "MatMul"
+        n
+        for n in onnx.load(str(vit05.path)).graph.node
+        if n.name.startswith(APPROX_SCOPE) and n.op_type == "MatMul"
     ]
     assert rep.fp32_nodes >= 2 * 4 and both.fp32_nodes == 0  # >= q, k per layer: constant-weight matmuls
     assert rep.fp32_nodes < len(approx_mm)  # the q·kᵀ products are in the scope but never quantized
@@ -358,7 +363,9 @@ def test_int8_keeps_approxnet_fp32(tmp_path, vit05, mode):
         """(ApproxNet, main model) matmuls whose weight is still an fp32 initializer."""
         g = onnx.load(str(tmp_path / name)).graph
         fp32 = {t.name for t in g.initializer if t.data_type == onnx.TensorProto.FLOAT}
-        hits = [n.name.startswith(APPROX_SCOPE) for n in g.node if n.op_type == "MatMul" and n.input[1] in fp32]
+        hits = [
+            n.name.startswith(APPROX_SCOPE) for n in g.node if n.op_type == "MatMul" and n.input[1] in fp32
+        ]
         return sum(hits), len(hits) - sum(hits)
 
     assert fp32_weight_matmuls("q.onnx") == (rep.fp32_nodes, 0)  # only the ApproxNet's stay fp32
@@ -421,8 +428,22 @@ def test_cli_export_dense_and_errors(tmp_path):
     summary = json.loads(res.stdout)
     assert summary["parity"]["max_abs_diff"] <= 1e-4 and out.is_file()
     assert summary["kept_tokens_per_layer_mean"] == [17.0] * 3 and "SYNTHETIC" in res.stderr
-    res = runner.invoke(app, ["export", "--model", str(model_dir), "--target", "tflite", "--batch", "4",
-                              "--method", "dense", "--out", str(tmp_path / "x.tflite")])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(model_dir),
+            "--target",
+            "tflite",
+            "--batch",
+            "4",
+            "--method",
+            "dense",
+            "--out",
+            str(tmp_path / "x.tflite"),
+        ],
+    )
     assert res.exit_code == 2 and "static batch of 1" in res.output
     res = runner.invoke(app, ["export", "--model", str(model_dir), "--batch", "x", "--out", str(out)])
     assert res.exit_code == 2 and "--batch" in res.output

@@ -49,7 +49,11 @@ def softmax_widths(path: Path) -> list[int]:
 
     it = Interpreter(model_path=str(path))
     tensors = {d["index"]: d for d in it.get_tensor_details()}
-    return [int(tensors[op["inputs"][0]]["shape"][-1]) for op in it._get_ops_details() if op["op_name"] == "SOFTMAX"]
+    return [
+        int(tensors[op["inputs"][0]]["shape"][-1])
+        for op in it._get_ops_details()
+        if op["op_name"] == "SOFTMAX"
+    ]
 
 
 def torch_out(model, reducer, inputs) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +109,9 @@ def bert_reducer(bert):
 @pytest.fixture(scope="module")
 def bert_file(tmp_path_factory, bert, bert_reducer, tokenizer):
     out = tmp_path_factory.mktemp("bert") / "bert_sttabt.tflite"
-    return export_tflite(bert, bert_reducer, out, example_inputs=text_batch(), seq_len=SEQ_LEN,
-                         tokenizer_file=tokenizer)
+    return export_tflite(
+        bert, bert_reducer, out, example_inputs=text_batch(), seq_len=SEQ_LEN, tokenizer_file=tokenizer
+    )
 
 
 # ---- eager, no conversion ------------------------------------------------------------------------------
@@ -180,15 +185,24 @@ def test_verify_fails_beyond_tolerance(vit_file, vit_reducer, pixels):
 
 def test_bert_padded_text_per_sample_counts(bert_file, bert, bert_reducer, tokenizer):
     side = read_sidecar(bert_file)
-    assert side["preprocess"]["text"] == {"tokenizer_file": "bert_sttabt.tokenizer.json", "max_length": SEQ_LEN}
+    assert side["preprocess"]["text"] == {
+        "tokenizer_file": "bert_sttabt.tokenizer.json",
+        "max_length": SEQ_LEN,
+    }
     assert (bert_file.parent / "bert_sttabt.tokenizer.json").is_file()
     assert side["tflite"]["kept_sizes"] == [24, 24, 13, 1]  # union slots min(24, ceil(0.5 * 24) + next)
     report = verify_tflite(bert_file, bert, bert_reducer, text_batch(), atol=1e-4)
     assert report["max_abs_diff"] <= 1e-4 and report["kept_counts_equal"]
     pred = load(bert_file, threads=1)
     batch = text_batch()  # lengths 20, 12, 5, padded to 20; the predictor pads to 24
-    out = pred.run({k: v.numpy() for k, v in zip(("input_ids", "attention_mask", "token_type_ids"),
-                                                  example_args("bert", batch), strict=True)})
+    out = pred.run(
+        {
+            k: v.numpy()
+            for k, v in zip(
+                ("input_ids", "attention_mask", "token_type_ids"), example_args("bert", batch), strict=True
+            )
+        }
+    )
     for i, n in enumerate((20, 12, 5)):  # each sample alone at its own length, no padding at all
         one = {k: v[i : i + 1, :n] for k, v in batch.items()}
         logits, kept = torch_out(bert, bert_reducer, one)
@@ -226,7 +240,10 @@ def test_thresholds_export_as_fixed_counts(tmp_path, vit, vit_reducer, pixels):
     side = read_sidecar(path)
     assert side["keep_schedule"] == ratios and side["thresholds"] is None
     approx = side["tflite"]["threshold_approximation"]
-    assert approx["thresholds"] == [0.0] * 3 and 0.0 <= approx["agreement_with_thresholds"]["top1_agreement"] <= 1
+    assert (
+        approx["thresholds"] == [0.0] * 3
+        and 0.0 <= approx["agreement_with_thresholds"]["top1_agreement"] <= 1
+    )
     assert verify_tflite(path, vit, th, pixels)["kept_counts_equal"]  # through the sidecar's schedule
 
 
@@ -244,9 +261,11 @@ def test_deit_tiny_interpolate_approx_keep_03(tmp_path, shared_dir):
     px = {"pixel_values": torch.from_numpy(ImagePreprocess()(files))}
     path = export_tflite(model, reducer, tmp_path / "deit.tflite", example_inputs=px)
     report = read_sidecar(path)["tflite"]["verification"]["float"]
-    print(f"DeiT-Tiny keep 0.3 TFLite vs PyTorch: max |dlogit| {report['max_abs_diff']:.2e}, "
-          f"top-1 agreement {report['top1_agreement']:.3f} on {report['num_samples']} images, "
-          f"kept {report['kept_counts_mean']}")
+    print(
+        f"DeiT-Tiny keep 0.3 TFLite vs PyTorch: max |dlogit| {report['max_abs_diff']:.2e}, "
+        f"top-1 agreement {report['top1_agreement']:.3f} on {report['num_samples']} images, "
+        f"kept {report['kept_counts_mean']}"
+    )
     assert report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0 and report["num_samples"] == 16
     kept = report["kept_counts_mean"]  # union: ceil(0.3 * 197) + CLS at the top, growing toward the input
     assert kept == sorted(kept, reverse=True) and 60 <= kept[-1] <= 61 and report["kept_counts_equal"]

@@ -49,9 +49,12 @@ def test_minilm_keep_ratio_one_is_dense_padded(minilm, shared_dir):
     with torch.no_grad():
         ref = minilm(**enc).logits
         out = SparseClassifier(minilm, SttabtReducer(keep_ratio=1.0))(**enc)
-        single = [SparseClassifier(minilm, SttabtReducer(keep_ratio=0.4))(**{
-            k: v[i : i + 1, : int(enc["attention_mask"][i].sum())] for k, v in enc.items()
-        }).logits for i in range(len(texts))]
+        single = [
+            SparseClassifier(minilm, SttabtReducer(keep_ratio=0.4))(
+                **{k: v[i : i + 1, : int(enc["attention_mask"][i].sum())] for k, v in enc.items()}
+            ).logits
+            for i in range(len(texts))
+        ]
         batch = SparseClassifier(minilm, SttabtReducer(keep_ratio=0.4))(**enc).logits
     torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(batch, torch.cat(single), atol=1e-5, rtol=0)
@@ -64,8 +67,12 @@ def test_tflite_calibration_text_is_tokenized_to_the_static_length(minilm, share
 
     model_dir = shared_dir / "models" / "minilm-l6-sst2"
     req = ExportRequest(
-        model=str(model_dir), out=shared_dir / "unused.tflite", target="tflite", seq_len=8,
-        calib=shared_dir / "data" / "glue" / "SST-2" / "dev.tsv", calib_samples=6,
+        model=str(model_dir),
+        out=shared_dir / "unused.tflite",
+        target="tflite",
+        seq_len=8,
+        calib=shared_dir / "data" / "glue" / "SST-2" / "dev.tsv",
+        calib_samples=6,
     )
     calib, _ = calibration_batch(minilm, req, lambda msg: None)
     ids, mask = calib["input_ids"], calib["attention_mask"]
@@ -89,8 +96,9 @@ def test_short_texts_keep_their_words_through_the_export(minilm, shared_dir, tmp
     texts = ["terrible", "awful", "not good", "a masterpiece"]
     reducer = SttabtReducer(build_approxnet(minilm, 4, "random").eval(), keep_ratio=0.3)
     example = {k: torch.from_numpy(v) for k, v in tok(["a fine film , all told", "bad"]).items()}
-    path = export_onnx(minilm, reducer, tmp_path / "m.onnx", example_inputs=example, tokenizer_file=tok_file,
-                       simplify=False)
+    path = export_onnx(
+        minilm, reducer, tmp_path / "m.onnx", example_inputs=example, tokenizer_file=tok_file, simplify=False
+    )
     pred = load(path)  # the export wrote its digest: the normal, checked load
     outputs = pred.run(pred.preprocess(texts=texts))
     enc = tok(texts)

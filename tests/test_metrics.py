@@ -12,15 +12,21 @@ def test_occupancy_hand_worked():
     # (10 + 6 + 3 + 1 CLS) / (4 entries * 10) and (4 + 4 + 2 + 1) / (4 * 4)
     torch.testing.assert_close(occupancy(n_in, 1, n_real), torch.tensor([0.5, 11 / 16], dtype=torch.float64))
     # over the padded length T = 20, as the official GLUE evaluation divides
-    torch.testing.assert_close(occupancy(n_in, 1, n_real, 20), torch.tensor([0.25, 11 / 80], dtype=torch.float64))
+    torch.testing.assert_close(
+        occupancy(n_in, 1, n_real, 20), torch.tensor([0.25, 11 / 80], dtype=torch.float64)
+    )
     with pytest.raises(ValueError, match="shorter than a sample"):
         occupancy(n_in, 1, n_real, 8)
 
 
 def test_retention_and_occupancy_differ_as_defined():
     pad = torch.tensor([[True] * 10])
-    keep = [torch.ones(1, 10, dtype=torch.bool), torch.arange(10)[None] < 6, torch.arange(10)[None] < 3,
-            torch.arange(10)[None] < 1]
+    keep = [
+        torch.ones(1, 10, dtype=torch.bool),
+        torch.arange(10)[None] < 6,
+        torch.arange(10)[None] < 3,
+        torch.arange(10)[None] < 1,
+    ]
     ret = retention(keep, pad)  # (1, 3): the L layer inputs only
     torch.testing.assert_close(ret, torch.tensor([[1.0, 0.6, 0.3]]))
     occ = occupancy(torch.tensor([[10, 6, 3]]), 1, pad.sum(1))

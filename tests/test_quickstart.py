@@ -19,10 +19,21 @@ def smoke(shared_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("quickstart")
     glue = shared_dir / "data" / "glue" / "SST-2"
     try:
-        returned = importlib.import_module("quickstart").main([
-            "--smoke", "--threads", "1", "--out", str(out), "--model", str(shared_dir / "models" / "minilm-l6-sst2"),
-            "--data", str(glue / "train.tsv"), "--eval-data", str(glue / "dev.tsv"),
-        ])
+        returned = importlib.import_module("quickstart").main(
+            [
+                "--smoke",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+                "--model",
+                str(shared_dir / "models" / "minilm-l6-sst2"),
+                "--data",
+                str(glue / "train.tsv"),
+                "--eval-data",
+                str(glue / "dev.tsv"),
+            ]
+        )
     finally:
         mp.undo()
     return out, returned, json.loads((out / "summary.json").read_text())
@@ -33,8 +44,26 @@ def test_quickstart_writes_its_report(smoke):
     out, returned, result = smoke
     assert result["summary"] == returned["summary"]
     assert (out / "summary.png").stat().st_size > 0
-    assert {"summary", "phases_s", "approx", "export", "parity", "eval", "flops", "bench", "env"} <= result.keys()
-    assert list(result["phases_s"]) == ["distil", "calibrate", "export", "verify", "accuracy", "bench", "report"]
+    assert {
+        "summary",
+        "phases_s",
+        "approx",
+        "export",
+        "parity",
+        "eval",
+        "flops",
+        "bench",
+        "env",
+    } <= result.keys()
+    assert list(result["phases_s"]) == [
+        "distil",
+        "calibrate",
+        "export",
+        "verify",
+        "accuracy",
+        "bench",
+        "report",
+    ]
     assert result["env"]["commit"] != "unknown"
     assert result["approx"]["trained_here"] and result["approx"]["step"] == 4
     models = result["summary"]["models"]
@@ -58,7 +87,9 @@ def test_quickstart_parity(smoke):
     for name, rep in result["parity"].items():
         assert rep["passed"] and rep["samples"] == 16, name
         if name.endswith("fp32"):  # the same graph as PyTorch: equal logits and equal token choices
-            assert rep["max_abs_logit"] < 1e-3 and rep["kept_agreement"] == 1.0 and rep["top1_agreement"] == 1.0
+            assert (
+                rep["max_abs_logit"] < 1e-3 and rep["kept_agreement"] == 1.0 and rep["top1_agreement"] == 1.0
+            )
         else:  # INT8 logits differ; the answers may not, nor the tokens (the ApproxNet stays fp32)
             assert rep["top1_agreement"] >= 0.95 and rep["kept_agreement"] >= 0.99
 

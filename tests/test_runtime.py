@@ -98,7 +98,9 @@ def test_bench_blocks_drop_the_cold_run(image_model, tmp_path):
     _image_model(other, np.ones((3, 4), dtype=np.float32))
     res = bench(image_model, vs=other, threads=1, runs=4, warmup=1, progress=False, block=3)
     assert res.block == 3 and len(res.a.runs_ms) == 8 and len(res.b.runs_ms) == 8
-    rounds = [np.median(res.a.runs_ms[i : i + 2]) / np.median(res.b.runs_ms[i : i + 2]) for i in range(0, 8, 2)]
+    rounds = [
+        np.median(res.a.runs_ms[i : i + 2]) / np.median(res.b.runs_ms[i : i + 2]) for i in range(0, 8, 2)
+    ]
     assert res.ratio_p50 == pytest.approx(float(np.median(rounds)))
     with pytest.raises(ValueError, match="block"):
         bench(image_model, block=0, progress=False)
@@ -117,12 +119,41 @@ def test_cli_run_and_bench(image_model, tmp_path):
     res = runner.invoke(app, ["run", str(image_model), "--text", "hello"])
     assert res.exit_code == 2 and "image model" in res.output
     out = tmp_path / "b.json"
-    res = runner.invoke(app, ["bench", str(image_model), "--vs", str(image_model), "--runs", "3", "--warmup", "1",
-                              "--threads", "1", "--json", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            str(image_model),
+            "--vs",
+            str(image_model),
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "latency ratio" in res.stdout and json.loads(out.read_text())["ratio_p50"] > 0
     assert json.loads(out.read_text())["spinning"] is False
-    res = runner.invoke(app, ["bench", str(image_model), "--runs", "2", "--warmup", "1", "--threads", "1", "--spin",
-                              "--json", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            str(image_model),
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--spin",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "(spinning)" in res.stdout and json.loads(out.read_text())["spinning"] is True

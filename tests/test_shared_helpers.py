@@ -30,7 +30,9 @@ def test_export_and_runtime_options_are_one_builder():
 
 def test_interleaved_times_round_robin():
     order: list[str] = []
-    times = interleaved_times_ms({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, runs=3, warmup=1)
+    times = interleaved_times_ms(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, runs=3, warmup=1
+    )
     assert order == ["a", "b"] * 4
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     ms, out = time_ms(lambda: 7)

@@ -72,7 +72,9 @@ def test_vit_topk_plans_are_exact(build, ratio):
     assert not reducer.exact_counts(model_parts(tiny_bert()))
 
 
-@pytest.mark.parametrize(("ratio", "nesting"), [(0.4, "count"), ([0.5, 0.8, 0.3], "count"), ([0.3, 1.0, 0.2], "union")])
+@pytest.mark.parametrize(
+    ("ratio", "nesting"), [(0.4, "count"), ([0.5, 0.8, 0.3], "count"), ([0.3, 1.0, 0.2], "union")]
+)
 def test_text_same_layers_skip_compaction(ratio, nesting):
     """On padded text, layers whose set equals the next one's (KeepPlan.same) skip compaction and
     gathers; the result equals the general path that compacts every layer."""

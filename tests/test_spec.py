@@ -105,11 +105,15 @@ def test_make_reducer_goes_through_the_spec():
 
 def test_export_metadata_round_trip():
     """The export's 'sttabt' block and keep_schedule/thresholds rebuild the same spec."""
-    for spec in (SttabtSpec(keep_ratio=[0.5, 0.4, 0.3], nesting="count", min_keep=2),
-                 SttabtSpec(thresholds=[0.25, -0.5, 1.0], concrete="official", temperature=0.1, min_keep=3)):
+    for spec in (
+        SttabtSpec(keep_ratio=[0.5, 0.4, 0.3], nesting="count", min_keep=2),
+        SttabtSpec(thresholds=[0.25, -0.5, 1.0], concrete="official", temperature=0.1, min_keep=3),
+    ):
         meta = {
-            "method": "sttabt", "keep_schedule": spec.keep_schedule(3),
-            "thresholds": None if spec.thresholds is None else list(spec.thresholds), "sttabt": sttabt_settings(spec),
+            "method": "sttabt",
+            "keep_schedule": spec.keep_schedule(3),
+            "thresholds": None if spec.thresholds is None else list(spec.thresholds),
+            "sttabt": sttabt_settings(spec),
         }
         assert reducer_spec(json.loads(json.dumps(meta))) == spec
     assert reducer_spec({"method": "dense"}) == DenseSpec()
@@ -126,8 +130,15 @@ def test_export_metadata_without_sttabt_block_is_the_legacy_rule():
 
 def test_trained_dir_reducer_format():
     """sttabt.json's "reducer": the spec's metadata; files written before the spec still load."""
-    legacy = {"name": "sttabt", "thresholds": [0.25, -0.5], "temperature": 0.5, "min_keep": 4, "p": 0.1,
-              "head_reduce": "mean", "approx": "approxnet"}  # no "concrete": the straight-through variant
+    legacy = {
+        "name": "sttabt",
+        "thresholds": [0.25, -0.5],
+        "temperature": 0.5,
+        "min_keep": 4,
+        "p": 0.1,
+        "head_reduce": "mean",
+        "approx": "approxnet",
+    }  # no "concrete": the straight-through variant
     reducer = build_reducer(legacy, None)
     assert reducer.spec() == SttabtSpec(thresholds=(0.25, -0.5), temperature=0.5)
     assert not reducer.training

@@ -386,7 +386,9 @@ def test_union_thresholds_grow_toward_the_input():
         per_layer = union_thresholds(reducer, parts, [long], target)
         assert sum(per_layer) / 3 == pytest.approx(target, abs=0.03)
         assert per_layer[0] > per_layer[1] > per_layer[2]  # grows toward the input, no collapse
-        own = _own_fraction_probe(reducer, parts, cached_maps(reducer, parts, [long]))(reducer.thresholds.logits.detach())
+        own = _own_fraction_probe(reducer, parts, cached_maps(reducer, parts, [long]))(
+            reducer.thresholds.logits.detach()
+        )
         # one own fraction for every layer; the snap then shifts every threshold by one offset (to the
         # middle of its retention plateau), which moves the layers' own fractions a little apart
         assert float(own.max() - own.min()) < 0.2
@@ -398,7 +400,9 @@ def test_concrete_refuses_unreachable_target_before_training(text_model_dir, glu
     model = tiny_bert()
     data = prepare_data(glue_dir, model, text_model_dir)  # 2-12 word phrases
     with pytest.raises(UnreachableTargetError, match="calibration inputs"):
-        train_concrete(model, build_approxnet(model, 2, "random"), data, 0.1, cfg(steps=2), out=tmp_path / "c")
+        train_concrete(
+            model, build_approxnet(model, 2, "random"), data, 0.1, cfg(steps=2), out=tmp_path / "c"
+        )
     assert latest_checkpoint(tmp_path / "c") is None
 
 
@@ -414,7 +418,9 @@ def test_calibration_warns_on_length_shift(text_model_dir, glue_dir):
     like_eval = dataclasses.replace(data, calib=long_eval)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        calibration_batches(like_eval, SparseTrainConfig(calib_samples=8), cfg(max_length=64), torch.device("cpu"))
+        calibration_batches(
+            like_eval, SparseTrainConfig(calib_samples=8), cfg(max_length=64), torch.device("cpu")
+        )
 
 
 def test_retention_penalty_is_retention_loss(image_dir):
@@ -595,14 +601,33 @@ def test_cli_train_verbs_and_eval(image_dir, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "c" / "sttabt.json").read_text())["sparse_config"]["init_schedule"] == "shared"
+    assert (
+        json.loads((tmp_path / "c" / "sttabt.json").read_text())["sparse_config"]["init_schedule"] == "shared"
+    )
     res = runner.invoke(  # the official variant: its init schedule defaults to the official shared one
-        app, ["train", "concrete", "--model", str(model_dir), "--approx", str(tmp_path / "ax"), "--target-retention",
-              "0.5", "--concrete", "official", "--out", str(tmp_path / "co"), *common],
+        app,
+        [
+            "train",
+            "concrete",
+            "--model",
+            str(model_dir),
+            "--approx",
+            str(tmp_path / "ax"),
+            "--target-retention",
+            "0.5",
+            "--concrete",
+            "official",
+            "--out",
+            str(tmp_path / "co"),
+            *common,
+        ],
     )
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "co" / "sttabt.json").read_text())
-    assert saved["sparse_config"]["concrete"] == "official" and saved["sparse_config"]["init_schedule"] == "shared"
+    assert (
+        saved["sparse_config"]["concrete"] == "official"
+        and saved["sparse_config"]["init_schedule"] == "shared"
+    )
     assert saved["reducer"]["concrete"] == "official"
     for method in ("ltp", "topk"):
         res = runner.invoke(

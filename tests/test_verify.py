@@ -28,10 +28,27 @@ def exported(tmp_path_factory):
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / cls / f"{i}.png")
     out = root / "sttabt.onnx"
-    res = runner.invoke(app, ["export", "--model", str(model_dir), "--out", str(out), "--keep-ratio", "0.5",
-                              "--approx", "untrained",
-                              "--calib", str(images), "--calib-samples", "4", "--latency-runs", "0",
-                              "--no-simplify"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--keep-ratio",
+            "0.5",
+            "--approx",
+            "untrained",
+            "--calib",
+            str(images),
+            "--calib-samples",
+            "4",
+            "--latency-runs",
+            "0",
+            "--no-simplify",
+        ],
+    )
     assert res.exit_code == 0, res.output
     return model_dir, images, out
 
@@ -39,8 +56,9 @@ def exported(tmp_path_factory):
 def test_verify_passes_on_the_export(exported, tmp_path):
     model_dir, images, out = exported
     report = tmp_path / "r.json"
-    res = runner.invoke(app, ["verify", str(out), "--reference", str(model_dir), "--data", str(images),
-                              "--json", str(report)])
+    res = runner.invoke(
+        app, ["verify", str(out), "--reference", str(model_dir), "--data", str(images), "--json", str(report)]
+    )
     assert res.exit_code == 0, res.output
     got = json.loads(report.read_text())
     assert got["passed"] and got["samples"] == 8 and got["top1_agreement"] == 1.0

@@ -10,8 +10,15 @@ from transformers import (
     ViTForImageClassification,
 )
 
-VISION = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-              image_size=32, patch_size=8, num_labels=5)
+VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    num_labels=5,
+)
 
 
 def tiny_vit(seed: int = 0) -> ViTForImageClassification:
@@ -30,9 +37,16 @@ def tiny_deit_distilled(seed: int = 0) -> DeiTForImageClassificationWithTeacher:
 
 def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=3,
-                     attn_implementation="eager")
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        attn_implementation="eager",
+    )
     return BertForSequenceClassification(cfg).eval()
 
 
@@ -57,12 +71,16 @@ def save_tiny_text_model(path, words, num_labels: int = 3, seed: int = 0):
         [" ".join(words)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
     )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
     )
     model = tiny_bert(seed)
     if num_labels != model.config.num_labels:
         torch.manual_seed(seed)
-        model = BertForSequenceClassification(model.config.__class__(**{**model.config.to_dict(), "num_labels": num_labels}))
+        model = BertForSequenceClassification(
+            model.config.__class__(**{**model.config.to_dict(), "num_labels": num_labels})
+        )
         model.eval()
     model.save_pretrained(path)
     tok.save(str(path / "tokenizer.json"))

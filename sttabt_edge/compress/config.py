@@ -47,7 +47,9 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         if (self.max_drop is None) == (self.target_retention is None):
-            raise InputError("give exactly one of --max-drop (accuracy points) and --target-retention (a fraction)")
+            raise InputError(
+                "give exactly one of --max-drop (accuracy points) and --target-retention (a fraction)"
+            )
         if self.max_drop is not None and not 0.0 <= self.max_drop < 100.0:
             raise InputError(f"--max-drop is in accuracy points, in [0, 100), got {self.max_drop:g}")
         if self.target_retention is not None and not 0.0 < self.target_retention <= 1.0:
@@ -58,18 +60,30 @@ class CompressConfig:
             raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.quantize not in QUANTIZE:
             raise InputError(f"--quantize must be int8 or absent, got {self.quantize!r}")
-        for name, value, low in (("--approx-steps", self.approx_steps or 1, 1),
-                                 ("--threshold-steps", self.threshold_steps or 1, 1), ("--holdout", self.holdout, 10), ("--search-steps", self.search_steps, 1),
-                                 ("--approx-factor", self.approx_factor, 1), ("--batch-size", self.batch_size, 1),
-                                 ("--threads", self.threads, 1), ("--bench-runs", self.bench_runs, 1),
-                                 ("--max-length", self.max_length, 8), ("--holdout-min-tokens",
-                                                                        self.holdout_min_tokens, 0)):
+        for name, value, low in (
+            ("--approx-steps", self.approx_steps or 1, 1),
+            ("--threshold-steps", self.threshold_steps or 1, 1),
+            ("--holdout", self.holdout, 10),
+            ("--search-steps", self.search_steps, 1),
+            ("--approx-factor", self.approx_factor, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--threads", self.threads, 1),
+            ("--bench-runs", self.bench_runs, 1),
+            ("--max-length", self.max_length, 8),
+            ("--holdout-min-tokens", self.holdout_min_tokens, 0),
+        ):
             if value < low:
                 raise InputError(f"{name} must be >= {low}, got {value}")
         if self.approx is not None and (self.approx_factor != 8 or self.approx_heads != 1):
-            raise InputError("--approx-factor / --approx-heads shape an ApproxNet distilled here; drop them with --approx")
-        for name, path in (("--data", self.data), ("--approx", self.approx), ("--eval-data", self.eval_data),
-                           ("--holdout-data", self.holdout_data)):
+            raise InputError(
+                "--approx-factor / --approx-heads shape an ApproxNet distilled here; drop them with --approx"
+            )
+        for name, path in (
+            ("--data", self.data),
+            ("--approx", self.approx),
+            ("--eval-data", self.eval_data),
+            ("--holdout-data", self.holdout_data),
+        ):
             if path is not None and not Path(path).exists():
                 raise InputError(f"{name} {path}: no such file or folder")
 

@@ -31,14 +31,26 @@ def calib_path(cfg: CompressConfig) -> Path:
     return data
 
 
-def _export(cfg: CompressConfig, model: str, out: Path, method: str, approx: Path | None,
-            keep_ratio: float | None) -> dict[str, Any]:
+def _export(
+    cfg: CompressConfig, model: str, out: Path, method: str, approx: Path | None, keep_ratio: float | None
+) -> dict[str, Any]:
     from sttabt_edge.export.pipeline import ExportRequest, run_export
 
     kwargs: dict[str, Any] = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
-    req = ExportRequest(model=model, out=out, method=method, approx=approx, target=cfg.target,
-                        seq_len=cfg.max_length, quantize=cfg.quantize, calib=calib_path(cfg), calib_samples=16,
-                        latency_runs=0, threads=cfg.threads, **kwargs)
+    req = ExportRequest(
+        model=model,
+        out=out,
+        method=method,
+        approx=approx,
+        target=cfg.target,
+        seq_len=cfg.max_length,
+        quantize=cfg.quantize,
+        calib=calib_path(cfg),
+        calib_samples=16,
+        latency_runs=0,
+        threads=cfg.threads,
+        **kwargs,
+    )
     return run_export(req, warn=log.warning)
 
 
@@ -49,7 +61,9 @@ def files_of(cfg: CompressConfig, out: Path) -> dict[str, Path]:
     return {"fp32": fp32_sibling(out), "int8": out} if cfg.quantize else {"fp32": out}
 
 
-def deliver(cfg: CompressConfig, net: Any, chosen: Point, split: stages.Split, report: dict[str, Any]) -> dict[str, Any]:
+def deliver(
+    cfg: CompressConfig, net: Any, chosen: Point, split: stages.Split, report: dict[str, Any]
+) -> dict[str, Any]:
     from sttabt_edge.runtime import load
     from sttabt_edge.train.artifacts import load_sttabt
     from sttabt_edge.verify import reference_reducer, verify
@@ -63,17 +77,29 @@ def deliver(cfg: CompressConfig, net: Any, chosen: Point, split: stages.Split, r
     else:
         source, approx, ratio = cfg.model, Path(report["approx"]["dir"]), chosen.keep_ratio
         ref_model = net
-    exports = {"sttabt": _export(cfg, source, model_out, "sttabt", approx, ratio),
-               "dense": _export(cfg, cfg.model, dense_out, "dense", None, None)}
+    exports = {
+        "sttabt": _export(cfg, source, model_out, "sttabt", approx, ratio),
+        "dense": _export(cfg, cfg.model, dense_out, "dense", None, None),
+    }
     held = split.held[:VERIFY_EXAMPLES]
     out: dict[str, Any] = {"export": {k: _brief(v) for k, v in exports.items()}, "verify": {}, "accuracy": {}}
-    paths = {f"{m}_{kind}": p for m, o in (("sttabt", model_out), ("dense", dense_out))
-             for kind, p in files_of(cfg, o).items()}
+    paths = {
+        f"{m}_{kind}": p
+        for m, o in (("sttabt", model_out), ("dense", dense_out))
+        for kind, p in files_of(cfg, o).items()
+    }
     for name, path in paths.items():
         pred = load(path)
         model = ref_model if name.startswith("sttabt") else net
         tol = INT8_TOLERANCE if name.endswith("int8") else Tolerance()
-        rep = verify(pred, model, reference_reducer(pred.metadata.raw, model), held, tolerance=tol, task=split.data.task)
+        rep = verify(
+            pred,
+            model,
+            reference_reducer(pred.metadata.raw, model),
+            held,
+            tolerance=tol,
+            task=split.data.task,
+        )
         out["verify"][name] = {**rep.to_dict(), "tolerance": vars(tol)}
         out["accuracy"][name] = {"held_out": stages.runtime_accuracy(path, split.held)}
         if split.report:
@@ -97,11 +123,24 @@ def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -
     if cfg.quantize:
         pairs += [("dense_int8", "dense_fp32"), ("sttabt_int8", "dense_fp32"), ("sttabt_int8", "dense_int8")]
     seq_len = max(2, round(split.mean_length)) if split.mean_length else 128
-    res: dict[str, Any] = {"seq_len": seq_len if split.data.modality == "text" else None, "threads": cfg.threads,
-                           "runs": cfg.bench_runs, "block": 5, "pairs": {}}
+    res: dict[str, Any] = {
+        "seq_len": seq_len if split.data.modality == "text" else None,
+        "threads": cfg.threads,
+        "runs": cfg.bench_runs,
+        "block": 5,
+        "pairs": {},
+    }
     for a, b in pairs:
-        r = bench(paths[a], vs=paths[b], threads=cfg.threads, batch=1, runs=cfg.bench_runs, warmup=5, seq_len=seq_len,
-                  block=5).to_dict()
+        r = bench(
+            paths[a],
+            vs=paths[b],
+            threads=cfg.threads,
+            batch=1,
+            runs=cfg.bench_runs,
+            warmup=5,
+            seq_len=seq_len,
+            block=5,
+        ).to_dict()
         for s in (r["a"], r["b"]):
             s.pop("runs_ms", None)
         res["pairs"][f"{a}_vs_{b}"] = r

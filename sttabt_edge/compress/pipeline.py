@@ -54,8 +54,9 @@ class Phases:
         t0 = time.perf_counter()
         yield
         self.times[name] = round(time.perf_counter() - t0, 1)
-        self.console.print(f"[green]done[/] {name}: {self.times[name]:.0f} s "
-                           f"(total {time.perf_counter() - self.t0:.0f} s)")
+        self.console.print(
+            f"[green]done[/] {name}: {self.times[name]:.0f} s (total {time.perf_counter() - self.t0:.0f} s)"
+        )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -64,7 +65,9 @@ class Phases:
 def check_out(cfg: CompressConfig, resume: bool) -> None:
     """A finished or foreign output dir is never overwritten silently."""
     if cfg.out.exists() and any(cfg.out.iterdir()) and not resume:
-        raise InputError(f"--out {cfg.out} is not empty; pass --resume to continue that run, or another --out")
+        raise InputError(
+            f"--out {cfg.out} is not empty; pass --resume to continue that run, or another --out"
+        )
 
 
 def run_compress(cfg: CompressConfig, console: Console | None = None, resume: bool = False) -> dict[str, Any]:
@@ -84,25 +87,46 @@ def run_compress(cfg: CompressConfig, console: Console | None = None, resume: bo
         data = prepare_data(cfg.data, net, model_dir, cfg.eval_data, labeled=True, seed=cfg.seed)
         split = stages.split_data(cfg, data)
         dense = stages.measure_dense(net, split, cfg)
-        report["data"] = {"fit": len(split.data.train), "held_out": len(split.held), "report": len(split.report),
-                          "dropped_contained": split.dropped_contained, "held_out_mean_tokens": split.mean_length,
-                          "occupancy_length": split.occupancy_length, "task": data.task}
-        console.print(f"held-out {len(split.held)} of the training data, dense accuracy {dense.accuracy:.2f}%")
+        report["data"] = {
+            "fit": len(split.data.train),
+            "held_out": len(split.held),
+            "report": len(split.report),
+            "dropped_contained": split.dropped_contained,
+            "held_out_mean_tokens": split.mean_length,
+            "occupancy_length": split.occupancy_length,
+            "task": data.task,
+        }
+        console.print(
+            f"held-out {len(split.held)} of the training data, dense accuracy {dense.accuracy:.2f}%"
+        )
     # the budget is training time: distillation, then threshold training gets what distillation left
     with ph("distil", "ApproxNet"):
-        approx, report["approx"] = _approx(cfg, net, split, cfg.budget_s * (DISTIL_SHARE if cfg.concrete else 1.0),
-                                           resume)
+        approx, report["approx"] = _approx(
+            cfg, net, split, cfg.budget_s * (DISTIL_SHARE if cfg.concrete else 1.0), resume
+        )
     with ph("search", "keep-ratio search on the held-out split (training-free back-tracking)"):
         probes = _search(cfg, net, approx, split, dense)
         report["search"] = [p.to_dict() for p in probes]
     with ph("thresholds", "threshold training (concrete masking)"):
-        trained = _thresholds(cfg, net, approx, split, dense, probes, cfg.budget_s - ph.times["distil"], resume,
-                              model_dir, report)
+        trained = _thresholds(
+            cfg,
+            net,
+            approx,
+            split,
+            dense,
+            probes,
+            cfg.budget_s - ph.times["distil"],
+            resume,
+            model_dir,
+            report,
+        )
     chosen = _choose(cfg, dense, probes, trained)
     report["dense"], report["chosen"] = dense.to_dict(), chosen.to_dict()
     report["within_budget"] = cfg.max_drop is None or within(chosen, dense.accuracy, cfg.max_drop)
-    console.print(f"chosen: {chosen.kind} at retention {chosen.retention:.3f}, held-out {chosen.accuracy:.2f}% "
-                  f"(dense {dense.accuracy:.2f}%)")
+    console.print(
+        f"chosen: {chosen.kind} at retention {chosen.retention:.3f}, held-out {chosen.accuracy:.2f}% "
+        f"(dense {dense.accuracy:.2f}%)"
+    )
     with ph("export", "export, verify, runtime accuracy"):
         from sttabt_edge.compress.deliver import deliver
 
@@ -118,7 +142,9 @@ def run_compress(cfg: CompressConfig, console: Console | None = None, resume: bo
     return report
 
 
-def _approx(cfg: CompressConfig, net: Any, split: stages.Split, seconds: float, resume: bool) -> tuple[Any, dict]:
+def _approx(
+    cfg: CompressConfig, net: Any, split: stages.Split, seconds: float, resume: bool
+) -> tuple[Any, dict]:
     from sttabt_edge.method.approxnet import ApproxNet
     from sttabt_edge.train.approx import REPORT_FILE as APPROX_REPORT
 
@@ -126,16 +152,28 @@ def _approx(cfg: CompressConfig, net: Any, split: stages.Split, seconds: float, 
         return ApproxNet.load(cfg.approx, net.config).eval(), {"dir": str(cfg.approx), "trained_here": False}
     out = cfg.out / "approx"
     if (out / APPROX_REPORT).is_file() and resume:  # finished in an earlier run
-        return ApproxNet.load(out, net.config).eval(), {"dir": str(out), "trained_here": True, "reused": True,
-                                                         **json.loads((out / APPROX_REPORT).read_text())}
+        return ApproxNet.load(out, net.config).eval(), {
+            "dir": str(out),
+            "trained_here": True,
+            "reused": True,
+            **json.loads((out / APPROX_REPORT).read_text()),
+        }
     tcfg, alloc = stages.plan_distillation(net, split, cfg, seconds)
     if alloc.steps == 0:
-        raise InputError(f"--budget-minutes {cfg.budget_minutes:g} leaves {seconds:.0f} s for distillation, fewer "
-                         f"than {stages.MIN_APPROX_STEPS} steps of {alloc.step_seconds or 0:.2f} s; raise it or pass --approx")
+        raise InputError(
+            f"--budget-minutes {cfg.budget_minutes:g} leaves {seconds:.0f} s for distillation, fewer "
+            f"than {stages.MIN_APPROX_STEPS} steps of {alloc.step_seconds or 0:.2f} s; raise it or pass --approx"
+        )
     approx = stages.distil(net, split, cfg, tcfg, out, resume)
     info = json.loads((out / APPROX_REPORT).read_text()) if (out / APPROX_REPORT).is_file() else {}
-    return approx.eval(), {"dir": str(out), "trained_here": True, "steps": tcfg.steps,
-                           "planned_seconds": round(seconds), "step_seconds": _round(alloc.step_seconds), **info}
+    return approx.eval(), {
+        "dir": str(out),
+        "trained_here": True,
+        "steps": tcfg.steps,
+        "planned_seconds": round(seconds),
+        "step_seconds": _round(alloc.step_seconds),
+        **info,
+    }
 
 
 def _search(cfg: CompressConfig, net: Any, approx: Any, split: stages.Split, dense: Point) -> list[Point]:
@@ -148,13 +186,28 @@ def _search(cfg: CompressConfig, net: Any, approx: Any, split: stages.Split, den
     assert cfg.target_retention is not None
     from sttabt_edge.train.sweep import bisect_knob, mean_retention
 
-    r, _ = bisect_knob(lambda k: mean_retention(net, stages.topk_reducer(approx, k), batch), cfg.target_retention,
-                       0.01, 1.0, iters=12)
+    r, _ = bisect_knob(
+        lambda k: mean_retention(net, stages.topk_reducer(approx, k), batch),
+        cfg.target_retention,
+        0.01,
+        1.0,
+        iters=12,
+    )
     return [at(r)]
 
 
-def _thresholds(cfg: CompressConfig, net: Any, approx: Any, split: stages.Split, dense: Point, probes: list[Point],
-                seconds: float, resume: bool, model_dir: Path | None, report: dict[str, Any]) -> Point | None:
+def _thresholds(
+    cfg: CompressConfig,
+    net: Any,
+    approx: Any,
+    split: stages.Split,
+    dense: Point,
+    probes: list[Point],
+    seconds: float,
+    resume: bool,
+    model_dir: Path | None,
+    report: dict[str, Any],
+) -> Point | None:
     """Train thresholds at one retention where they can pay off; None when skipped (reason in the report)."""
     from sttabt_edge.train.artifacts import TRAINED_FILE, load_sttabt
 
@@ -171,10 +224,16 @@ def _thresholds(cfg: CompressConfig, net: Any, approx: Any, split: stages.Split,
     out = cfg.out / "sttabt"
     if not (resume and (out / TRAINED_FILE).is_file()):
         tcfg, alloc = stages.plan_concrete(net, approx, split, cfg, seconds)
-        report["thresholds"] = {"target_retention": round(target, 4), "planned_seconds": round(max(seconds, 0)),
-                                "step_seconds": _round(alloc.step_seconds), "steps": alloc.steps}
+        report["thresholds"] = {
+            "target_retention": round(target, 4),
+            "planned_seconds": round(max(seconds, 0)),
+            "step_seconds": _round(alloc.step_seconds),
+            "steps": alloc.steps,
+        }
         if alloc.steps == 0:
-            report["thresholds"]["skipped"] = f"{max(seconds, 0):.0f} s left: fewer than {stages.MIN_CONCRETE_STEPS} steps"
+            report["thresholds"]["skipped"] = (
+                f"{max(seconds, 0):.0f} s left: fewer than {stages.MIN_CONCRETE_STEPS} steps"
+            )
             return None
         stages.train_thresholds(net, approx, split, tcfg, target, out, model_dir, resume)
     model, reducer = load_sttabt(out)

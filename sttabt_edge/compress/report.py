@@ -9,9 +9,18 @@ from typing import Any
 
 from sttabt_edge.atomic import atomic_write_text
 
-LABELS = {"dense_fp32": "dense fp32", "dense_int8": "dense INT8", "sttabt_fp32": "STTABT fp32",
-          "sttabt_int8": "STTABT INT8"}
-COLORS = {"dense_fp32": "tab:gray", "dense_int8": "black", "sttabt_fp32": "tab:red", "sttabt_int8": "tab:purple"}
+LABELS = {
+    "dense_fp32": "dense fp32",
+    "dense_int8": "dense INT8",
+    "sttabt_fp32": "STTABT fp32",
+    "sttabt_int8": "STTABT INT8",
+}
+COLORS = {
+    "dense_fp32": "tab:gray",
+    "dense_int8": "black",
+    "sttabt_fp32": "tab:red",
+    "sttabt_int8": "tab:purple",
+}
 
 
 def latency_ms(report: dict[str, Any]) -> dict[str, float]:
@@ -31,10 +40,17 @@ def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, path in files["paths"].items():
         acc, ver = files["accuracy"][name], files["verify"][name]
-        row = {"held_out_accuracy": acc["held_out"]["accuracy"], "mb": Path(path).stat().st_size / 1e6,
-               "p50_ms": ms.get(name), "x_dense_fp32": 1.0 if name == "dense_fp32" else
-               pairs.get(f"{name}_vs_dense_fp32", {}).get("ratio_p50"),
-               "verified": ver["passed"], "top1_agreement": ver["top1_agreement"], "file": path}
+        row = {
+            "held_out_accuracy": acc["held_out"]["accuracy"],
+            "mb": Path(path).stat().st_size / 1e6,
+            "p50_ms": ms.get(name),
+            "x_dense_fp32": 1.0
+            if name == "dense_fp32"
+            else pairs.get(f"{name}_vs_dense_fp32", {}).get("ratio_p50"),
+            "verified": ver["passed"],
+            "top1_agreement": ver["top1_agreement"],
+            "file": path,
+        }
         if "report" in acc:
             row["report_accuracy"] = acc["report"]["accuracy"]
         if name == "sttabt_int8":
@@ -45,14 +61,22 @@ def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def markdown(report: dict[str, Any]) -> str:
     cfg, chosen, dense, data = report["config"], report["chosen"], report["dense"], report["data"]
-    goal = (f"at most {cfg['max_drop']:g} points below dense" if cfg["max_drop"] is not None
-            else f"retention {cfg['target_retention']:g}")
-    lines = [f"# compress: {cfg['model']}", "",
-             f"Goal: {goal} on {data['held_out']} held-out training examples (selection); "
-             f"{'within' if report.get('within_budget', True) else 'NOT within'} the goal.",
-             f"Chosen: **{chosen['kind']}**" + (f" (keep ratio {chosen['keep_ratio']:g})" if chosen["keep_ratio"] else "")
-             + f", retention {chosen['retention']:.3f}, occupancy {chosen['occupancy']:.3f}, FLOPs "
-             f"{chosen['flops_ratio']:.3f}x, held-out {chosen['accuracy']:.2f}% (dense {dense['accuracy']:.2f}%).", ""]
+    goal = (
+        f"at most {cfg['max_drop']:g} points below dense"
+        if cfg["max_drop"] is not None
+        else f"retention {cfg['target_retention']:g}"
+    )
+    lines = [
+        f"# compress: {cfg['model']}",
+        "",
+        f"Goal: {goal} on {data['held_out']} held-out training examples (selection); "
+        f"{'within' if report.get('within_budget', True) else 'NOT within'} the goal.",
+        f"Chosen: **{chosen['kind']}**"
+        + (f" (keep ratio {chosen['keep_ratio']:g})" if chosen["keep_ratio"] else "")
+        + f", retention {chosen['retention']:.3f}, occupancy {chosen['occupancy']:.3f}, FLOPs "
+        f"{chosen['flops_ratio']:.3f}x, held-out {chosen['accuracy']:.2f}% (dense {dense['accuracy']:.2f}%).",
+        "",
+    ]
     rep = "report acc %" if data["report"] else None
     head = ["file", "held-out acc %", *([rep] if rep else []), "MB", "p50 ms", "x dense fp32", "verified"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -60,23 +84,52 @@ def markdown(report: dict[str, Any]) -> str:
         x = f"{r['x_dense_fp32']:.2f}" if r["x_dense_fp32"] is not None else "-"
         if "x_dense_int8" in r:
             x += f" ({r['x_dense_int8']:.2f} x dense INT8)"
-        cells = [LABELS[name], f"{r['held_out_accuracy']:.2f}", *([f"{r['report_accuracy']:.2f}"] if rep else []),
-                 f"{r['mb']:.1f}", f"{r['p50_ms']:.2f}" if r["p50_ms"] else "-", x,
-                 f"{'yes' if r['verified'] else 'NO'} (top-1 {r['top1_agreement']:.3f})"]
+        cells = [
+            LABELS[name],
+            f"{r['held_out_accuracy']:.2f}",
+            *([f"{r['report_accuracy']:.2f}"] if rep else []),
+            f"{r['mb']:.1f}",
+            f"{r['p50_ms']:.2f}" if r["p50_ms"] else "-",
+            x,
+            f"{'yes' if r['verified'] else 'NO'} (top-1 {r['top1_agreement']:.3f})",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lat = report["latency"]
-    lines += ["", f"Latency: batch 1, {lat['threads']} ONNX Runtime threads, median of {lat['runs']} rounds of "
-                  f"{lat['block']} runs, block alternation" + (f", {lat['seq_len']}-token inputs" if lat["seq_len"] else "")
-              + ". Held-out accuracy through the runtime; " + ("the report set (" + str(data["report"])
-              + " examples) is reported only, never used for a choice. " if rep else "")
-              + "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["wall_s"].items()) + ".", "",
-              "Search (held-out, training-free back-tracking unless marked):", "",
-              "| kind | keep ratio | retention | occupancy | FLOPs x | acc % |", "|---|---|---|---|---|---|"]
-    points = report["search"] + ([report["thresholds"]["point"]] if "point" in report.get("thresholds", {}) else [])
+    lines += [
+        "",
+        f"Latency: batch 1, {lat['threads']} ONNX Runtime threads, median of {lat['runs']} rounds of "
+        f"{lat['block']} runs, block alternation"
+        + (f", {lat['seq_len']}-token inputs" if lat["seq_len"] else "")
+        + ". Held-out accuracy through the runtime; "
+        + (
+            "the report set ("
+            + str(data["report"])
+            + " examples) is reported only, never used for a choice. "
+            if rep
+            else ""
+        )
+        + "Wall time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in report["wall_s"].items())
+        + ".",
+        "",
+        "Search (held-out, training-free back-tracking unless marked):",
+        "",
+        "| kind | keep ratio | retention | occupancy | FLOPs x | acc % |",
+        "|---|---|---|---|---|---|",
+    ]
+    points = report["search"] + (
+        [report["thresholds"]["point"]] if "point" in report.get("thresholds", {}) else []
+    )
     for p in points:
-        kr = f"{p['keep_ratio']:g}" if p["keep_ratio"] is not None else f"trained for {p['target_retention']:g}"
-        lines.append(f"| {p['kind']} | {kr} | {p['retention']:.3f} | {p['occupancy']:.3f} | {p['flops_ratio']:.3f} "
-                     f"| {p['accuracy']:.2f} |")
+        kr = (
+            f"{p['keep_ratio']:g}"
+            if p["keep_ratio"] is not None
+            else f"trained for {p['target_retention']:g}"
+        )
+        lines.append(
+            f"| {p['kind']} | {kr} | {p['retention']:.3f} | {p['occupancy']:.3f} | {p['flops_ratio']:.3f} "
+            f"| {p['accuracy']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -91,15 +144,32 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     dense, cfg = report["dense"], report["config"]
     probes = sorted(report["search"], key=lambda p: p["retention"])
-    a.plot([p["retention"] for p in probes], [p["accuracy"] for p in probes], "o-", color="tab:red",
-           label="training-free back-tracking")
+    a.plot(
+        [p["retention"] for p in probes],
+        [p["accuracy"] for p in probes],
+        "o-",
+        color="tab:red",
+        label="training-free back-tracking",
+    )
     if "point" in report.get("thresholds", {}):
         t = report["thresholds"]["point"]
-        a.scatter([t["retention"]], [t["accuracy"]], marker="*", s=160, color="tab:purple", label="trained thresholds")
+        a.scatter(
+            [t["retention"]],
+            [t["accuracy"]],
+            marker="*",
+            s=160,
+            color="tab:purple",
+            label="trained thresholds",
+        )
     a.axhline(dense["accuracy"], color="tab:gray", ls="--", label="dense")
     if cfg["max_drop"] is not None:
-        a.axhspan(dense["accuracy"] - cfg["max_drop"], dense["accuracy"], color="tab:green", alpha=0.12,
-                  label=f"within {cfg['max_drop']:g} pt")
+        a.axhspan(
+            dense["accuracy"] - cfg["max_drop"],
+            dense["accuracy"],
+            color="tab:green",
+            alpha=0.12,
+            label=f"within {cfg['max_drop']:g} pt",
+        )
     c = report["chosen"]
     a.scatter([c["retention"]], [c["accuracy"]], s=220, facecolors="none", edgecolors="black", label="chosen")
     a.set_xlabel("retention (mean fraction of real tokens per layer)")

@@ -41,8 +41,10 @@ def split_holdout(
     if lengths is not None and min_tokens > 0:
         pool = pool[np.asarray(lengths) >= min_tokens]
     if len(pool) < size:
-        raise InputError(f"only {len(pool)} training examples of >= {min_tokens} tokens; lower --holdout to "
-                         f"at most {len(pool)} or --holdout-min-tokens, or pass --holdout-data")
+        raise InputError(
+            f"only {len(pool)} training examples of >= {min_tokens} tokens; lower --holdout to "
+            f"at most {len(pool)} or --holdout-min-tokens, or pass --holdout-data"
+        )
     held = np.sort(np.random.default_rng([seed, 7]).permutation(pool)[:size])
     fit = np.setdiff1d(np.arange(n), held, assume_unique=True)
     if len(fit) == 0:
@@ -65,8 +67,12 @@ def within(point: Point, dense_accuracy: float, max_drop: float) -> bool:
 
 
 def search_keep_ratio(
-    measure: Callable[[float], Point], dense_accuracy: float, max_drop: float,
-    lo: float = 0.02, hi: float = 1.0, steps: int = 7,
+    measure: Callable[[float], Point],
+    dense_accuracy: float,
+    max_drop: float,
+    lo: float = 0.02,
+    hi: float = 1.0,
+    steps: int = 7,
 ) -> list[Point]:
     """Bisect the keep ratio for the lowest one whose accuracy stays within ``max_drop`` points
     of dense. Accuracy is nearly but not exactly monotone in the ratio, so every probe is kept
@@ -86,9 +92,14 @@ def best_point(points: Sequence[Point], dense_accuracy: float, max_drop: float) 
     return min(ok, key=lambda p: (p.retention, -p.accuracy)) if ok else None
 
 
-def first_failure(points: Sequence[Point], dense_accuracy: float, max_drop: float, best: Point | None) -> Point | None:
+def first_failure(
+    points: Sequence[Point], dense_accuracy: float, max_drop: float, best: Point | None
+) -> Point | None:
     """The most accurate training-free probe that missed the budget below ``best``'s retention:
     where trained thresholds (which fine-tune the model) are worth a try."""
-    below = [p for p in points if not within(p, dense_accuracy, max_drop)
-             and (best is None or p.retention < best.retention)]
+    below = [
+        p
+        for p in points
+        if not within(p, dense_accuracy, max_drop) and (best is None or p.retention < best.retention)
+    ]
     return max(below, key=lambda p: p.accuracy) if below else None

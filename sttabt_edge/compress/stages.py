@@ -30,7 +30,10 @@ from sttabt_edge.train.data import TrainData
 
 # per modality: the distillation and threshold-training recipes (SST-2: the official AdamW 1e-4, clip 0.5;
 # images: benchmarks/quickstart.py's DeiT recipe), as TrainConfig fields
-APPROX_RECIPE = {"text": dict(lr=1e-4, grad_clip=0.5, warmup=0.05), "image": dict(lr=5e-4, grad_clip=1.0, warmup=0.05)}
+APPROX_RECIPE = {
+    "text": dict(lr=1e-4, grad_clip=0.5, warmup=0.05),
+    "image": dict(lr=5e-4, grad_clip=1.0, warmup=0.05),
+}
 CONCRETE_RECIPE = dict(lr=2e-5, warmup=0.1, grad_clip=1.0)
 MIN_APPROX_STEPS = 20
 MIN_CONCRETE_STEPS = 30
@@ -87,15 +90,37 @@ def _load_examples(path: Path, modality: str) -> list[Example]:
 
 
 def measure(
-    model: nn.Module, reducer: Reducer, split: Split, cfg: CompressConfig, kind: str,
-    keep_ratio: float | None = None, target_retention: float | None = None,
+    model: nn.Module,
+    reducer: Reducer,
+    split: Split,
+    cfg: CompressConfig,
+    kind: str,
+    keep_ratio: float | None = None,
+    target_retention: float | None = None,
 ) -> Point:
     """Accuracy, retention, occupancy and FLOPs of one operating point on the held-out split."""
     d = split.data
-    r = evaluate(model, reducer, split.held, d.image, d.text, batch_size=64, task=d.task, name=kind,
-                 max_length=cfg.max_length, occupancy_length=split.occupancy_length)
-    return Point(kind, keep_ratio, 100.0 * r.metrics["accuracy"], r.retention, r.occupancy, r.flops_ratio,
-                 target_retention)
+    r = evaluate(
+        model,
+        reducer,
+        split.held,
+        d.image,
+        d.text,
+        batch_size=64,
+        task=d.task,
+        name=kind,
+        max_length=cfg.max_length,
+        occupancy_length=split.occupancy_length,
+    )
+    return Point(
+        kind,
+        keep_ratio,
+        100.0 * r.metrics["accuracy"],
+        r.retention,
+        r.occupancy,
+        r.flops_ratio,
+        target_retention,
+    )
 
 
 def measure_dense(model: nn.Module, split: Split, cfg: CompressConfig) -> Point:
@@ -111,31 +136,59 @@ def approx_config(cfg: CompressConfig) -> ApproxConfig:
     return ApproxConfig(factor=cfg.approx_factor, init="interpolate", heads=cfg.approx_heads)
 
 
-def plan_distillation(model: nn.Module, split: Split, cfg: CompressConfig, seconds: float) -> tuple[TrainConfig, Allocation]:
+def plan_distillation(
+    model: nn.Module, split: Split, cfg: CompressConfig, seconds: float
+) -> tuple[TrainConfig, Allocation]:
     """The distillation's TrainConfig with as many steps as ``seconds`` allow (measured step time)."""
     recipe = APPROX_RECIPE[split.data.modality]
-    base = TrainConfig(steps=1, batch_size=cfg.batch_size, max_length=cfg.max_length, log_every=50, save_every=500,
-                       eval_batch_size=64, max_eval_samples=256, seed=cfg.seed, **recipe)  # type: ignore[arg-type]
+    base = TrainConfig(
+        steps=1,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        log_every=50,
+        save_every=500,
+        eval_batch_size=64,
+        max_eval_samples=256,
+        seed=cfg.seed,
+        **recipe,
+    )  # type: ignore[arg-type]
     if cfg.approx_steps is not None:
         return base.replace(steps=cfg.approx_steps), Allocation(seconds, None, cfg.approx_steps)
     approx = build_approxnet(model, cfg.approx_factor, "interpolate", seed=cfg.seed, heads=cfg.approx_heads)
     source = split.data.source(base.batch_size, base.seed, base.augment, base.max_length, base.bucket_batches)
     with frozen(model):
-        alloc = allocate(seconds, step_seconds(ApproxObjective(model, approx, DistillWeights()), source),
-                         MIN_APPROX_STEPS)
+        alloc = allocate(
+            seconds, step_seconds(ApproxObjective(model, approx, DistillWeights()), source), MIN_APPROX_STEPS
+        )
     return base.replace(steps=max(alloc.steps, 1)), alloc
 
 
-def distil(model: nn.Module, split: Split, cfg: CompressConfig, tcfg: TrainConfig, out: Path, resume: bool) -> ApproxNet:
-    return train_approx(model, split.data, cfg=tcfg, out=out, acfg=approx_config(cfg),
-                        resume=resume and latest_checkpoint(out) is not None)
+def distil(
+    model: nn.Module, split: Split, cfg: CompressConfig, tcfg: TrainConfig, out: Path, resume: bool
+) -> ApproxNet:
+    return train_approx(
+        model,
+        split.data,
+        cfg=tcfg,
+        out=out,
+        acfg=approx_config(cfg),
+        resume=resume and latest_checkpoint(out) is not None,
+    )
 
 
 def plan_concrete(
     model: nn.Module, approx: ApproxNet, split: Split, cfg: CompressConfig, seconds: float
 ) -> tuple[TrainConfig, Allocation]:
-    base = TrainConfig(steps=1, batch_size=cfg.batch_size, max_length=cfg.max_length, log_every=10, save_every=100,
-                       eval_batch_size=64, seed=cfg.seed, **CONCRETE_RECIPE)  # type: ignore[arg-type]
+    base = TrainConfig(
+        steps=1,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        log_every=10,
+        save_every=100,
+        eval_batch_size=64,
+        seed=cfg.seed,
+        **CONCRETE_RECIPE,
+    )  # type: ignore[arg-type]
     if cfg.threshold_steps is not None:
         return base.replace(steps=cfg.threshold_steps), Allocation(seconds, None, cfg.threshold_steps)
     source = split.data.source(base.batch_size, base.seed, base.augment, base.max_length, base.bucket_batches)
@@ -145,14 +198,28 @@ def plan_concrete(
 
 
 def train_thresholds(
-    model: nn.Module, approx: ApproxNet, split: Split, tcfg: TrainConfig, target: float, out: Path,
-    source_dir: Path | None, resume: bool,
+    model: nn.Module,
+    approx: ApproxNet,
+    split: Split,
+    tcfg: TrainConfig,
+    target: float,
+    out: Path,
+    source_dir: Path | None,
+    resume: bool,
 ) -> None:
     """Concrete masking (ours, the documented default) for ``target`` into the trained dir ``out``,
     on a fresh copy of the dense model."""
     scfg = SparseTrainConfig(target_retention=round(target, 4), threshold_lr=0.05, hard_frac=0.2)
-    train_concrete(copy.deepcopy(model), copy.deepcopy(approx), split.data, cfg=tcfg, scfg=scfg, out=out,
-                   resume=resume and latest_checkpoint(out) is not None, source_dir=source_dir)
+    train_concrete(
+        copy.deepcopy(model),
+        copy.deepcopy(approx),
+        split.data,
+        cfg=tcfg,
+        scfg=scfg,
+        out=out,
+        resume=resume and latest_checkpoint(out) is not None,
+        source_dir=source_dir,
+    )
 
 
 def topk_reducer(approx: ApproxNet, keep_ratio: float) -> SttabtReducer:

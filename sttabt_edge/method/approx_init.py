@@ -108,7 +108,9 @@ def _copy_module(src: nn.Module, dst: nn.Module, done: set[int]) -> None:
 
 def _set(dst: torch.Tensor, value: torch.Tensor, done: set[int]) -> None:
     if tuple(dst.shape) != tuple(value.shape):
-        raise UnsupportedModelError(f"interpolate init: resized shape {tuple(value.shape)} != {tuple(dst.shape)}")
+        raise UnsupportedModelError(
+            f"interpolate init: resized shape {tuple(value.shape)} != {tuple(dst.shape)}"
+        )
     dst.copy_(value)
     done.add(id(dst))
 

@@ -44,7 +44,11 @@ def save_approxnet(net: ApproxNet, directory: str | os.PathLike[str]) -> Path:
 
 
 def load_approxnet(
-    cls: type[ApproxNet], directory: str | os.PathLike[str], teacher_config: Any = None, *, factor: int | None = None,
+    cls: type[ApproxNet],
+    directory: str | os.PathLike[str],
+    teacher_config: Any = None,
+    *,
+    factor: int | None = None,
     device: str | torch.device = "cpu",
 ) -> ApproxNet:
     """Rebuild from :func:`save_approxnet` output (safetensors only); shape mismatches raise CheckpointMismatchError.
@@ -74,7 +78,9 @@ def load_approxnet(
         with safe_open(str(weights_path), framework="pt") as f:
             tags = f.metadata() or {}
     except Exception as e:  # SafetensorError is a bare Exception
-        raise CheckpointMismatchError(f"{weights_path}: not a readable safetensors file ({one_line(e)})") from e
+        raise CheckpointMismatchError(
+            f"{weights_path}: not a readable safetensors file ({one_line(e)})"
+        ) from e
     if tags.get("factor", str(saved_factor)) != str(saved_factor):
         raise CheckpointMismatchError(
             f"{weights_path} was saved with factor {tags['factor']} but {meta_path} says {saved_factor}"
@@ -86,7 +92,9 @@ def load_approxnet(
     try:
         state = load_file(str(weights_path), device=str(device))
     except Exception as e:  # a valid header over truncated tensor data
-        raise CheckpointMismatchError(f"{weights_path}: not a readable safetensors file ({one_line(e)})") from e
+        raise CheckpointMismatchError(
+            f"{weights_path}: not a readable safetensors file ({one_line(e)})"
+        ) from e
     _check_state(net.state_dict(), state, weights_path)
     net.load_state_dict(state)
     return net.to(device).eval()
@@ -103,7 +111,11 @@ def _read_description(path: Path) -> dict[str, Any]:
         raise CheckpointMismatchError(f"{path} is not an ApproxNet description (format={found!r})")
     ints = ("factor", "teacher_hidden_size")
     bad = [k for k in ("model_class", "init", "config", *ints) if k not in meta]
-    bad += [k for k in ints if k in meta and (isinstance(meta[k], bool) or not isinstance(meta[k], int) or meta[k] < 1)]
+    bad += [
+        k
+        for k in ints
+        if k in meta and (isinstance(meta[k], bool) or not isinstance(meta[k], int) or meta[k] < 1)
+    ]
     if bad or not isinstance(meta["config"], dict):
         raise CheckpointMismatchError(f"{path}: missing or invalid {bad or ['config']}")
     return meta
@@ -112,7 +124,9 @@ def _read_description(path: Path) -> dict[str, Any]:
 def _model_class(name: str) -> Any:
     """The transformers class (typed Any: its config_class is HF API without stubs)."""
     if name not in compat.SUPPORTED_CLASSES:
-        raise UnsupportedModelError(f"ApproxNet checkpoint for {name}; supported: {', '.join(compat.SUPPORTED_CLASSES)}")
+        raise UnsupportedModelError(
+            f"ApproxNet checkpoint for {name}; supported: {', '.join(compat.SUPPORTED_CLASSES)}"
+        )
     import transformers
 
     return getattr(transformers, name)
@@ -126,19 +140,27 @@ def _check_teacher(config: Any, teacher_hidden: int, teacher_config: Any, factor
         )
     want = approx_config(teacher_config, factor, heads)
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_labels")
-    bad = [f"{k}: checkpoint {getattr(config, k)} vs expected {getattr(want, k)}"
-           for k in keys if getattr(config, k) != getattr(want, k)]
+    bad = [
+        f"{k}: checkpoint {getattr(config, k)} vs expected {getattr(want, k)}"
+        for k in keys
+        if getattr(config, k) != getattr(want, k)
+    ]
     if teacher_hidden != int(teacher_config.hidden_size):
         bad.append(f"teacher hidden_size: checkpoint {teacher_hidden} vs {teacher_config.hidden_size}")
     if bad:
-        raise CheckpointMismatchError(f"ApproxNet in {d} does not fit this teacher (factor {factor}): " + "; ".join(bad))
+        raise CheckpointMismatchError(
+            f"ApproxNet in {d} does not fit this teacher (factor {factor}): " + "; ".join(bad)
+        )
 
 
 def _check_state(want: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], path: Path) -> None:
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
-    shapes = [f"{k}: file {tuple(got[k].shape)} vs model {tuple(want[k].shape)}"
-              for k in sorted(set(want) & set(got)) if got[k].shape != want[k].shape]
+    shapes = [
+        f"{k}: file {tuple(got[k].shape)} vs model {tuple(want[k].shape)}"
+        for k in sorted(set(want) & set(got))
+        if got[k].shape != want[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:

@@ -57,7 +57,9 @@ def approx_config(teacher_config: Any, factor: int, heads: int | None = None) ->
         )
     inter = int(teacher_config.intermediate_size) // factor
     if inter < 1:
-        raise InputError(f"factor {factor} leaves no FFN width (intermediate_size {teacher_config.intermediate_size})")
+        raise InputError(
+            f"factor {factor} leaves no FFN width (intermediate_size {teacher_config.intermediate_size})"
+        )
     cfg = copy.deepcopy(teacher_config)
     cfg.hidden_size = hidden // factor
     cfg.intermediate_size = inter
@@ -115,7 +117,9 @@ class ApproxNet(nn.Module):
         self.init = init
         self.teacher_hidden_size = teacher_hidden_size
         c = self.parts.hidden_size
-        self.transfers = nn.ModuleList(nn.Linear(c, teacher_hidden_size) for _ in range(len(self.parts.layers) + 1))
+        self.transfers = nn.ModuleList(
+            nn.Linear(c, teacher_hidden_size) for _ in range(len(self.parts.layers) + 1)
+        )
         self.approx_maps = MapsPass()  # no parameters: names the exported nodes (APPROX_SCOPE)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> ApproxOutput:
@@ -154,7 +158,11 @@ class ApproxNet(nn.Module):
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike[str], teacher_config: Any = None, *, factor: int | None = None,
+        cls,
+        directory: str | os.PathLike[str],
+        teacher_config: Any = None,
+        *,
+        factor: int | None = None,
         device: str | torch.device = "cpu",
     ) -> ApproxNet:
         """Rebuild from :meth:`save` output (safetensors only); shape mismatches raise CheckpointMismatchError.
@@ -196,10 +204,21 @@ def teacher_targets(parts: ModelParts, inputs: Mapping[str, torch.Tensor]) -> Te
     """The dense teacher's attentions, hidden states and logits (no grad) for distillation."""
     x, pad = embed(parts, inputs)
     res = dense_forward(parts, x, pad, need_attn=True, need_hidden=True)
-    return TeacherTargets(torch.stack(res.attentions), res.hidden_states, classify(parts, res.prefix_hidden), pad)
+    return TeacherTargets(
+        torch.stack(res.attentions), res.hidden_states, classify(parts, res.prefix_hidden), pad
+    )
 
 
 __all__ = [
-    "APPROX_SCOPE", "ApproxNet", "ApproxOutput", "MapsPass", "TeacherTargets", "approx_config", "area_resize",
-    "build_approxnet", "group_heads", "interpolate_init", "teacher_targets",
+    "APPROX_SCOPE",
+    "ApproxNet",
+    "ApproxOutput",
+    "MapsPass",
+    "TeacherTargets",
+    "approx_config",
+    "area_resize",
+    "build_approxnet",
+    "group_heads",
+    "interpolate_init",
+    "teacher_targets",
 ]

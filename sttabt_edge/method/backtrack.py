@@ -55,7 +55,9 @@ class Backtrack:
     """Nested keep masks (L+1 entries, see KeepPlan), static sizes and scores."""
 
     keep: list[torch.Tensor]
-    sizes: list[Size] | None  # static compact bounds (top-k), None when counts are data-dependent (as KeepPlan)
+    sizes: (
+        list[Size] | None
+    )  # static compact bounds (top-k), None when counts are data-dependent (as KeepPlan)
     scores: list[torch.Tensor]  # (B, N) importance of layer l's inputs
     same: list[bool] | None = None  # same[l]: keep[l] == keep[l+1] in every sample (see same_as_next)
 
@@ -84,7 +86,9 @@ def input_importance(attn_l: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     return torch.bmm(weights[:, : attn_l.shape[-2]].unsqueeze(1), attn_l).squeeze(1)
 
 
-def layer_importance(attn_l: torch.Tensor, weights: torch.Tensor, head_reduce: HeadReduce = "mean") -> torch.Tensor:
+def layer_importance(
+    attn_l: torch.Tensor, weights: torch.Tensor, head_reduce: HeadReduce = "mean"
+) -> torch.Tensor:
     """Importance of one layer's inputs from its per-head maps. (B, H, R, N), (B, N) -> (B, N).
 
     Rows beyond R must carry zero weight. For the head mean, the weighted row sum is taken

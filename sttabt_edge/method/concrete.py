@@ -56,7 +56,9 @@ def concrete_backtrack(
     """
     num_layers, _ = check_maps(attn)
     if threshold_logits.shape != (num_layers,):
-        raise ValueError(f"threshold_logits must have shape ({num_layers},), got {tuple(threshold_logits.shape)}")
+        raise ValueError(
+            f"threshold_logits must have shape ({num_layers},), got {tuple(threshold_logits.shape)}"
+        )
     dtype = attn[0].dtype
     prefix = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
     out_hard = prefix
@@ -119,13 +121,24 @@ class ThresholdModule(nn.Module):
         self.min_keep = min_keep
 
     def masks(
-        self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
-        p: float = 0.1, head_reduce: HeadReduce = "mean", soft: bool = False, generator: torch.Generator | None = None,
+        self,
+        attn: AttentionMaps,
+        pad_mask: torch.Tensor,
+        logits: torch.Tensor,
+        num_prefix_tokens: int = 1,
+        p: float = 0.1,
+        head_reduce: HeadReduce = "mean",
+        soft: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Backtrack:
         raise NotImplementedError
 
     def forward(
-        self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int = 1, p: float = 0.1,
+        self,
+        attn: AttentionMaps,
+        pad_mask: torch.Tensor,
+        num_prefix_tokens: int = 1,
+        p: float = 0.1,
         head_reduce: HeadReduce = "mean",
     ) -> Backtrack:
         return self.masks(attn, pad_mask, self.logits, num_prefix_tokens, p, head_reduce, soft=self.training)
@@ -144,11 +157,26 @@ class ConcreteThresholds(ThresholdModule):
         super().__init__(num_layers, init, temperature, min_keep)
 
     def masks(
-        self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
-        p: float = 0.1, head_reduce: HeadReduce = "mean", soft: bool = False, generator: torch.Generator | None = None,
+        self,
+        attn: AttentionMaps,
+        pad_mask: torch.Tensor,
+        logits: torch.Tensor,
+        num_prefix_tokens: int = 1,
+        p: float = 0.1,
+        head_reduce: HeadReduce = "mean",
+        soft: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Backtrack:
         """Masks at given logits (calibration probes); ``soft``: the training-mode (noisy) masks."""
         return concrete_backtrack(
-            attn, pad_mask, logits, num_prefix_tokens, p, head_reduce, self.temperature, soft, self.min_keep,
+            attn,
+            pad_mask,
+            logits,
+            num_prefix_tokens,
+            p,
+            head_reduce,
+            self.temperature,
+            soft,
+            self.min_keep,
             generator,
         )

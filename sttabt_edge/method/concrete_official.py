@@ -117,8 +117,15 @@ class OfficialConcrete(ThresholdModule):
         self.register_buffer("init", torch.full((num_layers,), float(init)))
 
     def masks(
-        self, attn: AttentionMaps, pad_mask: torch.Tensor, logits: torch.Tensor, num_prefix_tokens: int = 1,
-        p: float = 0.1, head_reduce: HeadReduce = "mean", soft: bool = False, generator: torch.Generator | None = None,
+        self,
+        attn: AttentionMaps,
+        pad_mask: torch.Tensor,
+        logits: torch.Tensor,
+        num_prefix_tokens: int = 1,
+        p: float = 0.1,
+        head_reduce: HeadReduce = "mean",
+        soft: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Backtrack:
         """Masks at given logits (calibration probes); ``soft``: the training-mode masks."""
         if head_reduce != "mean":

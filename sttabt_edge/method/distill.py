@@ -32,7 +32,9 @@ class DistillWeights:
     track_p: float = 0.1  # back-tracking's propagation weight p
 
 
-def attention_kl(teacher_attn: torch.Tensor, student_attn: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+def attention_kl(
+    teacher_attn: torch.Tensor, student_attn: torch.Tensor, pad_mask: torch.Tensor
+) -> torch.Tensor:
     """KL(teacher || student) per query row, mean over heads, non-pad rows, then layers.
 
     (L, B, H, N, N) teacher, (L, B, h, N, N) student with h dividing H (the teacher's heads
@@ -131,10 +133,18 @@ def approx_distill_loss(
     track = attn.new_zeros(())
     if weights.track > 0:
         track = backtrack_kl(
-            teacher_attn, student.attentions, pad_mask, num_prefix_tokens, weights.track_ratio, weights.track_p
+            teacher_attn,
+            student.attentions,
+            pad_mask,
+            num_prefix_tokens,
+            weights.track_ratio,
+            weights.track_p,
         )
     loss = (
-        weights.attn * attn + weights.hidden * hidden + weights.embed * embed + weights.logits * kd
+        weights.attn * attn
+        + weights.hidden * hidden
+        + weights.embed * embed
+        + weights.logits * kd
         + weights.track * track
     )
     parts = {"attn_kl": attn, "hidden_mse": hidden, "embed_mse": embed, "logits_kd": kd, "track_kl": track}

@@ -41,7 +41,9 @@ class CostReporter(Protocol):
     """A reducer's own cost (``Reducer.extra_flops`` / ``decision_flops``): the method layer does not
     import the reducers, they report what they spend."""
 
-    def extra_flops(self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor | None: ...
+    def extra_flops(
+        self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor
+    ) -> torch.Tensor | None: ...
 
     def decision_flops(self, parts: ModelParts, pad_mask: torch.Tensor) -> torch.Tensor | None: ...
 

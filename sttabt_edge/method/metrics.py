@@ -35,7 +35,11 @@ def occupancy(
     """
     n_in = n_in.to(torch.float64)
     total = n_in.sum(dim=1) + num_prefix_tokens  # (B,)
-    length = n_real.to(torch.float64) if padded_length is None else torch.full_like(total, float(padded_length))
+    length = (
+        n_real.to(torch.float64) if padded_length is None else torch.full_like(total, float(padded_length))
+    )
     if padded_length is not None and bool((n_real > padded_length).any()):
-        raise ValueError(f"padded_length {padded_length} is shorter than a sample ({int(n_real.max())} tokens)")
+        raise ValueError(
+            f"padded_length {padded_length} is shorter than a sample ({int(n_real.max())} tokens)"
+        )
     return total / ((n_in.shape[1] + 1) * length)

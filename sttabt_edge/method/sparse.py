@@ -75,7 +75,13 @@ def dense_forward(
     for i, layer in enumerate(parts.layers):
         q_idx = parts.num_prefix_tokens if prefix_only_top and i == top else None
         out = block_forward(
-            layer, x, parts.num_heads, q_idx=q_idx, key_bias=bias, need_attn=need_attn, dropout=parts.dropout_p
+            layer,
+            x,
+            parts.num_heads,
+            q_idx=q_idx,
+            key_bias=bias,
+            need_attn=need_attn,
+            dropout=parts.dropout_p,
         )
         x = out.hidden
         if need_attn:
@@ -111,7 +117,9 @@ def plan_forward(
     raise ValueError(f"mode must be 'remove' or 'mask', got {mode!r}")
 
 
-def _remove_forward(parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan) -> ForwardResult:
+def _remove_forward(
+    parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan
+) -> ForwardResult:
     keep = [k.bool() & pad_mask for k in plan.keep]
     exact = plan.exact and plan.sizes is not None
     sizes = plan.sizes or [compact_size(k) for k in keep]
@@ -126,23 +134,34 @@ def _remove_forward(parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, 
         if layer_idx == top:  # the head reads only the prefix, the first P slots of any compact set
             q_idx = parts.num_prefix_tokens
         elif not same[layer_idx]:
-            idx_out, valid_out = compact_indices(keep[layer_idx + 1], sizes[layer_idx + 1], need_valid=not exact)
+            idx_out, valid_out = compact_indices(
+                keep[layer_idx + 1], sizes[layer_idx + 1], need_valid=not exact
+            )
             q_idx = local_positions(keep[layer_idx], idx_out)  # (B, K_out) into h
-        h = block_forward(layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p).hidden
+        h = block_forward(
+            layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p
+        ).hidden
         if valid_out is not valid and valid_out is not None:  # None only in exact plans, then valid is too
             valid, bias = valid_out, padding_bias(valid_out, h.dtype)
     counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)
     return ForwardResult(h[:, : parts.num_prefix_tokens], counts[:, :-1], counts[:, 1:], keep)
 
 
-def _mask_forward(parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan) -> ForwardResult:
+def _mask_forward(
+    parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan
+) -> ForwardResult:
     pad = pad_mask.to(x.dtype)
     keep = [k.to(x.dtype) * pad for k in plan.keep]
     bias = padding_bias(pad_mask, x.dtype)
     for layer_idx, layer in enumerate(parts.layers):
         m_in, m_out = keep[layer_idx], keep[layer_idx + 1]
         out = block_forward(
-            layer, x, parts.num_heads, key_bias=bias, key_weight=m_in[:, None, None, :], dropout=parts.dropout_p
+            layer,
+            x,
+            parts.num_heads,
+            key_bias=bias,
+            key_weight=m_in[:, None, None, :],
+            dropout=parts.dropout_p,
         )
         x = torch.lerp(x, out.hidden, m_out.unsqueeze(-1))  # kept outputs updated, others unchanged
     counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)
@@ -185,15 +204,23 @@ def online_forward(
             bias = bias + torch.log(state.size.clamp_min(1.0))[:, None, None, :]
         weight = None if state.weight is None else state.weight[:, None, None, :]
         out = block_forward(
-            layer, state.hidden, parts.num_heads, key_bias=bias, key_weight=weight,
-            need_attn=need_attn, need_keys=need_keys, dropout=parts.dropout_p,
+            layer,
+            state.hidden,
+            parts.num_heads,
+            key_bias=bias,
+            key_weight=weight,
+            need_attn=need_attn,
+            need_keys=need_keys,
+            dropout=parts.dropout_p,
         )
         live = state.valid.to(x.dtype) if state.weight is None else state.weight * state.valid
         n_in.append(live.sum(dim=1))
         n_out.append(live.sum(dim=1))
         state = step(layer_idx, TokenState(out.hidden, state.valid, state.pos, state.size, state.weight), out)
     keep.append(_alive_mask(state, n))
-    return ForwardResult(state.hidden[:, : parts.num_prefix_tokens], torch.stack(n_in, 1), torch.stack(n_out, 1), keep)
+    return ForwardResult(
+        state.hidden[:, : parts.num_prefix_tokens], torch.stack(n_in, 1), torch.stack(n_out, 1), keep
+    )
 
 
 def _alive_mask(state: TokenState, n: int) -> torch.Tensor:

@@ -70,7 +70,9 @@ def compact_indices(
 
 
 @overload
-def compact_indices(keep: torch.Tensor, size: Size, need_valid: bool) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+def compact_indices(
+    keep: torch.Tensor, size: Size, need_valid: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 def compact_indices(

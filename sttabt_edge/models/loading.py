@@ -62,6 +62,8 @@ _BASE_TO_TASK: Mapping[str, str] = MappingProxyType(
 _MODEL_TYPE_DEFAULT: Mapping[str, str] = MappingProxyType(
     {"bert": "BertForSequenceClassification", "vit": "ViTForImageClassification"}
 )
+
+
 def resolve_alias(name: str) -> str:
     """Short alias -> hub id; anything else is returned unchanged."""
     return MODEL_ALIASES.get(name, name)
@@ -167,8 +169,13 @@ def _load_from_hub(name: str, *, num_labels: int | None, dtype: torch.dtype) -> 
     try:  # unreachable: the HF cache may still hold the model
         config = transformers.AutoConfig.from_pretrained(repo, local_files_only=offline or unreachable)
     except (OSError, ValueError) as e:
-        state = ("offline mode is on (HF_HUB_OFFLINE)" if offline
-                 else "the hub is unreachable" if unreachable else "the hub may be unreachable")
+        state = (
+            "offline mode is on (HF_HUB_OFFLINE)"
+            if offline
+            else "the hub is unreachable"
+            if unreachable
+            else "the hub may be unreachable"
+        )
         raise ModelNotFoundError(
             f"{name!r} is not a local path, and hub model {repo!r} could not be loaded ({state}: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Without network, pass a local "
@@ -177,7 +184,12 @@ def _load_from_hub(name: str, *, num_labels: int | None, dtype: torch.dtype) -> 
     arch, new_head = _pick_class(getattr(config, "architectures", None), config.model_type, repo)
     cls = getattr(transformers, arch)
     return _from_pretrained(
-        cls, repo, config, num_labels=num_labels, new_head=new_head, dtype=dtype,
+        cls,
+        repo,
+        config,
+        num_labels=num_labels,
+        new_head=new_head,
+        dtype=dtype,
         local_files_only=offline or unreachable,
     )
 

@@ -232,7 +232,8 @@ def build_timm_model(
     config = timm_vit_config(state_dict, num_heads=num_heads, name=name)
     converted = convert_timm_vit_state_dict(state_dict, config)
     model: PreTrainedModel = (
-        DeiTForImageClassificationWithTeacher(config) if isinstance(config, DeiTConfig)
+        DeiTForImageClassificationWithTeacher(config)
+        if isinstance(config, DeiTConfig)
         else ViTForImageClassification(config)
     )
     ensure_eager(model, switch=True)

@@ -79,9 +79,13 @@ def pickle_refusal(error: BaseException) -> str:
     """torch.load(weights_only=True)'s paragraph as one line, naming what the pickle tried to load."""
     found = re.search(r"GLOBAL ([\w.]+)", str(error))
     if found:
-        return (f"holds pickled code or objects (it tries to load {found.group(1)}), which "
-                "torch.load(weights_only=True) refuses to run")
-    return f"torch.load(weights_only=True) cannot read it ({type(error).__name__}: {one_line(error, limit=160)})"
+        return (
+            f"holds pickled code or objects (it tries to load {found.group(1)}), which "
+            "torch.load(weights_only=True) refuses to run"
+        )
+    return (
+        f"torch.load(weights_only=True) cannot read it ({type(error).__name__}: {one_line(error, limit=160)})"
+    )
 
 
 def _as_state_dict(obj: object, what: str) -> dict[str, torch.Tensor]:

@@ -20,6 +20,20 @@ from sttabt_edge.reducers.tome import TomeReducer
 from sttabt_edge.reducers.topk import TopkReducer
 
 __all__ = [
-    "DenseReducer", "Reducer", "SttabtReducer", "TopkReducer", "LtpReducer", "TomeReducer", "build", "make_reducer",
-    "ReducerSpec", "DenseSpec", "SttabtSpec", "TopkSpec", "LtpSpec", "TomeSpec", "make_spec", "spec_from_metadata",
+    "DenseReducer",
+    "Reducer",
+    "SttabtReducer",
+    "TopkReducer",
+    "LtpReducer",
+    "TomeReducer",
+    "build",
+    "make_reducer",
+    "ReducerSpec",
+    "DenseSpec",
+    "SttabtSpec",
+    "TopkSpec",
+    "LtpSpec",
+    "TomeSpec",
+    "make_spec",
+    "spec_from_metadata",
 ]

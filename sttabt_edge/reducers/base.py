@@ -23,7 +23,11 @@ class Reducer(nn.Module):
     name: str = "base"
 
     def run(
-        self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
+        self,
+        parts: ModelParts,
+        inputs: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
         mode: Mode = "remove",
     ) -> ForwardResult:
         raise NotImplementedError

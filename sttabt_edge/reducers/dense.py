@@ -23,7 +23,11 @@ class DenseReducer(Reducer):
         return DenseSpec()
 
     def run(
-        self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
+        self,
+        parts: ModelParts,
+        inputs: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
         mode: Mode = "remove",
     ) -> ForwardResult:
         out = dense_forward(parts, x, pad_mask)

@@ -42,7 +42,9 @@ def token_importance(attn: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
     return torch.bmm(live.to(a.dtype).unsqueeze(1), a).squeeze(1)  # (B, K)
 
 
-def forced_mask(importance: torch.Tensor, valid: torch.Tensor, num_prefix_tokens: int, min_keep: int) -> torch.Tensor:
+def forced_mask(
+    importance: torch.Tensor, valid: torch.Tensor, num_prefix_tokens: int, min_keep: int
+) -> torch.Tensor:
     """Slots kept whatever θ is: the prefix and the ``min_keep`` best real tokens. (B, K) bool."""
     slot = torch.arange(importance.shape[1], device=importance.device).unsqueeze(0)  # (1, K)
     prefix = (slot < num_prefix_tokens) & valid
@@ -55,7 +57,11 @@ def forced_mask(importance: torch.Tensor, valid: torch.Tensor, num_prefix_tokens
 
 
 def threshold_keep_mask(
-    importance: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, num_prefix_tokens: int, min_keep: int
+    importance: torch.Tensor,
+    valid: torch.Tensor,
+    threshold: torch.Tensor,
+    num_prefix_tokens: int,
+    min_keep: int,
 ) -> torch.Tensor:
     """Hard LTP decision: keep live slots with importance >= θ, plus the forced ones. (B, K) bool."""
     keep = (importance >= threshold) & valid
@@ -63,8 +69,12 @@ def threshold_keep_mask(
 
 
 def soft_keep_mask(
-    importance: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, temperature: float,
-    num_prefix_tokens: int, min_keep: int,
+    importance: torch.Tensor,
+    valid: torch.Tensor,
+    threshold: torch.Tensor,
+    temperature: float,
+    num_prefix_tokens: int,
+    min_keep: int,
 ) -> torch.Tensor:
     """Differentiable LTP mask sigmoid((importance - θ) / T); forced slots 1, padding 0. (B, K) float."""
     soft = torch.sigmoid((importance - threshold) / temperature)
@@ -130,12 +140,18 @@ class LtpReducer(Reducer):
 
     def spec(self) -> LtpSpec:
         return LtpSpec(
-            thresholds=tuple(float(v) for v in self.thresholds.detach().cpu()), temperature=self.temperature,
-            min_keep=self.min_keep, soft=self.soft,
+            thresholds=tuple(float(v) for v in self.thresholds.detach().cpu()),
+            temperature=self.temperature,
+            min_keep=self.min_keep,
+            soft=self.soft,
         )
 
     def run(
-        self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
+        self,
+        parts: ModelParts,
+        inputs: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
         mode: Mode = "remove",
     ) -> ForwardResult:
         return self._forward(parts, x, pad_mask, mode)
@@ -147,7 +163,11 @@ class LtpReducer(Reducer):
             )
 
     def _forward(
-        self, parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, mode: Mode,
+        self,
+        parts: ModelParts,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
+        mode: Mode,
         calibrate_to: Sequence[float] | None = None,
     ) -> ForwardResult:
         if mode not in ("remove", "mask"):
@@ -167,7 +187,9 @@ class LtpReducer(Reducer):
                 self.thresholds.data[layer_idx] = theta.to(self.thresholds.dtype)
             theta = self.thresholds[layer_idx].to(x.dtype)
             if soft:
-                m = soft_keep_mask(importance, state.valid, theta, self.temperature, num_prefix, self.min_keep)
+                m = soft_keep_mask(
+                    importance, state.valid, theta, self.temperature, num_prefix, self.min_keep
+                )
                 weight = m if state.weight is None else state.weight * m
                 return TokenState(state.hidden, state.valid, state.pos, state.size, weight)
             keep = threshold_keep_mask(importance, state.valid, theta, num_prefix, self.min_keep)  # (B, K)
@@ -176,8 +198,10 @@ class LtpReducer(Reducer):
                 return TokenState(state.hidden, keep, state.pos, state.size, weight)
             keep_idx, valid = compact_indices(keep, compact_size(keep))  # data-dependent count: host sync
             return TokenState(
-                batched_gather(state.hidden, keep_idx), valid,
-                batched_gather(state.pos, keep_idx), batched_gather(state.size, keep_idx),
+                batched_gather(state.hidden, keep_idx),
+                valid,
+                batched_gather(state.pos, keep_idx),
+                batched_gather(state.size, keep_idx),
             )
 
         return online_forward(parts, x, pad_mask, step, need_attn=True)

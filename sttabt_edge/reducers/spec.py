@@ -203,7 +203,9 @@ class TomeSpec(ReducerSpec):
             raise ValueError("give exactly one of r or keep_ratio")
 
 
-SPECS: dict[str, type[ReducerSpec]] = {s.kind: s for s in (DenseSpec, SttabtSpec, TopkSpec, LtpSpec, TomeSpec)}
+SPECS: dict[str, type[ReducerSpec]] = {
+    s.kind: s for s in (DenseSpec, SttabtSpec, TopkSpec, LtpSpec, TomeSpec)
+}
 
 
 def spec_class(name: str) -> type[ReducerSpec]:

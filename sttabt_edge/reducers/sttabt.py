@@ -90,20 +90,32 @@ class SttabtReducer(Reducer):
             with torch.no_grad():
                 th.logits.copy_(torch.tensor(spec.thresholds, dtype=torch.float32))
         return cls(
-            approx, keep_ratio=spec.keep_ratio, thresholds=th, p=spec.p, head_reduce=spec.head_reduce,
-            nesting=spec.nesting, min_keep=spec.min_keep,
+            approx,
+            keep_ratio=spec.keep_ratio,
+            thresholds=th,
+            p=spec.p,
+            head_reduce=spec.head_reduce,
+            nesting=spec.nesting,
+            min_keep=spec.min_keep,
         )
 
     def spec(self) -> SttabtSpec:
         th = self.thresholds
         if th is None:
             return SttabtSpec(
-                keep_ratio=as_ratio(self.keep_ratio), p=self.p, head_reduce=self.head_reduce, nesting=self.nesting,
+                keep_ratio=as_ratio(self.keep_ratio),
+                p=self.p,
+                head_reduce=self.head_reduce,
+                nesting=self.nesting,
                 min_keep=self.min_keep,
             )
         return SttabtSpec(
-            thresholds=tuple(float(v) for v in th.logits.detach().cpu()), concrete=th.kind,
-            temperature=th.temperature, p=self.p, head_reduce=self.head_reduce, nesting=self.nesting,
+            thresholds=tuple(float(v) for v in th.logits.detach().cpu()),
+            concrete=th.kind,
+            temperature=th.temperature,
+            p=self.p,
+            head_reduce=self.head_reduce,
+            nesting=self.nesting,
             min_keep=self.min_keep,
         )
 
@@ -122,19 +134,31 @@ class SttabtReducer(Reducer):
             )
         return self.backtrack_maps(attn, pad_mask, parts.num_prefix_tokens)
 
-    def backtrack_maps(self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int) -> Backtrack:
+    def backtrack_maps(
+        self, attn: AttentionMaps, pad_mask: torch.Tensor, num_prefix_tokens: int
+    ) -> Backtrack:
         """Keep masks from given maps: the one dispatch (thresholds or top-k) that training,
         evaluation, export and the profiled stages all call."""
         if self.thresholds is not None:
             return self.thresholds(attn, pad_mask, num_prefix_tokens, self.p, self.head_reduce)
         assert self.keep_ratio is not None  # exactly one of keep_ratio / thresholds (__init__)
         return topk_backtrack(
-            attn, pad_mask, self.keep_ratio, num_prefix_tokens, self.p, self.head_reduce,
-            nesting=self.nesting, min_keep=self.min_keep,
+            attn,
+            pad_mask,
+            self.keep_ratio,
+            num_prefix_tokens,
+            self.p,
+            self.head_reduce,
+            nesting=self.nesting,
+            min_keep=self.min_keep,
         )
 
     def run(
-        self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
+        self,
+        parts: ModelParts,
+        inputs: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
         mode: Mode = "remove",
     ) -> ForwardResult:
         bt = self.backtrack(parts, inputs, x, pad_mask)

@@ -118,8 +118,11 @@ def merge_wavg(merge: Merge, x: torch.Tensor, size: torch.Tensor) -> tuple[torch
 
 
 def tome_schedule(
-    num_tokens: int, num_layers: int, num_prefix_tokens: int = 1,
-    r: int | Sequence[int] | None = None, keep_ratio: float | Sequence[float] | None = None,
+    num_tokens: int,
+    num_layers: int,
+    num_prefix_tokens: int = 1,
+    r: int | Sequence[int] | None = None,
+    keep_ratio: float | Sequence[float] | None = None,
 ) -> list[int]:
     """Per-layer r from exactly one of:
 
@@ -157,7 +160,9 @@ def tome_schedule(
     return out
 
 
-def tome_step(schedule: Sequence[int], num_prefix_tokens: int) -> Callable[[int, TokenState, BlockOutput], TokenState]:
+def tome_step(
+    schedule: Sequence[int], num_prefix_tokens: int
+) -> Callable[[int, TokenState, BlockOutput], TokenState]:
     """The online step: one bipartite matching round on the layer's head-mean keys."""
 
     def step(layer_idx: int, state: TokenState, out: BlockOutput) -> TokenState:
@@ -169,7 +174,9 @@ def tome_step(schedule: Sequence[int], num_prefix_tokens: int) -> Callable[[int,
         merge = bipartite_soft_matching(metric, r, num_prefix_tokens, state.valid)
         hidden, size = merge_wavg(merge, state.hidden, state.size)
         keep_idx = merge.keep_idx  # (B, K - r); a merged slot keeps its B representative's pos
-        return TokenState(hidden, batched_gather(state.valid, keep_idx), batched_gather(state.pos, keep_idx), size)
+        return TokenState(
+            hidden, batched_gather(state.valid, keep_idx), batched_gather(state.pos, keep_idx), size
+        )
 
     return step
 
@@ -179,7 +186,9 @@ class TomeReducer(Reducer):
 
     name = "tome"
 
-    def __init__(self, r: int | Sequence[int] | None = None, keep_ratio: float | Sequence[float] | None = None):
+    def __init__(
+        self, r: int | Sequence[int] | None = None, keep_ratio: float | Sequence[float] | None = None
+    ):
         super().__init__()
         if (r is None) == (keep_ratio is None):
             raise ValueError("give exactly one of r or keep_ratio")
@@ -197,11 +206,17 @@ class TomeReducer(Reducer):
         return tome_schedule(num_tokens, num_layers, num_prefix_tokens, self.r, self.keep_ratio)
 
     def run(
-        self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
+        self,
+        parts: ModelParts,
+        inputs: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
         mode: Mode = "remove",
     ) -> ForwardResult:
         if mode == "mask":
-            raise NotImplementedError("ToMe merges tokens, which has no full-shape mask form; use mode='remove'")
+            raise NotImplementedError(
+                "ToMe merges tokens, which has no full-shape mask form; use mode='remove'"
+            )
         if mode != "remove":
             raise ValueError(f"mode must be 'remove' or 'mask', got {mode!r}")
         # int(): the schedule is Python ints; a trace freezes it at this N (fine for fixed-size ViT)

@@ -102,7 +102,11 @@ class TopkReducer(Reducer):
         return TopkSpec(keep_ratio=as_ratio(self.keep_ratio), prune_layers=self.prune_layers)
 
     def run(
-        self, parts: ModelParts, inputs: Mapping[str, torch.Tensor], x: torch.Tensor, pad_mask: torch.Tensor,
+        self,
+        parts: ModelParts,
+        inputs: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
         mode: Mode = "remove",
     ) -> ForwardResult:
         if mode not in ("remove", "mask"):
@@ -122,14 +126,18 @@ class TopkReducer(Reducer):
             size = static_size(n, ratio, state.hidden.shape[1], num_prefix)
             keep = keep_counts(n_real, state.valid.sum(dim=1), ratio, num_prefix)  # (B,)
             if mode == "mask":  # full shapes: a dropped token is invalid and has key weight 0
-                mask = topk_keep_mask(cls_attention(out.attn, num_prefix), state.valid, keep, size, num_prefix)
+                mask = topk_keep_mask(
+                    cls_attention(out.attn, num_prefix), state.valid, keep, size, num_prefix
+                )
                 weight = mask.to(x.dtype) if state.weight is None else state.weight * mask
                 return TokenState(state.hidden, mask, state.pos, state.size, weight)
             keep_idx = cls_attention_topk(out.attn, state.valid, keep, size, num_prefix)  # (B, size)
             valid = torch.arange(size, device=x.device).unsqueeze(0) < keep.unsqueeze(1)  # (B, size)
             return TokenState(
-                batched_gather(state.hidden, keep_idx), valid,
-                batched_gather(state.pos, keep_idx), batched_gather(state.size, keep_idx),
+                batched_gather(state.hidden, keep_idx),
+                valid,
+                batched_gather(state.pos, keep_idx),
+                batched_gather(state.size, keep_idx),
             )
 
         return online_forward(parts, x, pad_mask, step, need_attn=True)

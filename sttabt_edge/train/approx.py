@@ -50,8 +50,14 @@ class ApproxObjective(Objective):
         tt = teacher_targets(self.teacher_parts, inputs)
         out = self.approx(inputs)
         loss, parts = approx_distill_loss(
-            out, tt.attentions, tt.hidden_states, tt.logits, tt.pad_mask, list(self.approx.transfers),
-            self.weights, self.teacher_parts.num_prefix_tokens,
+            out,
+            tt.attentions,
+            tt.hidden_states,
+            tt.logits,
+            tt.pad_mask,
+            list(self.approx.transfers),
+            self.weights,
+            self.teacher_parts.num_prefix_tokens,
         )
         return loss, parts
 
@@ -136,7 +142,11 @@ def train_approx(
             return train_approx(teacher, data, cfg=cfg, out=tmp, acfg=acfg, resume=resume)
     out = Path(out)
     weights = DistillWeights(
-        acfg.attn_weight, acfg.hidden_weight, acfg.embed_weight, acfg.logits_weight, acfg.temperature,
+        acfg.attn_weight,
+        acfg.hidden_weight,
+        acfg.embed_weight,
+        acfg.logits_weight,
+        acfg.temperature,
         acfg.track_weight,
     )
     with distributed(cfg) as dist, frozen(teacher):

@@ -79,7 +79,9 @@ def snap_ltp(
         reducer.thresholds.copy_(base + offset)
         return float(torch.cat([sc(**b).retention for b in batches]).mean())
 
-    offset = calibrate_offset(mean_retention, target, -span, span, iters, what="LTP thresholds", strict=strict)
+    offset = calibrate_offset(
+        mean_retention, target, -span, span, iters, what="LTP thresholds", strict=strict
+    )
     reducer.thresholds.copy_(base + offset)
     return offset
 

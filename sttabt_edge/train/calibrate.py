@@ -87,12 +87,21 @@ def snap_thresholds(
     warns and snaps to that floor; without the check the bisection silently ran to +``span``,
     so every such target gave the same floor-only model (see :func:`calibrate_offset`).
     """
-    return _snap(reducer, _retention_probe(reducer, parts, cached_maps(reducer, parts, batches), noisy), target, span,
-                 strict)
+    return _snap(
+        reducer,
+        _retention_probe(reducer, parts, cached_maps(reducer, parts, batches), noisy),
+        target,
+        span,
+        strict,
+    )
 
 
 def _snap(
-    reducer: SttabtReducer, per_layer: Callable[[torch.Tensor], torch.Tensor], target: float, span: float, strict: bool
+    reducer: SttabtReducer,
+    per_layer: Callable[[torch.Tensor], torch.Tensor],
+    target: float,
+    span: float,
+    strict: bool,
 ) -> float:
     """:func:`snap_thresholds` on a built retention probe (see :func:`_retention_probe`)."""
     th = _thresholds(reducer)
@@ -191,7 +200,10 @@ def union_thresholds(
     """
     th = _thresholds(reducer)
     cached = cached_maps(reducer, parts, batches)  # one maps pass serves both probes
-    per_layer, own = _retention_probe(reducer, parts, cached, noisy), _own_fraction_probe(reducer, parts, cached)
+    per_layer, own = (
+        _retention_probe(reducer, parts, cached, noisy),
+        _own_fraction_probe(reducer, parts, cached),
+    )
     logits = th.logits.detach().clone()
 
     def shape(q: float) -> float:
@@ -209,7 +221,11 @@ def union_thresholds(
 
 
 def _top_down(
-    logits: torch.Tensor, per_layer: Callable[[torch.Tensor], torch.Tensor], value: float, span: float, iters: int
+    logits: torch.Tensor,
+    per_layer: Callable[[torch.Tensor], torch.Tensor],
+    value: float,
+    span: float,
+    iters: int,
 ) -> None:
     """Set each layer's logit in place, top layer first, so ``per_layer(logits)[l]`` is ``value``.
 
@@ -227,7 +243,9 @@ def _top_down(
 Cached = list[tuple[Any, torch.Tensor]]  # per batch: (attention maps, padding mask (B, N))
 
 
-def cached_maps(reducer: SttabtReducer, parts: compat.ModelParts, batches: Sequence[dict[str, torch.Tensor]]) -> Cached:
+def cached_maps(
+    reducer: SttabtReducer, parts: compat.ModelParts, batches: Sequence[dict[str, torch.Tensor]]
+) -> Cached:
     """The maps back-tracking reads (the ApproxNet's, or the model's own for the oracle), computed
     once per batch so every probe is a back-tracking pass only; the reducer is put in eval mode
     (deterministic attention; callers restore train modes per step)."""
@@ -257,8 +275,10 @@ def _own_fraction_probe(
         for a, pad in cached:
             bt = th.masks(a, pad, logits, parts.num_prefix_tokens, reducer.p, reducer.head_reduce)
             real = pad.to(torch.float32)
-            own = [((normalized_importance(s, pad) > torch.exp(logits[i])).float() * real).sum(1) / real.sum(1)
-                   for i, s in enumerate(bt.scores)]
+            own = [
+                ((normalized_importance(s, pad) > torch.exp(logits[i])).float() * real).sum(1) / real.sum(1)
+                for i, s in enumerate(bt.scores)
+            ]
             vals.append(torch.stack(own, dim=1))  # (B, L)
         return torch.cat(vals).mean(0)
 
@@ -282,5 +302,3 @@ def _retention_probe(
         return torch.cat(vals).mean(0)  # (L,)
 
     return probe
-
-

@@ -145,9 +145,13 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     try:
         state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointMismatchError(f"{ckpt / STATE_FILE}: unreadable checkpoint state ({one_line(e)})") from e
+        raise CheckpointMismatchError(
+            f"{ckpt / STATE_FILE}: unreadable checkpoint state ({one_line(e)})"
+        ) from e
     if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"{ckpt / STATE_FILE} holds a {type(state).__name__}, not a checkpoint state")
+        raise CheckpointMismatchError(
+            f"{ckpt / STATE_FILE} holds a {type(state).__name__}, not a checkpoint state"
+        )
     if state.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{ckpt} is not a training checkpoint (format={state.get('format')!r})")
     return state
@@ -184,7 +188,9 @@ def load_checkpoint(
     except Exception as e:  # UnpicklingError (pickled code), EOFError / RuntimeError (truncated zip) ...
         raise CheckpointMismatchError(f"{ckpt / TRAINER_FILE}: {pickle_refusal(e)}") from e
     if not isinstance(trainer_state, dict):
-        raise CheckpointMismatchError(f"{ckpt / TRAINER_FILE} holds a {type(trainer_state).__name__}, not trainer state")
+        raise CheckpointMismatchError(
+            f"{ckpt / TRAINER_FILE} holds a {type(trainer_state).__name__}, not trainer state"
+        )
     return trainer_state, state
 
 

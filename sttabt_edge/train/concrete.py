@@ -49,8 +49,13 @@ OFFICIAL_TEMPERATURE = 0.1
 OFFICIAL_RATIO_WEIGHT = {"bert": 1e-3, "vit": 100.0}
 
 __all__ = [
-    "UnreachableTargetError", "calibration_batches", "load_sttabt", "shape_thresholds", "snap_thresholds",
-    "train_concrete", "union_thresholds",
+    "UnreachableTargetError",
+    "calibration_batches",
+    "load_sttabt",
+    "shape_thresholds",
+    "snap_thresholds",
+    "train_concrete",
+    "union_thresholds",
 ]
 
 

@@ -70,8 +70,10 @@ def decay_groups(
     live = {n: p for n, p in params.items() if p.requires_grad}
     decay = [p for p in live.values() if p.dim() >= 2]
     other = [p for p in live.values() if p.dim() < 2]
-    groups = ({"params": decay, "lr": lr, "weight_decay": weight_decay, "clip": clip},
-              {"params": other, "lr": lr, "weight_decay": 0.0, "clip": clip})
+    groups = (
+        {"params": decay, "lr": lr, "weight_decay": weight_decay, "clip": clip},
+        {"params": other, "lr": lr, "weight_decay": 0.0, "clip": clip},
+    )
     return [g for g in groups if g["params"]]
 
 

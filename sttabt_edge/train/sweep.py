@@ -51,7 +51,9 @@ class SweepPlan:
     max_eval: int = 0  # 0 = the whole held-out set
     calib_on_eval: bool = False  # calibrate thresholds / knobs on unlabeled held-out inputs instead of train
     eval_batch_size: int = 64
-    approx_dir: Path | None = None  # reuse this distilled ApproxNet (train_approx output) instead of distilling
+    approx_dir: Path | None = (
+        None  # reuse this distilled ApproxNet (train_approx output) instead of distilling
+    )
 
 
 def cli_commands(model_dir: Path, data: Path, work: Path, plan: SweepPlan) -> list[str]:
@@ -207,8 +209,10 @@ def run_sweep(
         approx = train_approx(dense, unlabeled, cfg=plan.approx_cfg, out=approx_dir, acfg=plan.acfg)
     report = json.loads((approx_dir / REPORT_FILE).read_text())
     results["approx"] = {**report, "seconds": time.perf_counter() - t0, "dir": str(approx_dir)}
-    log(f"ApproxNet /{plan.acfg.factor}: held-out attention KL {report['heldout_attention_kl_before']:.4f}"
-        f" -> {report['heldout_attention_kl']:.4f} ({report['step_time_s']:.2f} s/step)")
+    log(
+        f"ApproxNet /{plan.acfg.factor}: held-out attention KL {report['heldout_attention_kl_before']:.4f}"
+        f" -> {report['heldout_attention_kl']:.4f} ({report['step_time_s']:.2f} s/step)"
+    )
 
     # each point is evaluated below, not inside fit; calibration inputs: train, or unlabeled held-out
     train_only = dataclasses.replace(data, eval=None, calib=data.eval if plan.calib_on_eval else None)
@@ -230,12 +234,16 @@ def run_sweep(
                 if isinstance(reducer, SttabtReducer):  # sttabt-topk
                     point["keep_ratio"] = reducer.keep_ratio
                 if not point["target_reachable"]:
-                    log(f"{method:12s} target {target:.2f}: unreachable on the calibration inputs, "
-                        f"closest retention {reached:.3f}; evaluated there")
+                    log(
+                        f"{method:12s} target {target:.2f}: unreachable on the calibration inputs, "
+                        f"closest retention {reached:.3f}; evaluated there"
+                    )
             else:
                 run_dir = work / f"{method}-{target:g}"
                 try:
-                    model, reducer = _train_point(method, target, model_dir, run_dir, train_only, plan, approx_dir)
+                    model, reducer = _train_point(
+                        method, target, model_dir, run_dir, train_only, plan, approx_dir
+                    )
                 except UnreachableTargetError as e:
                     results["unreachable"].append({"method": method, "target": target, "reason": str(e)})
                     log(f"{method:12s} target {target:.2f}: skipped, {e}")
@@ -244,8 +252,10 @@ def run_sweep(
             point["train_seconds"] = time.perf_counter() - t0
             point.update(_eval(model, reducer, data, plan, f"{method} r={target:g}", max_length))
             results["points"].append(point)
-            log(f"{method:12s} target {target:.2f}: retention {point['retention']:.3f} {point['metrics']} "
-                f"FLOPs x{point['flops_ratio']:.3f} ({point['train_seconds']:.0f} s)")
+            log(
+                f"{method:12s} target {target:.2f}: retention {point['retention']:.3f} {point['metrics']} "
+                f"FLOPs x{point['flops_ratio']:.3f} ({point['train_seconds']:.0f} s)"
+            )
             results["wall_time_s"] = time.perf_counter() - t_start
             if save is not None:
                 save(results)
@@ -254,16 +264,24 @@ def run_sweep(
 
 
 def _train_point(
-    method: str, target: float, model_dir: Path, run_dir: Path, data: TrainData, plan: SweepPlan, approx_dir: Path
+    method: str,
+    target: float,
+    model_dir: Path,
+    run_dir: Path,
+    data: TrainData,
+    plan: SweepPlan,
+    approx_dir: Path,
 ) -> tuple[torch.nn.Module, Reducer]:
     """Train one method at one target from a fresh copy of the dense model."""
     model = load_model(model_dir)
     if method == "concrete":
         approx = ApproxNet.load(approx_dir, model.config)
-        return train_concrete(model, approx, data, target, plan.sparse_cfg, scfg=plan.scfg, out=run_dir,
-                              source_dir=model_dir)
-    return train_baseline(method, model, data, target, plan.sparse_cfg, plan.scfg, out=run_dir,
-                          source_dir=model_dir)
+        return train_concrete(
+            model, approx, data, target, plan.sparse_cfg, scfg=plan.scfg, out=run_dir, source_dir=model_dir
+        )
+    return train_baseline(
+        method, model, data, target, plan.sparse_cfg, plan.scfg, out=run_dir, source_dir=model_dir
+    )
 
 
 def plot_curves(results: dict[str, Any], path: Path, title: str, metric: str = "accuracy") -> None:
