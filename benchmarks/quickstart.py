@@ -48,6 +48,7 @@ from rich.console import Console
 
 from sttabt_edge.compat import model_parts
 from sttabt_edge.data import longest_length
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 from sttabt_edge.method.approxnet import ApproxNet
 from sttabt_edge.models.loading import load_model
 from sttabt_edge.runtime import load
@@ -150,8 +151,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=Path("quickstart_out"))
     ap.add_argument("--smoke", action="store_true", help="toy budgets (~1 min): checks the path only")
     ap.add_argument("--approx", type=Path, default=None, help="a prepared ApproxNet dir: skip distillation")
-    ap.add_argument("--factor", type=int, default=4, help="ApproxNet widths divided by this")
-    ap.add_argument("--heads", type=int, default=None, help="ApproxNet heads (default: the model's)")
+    ap.add_argument("--factor", type=int, default=APPROX_FACTOR, help="ApproxNet widths divided by this")
+    ap.add_argument(
+        "--heads",
+        type=int,
+        default=APPROX_HEADS,
+        help=f"ApproxNet heads (default {APPROX_HEADS}; 0: the model's)",
+    )
     ap.add_argument("--target", type=float, default=None, help="mean retention the keep ratio is bisected to")
     for flag, kind, what in (
         ("--steps", int, "distillation steps"),

@@ -55,7 +55,7 @@ PAIRS = (
 
 def distil(net: torch.nn.Module, data: TrainData, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Train an ApproxNet into ``out`` on the task's training inputs (or take ``--approx``)."""
-    acfg = ApproxConfig(factor=args.factor, init="interpolate", heads=args.heads)
+    acfg = ApproxConfig(factor=args.factor, init="interpolate", heads=args.heads or None)
     if args.approx is not None:  # a prepared one: its held-out KL next to the untrained init's
         held = data.eval_batches(64, args.kl_samples, args.max_length)
         init = build_approxnet(net, acfg.factor, acfg.init, heads=acfg.heads).eval()

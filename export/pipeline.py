@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sttabt_edge.compat import model_parts
-from sttabt_edge.defaults import KEEP_RATIO_DEFAULTS
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, KEEP_RATIO_DEFAULTS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import input_names
@@ -54,8 +54,8 @@ class ExportRequest:
     out: Path
     method: str = "sttabt"
     approx: Path | None = None
-    approx_factor: int = 4  # only for the untrained fallback
-    approx_heads: int | None = None  # only for the untrained fallback (None: the model's)
+    approx_factor: int = APPROX_FACTOR  # only for the untrained fallback
+    approx_heads: int | None = APPROX_HEADS  # only for the untrained fallback (None: the model's)
     target: str = "onnx"  # "onnx" | "tflite"
     seq_len: int = 128  # tflite text models: the static sequence length
     keep_ratio: float = KEEP_RATIO_DEFAULTS["sttabt"]  # see sttabt_edge/defaults.py

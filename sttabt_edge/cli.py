@@ -27,7 +27,7 @@ from sttabt_edge.cli_common import (
 )
 from sttabt_edge.cli_runtime import ORACLE
 from sttabt_edge.cli_summary import print_export_summary
-from sttabt_edge.defaults import default_keep_ratio
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, default_keep_ratio
 from sttabt_edge.model_info import is_trained_dir, model_files
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ _register_subcommands()
 # ---- export: a thin shell over sttabt_edge.export.pipeline ------------------------------------
 
 
-UNTRAINED_FACTOR = 4  # --approx untrained: ApproxNet widths / this unless --approx-factor
+UNTRAINED_FACTOR = APPROX_FACTOR  # --approx untrained: ApproxNet widths / this unless --approx-factor
 
 
 class ExportTarget(str, Enum):
@@ -280,7 +280,9 @@ def export_cmd(
     ] = None,
     approx_heads: Annotated[
         int | None,
-        typer.Option(help="--approx untrained: head count of its ApproxNet (default: the model's)"),
+        typer.Option(
+            help=f"--approx untrained: head count of its ApproxNet (default: {APPROX_HEADS}; 0: the model's)"
+        ),
     ] = None,
     keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
     nesting: NestingOpt = Nesting.union,
@@ -319,7 +321,7 @@ def export_cmd(
         ("--threads", threads, 1),
         ("--seq-len", seq_len, 1),
         ("--approx-factor", approx_factor, 1),
-        ("--approx-heads", approx_heads, 1),
+        ("--approx-heads", approx_heads, 0),
     ):
         check_at_least(name, value, low)
     keep_ratio = default_keep_ratio(method.value) if keep_ratio is None else keep_ratio
@@ -337,7 +339,7 @@ def export_cmd(
         method=method.value,
         approx=approx_dir,
         approx_factor=UNTRAINED_FACTOR if approx_factor is None else approx_factor,
-        approx_heads=approx_heads,
+        approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),
         keep_ratio=keep_ratio,
         nesting=nesting.value,
         min_keep=min_keep,

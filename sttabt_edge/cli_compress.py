@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from sttabt_edge.cli_common import fail
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 
 
 class Target(str, Enum):
@@ -60,9 +61,12 @@ def compress_cmd(
     approx: Annotated[
         Path | None, typer.Option(help="a distilled ApproxNet dir to reuse (skips distillation)")
     ] = None,
-    approx_factor: Annotated[int, typer.Option(help="ApproxNet widths / this (distilled here)")] = 8,
+    approx_factor: Annotated[
+        int, typer.Option(help="ApproxNet widths / this (distilled here)")
+    ] = APPROX_FACTOR,
     approx_heads: Annotated[
-        int | None, typer.Option(help="ApproxNet heads (distilled here; default 1)")
+        int | None,
+        typer.Option(help=f"ApproxNet heads (distilled here; default {APPROX_HEADS}; 0: the model's)"),
     ] = None,
     eval_data: Annotated[
         Path | None,
@@ -109,7 +113,7 @@ def compress_cmd(
             quantize=None if quantize is Quantize.none else "int8",
             approx=approx,
             approx_factor=approx_factor,
-            approx_heads=1 if approx_heads is None else approx_heads,
+            approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),
             eval_data=eval_data,
             holdout_data=holdout_data,
             holdout=holdout,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sttabt_edge.cli_common import check_exists, check_fraction, fail
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 
 if TYPE_CHECKING:  # torch-heavy: imported by the verbs when they run
     from torch import nn
@@ -114,11 +115,11 @@ def train_approx_cmd(
     model: ModelOpt,
     data: DataOpt,
     out: OutOpt,
-    factor: Annotated[int, typer.Option(help="hidden/FFN widths divided by this")] = 4,
+    factor: Annotated[int, typer.Option(help="hidden/FFN widths divided by this")] = APPROX_FACTOR,
     init: Annotated[Init, typer.Option(help="interpolate (resized teacher) | random")] = Init.interpolate,
     heads: Annotated[
-        int | None, typer.Option(help="attention heads (a divisor of the model's; default: same)")
-    ] = None,
+        int, typer.Option(help="attention heads (a divisor of the model's; 0: as many as the model)")
+    ] = APPROX_HEADS,
     track_weight: Annotated[
         float, typer.Option(help="weight of the back-tracking KL (importance ranking)")
     ] = 0.0,
@@ -146,7 +147,7 @@ def train_approx_cmd(
     try:
         cfg = _train_config(config, {"lr": 5e-4, "steps": 1000}, options)
         net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.seed)
-        acfg = ApproxConfig(factor=factor, init=init.value, heads=heads, track_weight=track_weight)
+        acfg = ApproxConfig(factor=factor, init=init.value, heads=heads or None, track_weight=track_weight)
         train_approx(net, train_data, cfg=cfg, out=out, acfg=acfg, resume=resume)
     except _train_errors() as e:
         fail(str(e))

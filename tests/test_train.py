@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
 from sttabt_edge.data import Example
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 from sttabt_edge.errors import CheckpointMismatchError, InputError
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 from sttabt_edge.method.concrete import retention_loss
@@ -505,7 +506,7 @@ def test_crash_mid_checkpoint_keeps_previous(image_dir, tmp_path, monkeypatch):
     monkeypatch.undo()
     latest = latest_checkpoint(out)
     assert latest.name == "ckpt-000002" and not (out / "checkpoints" / "ckpt-000004").exists()
-    approx = build_approxnet(teacher, 4, "random")
+    approx = build_approxnet(teacher, APPROX_FACTOR, "random", heads=APPROX_HEADS)  # train_approx's default
     _, state = load_checkpoint(
         latest, {"approx": approx}, json.loads((latest / "state.json").read_text())["fingerprint"]
     )
@@ -691,7 +692,8 @@ def test_cli_train_approx_on_text(text_model_dir, glue_dir, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert ApproxNet.load(tmp_path / "ax").factor == 4
+    ax = ApproxNet.load(tmp_path / "ax")  # the CLI default (sttabt_edge/defaults.py): /8, one head
+    assert (ax.factor, ax.heads) == (8, 1)
 
 
 def test_eval_examples_keep_labels(image_dir):
@@ -712,7 +714,7 @@ def _tiny_sweep(image_dir, tmp_path, **plan):
         approx_cfg=cfg(steps=2),
         sparse_cfg=cfg(steps=2),
         max_eval=8,
-        acfg=ApproxConfig(init="random"),
+        acfg=ApproxConfig(factor=4, heads=None, init="random"),  # all 4 heads: the reachable levels below
         scfg=SparseTrainConfig(calib_samples=8),
     )
     sweep_plan = SweepPlan(**{**fields, **plan})

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 from sttabt_edge.errors import InputError
 
 TARGETS = ("onnx", "tflite")
@@ -31,8 +32,8 @@ class CompressConfig:
     target: str = "onnx"  # "onnx" | "tflite"
     quantize: str | None = None  # None | "int8"
     approx: Path | None = None  # a distilled ApproxNet dir to reuse (skips distillation)
-    approx_factor: int = 8  # ApproxNet widths / this, when distilling here
-    approx_heads: int | None = 1  # ApproxNet heads, when distilling here (None: the model's)
+    approx_factor: int = APPROX_FACTOR  # ApproxNet widths / this, when distilling here
+    approx_heads: int | None = APPROX_HEADS  # ApproxNet heads, when distilling here (None: the model's)
     eval_data: Path | None = None  # labelled data reported at the end, never used for a choice
     holdout_data: Path | None = None  # labelled selection data (default: a split of --data)
     holdout: int = 1000  # examples in the held-out split of --data
@@ -74,7 +75,9 @@ class CompressConfig:
         ):
             if value < low:
                 raise InputError(f"{name} must be >= {low}, got {value}")
-        if self.approx is not None and (self.approx_factor != 8 or self.approx_heads != 1):
+        if self.approx is not None and (
+            self.approx_factor != APPROX_FACTOR or self.approx_heads != APPROX_HEADS
+        ):
             raise InputError(
                 "--approx-factor / --approx-heads shape an ApproxNet distilled here; drop them with --approx"
             )

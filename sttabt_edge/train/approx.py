@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sttabt_edge import compat
+from sttabt_edge.defaults import APPROX_FACTOR
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet, teacher_targets
 from sttabt_edge.method.distill import DistillWeights, approx_distill_loss, attention_kl
 from sttabt_edge.train.checkpoint import atomic_write_text, model_fingerprint
@@ -121,7 +122,7 @@ def approx_fingerprint(teacher: nn.Module, acfg: ApproxConfig) -> dict[str, Any]
 def train_approx(
     teacher: nn.Module,
     data: TrainData,
-    factor: int = 4,
+    factor: int = APPROX_FACTOR,
     init: str = "interpolate",
     cfg: TrainConfig | None = None,
     out: str | Path | None = None,
