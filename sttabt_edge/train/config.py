@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-if TYPE_CHECKING:  # an annotation only: this module stays torch-free
+if TYPE_CHECKING:  # annotations only: this module stays torch-free
     from sttabt_edge.method.backtrack import HeadReduce
+    from sttabt_edge.train.augment import AugmentConfig
 
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("interpolate", "random")
@@ -75,7 +76,10 @@ class TrainConfig(JsonConfig):
     keep_checkpoints: int = 2  # older checkpoints are deleted
     max_length: int = 128  # text: truncate longer inputs (tokens, incl. [CLS]/[SEP])
     bucket_batches: int = 50  # text: sort by length within chunks of this many batches
-    augment: bool = True  # images: RandomResizedCrop + flip for training batches
+    # images: RandomResizedCrop + flip for training batches (False: eval preprocessing). An AugmentConfig
+    # (JSON: "strong" = DeiT's recipe, or a dict of AugmentConfig fields, the rest default) adds
+    # RandAugment, random erasing, mixup / cutmix and label smoothing; labels become soft (B, C) targets
+    augment: bool | AugmentConfig = True
     num_workers: int = 0  # DataLoader workers preparing batches
     eval_batch_size: int = 64
     max_eval_samples: int = 0  # 0 = the whole eval set
@@ -84,6 +88,15 @@ class TrainConfig(JsonConfig):
     progress: bool = True  # rich progress bar (rank 0 only)
 
     def __post_init__(self) -> None:
+        recipe: Any = self.augment
+        if isinstance(recipe, str | dict):  # from JSON
+            from sttabt_edge.train.augment import AugmentConfig
+
+            if isinstance(recipe, str) and recipe != "strong":
+                raise ValueError(
+                    f'augment must be true, false, "strong" or a dict of AugmentConfig fields, got {recipe!r}'
+                )
+            self.augment = AugmentConfig.from_dict(recipe if isinstance(recipe, dict) else {})
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         for name in ("batch_size", "grad_accum"):

@@ -5,7 +5,10 @@ plan of an epoch is a seeded permutation, and each image's augmentation draws fr
 generator seeded with (seed, epoch, example index). Resuming at step s therefore sees
 exactly the batches an uninterrupted run would, whatever the number of DataLoader
 workers, and DDP ranks take disjoint batches of the same plan (rank r gets batches
-r, r+W, r+2W, ... like ``DistributedSampler``). Where examples come from: sources.py.
+r, r+W, r+2W, ... like ``DistributedSampler``). The strong recipe (train/augment.py:
+RandAugment, erasing, mixup / cutmix) keeps this: per-image draws continue the example's
+generator, and a batch's mixup draws from one seeded with (seed, epoch, its indices).
+Where examples come from: sources.py.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from sttabt_edge.data import Example, text_batch
 from sttabt_edge.errors import InputError
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
+from sttabt_edge.train.augment import AugmentConfig, mix_batch, rand_augment, random_erasing
 from sttabt_edge.train.sources import HFImage, load_splits, open_image, split_half
 
 __all__ = [
@@ -69,8 +73,11 @@ def resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def augment_image(img: Any, pre: ImagePreprocess, rng: np.random.Generator) -> np.ndarray:
-    """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) to the eval size + flip, normalized as ``pre``.
+def augment_image(
+    img: Any, pre: ImagePreprocess, rng: np.random.Generator, recipe: AugmentConfig | None = None
+) -> np.ndarray:
+    """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) to the eval size + flip, normalized as ``pre``;
+    with a ``recipe``, also its RandAugment (before normalizing) and random erasing (after).
 
     PIL image -> float32 (3, S, S), the layout of :class:`ImagePreprocess`.
     """
@@ -83,10 +90,14 @@ def augment_image(img: Any, pre: ImagePreprocess, rng: np.random.Generator) -> n
     crop = img.resize((pre.image_size, pre.image_size), resample, box=(left, top, left + w, top + h))
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if recipe is not None and recipe.randaug_n > 0:
+        fill = tuple(min(255, round(255 * c)) for c in pre.mean)  # timm's img_mean
+        crop = rand_augment(crop, recipe.randaug_n, recipe.randaug_m, rng, recipe.randaug_mstd, fill)
     x = np.asarray(crop, dtype=np.uint8).astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
     mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
-    return ((x - mean) / std).astype(np.float32, copy=False)
+    x = ((x - mean) / std).astype(np.float32, copy=False)  # (3, S, S)
+    return x if recipe is None else random_erasing(x, recipe.erasing, rng)
 
 
 # ---- batch plans -------------------------------------------------------------------------------
@@ -160,8 +171,34 @@ def stack_labels(examples: Sequence[Example], indices: np.ndarray) -> np.ndarray
     return np.asarray(labels, dtype=np.float32 if isinstance(labels[0], float) else np.int64)
 
 
+# mixup seeds are [seed, epoch, MIX_STREAM, *indices], never an image's [seed, epoch, i] (numpy pads
+# short seeds with zeros: [s, e, i] == [s, e, i, 0], so the tag must differ from every index)
+MIX_STREAM = 2**32 - 1
+
+
+def mix_seed(seed: int, epoch: int, indices: np.ndarray) -> list[int]:
+    """Seed of a batch's mixup / cutmix draws: a function of the batch (resume- and worker-proof)."""
+    return [seed, epoch, MIX_STREAM, *(int(i) for i in indices)]
+
+
+def class_count(examples: Sequence[Example], num_classes: int | None) -> int:
+    """Width of the soft targets: ``num_classes`` (the model head), else 1 + the largest label.
+    Mixup mixes class labels only: float (regression) labels are an error."""
+    labels = [e.label for e in examples if e.label is not None]
+    if any(not isinstance(y, int | np.integer) for y in labels):
+        raise InputError("strong augmentation (mixup / cutmix soft targets) needs integer class labels")
+    top = max((int(y) for y in labels), default=0)
+    if num_classes and top >= num_classes:
+        raise InputError(f"label {top} does not fit a {num_classes}-class head")
+    return num_classes or top + 1
+
+
 class ImageBatches(BatchSource):
-    """Images, augmented (``augment=True``) or with the eval preprocessing."""
+    """Images, augmented (``augment=True``) or with the eval preprocessing.
+
+    ``augment`` an :class:`AugmentConfig`: crop + flip plus that recipe, and the labels become
+    float32 (B, num_classes) soft targets (mixup / cutmix, label smoothing).
+    """
 
     def __init__(
         self,
@@ -169,20 +206,29 @@ class ImageBatches(BatchSource):
         pre: ImagePreprocess,
         batch_size: int,
         seed: int,
-        augment: bool = True,
+        augment: bool | AugmentConfig = True,
+        num_classes: int | None = None,
     ):
         super().__init__(len(examples), batch_size, seed)
-        self.examples, self.pre, self.augment = list(examples), pre, augment
+        self.examples, self.pre, self.augment = list(examples), pre, bool(augment)
+        self.recipe = augment if isinstance(augment, AugmentConfig) else None
+        self.num_classes = class_count(self.examples, num_classes) if self.recipe is not None else num_classes
 
     def load(self, indices: np.ndarray, epoch: int) -> Batch:
         arrays = []
         for i in indices:
             img = open_image(self.examples[i].inputs)
             if self.augment:
-                arrays.append(augment_image(img, self.pre, np.random.default_rng([self.seed, epoch, int(i)])))
+                rng = np.random.default_rng([self.seed, epoch, int(i)])
+                arrays.append(augment_image(img, self.pre, rng, self.recipe))
             else:
                 arrays.append(self.pre(img)[0])
-        return {"pixel_values": np.stack(arrays)}, stack_labels(self.examples, indices)
+        x, labels = np.stack(arrays), stack_labels(self.examples, indices)  # (B, 3, S, S), (B,)
+        if self.recipe is None:
+            return {"pixel_values": x}, labels
+        rng = np.random.default_rng(mix_seed(self.seed, epoch, indices))
+        x, soft = mix_batch(x, labels, int(self.num_classes or 0), self.recipe, rng)  # soft: (B, C)
+        return {"pixel_values": x}, soft
 
 
 def tokenize_all(
@@ -258,6 +304,7 @@ class TrainData:
     image: ImagePreprocess | None = None
     text: TextPreprocess | None = None
     calib: list[Example] | None = None  # what thresholds are calibrated on (None: the training set)
+    num_classes: int | None = None  # the model head's size: width of soft (mixup) targets; None: from labels
     _tokens: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)  # max_length -> ids
 
     def tokens(self, max_length: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -270,15 +317,16 @@ class TrainData:
         self,
         batch_size: int,
         seed: int,
-        augment: bool = True,
+        augment: bool | AugmentConfig = True,
         max_length: int = 128,
         bucket_batches: int = 50,
     ) -> BatchSource:
-        """Training batches (images augmented unless ``augment=False``)."""
+        """Training batches (images augmented unless ``augment=False``; an :class:`AugmentConfig`
+        adds the strong recipe and soft labels; text ignores it)."""
         if self.modality == "image":
             if self.image is None:
                 raise InputError("image data needs an ImagePreprocess (use prepare_data)")
-            return ImageBatches(self.train, self.image, batch_size, seed, augment)
+            return ImageBatches(self.train, self.image, batch_size, seed, augment, self.num_classes)
         if self.text is None:
             raise InputError(
                 "text data needs a TextPreprocess (the model's tokenizer.json; use prepare_data)"
@@ -341,7 +389,15 @@ def prepare_data(
         class_names = model_class_names(model_dir)
     splits = load_splits(path, eval_path, class_names, labeled, seed)
     if splits.modality == "image":
-        return TrainData(splits.train, splits.eval, "image", splits.task, image=image_preprocess_for(model))
+        head = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0) or None
+        return TrainData(
+            splits.train,
+            splits.eval,
+            "image",
+            splits.task,
+            image=image_preprocess_for(model),
+            num_classes=head,
+        )
     tok = Path(model_dir) if model_dir is not None else None
     if tok is None or not (tok / "tokenizer.json").is_file():
         raise InputError(f"text data needs the model's tokenizer.json; none found in {model_dir}")

@@ -28,7 +28,18 @@ from sttabt_edge.train.engine import Objective, StepLogs, decay_groups
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CE for classification; MSE when the head has one output (regression). (B, K), (B,) -> scalar."""
+    """CE for classification; MSE when the head has one output (regression). (B, K), (B,) -> scalar.
+
+    (B, K) float labels are soft targets (mixup / cutmix, label smoothing: train/augment.py):
+    soft-target CE, -sum_k y_k log p_k averaged over the batch.
+    """
+    if labels.dim() == 2:
+        if labels.shape != logits.shape:
+            raise InputError(
+                f"soft targets {tuple(labels.shape)} do not match the logits {tuple(logits.shape)}: "
+                "set TrainData.num_classes to the model's head size"
+            )
+        return F.cross_entropy(logits.float(), labels.float())
     if logits.shape[-1] == 1:
         return F.mse_loss(logits.squeeze(-1).float(), labels.float())
     return F.cross_entropy(logits.float(), labels.long())
