@@ -150,8 +150,7 @@ def plan_distillation(
         eval_batch_size=64,
         max_eval_samples=256,
         seed=cfg.seed,
-        **recipe,
-    )  # type: ignore[arg-type]
+    ).replace(**recipe)
     if cfg.approx_steps is not None:
         return base.replace(steps=cfg.approx_steps), Allocation(seconds, None, cfg.approx_steps)
     approx = build_approxnet(model, cfg.approx_factor, "interpolate", seed=cfg.seed, heads=cfg.approx_heads)
@@ -187,8 +186,7 @@ def plan_concrete(
         save_every=100,
         eval_batch_size=64,
         seed=cfg.seed,
-        **CONCRETE_RECIPE,
-    )  # type: ignore[arg-type]
+    ).replace(**CONCRETE_RECIPE)
     if cfg.threshold_steps is not None:
         return base.replace(steps=cfg.threshold_steps), Allocation(seconds, None, cfg.threshold_steps)
     source = split.data.source(base.batch_size, base.seed, base.augment, base.max_length, base.bucket_batches)

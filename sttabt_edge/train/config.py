@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
+
 if TYPE_CHECKING:  # annotations only: this module stays torch-free
     from sttabt_edge.method.backtrack import HeadReduce
     from sttabt_edge.train.augment import AugmentConfig
@@ -123,9 +125,10 @@ class TrainConfig(JsonConfig):
 class ApproxConfig(JsonConfig):
     """ApproxNet distillation (approx.py)."""
 
-    factor: int = 4  # hidden and FFN widths are divided by this
+    factor: int = APPROX_FACTOR  # hidden and FFN widths are divided by this (sttabt_edge/defaults.py)
     init: str = "interpolate"  # "interpolate" (area-resized teacher weights; ViT) or "random" (text OK)
-    heads: int | None = None  # attention heads; None = the teacher's (fewer: a cheaper mean-map predictor)
+    # attention heads; None = the teacher's (fewer: a cheaper mean-map predictor)
+    heads: int | None = APPROX_HEADS
     attn_weight: float = 1.0  # attention KL: what back-tracking consumes
     hidden_weight: float = 1.0  # hidden-state MSE through the transfers
     embed_weight: float = 1.0
