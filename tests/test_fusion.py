@@ -173,6 +173,23 @@ def test_vit_fused_matches_unfused(tmp_path, method):
     assert_same(src, dst, [images(1, seed=1), images(3, seed=2)])
 
 
+def test_fuse_in_place(bert_files, tmp_path):
+    """What the exporter would do: fuse the verified file where it lies (same name, same tokenizer)."""
+    import shutil
+
+    src = bert_files[1]
+    copy = tmp_path / src.name
+    shutil.copyfile(src, copy)
+    shutil.copyfile(src.with_name("sttabt.tokenizer.json"), tmp_path / "sttabt.tokenizer.json")
+    before = outputs(copy, text_batch())
+    report = fuse_onnx(copy, copy, check_inputs=text_batch())
+    assert report.attention_fused == LAYERS and "MultiHeadAttention" in ops(copy)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sttabt.onnx", "sttabt.tokenizer.json"]
+    after = outputs(copy, text_batch())
+    assert np.abs(before[0] - after[0]).max() <= 1e-4 and np.array_equal(before[1], after[1])
+    load(copy)
+
+
 def test_options_and_refusals(bert_files, tmp_path):
     src = bert_files[0]
     plain = fuse_onnx(src, tmp_path / "none.onnx", attention=False, residual_sum=False)
