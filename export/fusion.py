@@ -79,6 +79,7 @@ class FusionReport:
     residual_sums: int = 0  # residual Add -> LayerNormalization written as Sum (see residual_sums)
     skipped: list[str] = field(default_factory=list)  # sites not fused, with the reason
     ort_fused: dict[str, int] = field(default_factory=dict)  # onnxruntime.transformers' own counts
+    parity: dict[str, Any] | None = None  # check_parity's result vs src (when check_inputs were given)
 
     @property
     def nodes_before(self) -> int:
@@ -190,6 +191,7 @@ def fuse_onnx(
     embed_layer_norm: bool = False,
     check_inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     atol: float = 1e-4,
+    record: bool = False,
 ) -> FusionReport:
     """Write a fused copy of the exported ``src`` at ``dst`` (may be ``src``) and report op counts.
 
@@ -198,6 +200,8 @@ def fuse_onnx(
     (``embed_layer_norm`` also tries EmbedLayerNormalization); see the module doc. ``check_inputs``:
     feeds (one batch or a list) on which the fused file must match ``src`` within ``atol`` in
     the logits and exactly in ``kept_counts``, else ExportError and nothing is written.
+    ``record``: also write ``exporter.fused: true`` in the metadata, so the file says it needs
+    contrib ops (the exporter's ``--fuse`` does; off, the metadata keeps all but digest and tokenizer).
     """
     from sttabt_edge.export.quantize import _carry_tokenizer
 
@@ -233,16 +237,18 @@ def fuse_onnx(
         if k != METADATA_KEY:
             proto.metadata_props.add(key=k, value=v)
     meta.pop("digest", None)
+    if record:  # before set_metadata, which seals the digest
+        meta["exporter"] = {**meta.get("exporter", {}), "fused": True}
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.stem}.") as work:
         tmp = Path(work) / dst.name
         set_metadata(proto, _carry_tokenizer(src, dst, meta))
         onnx.save(proto, str(tmp))
         check_saved_digest(tmp)
-        if check_inputs is not None:
-            check_parity(src, tmp, check_inputs, atol)
+        parity = None if check_inputs is None else check_parity(src, tmp, check_inputs, atol)
         tmp.replace(dst)
-    return FusionReport(str(src), str(dst), before, op_counts(proto), sites, fused, sums, skipped, stats)
+    after = op_counts(proto)
+    return FusionReport(str(src), str(dst), before, after, sites, fused, sums, skipped, stats, parity)
 
 
 def check_parity(
@@ -251,20 +257,38 @@ def check_parity(
     inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     atol: float = 1e-4,
 ) -> dict[str, Any]:
-    """ORT on both files: max abs logit difference <= atol and identical kept counts, else ExportError."""
+    """ORT on both files: max abs logit difference <= atol and identical kept counts, else ExportError.
+
+    A fixed-batch graph (``--batch N``) gets the inputs in batches of exactly N rows."""
     from sttabt_edge.export import ort as ort_utils
 
     a, b = ort_utils.open_session(Path(reference)), ort_utils.open_session(Path(fused))
     names = tuple(i.name for i in a.get_inputs())
+    dim = a.get_inputs()[0].shape[0]
     diff, equal, n = 0.0, True, 0
     for batch in [inputs] if isinstance(inputs, Mapping) else list(inputs):
-        feeds = ort_utils.to_feeds(names, batch)
-        ref, got = ort_utils.run(a, feeds), ort_utils.run(b, feeds)
-        diff = max(diff, float(np.abs(ref[0] - got[0]).max()))
-        equal &= len(ref) < 2 or bool(np.array_equal(ref[1], got[1]))
-        n += ref[0].shape[0]
+        for feeds, real in _fixed_batches(
+            ort_utils.to_feeds(names, batch), dim if isinstance(dim, int) else None
+        ):
+            ref, got = ort_utils.run(a, feeds), ort_utils.run(b, feeds)
+            diff = max(diff, float(np.abs(ref[0] - got[0]).max()))
+            equal &= len(ref) < 2 or bool(np.array_equal(ref[1], got[1]))
+            n += real
     if not diff <= atol:
         raise ExportError(f"{fused}: fused logits differ from {reference} by {diff:.3g} > atol {atol:g}")
     if not equal:
         raise ExportError(f"{fused}: fused kept counts differ from {reference}")
     return {"max_abs_diff": diff, "kept_counts_equal": equal, "num_samples": n}
+
+
+def _fixed_batches(
+    feeds: Mapping[str, np.ndarray], rows: int | None
+) -> list[tuple[dict[str, np.ndarray], int]]:
+    """Batches of exactly ``rows`` (the last one cycled) with their real row counts; None: as given."""
+    total = len(next(iter(feeds.values())))
+    size = rows or total
+    out = []
+    for start in range(0, total, size):
+        real = min(total, start + size) - start
+        out.append(({k: v[np.arange(size) % real + start] for k, v in feeds.items()}, real))
+    return out

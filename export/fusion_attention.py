@@ -294,6 +294,12 @@ def fuse_attention(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int, int, l
         del proto.graph.node[:]
         proto.graph.node.extend(keep + new_nodes)
         ensure_ms_opset(proto)
+        # ONNX shape inference skips contrib ops: without a declared type, what follows each
+        # MultiHeadAttention stays untyped and ORT's quantizer refuses it (unslimmed files have no value_info)
+        typed = {v.name for v in proto.graph.value_info}
+        proto.graph.value_info.extend(
+            helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in sorted(replaced - typed)
+        )
         prune(proto)
         topological_sort(proto)
     main_skipped = [r for r in skipped if "other consumers" not in r]

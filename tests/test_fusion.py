@@ -153,6 +153,16 @@ def test_fused_file_quantizes(bert_files, tmp_path):
     np.testing.assert_array_equal(ka, kb)
 
 
+def test_unslimmed_fused_file_quantizes(bert_files, tmp_path):
+    """ONNX shape inference skips contrib ops: the fused outputs' declared type lets ORT quantize
+    the projections after them in a file with no value_info (an unslimmed export)."""
+    fused = tmp_path / "f.onnx"
+    fuse_onnx(bert_files[0], fused)
+    report = quantize_onnx(fused, tmp_path / "q.onnx", calibration_inputs=text_batch())
+    assert report.kept_counts_equal and "MatMulInteger" in ops(tmp_path / "q.onnx")
+    assert "MultiHeadAttention" in ops(tmp_path / "q.onnx")
+
+
 @pytest.mark.parametrize("method", ["dense", "sttabt"])
 def test_vit_fused_matches_unfused(tmp_path, method):
     model = tiny_vit()
