@@ -6,6 +6,9 @@ meaningful, but its token choices are not those of a distilled ApproxNet. A loud
 is emitted (the CLI asks for ``--approx untrained`` explicitly). Without ``--calib`` the export
 is verified on synthetic inputs (also warned).
 
+With ``fuse`` the verified fp32 file is rewritten in place on ONNX Runtime's fused kernels
+(``export/fusion.py``; parity-checked against the unfused graph), before INT8 quantizes it.
+
 With ``quantize`` the file at ``out`` is the INT8 one, the file the user asked for; the
 verified fp32 graph it was quantized from is kept beside it as ``<stem>.fp32<suffix>`` (the
 summary's ``files`` lists everything written).
@@ -70,6 +73,7 @@ class ExportRequest:
     simplify: bool = True
     latency_runs: int = 20  # 0: skip the latency breakdown
     threads: int = 2
+    fuse: bool = False  # com.microsoft contrib ops (export/fusion.py); off: some mobile ORT builds lack them
 
 
 def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
@@ -159,30 +163,15 @@ def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     """How `verify` can rebuild the export's ApproxNet: a saved dir, or the deterministic untrained init."""
     from sttabt_edge.train.artifacts import APPROX_DIR
 
+    none = {"source": None, "init": None, "factor": None, "seed": None, "heads": None}
     if is_trained_dir(req.model):
         approx = Path(req.model) / APPROX_DIR
-        return (
-            {"source": str(approx.resolve()), "init": None, "factor": None, "seed": None, "heads": None}
-            if approx.is_dir()
-            else None
-        )
+        return {**none, "source": str(approx.resolve())} if approx.is_dir() else None
     if req.method != "sttabt":
         return None
     if req.approx is not None:
-        return {
-            "source": str(Path(req.approx).resolve()),
-            "init": None,
-            "factor": None,
-            "seed": None,
-            "heads": None,
-        }
-    return {
-        "source": None,
-        "init": "interpolate",
-        "factor": req.approx_factor,
-        "seed": 0,
-        "heads": req.approx_heads,
-    }
+        return {**none, "source": str(Path(req.approx).resolve())}
+    return {**none, "init": "interpolate", "factor": req.approx_factor, "seed": 0, "heads": req.approx_heads}
 
 
 def check_request(req: ExportRequest) -> None:
@@ -203,6 +192,8 @@ def check_request(req: ExportRequest) -> None:
     if req.method != "dense" and not 0.0 < req.keep_ratio <= 1.0:
         raise InputError(f"--keep-ratio must be in (0, 1] (a fraction of the tokens), got {req.keep_ratio:g}")
     if req.target == "tflite":
+        if req.fuse:
+            raise InputError("--fuse is ONNX-only (it writes ONNX Runtime contrib ops)")
         if req.batch not in ("dynamic", 1):
             raise InputError("TFLite exports have a static batch of 1 (the runtime runs a batch row by row)")
         if req.quantize == "int8-static":
@@ -248,6 +239,8 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     }
     sample = timing_sample(calib, req.batch)
     summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, _feeds(model, sample))
+    if req.fuse:  # after the widths: a fused file has no main-model Softmax left to measure
+        summary["fusion"] = _fuse(model, path, calib, req.batch)
     summary["ort_nodes"] = ort_utils.optimized_node_counts(path)
     int8 = None
     if req.quantize:
@@ -260,6 +253,11 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
             f"batch 1, onnxruntime {req.threads} threads, spinning off, median of {req.latency_runs} runs, "
             "each graph in its own session, one after another"
         )
+        if req.fuse:
+            summary["latency_note"] += (
+                "; --fuse: the pipeline and dense graphs are fused, STTABT's stage graphs "
+                "(approxnet, masks, sparse_model) are not"
+            )
     return summary
 
 
@@ -271,9 +269,7 @@ def run_export_tflite(
 
     check_request(req)
     family = model_parts(model).family
-    if (
-        family == "bert"
-    ):  # synthetic batches can be longer than the static length (real ones are tokenized to it)
+    if family == "bert":  # synthetic batches may exceed the static length; real ones are tokenized to it
         calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
     path = export_tflite(
         model,
@@ -371,6 +367,14 @@ def _quantize(
     return quantize_onnx(path, out, mode, _feeds(model, calib)).to_dict()
 
 
+def _fuse(model: nn.Module, path: Path, calib: Mapping[str, torch.Tensor], batch: Batch) -> dict[str, Any]:
+    """Fuse the verified file in place, checked against it on the sets it was verified on."""
+    from sttabt_edge.export.fusion import fuse_onnx
+
+    sets = [calib, first_sample(calib)] if batch == "dynamic" else [calib]
+    return fuse_onnx(path, path, check_inputs=[_feeds(model, s) for s in sets], record=True).to_dict()
+
+
 def _latency(
     model: nn.Module,
     reducer: Reducer,
@@ -401,6 +405,8 @@ def _latency(
                 tokenizer_file=tokenizer,
                 **kwargs,
             )
+            if req.fuse:  # the reference runs the same kernels as the pipeline
+                _fuse(model, dense, calib, req.batch)
             if reducer.name == "sttabt":
                 result = latency_breakdown(
                     model,

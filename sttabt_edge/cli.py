@@ -301,6 +301,14 @@ def export_cmd(
     simplify: Annotated[bool, typer.Option(help="run onnxslim (parity re-verified)")] = True,
     latency_runs: Annotated[int, typer.Option(help="runs per latency median; 0 skips timing")] = 20,
     threads: Annotated[int, typer.Option(help="onnxruntime threads for timing")] = 2,
+    fuse: Annotated[
+        bool,
+        typer.Option(
+            "--fuse/--no-fuse",
+            help="fuse attention into com.microsoft.MultiHeadAttention and keep residual Add+LayerNorm "
+            "unfused (faster on x86 ORT 1.32: docs/export.md)",
+        ),
+    ] = False,
     json_out: Annotated[
         Path | None,
         typer.Option(
@@ -354,6 +362,7 @@ def export_cmd(
         threads=threads,
         target=target.value,
         seq_len=seq_len,
+        fuse=fuse,
     )
     try:
         check_request(req)

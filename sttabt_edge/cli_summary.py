@@ -45,6 +45,8 @@ def summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     kind = "INT8" if s.get("quantization") else "fp32"
     rows = [("file", f"{s['out']} ({kind}, {s.get('size_mb', 0.0):.1f} MiB)")]
     rows += [("parity", _parity(s.get("parity"), s.get("calibration")))]
+    if s.get("fusion"):
+        rows.append(("fused", _fusion(s["fusion"])))
     if s.get("quantization"):
         rows.append(("INT8", _int8(s["quantization"])))
     if s.get("kept_tokens_per_layer_mean"):
@@ -72,6 +74,13 @@ def _parity(parity: Mapping[str, Any] | None, calibration: str | None) -> str:
     n = parity.get("num_samples")
     where = f" on {n} {calibration or ''} samples".replace("  ", " ") if n else ""
     return f"max |dlogit| {parity['max_abs_diff']:.1e} vs PyTorch, kept counts {kept}{where}"
+
+
+def _fusion(f: Mapping[str, Any]) -> str:
+    p = f.get("parity") or {}
+    vs = f", max |dlogit| {p['max_abs_diff']:.1e} vs unfused" if "max_abs_diff" in p else ""
+    sites = f"{f['attention_fused']}/{f['attention_sites']} attention sites"
+    return f"{sites} -> MultiHeadAttention, {f['residual_sums']} residual Add -> Sum{vs}"
 
 
 def _int8(q: Mapping[str, Any]) -> str:

@@ -197,3 +197,43 @@ def test_run_warns_on_small_images(vit_dir, tmp_path):
     res = runner.invoke(app, ["run", str(out), "--image", str(small), "--image", str(big)])
     assert res.exit_code == 0, res.output
     assert "small.png is 12x30, much smaller" in res.stderr and "big.png is" not in res.stderr
+
+
+def test_fused_export_verifies(bert_dir, tmp_path):
+    """--fuse: MultiHeadAttention in the file, ``exporter.fused`` recorded, `verify` accepts it."""
+    tsv = tmp_path / "SST-2" / "dev.tsv"
+    tsv.parent.mkdir()
+    rows = [f"{' '.join(WORDS[i : i + 3 + i % 4])}\t{i % 2}" for i in range(6)]
+    tsv.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "fused.onnx"
+    args = ["export", "--model", str(bert_dir), "--out", str(out), "--approx", "untrained", "--fuse"]
+    res = runner.invoke(app, [*args, "--calib", str(tsv), *FAST, "--json", "-"])
+    assert res.exit_code == 0, res.output
+    fusion = json.loads(res.stdout)["fusion"]
+    assert fusion["attention_fused"] == fusion["attention_sites"] == 3
+    assert fusion["parity"]["max_abs_diff"] <= 1e-4 and fusion["parity"]["kept_counts_equal"]
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("MultiHeadAttention") == 3
+    assert read_metadata(out)["exporter"]["fused"] is True
+    res = runner.invoke(app, ["verify", str(out), "--reference", str(bert_dir), "--data", str(tsv)])
+    assert res.exit_code == 0, res.output
+
+
+def test_fuse_is_onnx_only(vit_dir, tmp_path):
+    out = tmp_path / "m.tflite"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(vit_dir),
+            "--method",
+            "dense",
+            "--out",
+            str(out),
+            "--target",
+            "tflite",
+            "--fuse",
+        ],
+    )
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "--fuse is ONNX-only" in lines[0], res.output
