@@ -7,18 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
-LABELS = {
-    "dense_fp32": "dense fp32",
-    "dense_int8": "dense INT8",
-    "sttabt_fp32": "STTABT fp32",
-    "sttabt_int8": "STTABT INT8",
-}
-COLORS = {
-    "dense_fp32": "tab:gray",
-    "dense_int8": "black",
-    "sttabt_fp32": "tab:red",
-    "sttabt_int8": "tab:purple",
-}
+# the same four files as compress delivers, named and coloured alike
+from sttabt_edge.compress.report import COLORS, LABELS
 
 
 def model_rows(

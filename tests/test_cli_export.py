@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from tiny import tiny_bert, tiny_vit
+from tiny import save_tiny_text_model, tiny_bert, tiny_vit
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
@@ -29,22 +29,7 @@ def vit_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
     """Tiny BERT (64 positions) with a WordLevel tokenizer.json whose ids fit its 100-token vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(
-        [" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    d = tmp_path_factory.mktemp("bert") / "bert"
-    tiny_bert().save_pretrained(d)
-    tok.save(str(d / "tokenizer.json"))
-    return d
+    return save_tiny_text_model(tmp_path_factory.mktemp("bert") / "bert", WORDS, model=tiny_bert())
 
 
 def test_export_prints_a_table_and_writes_json_on_request(vit_dir, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import VISION, tiny_bert
+from tiny import VISION, save_tiny_text_model, tiny_bert
 from transformers import ViTConfig, ViTForImageClassification
 from typer.testing import CliRunner
 
@@ -83,24 +83,9 @@ def image_dir(tmp_path) -> Path:
 @pytest.fixture()
 def text_model_dir(tmp_path) -> Path:
     """Tiny BERT saved with a WordLevel tokenizer.json whose ids fit its 100-token vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(
-        [" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    d = tmp_path / "bert"
     model = tiny_bert()
     model.config.hidden_dropout_prob = 0.1
-    model.save_pretrained(d)
-    tok.save(str(d / "tokenizer.json"))
-    return d
+    return save_tiny_text_model(tmp_path / "bert", WORDS, model=model)
 
 
 @pytest.fixture()

@@ -60,9 +60,10 @@ def text_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids * mask, "attention_mask": mask}
 
 
-def save_tiny_text_model(path, words, num_labels: int = 3, seed: int = 0):
-    """Tiny BERT saved with a WordLevel tokenizer.json over ``words`` (ids within its 100-token
-    vocabulary): a text model directory as the CLI takes it."""
+def save_tiny_text_model(path, words, num_labels: int = 3, seed: int = 0, model=None):
+    """A text model directory as the CLI takes it: ``model`` (default: :func:`tiny_bert` with
+    ``num_labels``) saved with a WordLevel tokenizer.json over ``words`` (ids within its
+    100-token vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
@@ -75,13 +76,12 @@ def save_tiny_text_model(path, words, num_labels: int = 3, seed: int = 0):
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
     )
-    model = tiny_bert(seed)
-    if num_labels != model.config.num_labels:
-        torch.manual_seed(seed)
-        model = BertForSequenceClassification(
-            model.config.__class__(**{**model.config.to_dict(), "num_labels": num_labels})
-        )
-        model.eval()
+    if model is None:
+        model = tiny_bert(seed)
+        if num_labels != model.config.num_labels:
+            torch.manual_seed(seed)
+            config = model.config.__class__(**{**model.config.to_dict(), "num_labels": num_labels})
+            model = BertForSequenceClassification(config).eval()
     model.save_pretrained(path)
     tok.save(str(path / "tokenizer.json"))
     return path
