@@ -22,7 +22,7 @@ from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.reducers.spec import ReducerSpec, SttabtSpec, make_spec
+from sttabt_edge.reducers.spec import ReducerSpec, SttabtSpec, make_spec, spec_from_metadata
 from sttabt_edge.runtime import contract
 from sttabt_edge.runtime.contract import FORMAT_VERSION, METADATA_KEY, REQUIRED_KEYS, TASKS
 
@@ -86,7 +86,11 @@ LEGACY_STTABT: dict[str, Any] = {"nesting": "count", "min_keep": 1, "p": 0.1, "h
 
 
 def reducer_spec(meta: Mapping[str, Any]) -> ReducerSpec:
-    """The spec an export's metadata records (inverse of :func:`build_metadata`'s method keys)."""
+    """The spec an export's metadata records: its ``reducer_spec`` (``spec.to_metadata()``, every
+    field, any kind: ToMe's r / keep_ratio have no per-layer keep schedule), or for files written
+    before that key, the inverse of :func:`build_metadata`'s method keys."""
+    if meta.get("reducer_spec") is not None:
+        return spec_from_metadata(meta["reducer_spec"])
     method = meta.get("method", "dense")
     if method == "dense":
         return make_spec("dense")
@@ -158,6 +162,7 @@ def build_metadata(
         "keep_schedule": keep_schedule(spec, len(parts.layers)),
         "thresholds": thresholds(spec),
         "sttabt": sttabt_settings(spec),
+        "reducer_spec": spec.to_metadata(),
         "approx_factor": None if approx is None else int(approx.factor),
         "approx_heads": None if approx is None else int(approx.heads),
         "preprocess": default_preprocess(model, parts.family, out_stem),

@@ -92,3 +92,36 @@ def test_verify_truncated_file_is_a_clear_error(exported, tmp_path):
     cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
     res = runner.invoke(app, ["verify", str(cut), "--reference", str(model_dir), "--data", str(images)])
     assert res.exit_code == 2 and "not a loadable ONNX model" in res.output
+
+
+@pytest.mark.parametrize(("method", "ratio"), [("tome", "0.5"), ("topk", "0.6"), ("dense", None)])
+def test_verify_rebuilds_every_export_kind_from_its_metadata(exported, tmp_path, method, ratio):
+    """The file records its whole reducer spec (ToMe's keep_ratio has no per-layer schedule: the
+    keep_schedule key alone could not rebuild it), so verify needs nothing but the dense model."""
+    model_dir, images, _ = exported
+    out = tmp_path / f"{method}.onnx"
+    args = [
+        "export",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--method",
+        method,
+        "--calib",
+        str(images),
+    ]
+    args += [
+        "--calib-samples",
+        "4",
+        "--latency-runs",
+        "0",
+        "--no-simplify",
+        *(["--keep-ratio", ratio] if ratio else []),
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    meta = read_metadata(out)
+    assert meta["reducer_spec"]["name"] == method
+    res = runner.invoke(app, ["verify", str(out), "--reference", str(model_dir), "--data", str(images)])
+    assert res.exit_code == 0, res.output
