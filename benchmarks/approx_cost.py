@@ -87,14 +87,14 @@ def run_case(name: str, keep_ratio: float, threads: int, runs: int, console: Con
     rows = []
     with tempfile.TemporaryDirectory(prefix="approx-cost-") as tmp:
         work = Path(tmp)
-        dense = export_onnx(model, DenseReducer(), work / "dense.onnx", example_inputs=sample, batch=1)
+        dense = export_onnx(model, DenseReducer(), work / "dense.onnx", example_inputs=sample, batch=1).path
         for factor, heads in options(int(cfg.num_attention_heads), int(cfg.hidden_size)):
             t0 = time.perf_counter()
             approx = build_approxnet(model, factor, "interpolate", heads=heads).eval()
             reducer = SttabtReducer(approx, keep_ratio=keep_ratio).eval()
             pipe = export_onnx(
                 model, reducer, work / f"sttabt_{factor}_{heads}.onnx", example_inputs=sample, batch=1
-            )
+            ).path
             ms = latency_breakdown(
                 model,
                 reducer,

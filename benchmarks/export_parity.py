@@ -35,7 +35,7 @@ from common import SHARED, environment, write_json
 from sttabt_edge.data import Example, batches, glue_tsv, image_folder, image_preprocess_for, model_class_names
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import ExportModule, example_args
-from sttabt_edge.export.onnx import export_verified
+from sttabt_edge.export.onnx import export_onnx
 from sttabt_edge.export.quantize import quantize_onnx
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 from sttabt_edge.models.loading import load_model
@@ -154,20 +154,21 @@ def export_all(
     files, info = {}, {}
     for method, reducer in reducers.items():
         t0 = time.perf_counter()
-        path, report = export_verified(
+        result = export_onnx(
             model,
             reducer,
             work / f"{method}.onnx",
             example_inputs=calib,
             tokenizer_file=tokenizer if tokenizer.is_file() else None,
         )
+        path = result.path
         session = ort_utils.open_session(path)
         feeds = ort_utils.to_feeds([i.name for i in session.get_inputs()], calib)
         del session
         files[method] = {"fp32": path}
         info[method] = {
             "export_s": time.perf_counter() - t0,
-            "self_check_max_diff": report["max_abs_diff"],
+            "self_check_max_diff": result.parity.max_abs_diff,
             "bytes": {"fp32": path.stat().st_size},
         }
         for mode in ("dynamic", "static"):

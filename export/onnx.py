@@ -27,6 +27,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,36 @@ def slim(proto: onnx.ModelProto) -> onnx.ModelProto:
 # ---- export ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ParityReport:
+    """onnxruntime vs PyTorch on one input set (what :func:`compare` measured)."""
+
+    max_abs_diff: float
+    kept_counts_equal: bool
+    top1_agreement: float
+    num_samples: int
+    kept_counts: list[list[int]]  # the ONNX graph's per-sample kept counts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written in export summaries (same keys and values as the fields)."""
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "kept_counts_equal": self.kept_counts_equal,
+            "top1_agreement": self.top1_agreement,
+            "num_samples": self.num_samples,
+            "kept_counts": self.kept_counts,
+        }
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A verified export: the file, the calibration batch's report, and every verified set's report."""
+
+    path: Path
+    parity: ParityReport  # on the calibration batch (= checks[0])
+    checks: tuple[ParityReport, ...]  # calibration batch, then (dynamic batch) its first sample alone
+
+
 def export_onnx(
     model: nn.Module,
     reducer: Reducer,
@@ -168,43 +199,14 @@ def export_onnx(
     metadata: Mapping[str, Any] | None = None,
     tokenizer_file: str | Path | None = None,
     atol: float = 1e-4,
-) -> Path:
+) -> ExportResult:
     """Export ``model`` under ``reducer`` as one ONNX graph and verify it on ``example_inputs``.
 
     ``example_inputs``: a small real calibration batch (also the verification set).
     ``metadata``: entries overriding the generated contract JSON (e.g. ``source_model``).
     ``tokenizer_file``: text only; defaults to ``<model dir>/tokenizer.json``.
+    Returns the written path, the calibration batch's parity report and every set's report.
     """
-    return export_verified(
-        model,
-        reducer,
-        out_path,
-        example_inputs=example_inputs,
-        batch=batch,
-        opset=opset,
-        dynamo=dynamo,
-        simplify=simplify,
-        metadata=metadata,
-        tokenizer_file=tokenizer_file,
-        atol=atol,
-    )[0]
-
-
-def export_verified(
-    model: nn.Module,
-    reducer: Reducer,
-    out_path: str | Path,
-    *,
-    example_inputs: Mapping[str, torch.Tensor],
-    batch: Batch = "dynamic",
-    opset: int = 17,
-    dynamo: bool = False,
-    simplify: bool = True,
-    metadata: Mapping[str, Any] | None = None,
-    tokenizer_file: str | Path | None = None,
-    atol: float = 1e-4,
-) -> tuple[Path, dict[str, Any]]:
-    """:func:`export_onnx`, also returning the verification report on ``example_inputs``."""
     if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
         raise ExportError(f"batch must be 'dynamic' or a positive int, got {batch!r}")
     opset = effective_opset(opset, dynamo)
@@ -233,7 +235,7 @@ def export_verified(
         if family == "bert":
             copy_tokenizer(tokenizer_file, model, out)
         os.replace(tmp, out)
-    return out, reports[0]
+    return ExportResult(out, reports[0], tuple(reports))
 
 
 def _finish(proto: onnx.ModelProto, family: str, batch: Batch, simplify: bool, meta: dict) -> onnx.ModelProto:
@@ -261,7 +263,7 @@ def verify_all(
     inputs: Mapping[str, torch.Tensor],
     batch: Batch,
     atol: float,
-) -> list[dict[str, Any]]:
+) -> list[ParityReport]:
     """The calibration batch, and for a dynamic batch its first sample alone (own length for text)."""
     session, module = ort_utils.open_session(path), ExportModule(model, reducer).eval()
     sets = [inputs, first_sample(inputs)] if batch == "dynamic" else [inputs]
@@ -308,7 +310,7 @@ def verify_onnx(
     reducer: Reducer,
     inputs: Mapping[str, torch.Tensor],
     atol: float = 1e-4,
-) -> dict[str, Any]:
+) -> ParityReport:
     """onnxruntime vs PyTorch on ``inputs``: max abs logit diff <= atol and identical kept counts.
 
     Raises ExportError otherwise (and for files ORT cannot load). Returns the measured report.
@@ -318,7 +320,7 @@ def verify_onnx(
 
 def compare(
     session: Any, module: ExportModule, inputs: Mapping[str, torch.Tensor], atol: float, path: str | Path
-) -> dict[str, Any]:
+) -> ParityReport:
     names = tuple(i.name for i in session.get_inputs())
     got_l, got_k, ref_l, ref_k = [], [], [], []
     for chunk, real in _chunks(inputs, _static_batch(session)):
@@ -333,16 +335,16 @@ def compare(
     kept, kept_ref = np.concatenate(got_k), np.concatenate(ref_k)
     same_shape = got.shape == ref.shape
     diff = float(np.abs(got - ref).max()) if same_shape else float("inf")
-    report = {
-        "max_abs_diff": diff,
-        "kept_counts_equal": bool(kept.shape == kept_ref.shape and np.array_equal(kept, kept_ref)),
-        "top1_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean()) if same_shape else 0.0,
-        "num_samples": int(ref.shape[0]),
-        "kept_counts": kept.tolist(),
-    }
+    report = ParityReport(
+        max_abs_diff=diff,
+        kept_counts_equal=bool(kept.shape == kept_ref.shape and np.array_equal(kept, kept_ref)),
+        top1_agreement=float((got.argmax(-1) == ref.argmax(-1)).mean()) if same_shape else 0.0,
+        num_samples=int(ref.shape[0]),
+        kept_counts=kept.tolist(),
+    )
     if not diff <= atol:
         raise ExportError(f"{path}: ONNX logits differ from PyTorch by {diff:.3g} > atol {atol:g}")
-    if not report["kept_counts_equal"]:
+    if not report.kept_counts_equal:
         raise ExportError(
             f"{path}: kept token counts differ: onnx {kept.tolist()} vs torch {kept_ref.tolist()}"
         )

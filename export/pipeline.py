@@ -33,7 +33,7 @@ from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import input_names
 from sttabt_edge.export.metadata import hf_config
-from sttabt_edge.export.onnx import Batch, export_onnx, export_verified, first_sample
+from sttabt_edge.export.onnx import Batch, export_onnx, first_sample
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
 
@@ -217,7 +217,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
         "simplify": req.simplify,
     }
     tokenizer = _tokenizer(req.model)
-    path, report = export_verified(
+    result = export_onnx(
         model,
         reducer,
         fp32_sibling(req.out) if req.quantize else req.out,
@@ -226,6 +226,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
         tokenizer_file=tokenizer,
         **kwargs,
     )
+    path, report = result.path, result.parity.to_dict()
     summary: dict[str, Any] = {
         "out": str(req.out),
         "method": reducer.name,
@@ -404,7 +405,7 @@ def _latency(
                 example_inputs=calib,
                 tokenizer_file=tokenizer,
                 **kwargs,
-            )
+            ).path
             if req.fuse:  # the reference runs the same kernels as the pipeline
                 _fuse(model, dense, calib, req.batch)
             if reducer.name == "sttabt":

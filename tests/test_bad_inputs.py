@@ -741,7 +741,7 @@ def fuzz_exports(tmp_path_factory) -> dict:
                 example_inputs=example,
                 simplify=False,
                 tokenizer_file=tok if family == "bert" else None,
-            )
+            ).path
             graphs[family, name] = (load(path, threads=1), model, reducer)
     return graphs
 
@@ -801,7 +801,7 @@ def test_fuzz_real_minilm_rows_equal_alone_and_pytorch(shared_dir, tmp_path):
         simplify=False,
         example_inputs={k: torch.from_numpy(v) for k, v in enc.items()},
         tokenizer_file=model_dir / "tokenizer.json",
-    )
+    ).path
     pred = load(path, threads=1)
     ids = pred.text.tokenizer.token_to_id("[CLS]"), pred.text.tokenizer.token_to_id("[SEP]")
 
@@ -828,7 +828,8 @@ def test_fuzz_real_deit_rows_equal_alone_and_pytorch(shared_dir, tmp_path):
     reducer = SttabtReducer(build_approxnet(model, 4, "interpolate").eval(), keep_ratio=0.3)
     example = {"pixel_values": torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))}
     pred = load(
-        export_onnx(model, reducer, tmp_path / "deit.onnx", simplify=False, example_inputs=example), threads=1
+        export_onnx(model, reducer, tmp_path / "deit.onnx", simplify=False, example_inputs=example).path,
+        threads=1,
     )
 
     @settings(FUZZ, max_examples=8)

@@ -145,7 +145,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
     _tiny_tokenizer(tok)
     path = export_onnx(
         model, reducer, tmp_path / "c.onnx", example_inputs=text_batch(), tokenizer_file=tok, simplify=False
-    )
+    ).path
     import onnxruntime as ort
 
     from sttabt_edge.export.graph import example_args

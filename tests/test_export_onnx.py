@@ -3,6 +3,7 @@ real shrinking, dynamic batch and text length, metadata, corrupt files, INT8, CL
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -18,7 +19,14 @@ from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import ExportModule
 from sttabt_edge.export.metadata import REQUIRED_KEYS, read_metadata
-from sttabt_edge.export.onnx import check_io_dims, compare, export_onnx, verify_onnx
+from sttabt_edge.export.onnx import (
+    ExportResult,
+    ParityReport,
+    check_io_dims,
+    compare,
+    export_onnx,
+    verify_onnx,
+)
 from sttabt_edge.export.profile import latency_breakdown
 from sttabt_edge.export.quantize import quantize_onnx
 from sttabt_edge.method.approxnet import APPROX_SCOPE, build_approxnet
@@ -68,7 +76,7 @@ def padded_text(lengths: list[int], width: int, seed: int = 0) -> dict[str, torc
 
 def export(model, reducer, tmp_path, inputs, name="m", **kw):
     kw.setdefault("simplify", False)  # onnxslim costs ~2 s; test_metadata_roundtrip covers it
-    return export_onnx(model, reducer, tmp_path / f"{name}.onnx", example_inputs=inputs, **kw)
+    return export_onnx(model, reducer, tmp_path / f"{name}.onnx", example_inputs=inputs, **kw).path
 
 
 def dense_logits(model, inputs) -> np.ndarray:
@@ -83,7 +91,7 @@ class Graph:
         self.path, self.session = path, ort_utils.open_session(path)
         self.module = ExportModule(model, reducer).eval()
 
-    def verify(self, inputs, atol: float = 1e-4) -> dict:
+    def verify(self, inputs, atol: float = 1e-4) -> ParityReport:
         """What verify_onnx does (ORT vs PyTorch, raises beyond atol), on the shared session."""
         return compare(self.session, self.module, inputs, atol, self.path)
 
@@ -136,8 +144,8 @@ def test_vit_sttabt_matches_pytorch_at_batch_1_and_3(vit05):
     for batch in (1, 3):
         x = images(batch, seed=batch)
         rep = vit05.verify(x, atol=1e-4)
-        kept = np.asarray(rep["kept_counts"])  # (B, L)
-        assert kept.shape == (batch, 3) and rep["kept_counts_equal"]
+        kept = np.asarray(rep.kept_counts)  # (B, L)
+        assert kept.shape == (batch, 3) and rep.kept_counts_equal
         check_union_counts(kept, x, 0.5, n_tokens=17)
         assert (kept[:, -1] < 17).all()
 
@@ -148,7 +156,7 @@ def test_vit_ratio_one_is_dense(tmp_path):
     graph = Graph(export(model, reducer, tmp_path, images(2)), model, reducer)
     for batch in (1, 3):
         x = images(batch, seed=batch)
-        assert (np.asarray(graph.verify(x)["kept_counts"]) == 17).all()
+        assert (np.asarray(graph.verify(x).kept_counts) == 17).all()
         np.testing.assert_allclose(graph.outputs(x)[0], dense_logits(model, x), atol=1e-4)
 
 
@@ -158,7 +166,7 @@ TEXT_SETS = (text_batch(), padded_text([9], 9), padded_text([33, 21, 4], 33, see
 def test_bert_sttabt_one_file_many_lengths_and_batches(bert05):
     for inputs in TEXT_SETS:
         rep = bert05.verify(inputs, atol=1e-4)
-        kept = np.asarray(rep["kept_counts"])
+        kept = np.asarray(rep.kept_counts)
         check_union_counts(kept, inputs, 0.5)
         n = inputs["attention_mask"].sum(1).numpy()
         assert ((kept[:, -1] < n) | (n <= DEFAULT_MIN_KEEP)).all()  # shorter inputs keep all (the floor)
@@ -169,7 +177,7 @@ def test_bert_ratio_one_is_dense(tmp_path, tokenizer):
     reducer = sttabt(model, 1.0)
     graph = Graph(export(model, reducer, tmp_path, text_batch(), tokenizer_file=tokenizer), model, reducer)
     for inputs in TEXT_SETS:
-        kept = np.asarray(graph.verify(inputs)["kept_counts"])
+        kept = np.asarray(graph.verify(inputs).kept_counts)
         assert (kept == inputs["attention_mask"].sum(1).numpy()[:, None]).all()
         np.testing.assert_allclose(graph.outputs(inputs)[0], dense_logits(model, inputs), atol=1e-4)
 
@@ -179,7 +187,7 @@ def test_attention_really_shrinks(vit05):
     layer's kept count (data-dependent compaction, no padded slots at batch 1)."""
     x = images(1)
     widths = ort_utils.softmax_widths(vit05.path, {"pixel_values": x["pixel_values"].numpy()})
-    kept = np.asarray(vit05.verify(x)["kept_counts"])[0].tolist()
+    kept = np.asarray(vit05.verify(x).kept_counts)[0].tolist()
     assert widths == [17, 17, 17, *kept] and kept[-1] < 17
 
 
@@ -214,7 +222,7 @@ def test_concrete_thresholds_data_dependent_counts(tmp_path, tokenizer):
     reducer = SttabtReducer(build_approxnet(model, 4, "random").eval(), thresholds=th)
     graph = Graph(export(model, reducer, tmp_path, text_batch(), tokenizer_file=tokenizer), model, reducer)
     for inputs in (text_batch(), padded_text([40, 17], 40, seed=2)):
-        assert graph.verify(inputs)["kept_counts_equal"]
+        assert graph.verify(inputs).kept_counts_equal
     assert read_metadata(graph.path)["thresholds"] == pytest.approx([-0.3, 0.0, 0.2])
 
 
@@ -225,10 +233,30 @@ def test_baselines_same_io(tmp_path, method):
     graph = Graph(export(model, reducer, tmp_path, images(2)), model, reducer)
     x = images(3, seed=5)
     rep = graph.verify(x)
-    assert np.asarray(rep["kept_counts"]).shape == (3, 3)
+    assert np.asarray(rep.kept_counts).shape == (3, 3)
     if method == "dense":
         np.testing.assert_allclose(graph.outputs(x)[0], dense_logits(model, x), atol=1e-4)
-        assert (np.asarray(rep["kept_counts"]) == 17).all()
+        assert (np.asarray(rep.kept_counts) == 17).all()
+
+
+def test_export_result_reports(tmp_path):
+    """export_onnx returns the path, the calibration batch's report and every verified set's report."""
+    model = tiny_vit()
+    reducer = sttabt(model, 0.5)
+    res = export_onnx(model, reducer, tmp_path / "r.onnx", example_inputs=images(3), simplify=False)
+    assert isinstance(res, ExportResult) and res.path == tmp_path / "r.onnx" and res.path.is_file()
+    assert len(res.checks) == 2 and res.parity is res.checks[0]  # dynamic batch: the batch, then sample 0
+    assert [c.num_samples for c in res.checks] == [3, 1]
+    d = res.parity.to_dict()
+    assert list(d) == ["max_abs_diff", "kept_counts_equal", "top1_agreement", "num_samples", "kept_counts"]
+    assert d["kept_counts"] == res.parity.kept_counts and d["max_abs_diff"] <= 1e-4
+    assert json.loads(json.dumps(d)) == d
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.parity.max_abs_diff = 0.0  # type: ignore[misc]
+    fixed = export_onnx(
+        model, reducer, tmp_path / "f.onnx", example_inputs=images(2), batch=2, simplify=False
+    )
+    assert len(fixed.checks) == 1 and fixed.parity.num_samples == 2
 
 
 def test_static_batch_and_specialisation_check(tmp_path):
@@ -237,7 +265,7 @@ def test_static_batch_and_specialisation_check(tmp_path):
     path = export(model, reducer, tmp_path, images(2), batch=2)
     proto = onnx.load(str(path))
     assert check_io_dims(proto, "vit", 2)["pixel_values"] == [2, 3, 32, 32]
-    assert verify_onnx(path, model, reducer, images(3))["num_samples"] == 3  # run in chunks of 2
+    assert verify_onnx(path, model, reducer, images(3)).num_samples == 3  # run in chunks of 2
     proto.graph.input[0].type.tensor_type.shape.dim[
         0
     ].dim_value = 1  # what a silent specialisation looks like
@@ -497,6 +525,6 @@ def test_deit_tiny_untrained_approx_parity(tmp_path, shared_dir):
     x = {"pixel_values": torch.from_numpy(image_preprocess_for(model)(files))}
     path = export(model, reducer, tmp_path, {k: v[:2] for k, v in x.items()})
     rep = verify_onnx(path, model, reducer, x, atol=1e-4)
-    assert rep["max_abs_diff"] <= 1e-4 and rep["kept_counts_equal"] and rep["num_samples"] == 8
-    kept = np.asarray(rep["kept_counts"])  # (8, 12): union sets grow toward the input
+    assert rep.max_abs_diff <= 1e-4 and rep.kept_counts_equal and rep.num_samples == 8
+    kept = np.asarray(rep.kept_counts)  # (8, 12): union sets grow toward the input
     assert (kept >= math.ceil(0.3 * 197)).all() and (np.diff(kept, axis=1) <= 0).all()

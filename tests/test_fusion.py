@@ -87,11 +87,11 @@ def bert_files(tmp_path_factory, tokenizer):
         example_inputs=text_batch(),
         tokenizer_file=tokenizer,
         simplify=False,
-    )
+    ).path
     reducer = SttabtReducer(build_approxnet(model, 4, "random").eval(), keep_ratio=0.5)
     sparse = export_onnx(
         model, reducer, d / "sttabt.onnx", example_inputs=text_batch(), tokenizer_file=tokenizer
-    )
+    ).path
     return dense, sparse
 
 
@@ -173,7 +173,7 @@ def test_vit_fused_matches_unfused(tmp_path, method):
     )
     src = export_onnx(
         model, reducer, tmp_path / "vit.onnx", example_inputs=images(2), simplify=method == "sttabt"
-    )
+    ).path
     dst = tmp_path / "vit.fused.onnx"
     report = fuse_onnx(src, dst, check_inputs=images(2))
     assert report.attention_fused == LAYERS

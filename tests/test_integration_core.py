@@ -98,7 +98,7 @@ def test_short_texts_keep_their_words_through_the_export(minilm, shared_dir, tmp
     example = {k: torch.from_numpy(v) for k, v in tok(["a fine film , all told", "bad"]).items()}
     path = export_onnx(
         minilm, reducer, tmp_path / "m.onnx", example_inputs=example, tokenizer_file=tok_file, simplify=False
-    )
+    ).path
     pred = load(path)  # the export wrote its digest: the normal, checked load
     outputs = pred.run(pred.preprocess(texts=texts))
     enc = tok(texts)
