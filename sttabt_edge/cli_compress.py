@@ -58,6 +58,12 @@ def compress_cmd(
     quantize: Annotated[
         Quantize, typer.Option(help="int8: dynamic INT8 (baseline: dense INT8)")
     ] = Quantize.none,
+    fuse: Annotated[
+        bool,
+        typer.Option(
+            help="ONNX: fused attention kernels, for the delivered file and the dense baseline alike"
+        ),
+    ] = False,
     approx: Annotated[
         Path | None, typer.Option(help="a distilled ApproxNet dir to reuse (skips distillation)")
     ] = None,
@@ -111,6 +117,7 @@ def compress_cmd(
             threshold_steps=threshold_steps,
             target=target.value,
             quantize=None if quantize is Quantize.none else "int8",
+            fuse=fuse,
             approx=approx,
             approx_factor=approx_factor,
             approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),

@@ -74,6 +74,7 @@ def test_config_refuses_bad_requests_before_loading(tmp_path):
         (dict(max_drop=1, budget_minutes=0), "--budget-minutes"),
         (dict(max_drop=1, target="coreml"), "--target"),
         (dict(max_drop=1, approx=tmp_path, approx_factor=4), "drop them"),
+        (dict(max_drop=1, target="tflite", fuse=True), "ONNX-only"),
         (dict(max_drop=1, eval_data=tmp_path / "nope"), "--eval-data"),
     ):
         with pytest.raises(InputError, match=match):
@@ -179,6 +180,7 @@ def test_compress_to_a_target_retention_without_training_thresholds(tmp_path, ss
             str(out),
             "--target-retention",
             "0.6",
+            "--fuse",
             "--no-concrete",
             "--approx-steps",
             "20",
@@ -203,4 +205,7 @@ def test_compress_to_a_target_retention_without_training_thresholds(tmp_path, ss
         abs(report["chosen"]["retention"] - 0.6) < 0.15
     )  # calibrated on fit inputs, measured on held-out ones
     assert set(report["files"]["paths"]) == {"sttabt_fp32", "dense_fp32"} and report["files"]["passed"]
+    # --fuse: both the delivered file and the dense baseline run the fused kernels
+    for name in ("sttabt", "dense"):
+        assert report["files"]["export"][name]["fusion"]["attention_fused"] > 0
     assert "| STTABT fp32 |" in res.output

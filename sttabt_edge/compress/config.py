@@ -31,6 +31,7 @@ class CompressConfig:
     threshold_steps: int | None = None  # threshold-training steps, instead of what the budget leaves
     target: str = "onnx"  # "onnx" | "tflite"
     quantize: str | None = None  # None | "int8"
+    fuse: bool = False  # ONNX: fused attention kernels for the delivered file and the dense baseline alike
     approx: Path | None = None  # a distilled ApproxNet dir to reuse (skips distillation)
     approx_factor: int = APPROX_FACTOR  # ApproxNet widths / this, when distilling here
     approx_heads: int | None = APPROX_HEADS  # ApproxNet heads, when distilling here (None: the model's)
@@ -61,6 +62,8 @@ class CompressConfig:
             raise InputError(f"--target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.quantize not in QUANTIZE:
             raise InputError(f"--quantize must be int8 or absent, got {self.quantize!r}")
+        if self.fuse and self.target != "onnx":
+            raise InputError("--fuse is ONNX-only (fused kernels are ONNX Runtime contrib ops)")
         for name, value, low in (
             ("--approx-steps", self.approx_steps or 1, 1),
             ("--threshold-steps", self.threshold_steps or 1, 1),

@@ -49,6 +49,7 @@ def _export(
         calib_samples=16,
         latency_runs=0,
         threads=cfg.threads,
+        fuse=cfg.fuse,
         **kwargs,
     )
     return run_export(req, warn=log.warning)
@@ -110,7 +111,7 @@ def deliver(
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("out", "method", "parity", "flops", "quantization", "files", "kept_tokens")
+    keys = ("out", "method", "parity", "flops", "quantization", "fusion", "files", "kept_tokens")
     return {k: summary[k] for k in keys if k in summary}
 
 
