@@ -209,3 +209,40 @@ def test_compress_to_a_target_retention_without_training_thresholds(tmp_path, ss
     for name in ("sttabt", "dense"):
         assert report["files"]["export"][name]["fusion"]["attention_fused"] > 0
     assert "| STTABT fp32 |" in res.output
+
+
+def test_budget_planning_turns_seconds_into_steps(tmp_path, sst2):
+    """Steps = budget / measured step time (too few: 0, skipped); fixed steps bypass the probe."""
+    from sttabt_edge.compress import stages
+    from sttabt_edge.compress.budget import allocate
+    from sttabt_edge.models.loading import load_model
+    from sttabt_edge.train.data import prepare_data
+
+    assert allocate(10.0, 0.5, min_steps=5).steps == 20 and allocate(1.0, 0.5, min_steps=5).steps == 0
+    model_dir = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
+    cfg = CompressConfig(
+        model=str(model_dir),
+        data=sst2,
+        out=tmp_path / "o",
+        max_drop=1.0,
+        holdout=24,
+        holdout_min_tokens=6,
+        batch_size=8,
+    )
+    net = load_model(str(model_dir))
+    split = stages.split_data(cfg, prepare_data(sst2, net, model_dir, labeled=True))
+    seen = []
+
+    def measure(source):
+        seen.append(source.batch_size)
+        return 0.25
+
+    tcfg, alloc = stages._plan(split, cfg, {"lr": 1e-4}, None, 30.0, measure, 20, log_every=5)
+    assert (
+        seen == [8] and alloc.steps == 120 and tcfg.steps == 120 and tcfg.lr == 1e-4 and tcfg.log_every == 5
+    )
+    tcfg, alloc = stages._plan(split, cfg, {"lr": 1e-4}, 7, 30.0, measure, 20)
+    assert len(seen) == 1 and tcfg.steps == 7 and alloc.step_seconds is None
+    # the real probe measures the distillation objective on the run's own batches
+    tcfg, alloc = stages.plan_distillation(net, split, cfg, seconds=60.0)
+    assert alloc.step_seconds is not None and alloc.step_seconds > 0 and tcfg.steps == max(alloc.steps, 1)

@@ -4,7 +4,7 @@ threshold training, export and runtime accuracy. pipeline.py strings them togeth
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from sttabt_edge.train.approx import ApproxObjective, frozen, train_approx
 from sttabt_edge.train.checkpoint import latest_checkpoint
 from sttabt_edge.train.concrete import build_objective, train_concrete
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
-from sttabt_edge.train.data import TrainData
+from sttabt_edge.train.data import BatchSource, TrainData
 
 # per modality: the distillation and threshold-training recipes (SST-2: the official AdamW 1e-4, clip 0.5;
 # images: benchmarks/quickstart.py's DeiT recipe), as TrainConfig fields
@@ -136,30 +136,57 @@ def approx_config(cfg: CompressConfig) -> ApproxConfig:
     return ApproxConfig(factor=cfg.approx_factor, init="interpolate", heads=cfg.approx_heads)
 
 
-def plan_distillation(
-    model: nn.Module, split: Split, cfg: CompressConfig, seconds: float
+def _plan(
+    split: Split,
+    cfg: CompressConfig,
+    recipe: dict[str, float],
+    fixed: int | None,
+    seconds: float,
+    measure: Callable[[BatchSource], float],
+    min_steps: int,
+    **fields: Any,
 ) -> tuple[TrainConfig, Allocation]:
-    """The distillation's TrainConfig with as many steps as ``seconds`` allow (measured step time)."""
-    recipe = APPROX_RECIPE[split.data.modality]
+    """A trainer's TrainConfig: ``fixed`` steps when given, else as many as ``seconds`` allow at the
+    step time ``measure`` reports on the run's own batches."""
     base = TrainConfig(
         steps=1,
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,
+        eval_batch_size=64,
+        seed=cfg.seed,
+        **fields,
+    ).replace(**recipe)
+    if fixed is not None:
+        return base.replace(steps=fixed), Allocation(seconds, None, fixed)
+    source = split.data.source(base.batch_size, base.seed, base.augment, base.max_length, base.bucket_batches)
+    alloc = allocate(seconds, measure(source), min_steps)
+    return base.replace(steps=max(alloc.steps, 1)), alloc
+
+
+def plan_distillation(
+    model: nn.Module, split: Split, cfg: CompressConfig, seconds: float
+) -> tuple[TrainConfig, Allocation]:
+    """The distillation's TrainConfig with as many steps as ``seconds`` allow (measured step time)."""
+
+    def measure(source: BatchSource) -> float:
+        approx = build_approxnet(
+            model, cfg.approx_factor, "interpolate", seed=cfg.seed, heads=cfg.approx_heads
+        )
+        with frozen(model):
+            return step_seconds(ApproxObjective(model, approx, DistillWeights()), source)
+
+    return _plan(
+        split,
+        cfg,
+        APPROX_RECIPE[split.data.modality],
+        cfg.approx_steps,
+        seconds,
+        measure,
+        MIN_APPROX_STEPS,
         log_every=50,
         save_every=500,
-        eval_batch_size=64,
         max_eval_samples=256,
-        seed=cfg.seed,
-    ).replace(**recipe)
-    if cfg.approx_steps is not None:
-        return base.replace(steps=cfg.approx_steps), Allocation(seconds, None, cfg.approx_steps)
-    approx = build_approxnet(model, cfg.approx_factor, "interpolate", seed=cfg.seed, heads=cfg.approx_heads)
-    source = split.data.source(base.batch_size, base.seed, base.augment, base.max_length, base.bucket_batches)
-    with frozen(model):
-        alloc = allocate(
-            seconds, step_seconds(ApproxObjective(model, approx, DistillWeights()), source), MIN_APPROX_STEPS
-        )
-    return base.replace(steps=max(alloc.steps, 1)), alloc
+    )
 
 
 def distil(
@@ -178,21 +205,23 @@ def distil(
 def plan_concrete(
     model: nn.Module, approx: ApproxNet, split: Split, cfg: CompressConfig, seconds: float
 ) -> tuple[TrainConfig, Allocation]:
-    base = TrainConfig(
-        steps=1,
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
+    """Threshold training's TrainConfig for what the budget leaves (measured step time)."""
+
+    def measure(source: BatchSource) -> float:
+        objective = build_objective(copy.deepcopy(model), copy.deepcopy(approx), SparseTrainConfig())
+        return step_seconds(objective, source)
+
+    return _plan(
+        split,
+        cfg,
+        CONCRETE_RECIPE,
+        cfg.threshold_steps,
+        seconds,
+        measure,
+        MIN_CONCRETE_STEPS,
         log_every=10,
         save_every=100,
-        eval_batch_size=64,
-        seed=cfg.seed,
-    ).replace(**CONCRETE_RECIPE)
-    if cfg.threshold_steps is not None:
-        return base.replace(steps=cfg.threshold_steps), Allocation(seconds, None, cfg.threshold_steps)
-    source = split.data.source(base.batch_size, base.seed, base.augment, base.max_length, base.bucket_batches)
-    objective = build_objective(copy.deepcopy(model), copy.deepcopy(approx), SparseTrainConfig())
-    alloc = allocate(seconds, step_seconds(objective, source), MIN_CONCRETE_STEPS)
-    return base.replace(steps=max(alloc.steps, 1)), alloc
+    )
 
 
 def train_thresholds(
