@@ -66,9 +66,12 @@ def _geometric(q: float, num_layers: int, offset: int) -> list[float]:
 
 # method -> knob -> reducer. sttabt's list entry l is layer l's input; topk/tome's entry l is
 # what enters layer l+1, hence the offsets: all three keep q**l of the tokens entering layer l.
-def _approx(model) -> torch.nn.Module:
-    from sttabt_edge.method.approxnet import build_approxnet
+def _approx(model, path: Path | None) -> torch.nn.Module:
+    """A distilled ApproxNet (``--approx DIR``), else the untrained interpolated ÷4 one."""
+    from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 
+    if path is not None:
+        return ApproxNet.load(path, model.config).eval()
     return build_approxnet(model, 4, "interpolate").eval()
 
 
@@ -96,6 +99,15 @@ def main() -> None:
         default="retention",
         help="what the targets are: mean retention, or FLOPs / dense (ApproxNet included)",
     )
+    ap.add_argument(
+        "--approx", type=Path, default=None, help="a distilled ApproxNet dir (default: untrained /4)"
+    )
+    ap.add_argument(
+        "--held-out",
+        action="store_true",
+        help="evaluate on the held-out half (train/sources.split_half) and calibrate on the training half, "
+        "as for an ApproxNet distilled on that half",
+    )
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=50)
@@ -116,11 +128,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     console = Console()
     model = load_model(args.model)
-    approx = _approx(model)
+    approx = _approx(model, args.approx)
     num_layers = model.config.num_hidden_layers
     pre = ImagePreprocess()
-    examples = image_folder(args.data, model_class_names(args.model))[: args.max_images]
-    calib = {"pixel_values": torch.from_numpy(pre([e.inputs for e in examples[-args.calib_images :]]))}
+    examples = image_folder(args.data, model_class_names(args.model))
+    calib_pool = examples
+    if args.held_out:
+        from sttabt_edge.train.sources import split_half
+
+        calib_pool, examples = split_half(examples, 0)
+    examples = examples[: args.max_images]
+    calib = {"pixel_values": torch.from_numpy(pre([e.inputs for e in calib_pool[-args.calib_images :]]))}
     one = {"pixel_values": calib["pixel_values"][:1]}
 
     t_start = time.time()
@@ -196,6 +214,8 @@ def main() -> None:
         "targets": args.targets,
         "model": str(args.model),
         "images": len(examples),
+        "held_out": args.held_out,
+        "approx": str(args.approx) if args.approx else "untrained /4 interpolate",
         "wall_s": time.time() - t_start,
         "env": environment(),
         "results": [r.to_dict() for r in results],
