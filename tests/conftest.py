@@ -23,3 +23,23 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DIR}")
     return SHARED_DIR
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP spin-waits make them 50x
+    slower when other processes compete for the cores (``pytestmark = usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A tokenizer.json with only [PAD] and [UNK]: enough for exports fed token ids directly."""
+    from tokenizers import Tokenizer, models
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(path))
+    return path

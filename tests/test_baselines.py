@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_bert
 from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
     DeiTConfig,
     DeiTForImageClassificationWithTeacher,
     ViTConfig,
@@ -59,18 +58,7 @@ def deit():
 
 @pytest.fixture(scope="module")
 def bert():
-    torch.manual_seed(2)
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-        attn_implementation="eager",
-    )
-    return BertForSequenceClassification(cfg).eval()
+    return tiny_bert(seed=2)
 
 
 def pixels(b: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:

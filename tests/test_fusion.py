@@ -25,21 +25,7 @@ from sttabt_edge.runtime.contract import METADATA_KEY
 LAYERS = 3  # tiny models: 3 layers, 4 heads, hidden 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    from tokenizers import Tokenizer, models
-
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def padded(lengths: list[int], width: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -48,12 +48,7 @@ assert_close = torch.testing.assert_close
 WORDS = "a the film movie good bad great dull fun boring plot actor story is was not very and of it".split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def vit(seed: int = 0, dropout: float = 0.0) -> ViTForImageClassification:
