@@ -33,6 +33,7 @@ from sttabt_edge.method.approxnet import build_approxnet
 from sttabt_edge.models.loading import load_model
 from sttabt_edge.reducers.dense import DenseReducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.sparse_model import SparseClassifier
 
 # name: (checkpoint dir or None for a random-weight shape, HF class, config overrides, text length)
 CASES = {
@@ -87,17 +88,19 @@ def run_case(name: str, keep_ratio: float, threads: int, runs: int, console: Con
     rows = []
     with tempfile.TemporaryDirectory(prefix="approx-cost-") as tmp:
         work = Path(tmp)
-        dense = export_onnx(model, DenseReducer(), work / "dense.onnx", example_inputs=sample, batch=1).path
+        dense = export_onnx(
+            SparseClassifier(model, DenseReducer()), work / "dense.onnx", example_inputs=sample, batch=1
+        ).path
         for factor, heads in options(int(cfg.num_attention_heads), int(cfg.hidden_size)):
             t0 = time.perf_counter()
             approx = build_approxnet(model, factor, "interpolate", heads=heads).eval()
             reducer = SttabtReducer(approx, keep_ratio=keep_ratio).eval()
+            sc = SparseClassifier(model, reducer)
             pipe = export_onnx(
-                model, reducer, work / f"sttabt_{factor}_{heads}.onnx", example_inputs=sample, batch=1
+                sc, work / f"sttabt_{factor}_{heads}.onnx", example_inputs=sample, batch=1
             ).path
             ms = latency_breakdown(
-                model,
-                reducer,
+                sc,
                 pipe,
                 sample,
                 work / f"stages_{factor}_{heads}",

@@ -53,6 +53,7 @@ from sttabt_edge.method.flops import dense_flops
 from sttabt_edge.models.loading import load_model
 from sttabt_edge.reducers import DenseReducer, SttabtReducer
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.approx import REPORT_FILE, heldout_attention_kl, train_approx
 from sttabt_edge.train.config import ApproxConfig, TrainConfig
 from sttabt_edge.train.data import Batch, TrainData, prepare_data
@@ -114,8 +115,7 @@ def run_eval(
 ) -> dict[str, Any]:
     """The project's evaluate(), trimmed to what the JSON keeps."""
     res = evaluate(
-        model,
-        reducer,
+        SparseClassifier(model, reducer),
         examples,
         text=data.text,
         batch_size=64,

@@ -159,7 +159,9 @@ def main() -> None:
             )
             reducer = MAKERS[method](knob, num_layers, approx)
         label = method if target is None else f"{method}@{target:g}"
-        res = evaluate(model, reducer, examples, image=pre, batch_size=args.batch_size, name=label)
+        res = evaluate(
+            SparseClassifier(model, reducer), examples, image=pre, batch_size=args.batch_size, name=label
+        )
         res.extra["knob"] = float("nan") if knob is None else knob
         results.append(res)
         knobs[label] = reducer

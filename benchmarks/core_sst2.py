@@ -26,6 +26,7 @@ from sttabt_edge.method.approxnet import ApproxNet
 from sttabt_edge.models.loading import load_model
 from sttabt_edge.reducers import DenseReducer, SttabtReducer
 from sttabt_edge.runtime import TextPreprocess
+from sttabt_edge.sparse_model import SparseClassifier
 
 
 def main() -> None:
@@ -58,8 +59,7 @@ def main() -> None:
 
     def run(reducer, name: str, knob: float | None) -> dict:
         res = evaluate(
-            model,
-            reducer,
+            SparseClassifier(model, reducer),
             examples,
             text=text,
             batch_size=64,

@@ -43,6 +43,7 @@ from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.dense import DenseReducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.runtime import TextPreprocess
+from sttabt_edge.sparse_model import SparseClassifier
 
 TASKS = {
     "deit": (SHARED / "models" / "deit-tiny-imagenet", SHARED / "data" / "imagenet-sample"),
@@ -155,8 +156,7 @@ def export_all(
     for method, reducer in reducers.items():
         t0 = time.perf_counter()
         result = export_onnx(
-            model,
-            reducer,
+            SparseClassifier(model, reducer),
             work / f"{method}.onnx",
             example_inputs=calib,
             tokenizer_file=tokenizer if tokenizer.is_file() else None,
@@ -189,7 +189,7 @@ def export_all(
 def evaluate_all(
     model, reducers: dict[str, Reducer], files: dict, task: Task, batch: int, threads: int
 ) -> dict:
-    modules = {m: ExportModule(model, r).eval() for m, r in reducers.items()}
+    modules = {m: ExportModule(SparseClassifier(model, r)).eval() for m, r in reducers.items()}
     sessions = {(m, v): ort_utils.open_session(p, threads) for m, vs in files.items() for v, p in vs.items()}
     names = {k: [i.name for i in s.get_inputs()] for k, s in sessions.items()}
     tallies = {k: Tally() for k in sessions} | {(m, "torch"): Tally() for m in modules}

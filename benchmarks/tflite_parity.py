@@ -58,6 +58,7 @@ from sttabt_edge.export.tflite import quantize_tflite, read_sidecar
 from sttabt_edge.models.loading import load_model
 from sttabt_edge.runtime import TextPreprocess
 from sttabt_edge.runtime.predictor import TflitePredictor
+from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.verify import Tolerance, VerifyReport, reference_reducer, verify
 
 TASKS = {
@@ -154,11 +155,11 @@ def export_task(
             latency_runs=0,
             threads=args.threads,
         )
-        reducer = build_reducer(model, req, warn)
-        calib, source = calibration_batch(model, req, warn)
+        sc = SparseClassifier(model, build_reducer(model, req, warn))
+        calib, source = calibration_batch(sc, req, warn)
         console.print(f"[cyan]converting {method} fp32 (litert-torch) ...")
         t0 = time.perf_counter()
-        summary = run_export_tflite(req, model, reducer, calib, source)
+        summary = run_export_tflite(req, sc, calib, source)
         fp32 = Path(summary["out"])
         files[f"{method}-fp32"] = Exported(fp32, time.perf_counter() - t0, summary["parity"], warnings)
         console.print(
@@ -169,7 +170,7 @@ def export_task(
             calib = {k: v[:, :seq_len] for k, v in calib.items()}
         t0 = time.perf_counter()
         int8 = fp32.with_name(f"{fp32.stem}.int8.tflite")
-        report = quantize_tflite(fp32, int8, model=model, reducer=reducer, inputs=calib)
+        report = quantize_tflite(fp32, int8, sc=sc, inputs=calib)
         files[f"{method}-int8"] = Exported(int8, time.perf_counter() - t0, report, warnings)
         console.print(
             f"  {int8.name}: {int8.stat().st_size / 2**20:.2f} MB in "
@@ -191,7 +192,7 @@ def evaluate_file(
     pred = RecordingTflite(path, args.threads, lambda: progress.advance(bar))
     reducer = reference_reducer(pred.metadata.raw, model)  # from the file's metadata, as the CLI does
     t0 = time.perf_counter()
-    report = verify(pred, model, reducer, examples, args.batch_size, Tolerance(), task)
+    report = verify(pred, SparseClassifier(model, reducer), examples, args.batch_size, Tolerance(), task)
     return report, pred, time.perf_counter() - t0
 
 

@@ -1,7 +1,8 @@
 """Traceable wrappers: the whole STTABT pipeline as one module, plus its stages for profiling.
 
-:class:`ExportModule` is what goes into the ONNX file: embedding → reducer (for STTABT:
-ApproxNet → back-tracking → sparse layer loop with real removal) → head. It only calls
+:class:`ExportModule` of a :class:`~sttabt_edge.sparse_model.SparseClassifier` is what goes into
+the ONNX file: embedding → reducer (for STTABT: ApproxNet → back-tracking → sparse layer loop
+with real removal) → head. It only calls
 the library (:func:`sttabt_edge.sparse_model.sparse_forward`), so the exported graph is
 the eager algorithm, not a re-implementation. Inputs are positional tensors in the
 contract's order (docs/onnx_contract.md); outputs are ``(logits, kept_counts)``.
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from sttabt_edge.compat import ModelParts, model_parts
+from sttabt_edge.compat import ModelParts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.method.backtrack import Backtrack, topk_plan
 from sttabt_edge.method.sparse import plan_forward
@@ -26,7 +27,7 @@ from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import exportable_kinds
 from sttabt_edge.reducers.sttabt import AttentionSource, SttabtReducer
-from sttabt_edge.sparse_model import sparse_forward
+from sttabt_edge.sparse_model import SparseClassifier, sparse_forward
 
 INPUT_NAMES: Mapping[str, tuple[str, ...]] = {
     "vit": ("pixel_values",),
@@ -79,14 +80,18 @@ def example_args(family: str, inputs: Mapping[str, torch.Tensor]) -> tuple[torch
 
 
 class ExportModule(nn.Module):
-    """(model, reducer) -> forward(*inputs) = (logits (B, K) float, kept_counts (B, L) int64)."""
+    """SparseClassifier -> forward(*inputs) = (logits (B, K) float, kept_counts (B, L) int64).
 
-    def __init__(self, model: nn.Module, reducer: Reducer):
+    Always real removal (the graph's point), whatever ``sc.mode``. The model and reducer are held
+    under their own names so the graph's weight names are those of (model, reducer).
+    """
+
+    def __init__(self, sc: SparseClassifier):
         super().__init__()
-        self.model = model
-        self.reducer = reducer
-        self.parts = model_parts(model)
-        check_exportable(self.parts, reducer)
+        self.model = sc.model
+        self.reducer = sc.reducer
+        self.parts = sc.parts
+        check_exportable(self.parts, sc.reducer)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -109,12 +114,12 @@ def _sttabt(reducer: Reducer) -> SttabtReducer:
 class ApproxStage(nn.Module):
     """forward(*inputs) -> ApproxNet's back-tracking maps: L tensors (B, H, R, N)."""
 
-    def __init__(self, model: nn.Module, reducer: Reducer):
+    def __init__(self, sc: SparseClassifier):
         super().__init__()
-        approx = _sttabt(reducer).approx
+        approx = _sttabt(sc.reducer).approx
         assert approx is not None  # _sttabt refuses a reducer without an ApproxNet
         self.approx: AttentionSource = approx
-        self.family = model_parts(model).family
+        self.family = sc.parts.family
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.approx.attentions(as_inputs(self.family, inputs)))
@@ -123,10 +128,10 @@ class ApproxStage(nn.Module):
 class MaskStage(nn.Module):
     """forward(*maps (B, H, R, N), attention_mask (B, N)) -> keep masks (L+1, B, N) bool."""
 
-    def __init__(self, model: nn.Module, reducer: Reducer):
+    def __init__(self, sc: SparseClassifier):
         super().__init__()
-        self.reducer = _sttabt(reducer)
-        self.num_prefix = model_parts(model).num_prefix_tokens
+        self.reducer = _sttabt(sc.reducer)
+        self.num_prefix = sc.parts.num_prefix_tokens
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         *maps, attention_mask = args
@@ -137,11 +142,11 @@ class MaskStage(nn.Module):
 class SparseStage(nn.Module):
     """forward(*inputs, keep (L+1, B, N) bool) -> (logits, kept_counts): the main model under a plan."""
 
-    def __init__(self, model: nn.Module, reducer: Reducer):
+    def __init__(self, sc: SparseClassifier):
         super().__init__()
-        self.model = model
-        self.reducer = _sttabt(reducer)
-        self.parts = model_parts(model)
+        self.model = sc.model
+        self.reducer = _sttabt(sc.reducer)
+        self.parts = sc.parts
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         *inputs, keep = args

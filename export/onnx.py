@@ -40,7 +40,7 @@ from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import OUTPUT_NAMES, ExportModule, example_args, input_names
 from sttabt_edge.export.metadata import build_metadata, check_saved_digest, copy_tokenizer, set_metadata
-from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,7 @@ class ExportResult:
 
 
 def export_onnx(
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     out_path: str | Path,
     *,
     example_inputs: Mapping[str, torch.Tensor],
@@ -200,7 +199,8 @@ def export_onnx(
     tokenizer_file: str | Path | None = None,
     atol: float = 1e-4,
 ) -> ExportResult:
-    """Export ``model`` under ``reducer`` as one ONNX graph and verify it on ``example_inputs``.
+    """Export ``sc`` (its model under its reducer, real removal) as one ONNX graph; verify it on
+    ``example_inputs``.
 
     ``example_inputs``: a small real calibration batch (also the verification set).
     ``metadata``: entries overriding the generated contract JSON (e.g. ``source_model``).
@@ -210,7 +210,7 @@ def export_onnx(
     if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
         raise ExportError(f"batch must be 'dynamic' or a positive int, got {batch!r}")
     opset = effective_opset(opset, dynamo)
-    module = ExportModule(model, reducer).eval()
+    module = ExportModule(sc).eval()
     family, names = module.parts.family, module.input_names
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,19 +221,19 @@ def export_onnx(
             module, trace_args(family, example_inputs, batch), raw, names, OUTPUT_NAMES, axes, opset, dynamo
         )
         meta = build_metadata(
-            model, reducer, out_stem=out.stem, opset=opset, dynamo=dynamo, overrides=metadata
+            sc.model, sc.reducer, out_stem=out.stem, opset=opset, dynamo=dynamo, overrides=metadata
         )
         _save(_finish(onnx.load(str(raw)), family, batch, simplify, meta), tmp)
         try:
-            reports = verify_all(tmp, model, reducer, example_inputs, batch, atol)
+            reports = verify_all(tmp, sc, example_inputs, batch, atol)
         except ExportError as err:
             if not simplify:
                 raise
             log.warning("slimmed graph failed verification (%s); retrying without onnxslim", err)
             _save(_finish(onnx.load(str(raw)), family, batch, False, meta), tmp)
-            reports = verify_all(tmp, model, reducer, example_inputs, batch, atol)
+            reports = verify_all(tmp, sc, example_inputs, batch, atol)
         if family == "bert":
-            copy_tokenizer(tokenizer_file, model, out)
+            copy_tokenizer(tokenizer_file, sc.model, out)
         os.replace(tmp, out)
     return ExportResult(out, reports[0], tuple(reports))
 
@@ -258,14 +258,13 @@ def _save(proto: onnx.ModelProto, path: Path) -> None:
 
 def verify_all(
     path: Path,
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     inputs: Mapping[str, torch.Tensor],
     batch: Batch,
     atol: float,
 ) -> list[ParityReport]:
     """The calibration batch, and for a dynamic batch its first sample alone (own length for text)."""
-    session, module = ort_utils.open_session(path), ExportModule(model, reducer).eval()
+    session, module = ort_utils.open_session(path), ExportModule(sc).eval()
     sets = [inputs, first_sample(inputs)] if batch == "dynamic" else [inputs]
     return [compare(session, module, s, atol, path) for s in sets]
 
@@ -306,8 +305,7 @@ def _chunks(inputs: Mapping[str, torch.Tensor], n: int | None) -> list[tuple[dic
 
 def verify_onnx(
     path: str | Path,
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     inputs: Mapping[str, torch.Tensor],
     atol: float = 1e-4,
 ) -> ParityReport:
@@ -315,7 +313,7 @@ def verify_onnx(
 
     Raises ExportError otherwise (and for files ORT cannot load). Returns the measured report.
     """
-    return compare(ort_utils.open_session(path), ExportModule(model, reducer).eval(), inputs, atol, path)
+    return compare(ort_utils.open_session(path), ExportModule(sc).eval(), inputs, atol, path)
 
 
 def compare(

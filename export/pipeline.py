@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from sttabt_edge.compat import model_parts
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, KEEP_RATIO_DEFAULTS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
@@ -36,6 +35,7 @@ from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, export_onnx, first_sample
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
 Warn = Callable[[str], None]
@@ -98,10 +98,10 @@ def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
 
 
 def calibration_batch(
-    model: nn.Module, req: ExportRequest, warn: Warn
+    sc: SparseClassifier, req: ExportRequest, warn: Warn
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The first ``calib_samples`` examples of an image folder or GLUE TSV, preprocessed like eval."""
-    family = model_parts(model).family
+    model, family = sc.model, sc.parts.family
     n = req.calib_samples
     if n < 1:
         raise InputError(f"--calib-samples must be >= 1, got {n}")
@@ -143,8 +143,8 @@ def synthetic_batch(model: nn.Module, family: str, n: int, seed: int = 0) -> dic
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
 
-def load_source(req: ExportRequest, warn: Warn) -> tuple[nn.Module, Reducer]:
-    """(model, reducer) to export: a ``train concrete|baseline`` output brings its fine-tuned model and
+def load_source(req: ExportRequest, warn: Warn) -> SparseClassifier:
+    """The SparseClassifier to export: a ``train concrete|baseline`` output brings its fine-tuned model and
     trained reducer (ApproxNet, thresholds, schedule); a dense model gets the reducer the request names."""
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.train.artifacts import load_sttabt
@@ -156,7 +156,7 @@ def load_source(req: ExportRequest, warn: Warn) -> tuple[nn.Module, Reducer]:
             )
         return load_sttabt(req.model)
     model = load_model(req.model)
-    return model, build_reducer(model, req, warn)
+    return SparseClassifier(model, build_reducer(model, req, warn))
 
 
 def approx_record(req: ExportRequest) -> dict[str, Any] | None:
@@ -206,10 +206,10 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     """Export + verification + optional INT8 + latency breakdown; returns the summary."""
 
     check_request(req)
-    model, reducer = load_source(req, warn)
-    calib, calib_src = calibration_batch(model, req, warn)
+    sc = load_source(req, warn)
+    calib, calib_src = calibration_batch(sc, req, warn)
     if req.target == "tflite":
-        return run_export_tflite(req, model, reducer, calib, calib_src)
+        return run_export_tflite(req, sc, calib, calib_src)
     kwargs: OnnxOptions = {
         "batch": req.batch,
         "opset": req.opset,
@@ -218,8 +218,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     }
     tokenizer = _tokenizer(req.model)
     result = export_onnx(
-        model,
-        reducer,
+        sc,
         fp32_sibling(req.out) if req.quantize else req.out,
         example_inputs=calib,
         metadata={"source_model": req.model, "approx": approx_record(req)},
@@ -229,27 +228,27 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
     path, report = result.path, result.parity.to_dict()
     summary: dict[str, Any] = {
         "out": str(req.out),
-        "method": reducer.name,
+        "method": sc.reducer.name,
         "batch": req.batch,
         "exporter": "dynamo" if req.dynamo else "legacy (TorchScript)",
         "opset": req.opset,
         "calibration": calib_src,
         "parity": {k: v for k, v in report.items() if k != "kept_counts"},
-        **kept_summary(report["kept_counts"], model, calib),
-        "flops": analytic_flops(model, reducer, calib),
+        **kept_summary(report["kept_counts"], sc, calib),
+        "flops": analytic_flops(sc, calib),
     }
     sample = timing_sample(calib, req.batch)
-    summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, _feeds(model, sample))
+    summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, _feeds(sc, sample))
     if req.fuse:  # after the widths: a fused file has no main-model Softmax left to measure
-        summary["fusion"] = _fuse(model, path, calib, req.batch)
+        summary["fusion"] = _fuse(sc, path, calib, req.batch)
     summary["ort_nodes"] = ort_utils.optimized_node_counts(path)
     int8 = None
     if req.quantize:
-        summary["quantization"] = _quantize(model, path, req.out, QUANTIZE[req.quantize], calib)
+        summary["quantization"] = _quantize(sc, path, req.out, QUANTIZE[req.quantize], calib)
         int8 = req.out
     summary.update(written_files(req.out, path, tokenizer is not None))
     if req.latency_runs > 0:
-        summary["latency_ms"] = _latency(model, reducer, path, sample, calib, req, kwargs, tokenizer, int8)
+        summary["latency_ms"] = _latency(sc, path, sample, calib, req, kwargs, tokenizer, int8)
         summary["latency_note"] = (
             f"batch 1, onnxruntime {req.threads} threads, spinning off, median of {req.latency_runs} runs, "
             "each graph in its own session, one after another"
@@ -263,18 +262,17 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
 
 
 def run_export_tflite(
-    req: ExportRequest, model: nn.Module, reducer: Reducer, calib: Mapping[str, torch.Tensor], calib_src: str
+    req: ExportRequest, sc: SparseClassifier, calib: Mapping[str, torch.Tensor], calib_src: str
 ) -> dict[str, Any]:
     """Static batch-1 .tflite (fixed per-layer counts), verified in the LiteRT interpreter."""
     from sttabt_edge.export.tflite import export_tflite, quantize_tflite, read_sidecar
 
     check_request(req)
-    family = model_parts(model).family
+    family = sc.parts.family
     if family == "bert":  # synthetic batches may exceed the static length; real ones are tokenized to it
         calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
     path = export_tflite(
-        model,
-        reducer,
+        sc,
         fp32_sibling(req.out) if req.quantize else req.out,
         example_inputs=calib,
         metadata={"source_model": req.model, "approx": approx_record(req)},
@@ -284,14 +282,14 @@ def run_export_tflite(
     side = read_sidecar(path)
     summary: dict[str, Any] = {
         "out": str(req.out),
-        "method": reducer.name,
+        "method": sc.reducer.name,
         "target": "tflite",
         "calibration": calib_src,
         "tflite": {k: v for k, v in side["tflite"].items() if k != "verification"},
         "parity": side["tflite"].get("verification"),
     }
     if req.quantize:
-        report = quantize_tflite(path, req.out, model=model, reducer=reducer, inputs=calib)
+        report = quantize_tflite(path, req.out, sc=sc, inputs=calib)
         sizes = {"fp32_bytes": path.stat().st_size, "int8_bytes": req.out.stat().st_size}
         summary["quantization"] = {"mode": "dynamic-range", **report, **sizes}
     summary.update(written_files(req.out, path, family == "bert", sidecar=True))
@@ -314,13 +312,13 @@ def written_files(out: Path, fp32: Path, text: bool, sidecar: bool = False) -> d
 
 
 def kept_summary(
-    kept_counts: list[list[int]], model: nn.Module, calib: Mapping[str, torch.Tensor]
+    kept_counts: list[list[int]], sc: SparseClassifier, calib: Mapping[str, torch.Tensor]
 ) -> dict[str, Any]:
     """Mean real tokens entering each layer vs the mean real length (what the export keeps)."""
     from sttabt_edge.models.adapter import embed
 
     with torch.no_grad():
-        _, pad = embed(model_parts(model), calib)  # (B, N) real-token mask, for either family
+        _, pad = embed(sc.parts, calib)  # (B, N) real-token mask, for either family
     kept = np.asarray(kept_counts, dtype=np.float64)  # (B, L)
     return {
         "kept_tokens_per_layer_mean": [round(v, 2) for v in kept.mean(0).tolist()],
@@ -328,17 +326,15 @@ def kept_summary(
     }
 
 
-def analytic_flops(model: nn.Module, reducer: Reducer, calib: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def analytic_flops(sc: SparseClassifier, calib: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Mean analytic GFLOPs per example of the exported method (incl. ApproxNet and back-tracking)
     and of the dense model on the calibration batch, and their ratio."""
     from sttabt_edge.method.flops import dense_flops, flops_summary, output_flops
-    from sttabt_edge.sparse_model import SparseClassifier
 
-    parts = model_parts(model)
     with torch.no_grad():
-        out = SparseClassifier(model, reducer)(**calib)
-    dense = dense_flops(parts, out.pad_mask.sum(dim=1))
-    return flops_summary(output_flops(parts, out, reducer, calib), dense)
+        out = sc(**calib)
+    dense = dense_flops(sc.parts, out.pad_mask.sum(dim=1))
+    return flops_summary(output_flops(sc.parts, out, sc.reducer, calib), dense)
 
 
 def _tokenizer(model: str) -> Path | None:
@@ -346,8 +342,8 @@ def _tokenizer(model: str) -> Path | None:
     return tok if tok.is_file() else None
 
 
-def _feeds(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return ort_utils.to_feeds(input_names(model_parts(model).family), inputs)
+def _feeds(sc: SparseClassifier, inputs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return ort_utils.to_feeds(input_names(sc.parts.family), inputs)
 
 
 def timing_sample(calib: Mapping[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
@@ -361,24 +357,25 @@ def timing_sample(calib: Mapping[str, torch.Tensor], batch: Batch) -> dict[str, 
 
 
 def _quantize(
-    model: nn.Module, path: Path, out: Path, mode: str, calib: Mapping[str, torch.Tensor]
+    sc: SparseClassifier, path: Path, out: Path, mode: str, calib: Mapping[str, torch.Tensor]
 ) -> dict[str, Any]:
     from sttabt_edge.export.quantize import quantize_onnx
 
-    return quantize_onnx(path, out, mode, _feeds(model, calib)).to_dict()
+    return quantize_onnx(path, out, mode, _feeds(sc, calib)).to_dict()
 
 
-def _fuse(model: nn.Module, path: Path, calib: Mapping[str, torch.Tensor], batch: Batch) -> dict[str, Any]:
+def _fuse(
+    sc: SparseClassifier, path: Path, calib: Mapping[str, torch.Tensor], batch: Batch
+) -> dict[str, Any]:
     """Fuse the verified file in place, checked against it on the sets it was verified on."""
     from sttabt_edge.export.fusion import fuse_onnx
 
     sets = [calib, first_sample(calib)] if batch == "dynamic" else [calib]
-    return fuse_onnx(path, path, check_inputs=[_feeds(model, s) for s in sets], record=True).to_dict()
+    return fuse_onnx(path, path, check_inputs=[_feeds(sc, s) for s in sets], record=True).to_dict()
 
 
 def _latency(
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     path: Path,
     sample: Mapping[str, torch.Tensor],
     calib: Mapping[str, torch.Tensor],
@@ -391,27 +388,25 @@ def _latency(
     from sttabt_edge.export.profile import latency_breakdown
     from sttabt_edge.reducers.dense import DenseReducer
 
-    feeds = _feeds(model, sample)
+    feeds = _feeds(sc, sample)
     runs, threads = req.latency_runs, req.threads
     result: dict[str, float] = {}
-    if reducer.name == "dense":
+    if sc.reducer.name == "dense":
         result["dense"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
     else:
         with tempfile.TemporaryDirectory(prefix="sttabt-export-") as work:
             dense = export_onnx(
-                model,
-                DenseReducer(),
+                sc.with_reducer(DenseReducer()),
                 Path(work) / "dense.onnx",
                 example_inputs=calib,
                 tokenizer_file=tokenizer,
                 **kwargs,
             ).path
             if req.fuse:  # the reference runs the same kernels as the pipeline
-                _fuse(model, dense, calib, req.batch)
-            if reducer.name == "sttabt":
+                _fuse(sc, dense, calib, req.batch)
+            if sc.reducer.name == "sttabt":
                 result = latency_breakdown(
-                    model,
-                    reducer,
+                    sc,
                     path,
                     sample,
                     Path(work),

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import ApproxStage, MaskStage, SparseStage, example_args, input_names
 from sttabt_edge.export.onnx import Batch, dynamic_axes, trace_to_onnx
-from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.sparse_model import SparseClassifier
 
 STAGES = ("approxnet", "masks", "sparse_model")
 
@@ -47,8 +46,7 @@ def _batch2(t: torch.Tensor, batch_dim: int) -> torch.Tensor:
 
 
 def export_stages(
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     sample: Mapping[str, torch.Tensor],
     work: Path,
     opset: int = 17,
@@ -60,9 +58,9 @@ def export_stages(
     ``batch``: "dynamic", or fixed like the pipeline it is compared with (the sample's batch).
     """
     dyn = batch == "dynamic"
-    approx = ApproxStage(model, reducer).eval()
-    masks = MaskStage(model, reducer).eval()
-    sparse = SparseStage(model, reducer).eval()
+    approx = ApproxStage(sc).eval()
+    masks = MaskStage(sc).eval()
+    sparse = SparseStage(sc).eval()
     family = sparse.parts.family
     names = input_names(family)
     args = example_args(family, sample)
@@ -132,8 +130,7 @@ def check_stage(stage: Stage, atol: float = 1e-4) -> None:
 
 
 def latency_breakdown(
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     pipeline: Path,
     sample: Mapping[str, torch.Tensor],
     work: Path,
@@ -152,7 +149,7 @@ def latency_breakdown(
     ``sample``: one example (batch 1, text without padding), the edge use case; ``batch``: the
     pipeline's batch axis, so the stage graphs are exported (and optimised) like it.
     """
-    stages = export_stages(model, reducer, sample, work, opset, dynamo, batch)
+    stages = export_stages(sc, sample, work, opset, dynamo, batch)
     for stage in stages.values():
         check_stage(stage)
     feeds = ort_utils.to_feeds(tuple(stages["approxnet"].feeds), sample)

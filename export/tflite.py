@@ -69,7 +69,6 @@ import torch
 from torch import nn
 
 from sttabt_edge.atomic import atomic_write_bytes
-from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export.graph import ExportModule, example_args, input_names
 from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name
@@ -89,6 +88,7 @@ from sttabt_edge.export.tflite_graph import (
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime import contract
+from sttabt_edge.sparse_model import SparseClassifier
 
 __all__ = [
     "StaticTopkReducer",
@@ -104,11 +104,10 @@ __all__ = [
 # ---- static inputs --------------------------------------------------------------------------
 
 
-def token_count(model: nn.Module, sample: Sample) -> int:
+def token_count(sc: SparseClassifier, sample: Sample) -> int:
     """N of the static graph: the text length, or the ViT's patches + prefix tokens."""
-    parts = model_parts(model)
     with torch.no_grad():
-        return int(embed(parts, sample)[0].shape[1])
+        return int(embed(sc.parts, sample)[0].shape[1])
 
 
 def samples(family: str, inputs: Mapping[str, torch.Tensor], seq_len: int | None) -> list[Sample]:
@@ -166,9 +165,9 @@ def run_tflite(path: str | Path, batch: Sequence[Sample], threads: int = 1) -> t
 
 
 @torch.no_grad()
-def run_torch(model: nn.Module, reducer: Reducer, batch: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
+def run_torch(sc: SparseClassifier, batch: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
     """The eager library on each sample at its own length (no padding) -> (logits, kept_counts)."""
-    module = ExportModule(model, reducer).eval()
+    module = ExportModule(sc).eval()
     outs = [module(*unpadded(s).values()) for s in batch]
     return torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
 
@@ -210,25 +209,24 @@ def _static_len(path: Path, family: str) -> int | None:
 
 def verify_tflite(
     path: str | Path,
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     inputs: Mapping[str, torch.Tensor],
     atol: float | None = 1e-4,
 ) -> dict[str, Any]:
     """LiteRT vs eager PyTorch, sample by sample: max |Δlogit| <= atol and identical kept counts.
 
     Text is padded to the file's static length for LiteRT and left unpadded for PyTorch.
-    A threshold ``reducer`` is compared through the fixed ratios recorded in the sidecar.
+    A threshold reducer is compared through the fixed ratios recorded in the sidecar.
     ``atol=None`` only reports the logit gap (quantized files). Raises ExportError.
     """
     p = Path(path)
-    family = model_parts(model).family
+    family = sc.parts.family
     ratios = None
-    if getattr(reducer, "thresholds", None) is not None:
+    if getattr(sc.reducer, "thresholds", None) is not None:
         ratios = read_sidecar(p)["keep_schedule"]
-    ref_reducer, _ = reference_reducer(model, reducer, inputs, ratios)
+    ref_reducer, _ = reference_reducer(sc.model, sc.reducer, inputs, ratios)
     batch = samples(family, inputs, _static_len(p, family))
-    return _check(compare(run_tflite(p, batch), run_torch(model, ref_reducer, batch)), p, atol)
+    return _check(compare(run_tflite(p, batch), run_torch(sc.with_reducer(ref_reducer), batch)), p, atol)
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -290,8 +288,7 @@ def tflite_metadata(
 
 
 def export_tflite(
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     out_path: str | Path,
     *,
     example_inputs: Mapping[str, torch.Tensor],
@@ -301,7 +298,7 @@ def export_tflite(
     tokenizer_file: str | Path | None = None,
     atol: float = 1e-4,
 ) -> Path:
-    """Convert ``model`` under ``reducer`` to a static batch-1 .tflite, verify it, write ``<file>.json``.
+    """Convert ``sc`` (its model under its reducer) to a static batch-1 .tflite, verify it, write ``<file>.json``.
 
     ``example_inputs``: a small real batch: the conversion sample (its first row), the
     threshold calibration set and the verification set. ``seq_len``: text only, the static
@@ -312,23 +309,24 @@ def export_tflite(
     """
     if quantize is not None and quantize not in QUANT_MODES:
         raise ExportError(f"quantize must be one of {QUANT_MODES} or None, got {quantize!r}")
+    model, reducer = sc.model, sc.reducer
     model.eval()  # as ExportModule(...).eval() does for ONNX: no dropout, no concrete-mask noise
     reducer.eval()
-    family = model_parts(model).family
+    family = sc.parts.family
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     ref, approximation = reference_reducer(model, reducer, example_inputs)
     batch = samples(family, example_inputs, seq_len)
-    n_tokens = token_count(model, batch[0])
+    n_tokens = token_count(sc, batch[0])
     graph_reducer = static_reducer(model, ref, n_tokens)
     if family == "bert":  # before the (minutes-long) conversion: a missing tokenizer fails fast
         copy_tokenizer(tokenizer_file, model, out)
     tmp = out.with_name(out.name + ".float.tmp")
     try:
-        tmp.write_bytes(convert(TfliteModule(model, graph_reducer), batch[0]))
-        torch_out = run_torch(model, ref, batch)
+        tmp.write_bytes(convert(TfliteModule(sc.with_reducer(graph_reducer)), batch[0]))
+        torch_out = run_torch(sc.with_reducer(ref), batch)
         if approximation is not None:  # how far fixed counts are from the thresholds, in PyTorch
-            approximation["agreement_with_thresholds"] = compare(torch_out, run_torch(model, reducer, batch))
+            approximation["agreement_with_thresholds"] = compare(torch_out, run_torch(sc, batch))
         reports = {"float": _check(compare(run_tflite(tmp, batch), torch_out), out, atol)}
         if quantize is not None:
             tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize))
@@ -356,8 +354,7 @@ def quantize_tflite(
     float_path: str | Path,
     out_path: str | Path,
     *,
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     inputs: Mapping[str, torch.Tensor],
     mode: str = "int8",
 ) -> dict[str, Any]:
@@ -380,7 +377,7 @@ def quantize_tflite(
         meta["tflite"]["size_bytes"] = out.stat().st_size
         meta[contract.DIGEST_KEY] = contract.file_digest(out.read_bytes())
         _write_json(sidecar_path(out), meta)  # verify_tflite reads a threshold model's schedule from it
-        report = verify_tflite(out, model, reducer, inputs, atol=None)
+        report = verify_tflite(out, sc, inputs, atol=None)
     except BaseException:
         out.unlink(missing_ok=True)
         sidecar_path(out).unlink(missing_ok=True)

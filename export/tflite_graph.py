@@ -40,6 +40,7 @@ from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import exportable_kinds
 from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.sparse_model import SparseClassifier
 
 SUPPORTED = exportable_kinds("tflite")
 QUANT_MODES = ("int8",)
@@ -201,9 +202,9 @@ class TfliteModule(nn.Module):
     ``input_ids``/``logits``..., which the runtime maps by name.
     """
 
-    def __init__(self, model: nn.Module, reducer: Reducer):
+    def __init__(self, sc: SparseClassifier):
         super().__init__()
-        self.inner = ExportModule(model, reducer)
+        self.inner = ExportModule(sc)
 
     def forward(
         self,

@@ -148,12 +148,13 @@ def eval_cmd(
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.reducers.factory import make_reducer
     from sttabt_edge.runtime import TextPreprocess
+    from sttabt_edge.sparse_model import SparseClassifier
 
     try:
         if trained:
             from sttabt_edge.train.artifacts import load_sttabt
 
-            net, reducer = load_sttabt(model)
+            sc = load_sttabt(model)
             model = str(model_files(model))  # tokenizer.json / synsets.json sit beside the weights
         else:
             net = load_model(model)
@@ -166,12 +167,12 @@ def eval_cmd(
                 from sttabt_edge.method.approxnet import ApproxNet
 
                 kwargs["approx"] = ApproxNet.load(approx_dir)
-            reducer = make_reducer(method.value, **kwargs)
+            sc = SparseClassifier(net, make_reducer(method.value, **kwargs))
         image_pre: ImagePreprocess | None = None
         text_pre: TextPreprocess | None = None
         if data.is_dir():
             examples = image_folder(data, model_class_names(model) if Path(model).is_dir() else None)
-            image_pre, task = image_preprocess_for(net), None
+            image_pre, task = image_preprocess_for(sc.model), None
         else:
             examples = glue_tsv(data)
             text_pre, task = TextPreprocess.from_file(Path(model)), data.parent.name
@@ -181,21 +182,17 @@ def eval_cmd(
 
             occupancy_length = longest_length(examples, text_pre)
         if method == Method.ltp and not trained:  # untrained LTP: thresholds set on the first batch
-            from sttabt_edge.compat import model_parts
             from sttabt_edge.data import batches
             from sttabt_edge.reducers.ltp import LtpReducer
 
-            assert isinstance(reducer, LtpReducer)  # make_reducer("ltp")
+            assert isinstance(sc.reducer, LtpReducer)  # make_reducer("ltp")
             first, _ = next(batches(examples, batch_size, image_pre, text_pre))
             with torch.inference_mode():
-                reducer.calibrate(
-                    model_parts(net), {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio
-                )
+                sc.reducer.calibrate(sc.parts, {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
         with torch.inference_mode():
-            name = f"{reducer.name}-trained" if trained else method.value
+            name = f"{sc.reducer.name}-trained" if trained else method.value
             res = evaluate(
-                net,
-                reducer,
+                sc,
                 examples,
                 image_pre,
                 text_pre,

@@ -267,7 +267,6 @@ def show_cmd(
     import numpy as np
     import torch
 
-    from sttabt_edge.compat import model_parts
     from sttabt_edge.data import image_preprocess_for
     from sttabt_edge.errors import SttabtError
     from sttabt_edge.export.metadata import labels
@@ -284,13 +283,13 @@ def show_cmd(
             from sttabt_edge.method.approxnet import ApproxNet
 
             kwargs["approx"] = ApproxNet.load(approx_dir)
-        reducer = make_reducer(method, **kwargs)
-        parts = model_parts(net)
+        sc = SparseClassifier(net, make_reducer(method, **kwargs))
+        parts = sc.parts
         if image is not None:
             pre = image_preprocess_for(net)
             px = pre([image])
             with torch.no_grad():
-                res = SparseClassifier(net, reducer)(pixel_values=torch.from_numpy(px))
+                res = sc(pixel_values=torch.from_numpy(px))
             keep = [k[0].numpy() for k in res.keep[:-1]]
             patch = int(net.config.patch_size)
             label = labels(net)[int(res.logits.argmax())]
@@ -301,7 +300,7 @@ def show_cmd(
             tok = TextPreprocess.from_file(Path(model))
             enc = tok([text])
             with torch.no_grad():
-                res = SparseClassifier(net, reducer)(**{k: torch.from_numpy(v) for k, v in enc.items()})
+                res = sc(**{k: torch.from_numpy(v) for k, v in enc.items()})
             tokens = [
                 tok.tokenizer.id_to_token(int(i)) or "[?]" for i in enc["input_ids"][0]
             ]  # None: not in vocab
@@ -340,13 +339,14 @@ def verify_cmd(
     from sttabt_edge.model_info import is_trained_dir, model_files
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.runtime import load
+    from sttabt_edge.sparse_model import SparseClassifier
     from sttabt_edge.train.artifacts import load_sttabt
     from sttabt_edge.verify import Tolerance, reference_reducer, verify
 
     try:
         pred = load(model, verify_digest=not no_verify_digest)
         if is_trained_dir(reference):  # a train concrete|baseline output: its fine-tuned model
-            net, _ = load_sttabt(reference)
+            net = load_sttabt(reference).model
         else:
             net = load_model(reference)
         reference = str(model_files(reference))  # synsets.json sits beside the weights
@@ -361,8 +361,7 @@ def verify_cmd(
         examples = examples[:max_samples] if max_samples else examples
         report = verify(
             pred,
-            net,
-            reducer,
+            SparseClassifier(net, reducer),
             examples,
             batch_size,
             Tolerance(max_abs_logit, min_top1_agreement, min_kept_agreement),

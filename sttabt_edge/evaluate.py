@@ -10,15 +10,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
-from sttabt_edge.compat import model_parts
 from sttabt_edge.data import Example, batches
 from sttabt_edge.method.flops import dense_flops, output_flops
 from sttabt_edge.method.metrics import occupancy
-from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
-from sttabt_edge.sparse_model import SparseClassifier
+from sttabt_edge.sparse_model import SparseClassifier, accepts_pair
 
 
 @dataclass
@@ -60,10 +57,10 @@ def task_metrics(preds: np.ndarray, labels: np.ndarray, task: str | None = None)
     return out
 
 
+@accepts_pair(0)  # also evaluate(model, reducer, examples, ...), the older form
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     examples: Sequence[Example],
     image: ImagePreprocess | None = None,
     text: TextPreprocess | None = None,
@@ -74,7 +71,7 @@ def evaluate(
     progress: bool = True,
     occupancy_length: int | None = None,
 ) -> EvalResult:
-    """Run ``model`` under ``reducer`` over ``examples`` with real token removal.
+    """Run ``sc`` over ``examples`` (``mode="remove"``, its default: real token removal).
 
     ``occupancy_length``: the padded length T of the paper's occupancy (e.g. the longest
     example, as the official GLUE evaluation pads); None divides by each real length.
@@ -84,8 +81,8 @@ def evaluate(
 
     if not examples:
         raise ValueError("no examples to evaluate")
-    sc = SparseClassifier(model, reducer).eval()
-    parts = model_parts(model)
+    sc.eval()
+    parts, reducer = sc.parts, sc.reducer
     preds, labels, ret, occ, flops, dense = [], [], [], [], [], []
     with Progress(
         disable=not progress, transient=True, console=Console(stderr=True)

@@ -7,10 +7,11 @@ handle.remove()               # the model is exactly as before
 
 from __future__ import annotations
 
+import functools
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -50,17 +51,44 @@ def sparse_forward(
 
 
 class SparseClassifier(nn.Module):
-    """A classifier plus a reducer; what the trainer trains and the exporter traces."""
+    """A classifier plus a reducer: the one unit the trainer trains, evaluation and verification run
+    and the exporter traces (its ``parts`` are found once, here)."""
 
-    def __init__(self, model: nn.Module, reducer: Reducer, mode: str = "remove"):
+    def __init__(
+        self, model: nn.Module, reducer: Reducer, mode: str = "remove", parts: ModelParts | None = None
+    ):
         super().__init__()
         self.model = model
         self.reducer = reducer
         self.mode = mode
-        self.parts = model_parts(model)
+        self.parts = model_parts(model) if parts is None else parts
 
     def forward(self, **inputs: torch.Tensor) -> SparseOutput:
         return sparse_forward(self.parts, self.reducer, inputs, self.mode)
+
+    def with_reducer(self, reducer: Reducer) -> SparseClassifier:
+        """The same model (shared, parts reused) under another reducer, e.g. a reference one."""
+        return SparseClassifier(self.model, reducer, self.mode, self.parts)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def accepts_pair(at: int) -> Callable[[F], F]:
+    """Let ``fn(..., sc, ...)`` (a SparseClassifier at position ``at``) also be called the older way,
+    ``fn(..., model, reducer, ...)``: scripts written against the pair keep working unchanged."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            pair = len(args) > at + 1 and isinstance(args[at + 1], Reducer)
+            if pair and not isinstance(args[at], SparseClassifier):
+                args = (*args[:at], SparseClassifier(args[at], args[at + 1]), *args[at + 2 :])
+            return fn(*args, **kwargs)
+
+        return cast(F, call)
+
+    return wrap
 
 
 class PatchHandle:

@@ -22,7 +22,7 @@ from sttabt_edge.evaluate import task_metrics
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime import load
 from sttabt_edge.runtime.predictor import Predictor
-from sttabt_edge.sparse_model import SparseClassifier
+from sttabt_edge.sparse_model import SparseClassifier, accepts_pair
 
 
 @dataclass
@@ -80,20 +80,21 @@ def reference_reducer(
     return build(spec, approx.eval()).eval()
 
 
+@accepts_pair(1)  # also verify(exported, model, reducer, examples, ...), the older form
 @torch.no_grad()
 def verify(
     exported: Predictor | str | Path,
-    model: torch.nn.Module,
-    reducer: Reducer,
+    sc: SparseClassifier,
     examples: Sequence[Example],
     batch_size: int = 16,
     tolerance: Tolerance | None = None,
     task: str | None = None,
 ) -> VerifyReport:
-    """Compare PyTorch and the exported file on ``examples``."""
+    """Compare PyTorch (``sc``, the export's model under its reference reducer) and the exported
+    file on ``examples``."""
     pred = exported if isinstance(exported, Predictor) else load(exported)
     tol = tolerance or Tolerance()
-    ref_model = SparseClassifier(model, reducer).eval()
+    ref_model = sc.eval()
     diffs, ref_logits, exp_logits, labels, kept_eq = [], [], [], [], []
     for np_inputs, y in batches(examples, batch_size, pred.image, pred.text, pred.max_length):
         feed = {k: v for k, v in np_inputs.items() if k in pred.input_names}

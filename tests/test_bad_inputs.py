@@ -34,6 +34,7 @@ from PIL import Image
 from sttabt_edge.errors import InputError, ModelFileError
 from sttabt_edge.runtime import ImagePreprocess, load
 from sttabt_edge.runtime import images as images_mod
+from sttabt_edge.sparse_model import SparseClassifier
 
 W = np.eye(3, 4, dtype=np.float32) * 10  # red -> label 0, green -> 1, blue -> 2
 
@@ -735,8 +736,7 @@ def fuzz_exports(tmp_path_factory) -> dict:
         for name, plan in plans.items():
             reducer = _reducer(model, plan)
             path = export_onnx(
-                model,
-                reducer,
+                SparseClassifier(model, reducer),
                 root / f"{family}-{name}.onnx",
                 example_inputs=example,
                 simplify=False,
@@ -795,8 +795,7 @@ def test_fuzz_real_minilm_rows_equal_alone_and_pytorch(shared_dir, tmp_path):
     reducer = SttabtReducer(build_approxnet(model, 4, "interpolate").eval(), keep_ratio=0.3)
     enc = TextPreprocess.from_file(model_dir)(["a gripping, funny film", "dull", "not bad at all, really"])
     path = export_onnx(
-        model,
-        reducer,
+        SparseClassifier(model, reducer),
         tmp_path / "minilm.onnx",
         simplify=False,
         example_inputs={k: torch.from_numpy(v) for k, v in enc.items()},
@@ -828,7 +827,9 @@ def test_fuzz_real_deit_rows_equal_alone_and_pytorch(shared_dir, tmp_path):
     reducer = SttabtReducer(build_approxnet(model, 4, "interpolate").eval(), keep_ratio=0.3)
     example = {"pixel_values": torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))}
     pred = load(
-        export_onnx(model, reducer, tmp_path / "deit.onnx", simplify=False, example_inputs=example).path,
+        export_onnx(
+            SparseClassifier(model, reducer), tmp_path / "deit.onnx", simplify=False, example_inputs=example
+        ).path,
         threads=1,
     )
 

@@ -144,7 +144,11 @@ def test_onnx_export_matches_pytorch(tmp_path):
     tok = tmp_path / "tokenizer.json"
     _tiny_tokenizer(tok)
     path = export_onnx(
-        model, reducer, tmp_path / "c.onnx", example_inputs=text_batch(), tokenizer_file=tok, simplify=False
+        SparseClassifier(model, reducer),
+        tmp_path / "c.onnx",
+        example_inputs=text_batch(),
+        tokenizer_file=tok,
+        simplify=False,
     ).path
     import onnxruntime as ort
 

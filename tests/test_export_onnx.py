@@ -35,6 +35,7 @@ from sttabt_edge.method.concrete import ConcreteThresholds
 from sttabt_edge.reducers.dense import DenseReducer
 from sttabt_edge.reducers.factory import make_reducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
+from sttabt_edge.sparse_model import SparseClassifier
 
 TEXT = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -62,7 +63,9 @@ def padded_text(lengths: list[int], width: int, seed: int = 0) -> dict[str, torc
 
 def export(model, reducer, tmp_path, inputs, name="m", **kw):
     kw.setdefault("simplify", False)  # onnxslim costs ~2 s; test_metadata_roundtrip covers it
-    return export_onnx(model, reducer, tmp_path / f"{name}.onnx", example_inputs=inputs, **kw).path
+    return export_onnx(
+        SparseClassifier(model, reducer), tmp_path / f"{name}.onnx", example_inputs=inputs, **kw
+    ).path
 
 
 def dense_logits(model, inputs) -> np.ndarray:
@@ -75,7 +78,7 @@ class Graph:
 
     def __init__(self, path, model, reducer):
         self.path, self.session = path, ort_utils.open_session(path)
-        self.module = ExportModule(model, reducer).eval()
+        self.module = ExportModule(SparseClassifier(model, reducer)).eval()
 
     def verify(self, inputs, atol: float = 1e-4) -> ParityReport:
         """What verify_onnx does (ORT vs PyTorch, raises beyond atol), on the shared session."""
@@ -229,7 +232,9 @@ def test_export_result_reports(tmp_path):
     """export_onnx returns the path, the calibration batch's report and every verified set's report."""
     model = tiny_vit()
     reducer = sttabt(model, 0.5)
-    res = export_onnx(model, reducer, tmp_path / "r.onnx", example_inputs=images(3), simplify=False)
+    res = export_onnx(
+        SparseClassifier(model, reducer), tmp_path / "r.onnx", example_inputs=images(3), simplify=False
+    )
     assert isinstance(res, ExportResult) and res.path == tmp_path / "r.onnx" and res.path.is_file()
     assert len(res.checks) == 2 and res.parity is res.checks[0]  # dynamic batch: the batch, then sample 0
     assert [c.num_samples for c in res.checks] == [3, 1]
@@ -240,7 +245,11 @@ def test_export_result_reports(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         res.parity.max_abs_diff = 0.0  # type: ignore[misc]
     fixed = export_onnx(
-        model, reducer, tmp_path / "f.onnx", example_inputs=images(2), batch=2, simplify=False
+        SparseClassifier(model, reducer),
+        tmp_path / "f.onnx",
+        example_inputs=images(2),
+        batch=2,
+        simplify=False,
     )
     assert len(fixed.checks) == 1 and fixed.parity.num_samples == 2
 
@@ -251,7 +260,9 @@ def test_static_batch_and_specialisation_check(tmp_path):
     path = export(model, reducer, tmp_path, images(2), batch=2)
     proto = onnx.load(str(path))
     assert check_io_dims(proto, "vit", 2)["pixel_values"] == [2, 3, 32, 32]
-    assert verify_onnx(path, model, reducer, images(3)).num_samples == 3  # run in chunks of 2
+    assert (
+        verify_onnx(path, SparseClassifier(model, reducer), images(3)).num_samples == 3
+    )  # run in chunks of 2
     proto.graph.input[0].type.tensor_type.shape.dim[
         0
     ].dim_value = 1  # what a silent specialisation looks like
@@ -262,11 +273,11 @@ def test_static_batch_and_specialisation_check(tmp_path):
 def test_unexportable_reducers_fail_clearly(tmp_path, tokenizer):
     vit, bert = tiny_vit(), tiny_bert()
     with pytest.raises(ExportError, match="oracle"):
-        ExportModule(vit, SttabtReducer(None, keep_ratio=0.5))
+        ExportModule(SparseClassifier(vit, SttabtReducer(None, keep_ratio=0.5)))
     with pytest.raises(ExportError, match="not exportable"):
-        ExportModule(vit, make_reducer("ltp", num_layers=3))
+        ExportModule(SparseClassifier(vit, make_reducer("ltp", num_layers=3)))
     with pytest.raises(ExportError, match="ViT"):
-        ExportModule(bert, make_reducer("topk", keep_ratio=0.5))
+        ExportModule(SparseClassifier(bert, make_reducer("topk", keep_ratio=0.5)))
     with pytest.raises(ExportError, match="tokenizer"):
         export(bert, DenseReducer(), tmp_path, text_batch())  # text needs its tokenizer.json
     with pytest.raises(ExportError, match="batch"):
@@ -277,7 +288,7 @@ def test_verification_catches_a_wrong_graph(tmp_path):
     model, other = tiny_vit(0), tiny_vit(1)
     path = export(model, DenseReducer(), tmp_path, images(2))
     with pytest.raises(ExportError, match="differ"):
-        verify_onnx(path, other, DenseReducer(), images(2))
+        verify_onnx(path, SparseClassifier(other, DenseReducer()), images(2))
 
 
 # ---- metadata, files ----------------------------------------------------------------------------
@@ -334,7 +345,7 @@ def test_corrupt_file_gives_clear_error(tmp_path, damage):
     elif damage == "garbage":
         bad.write_bytes(b"\x08\xff" + bytes(range(256)) * 8)
     with pytest.raises(ExportError, match="corrupt|not found"):
-        verify_onnx(bad, model, DenseReducer(), images(1))
+        verify_onnx(bad, SparseClassifier(model, DenseReducer()), images(1))
     with pytest.raises(ExportError, match="corrupt|not found|no 'sttabt_edge' metadata"):
         read_metadata(bad)
 
@@ -408,7 +419,13 @@ def test_int8_static_needs_calibration(tmp_path):
 def test_latency_breakdown_stages_match(tmp_path, bert05):
     model, reducer = bert05.module.model, bert05.module.reducer
     res = latency_breakdown(
-        model, reducer, bert05.path, padded_text([11], 11), tmp_path, threads=1, runs=2, warmup=0
+        SparseClassifier(model, reducer),
+        bert05.path,
+        padded_text([11], 11),
+        tmp_path,
+        threads=1,
+        runs=2,
+        warmup=0,
     )
     assert set(res) == {"approxnet", "masks", "sparse_model", "stages_sum", "pipeline"}
     assert all(v > 0 for v in res.values())
@@ -510,7 +527,7 @@ def test_deit_tiny_untrained_approx_parity(tmp_path, shared_dir):
     files = [e.inputs for e in image_folder(shared_dir / "data" / "imagenet-sample")[:8]]
     x = {"pixel_values": torch.from_numpy(image_preprocess_for(model)(files))}
     path = export(model, reducer, tmp_path, {k: v[:2] for k, v in x.items()})
-    rep = verify_onnx(path, model, reducer, x, atol=1e-4)
+    rep = verify_onnx(path, SparseClassifier(model, reducer), x, atol=1e-4)
     assert rep.max_abs_diff <= 1e-4 and rep.kept_counts_equal and rep.num_samples == 8
     kept = np.asarray(rep.kept_counts)  # (8, 12): union sets grow toward the input
     assert (kept >= math.ceil(0.3 * 197)).all() and (np.diff(kept, axis=1) <= 0).all()

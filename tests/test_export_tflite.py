@@ -36,6 +36,7 @@ from sttabt_edge.reducers import SttabtReducer  # noqa: E402
 from sttabt_edge.reducers.dense import DenseReducer  # noqa: E402
 from sttabt_edge.reducers.topk import TopkReducer  # noqa: E402
 from sttabt_edge.runtime import load  # noqa: E402
+from sttabt_edge.sparse_model import SparseClassifier  # noqa: E402
 
 pytestmark = pytest.mark.tflite
 # Tests sharing the converted tiny ViT: one xdist worker converts it once (`-n 2 --dist loadgroup`).
@@ -57,7 +58,7 @@ def softmax_widths(path: Path) -> list[int]:
 
 
 def torch_out(model, reducer, inputs) -> tuple[np.ndarray, np.ndarray]:
-    module = ExportModule(model, reducer).eval()
+    module = ExportModule(SparseClassifier(model, reducer)).eval()
     with torch.no_grad():
         logits, kept = module(*example_args(module.parts.family, inputs))
     return logits.numpy(), kept.numpy()
@@ -81,7 +82,9 @@ def pixels():
 @pytest.fixture(scope="module")
 def vit_file(tmp_path_factory, vit, vit_reducer, pixels):
     out = tmp_path_factory.mktemp("vit") / "vit_sttabt.tflite"
-    return export_tflite(vit, vit_reducer, out, example_inputs=pixels, metadata={"source_model": "tiny-vit"})
+    return export_tflite(
+        SparseClassifier(vit, vit_reducer), out, example_inputs=pixels, metadata={"source_model": "tiny-vit"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,11 @@ def bert_reducer(bert):
 def bert_file(tmp_path_factory, bert, bert_reducer, tokenizer):
     out = tmp_path_factory.mktemp("bert") / "bert_sttabt.tflite"
     return export_tflite(
-        bert, bert_reducer, out, example_inputs=text_batch(), seq_len=SEQ_LEN, tokenizer_file=tokenizer
+        SparseClassifier(bert, bert_reducer),
+        out,
+        example_inputs=text_batch(),
+        seq_len=SEQ_LEN,
+        tokenizer_file=tokenizer,
     )
 
 
@@ -134,15 +141,28 @@ def test_static_backtrack_equals_library_on_padded_text(bert, ratio):
 
 def test_unsupported_inputs_fail_clearly(vit, bert, bert_reducer, tmp_path):
     with pytest.raises(ExportError, match="ONNX instead"):
-        export_tflite(vit, TopkReducer(keep_ratio=0.5), tmp_path / "t.tflite", example_inputs={})
+        export_tflite(
+            SparseClassifier(vit, TopkReducer(keep_ratio=0.5)), tmp_path / "t.tflite", example_inputs={}
+        )
     with pytest.raises(ExportError, match="ApproxNet"):
-        export_tflite(vit, SttabtReducer(keep_ratio=0.5), tmp_path / "t.tflite", example_inputs={})
+        export_tflite(
+            SparseClassifier(vit, SttabtReducer(keep_ratio=0.5)), tmp_path / "t.tflite", example_inputs={}
+        )
     with pytest.raises(ExportError, match="quantize"):
-        export_tflite(vit, DenseReducer(), tmp_path / "t.tflite", example_inputs={}, quantize="int4")
+        export_tflite(
+            SparseClassifier(vit, DenseReducer()), tmp_path / "t.tflite", example_inputs={}, quantize="int4"
+        )
     with pytest.raises(ExportError, match="static length 8"):
-        export_tflite(bert, bert_reducer, tmp_path / "t.tflite", example_inputs=text_batch(), seq_len=8)
+        export_tflite(
+            SparseClassifier(bert, bert_reducer),
+            tmp_path / "t.tflite",
+            example_inputs=text_batch(),
+            seq_len=8,
+        )
     with pytest.raises(ExportError, match="tokenizer.json"):  # before converting, not after
-        export_tflite(bert, bert_reducer, tmp_path / "t.tflite", example_inputs=text_batch())
+        export_tflite(
+            SparseClassifier(bert, bert_reducer), tmp_path / "t.tflite", example_inputs=text_batch()
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -155,7 +175,7 @@ def test_vit_sparse_parity_and_real_shrink(vit_file, vit, vit_reducer, pixels):
     assert side["family"] == "vit" and side["method"] == "sttabt" and side["source_model"] == "tiny-vit"
     # union slots: min(17, ceil(0.5 * 17) + next), the kept counts are masked inside them
     assert side["tflite"]["batch"] == 1 and side["tflite"]["kept_sizes"] == [17, 17, 10, 1]
-    report = verify_tflite(vit_file, vit, vit_reducer, pixels, atol=1e-4)
+    report = verify_tflite(vit_file, SparseClassifier(vit, vit_reducer), pixels, atol=1e-4)
     assert report["max_abs_diff"] <= 1e-4 and report["kept_counts_equal"] and report["top1_agreement"] == 1.0
     kept = report["kept_counts_mean"]
     assert kept == sorted(kept, reverse=True) and 9 <= kept[-1] <= 10 and kept[0] <= 17
@@ -180,7 +200,7 @@ def test_vit_runtime_predictor_matches_torch(vit_file, vit, vit_reducer, tmp_pat
 def test_verify_fails_beyond_tolerance(vit_file, vit_reducer, pixels):
     other = tiny_vit(seed=1)
     with pytest.raises(ExportError, match="differ from PyTorch"):
-        verify_tflite(vit_file, other, vit_reducer, pixels, atol=1e-4)
+        verify_tflite(vit_file, SparseClassifier(other, vit_reducer), pixels, atol=1e-4)
 
 
 def test_bert_padded_text_per_sample_counts(bert_file, bert, bert_reducer, tokenizer):
@@ -191,7 +211,7 @@ def test_bert_padded_text_per_sample_counts(bert_file, bert, bert_reducer, token
     }
     assert (bert_file.parent / "bert_sttabt.tokenizer.json").is_file()
     assert side["tflite"]["kept_sizes"] == [24, 24, 13, 1]  # union slots min(24, ceil(0.5 * 24) + next)
-    report = verify_tflite(bert_file, bert, bert_reducer, text_batch(), atol=1e-4)
+    report = verify_tflite(bert_file, SparseClassifier(bert, bert_reducer), text_batch(), atol=1e-4)
     assert report["max_abs_diff"] <= 1e-4 and report["kept_counts_equal"]
     pred = load(bert_file, threads=1)
     batch = text_batch()  # lengths 20, 12, 5, padded to 20; the predictor pads to 24
@@ -214,7 +234,9 @@ def test_bert_padded_text_per_sample_counts(bert_file, bert, bert_reducer, token
 
 
 def test_dense_parity(tmp_path, vit, pixels):
-    path = export_tflite(vit, DenseReducer(), tmp_path / "dense.tflite", example_inputs=pixels)
+    path = export_tflite(
+        SparseClassifier(vit, DenseReducer()), tmp_path / "dense.tflite", example_inputs=pixels
+    )
     report = read_sidecar(path)["tflite"]["verification"]["float"]
     assert report["max_abs_diff"] <= 1e-4 and report["kept_counts_mean"] == [17.0] * 3
     assert read_sidecar(path)["keep_schedule"] is None
@@ -224,7 +246,7 @@ def test_dense_parity(tmp_path, vit, pixels):
 @same_vit_file
 def test_int8_dynamic_range(tmp_path, vit_file, vit, vit_reducer, pixels):
     out = tmp_path / "vit_int8.tflite"
-    report = quantize_tflite(vit_file, out, model=vit, reducer=vit_reducer, inputs=pixels)
+    report = quantize_tflite(vit_file, out, sc=SparseClassifier(vit, vit_reducer), inputs=pixels)
     assert report["kept_counts_equal"] and report["top1_agreement"] >= 0.75
     assert out.stat().st_size < vit_file.stat().st_size
     side = read_sidecar(out)
@@ -236,7 +258,7 @@ def test_thresholds_export_as_fixed_counts(tmp_path, vit, vit_reducer, pixels):
     """Documented approximation: the thresholds' mean retention on the calibration batch."""
     th = SttabtReducer(vit_reducer.approx, thresholds=ConcreteThresholds(3, init=0.0).eval()).eval()
     ratios = threshold_ratios(vit, th, pixels)
-    path = export_tflite(vit, th, tmp_path / "th.tflite", example_inputs=pixels)
+    path = export_tflite(SparseClassifier(vit, th), tmp_path / "th.tflite", example_inputs=pixels)
     side = read_sidecar(path)
     assert side["keep_schedule"] == ratios and side["thresholds"] is None
     approx = side["tflite"]["threshold_approximation"]
@@ -244,7 +266,9 @@ def test_thresholds_export_as_fixed_counts(tmp_path, vit, vit_reducer, pixels):
         approx["thresholds"] == [0.0] * 3
         and 0.0 <= approx["agreement_with_thresholds"]["top1_agreement"] <= 1
     )
-    assert verify_tflite(path, vit, th, pixels)["kept_counts_equal"]  # through the sidecar's schedule
+    assert verify_tflite(path, SparseClassifier(vit, th), pixels)[
+        "kept_counts_equal"
+    ]  # through the sidecar's schedule
 
 
 # ---- real checkpoint -----------------------------------------------------------------------------------
@@ -259,7 +283,7 @@ def test_deit_tiny_interpolate_approx_keep_03(tmp_path, shared_dir):
     reducer = SttabtReducer(build_approxnet(model, 4, "interpolate").eval(), keep_ratio=0.3).eval()
     files = sorted((shared_dir / "data" / "imagenet-sample").glob("*.JPEG"))[::62][:16]
     px = {"pixel_values": torch.from_numpy(ImagePreprocess()(files))}
-    path = export_tflite(model, reducer, tmp_path / "deit.tflite", example_inputs=px)
+    path = export_tflite(SparseClassifier(model, reducer), tmp_path / "deit.tflite", example_inputs=px)
     report = read_sidecar(path)["tflite"]["verification"]["float"]
     print(
         f"DeiT-Tiny keep 0.3 TFLite vs PyTorch: max |dlogit| {report['max_abs_diff']:.2e}, "

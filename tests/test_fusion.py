@@ -21,6 +21,7 @@ from sttabt_edge.reducers.dense import DenseReducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.runtime import load
 from sttabt_edge.runtime.contract import METADATA_KEY
+from sttabt_edge.sparse_model import SparseClassifier
 
 LAYERS = 3  # tiny models: 3 layers, 4 heads, hidden 32
 
@@ -67,8 +68,7 @@ def bert_files(tmp_path_factory, tokenizer):
     d = tmp_path_factory.mktemp("bert")
     model = tiny_bert()
     dense = export_onnx(
-        model,
-        DenseReducer(),
+        SparseClassifier(model, DenseReducer()),
         d / "dense.onnx",
         example_inputs=text_batch(),
         tokenizer_file=tokenizer,
@@ -76,7 +76,10 @@ def bert_files(tmp_path_factory, tokenizer):
     ).path
     reducer = SttabtReducer(build_approxnet(model, 4, "random").eval(), keep_ratio=0.5)
     sparse = export_onnx(
-        model, reducer, d / "sttabt.onnx", example_inputs=text_batch(), tokenizer_file=tokenizer
+        SparseClassifier(model, reducer),
+        d / "sttabt.onnx",
+        example_inputs=text_batch(),
+        tokenizer_file=tokenizer,
     ).path
     return dense, sparse
 
@@ -158,7 +161,10 @@ def test_vit_fused_matches_unfused(tmp_path, method):
         else SttabtReducer(build_approxnet(model, 4, "random").eval(), keep_ratio=0.5)
     )
     src = export_onnx(
-        model, reducer, tmp_path / "vit.onnx", example_inputs=images(2), simplify=method == "sttabt"
+        SparseClassifier(model, reducer),
+        tmp_path / "vit.onnx",
+        example_inputs=images(2),
+        simplify=method == "sttabt",
     ).path
     dst = tmp_path / "vit.fused.onnx"
     report = fuse_onnx(src, dst, check_inputs=images(2))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sttabt_edge.reducers import SttabtReducer
+from sttabt_edge.reducers import DenseReducer, SttabtReducer
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
 from sttabt_edge.sparse_model import SparseClassifier
 
@@ -74,7 +74,7 @@ def test_tflite_calibration_text_is_tokenized_to_the_static_length(minilm, share
         calib=shared_dir / "data" / "glue" / "SST-2" / "dev.tsv",
         calib_samples=6,
     )
-    calib, _ = calibration_batch(minilm, req, lambda msg: None)
+    calib, _ = calibration_batch(SparseClassifier(minilm, DenseReducer()), req, lambda msg: None)
     ids, mask = calib["input_ids"], calib["attention_mask"]
     assert ids.shape[1] <= 8 and (mask.sum(1) == 8).any()  # some dev sentences are longer than 8 tokens
     sep = TextPreprocess.from_file(model_dir / "tokenizer.json").tokenizer.token_to_id("[SEP]")
@@ -97,7 +97,11 @@ def test_short_texts_keep_their_words_through_the_export(minilm, shared_dir, tmp
     reducer = SttabtReducer(build_approxnet(minilm, 4, "random").eval(), keep_ratio=0.3)
     example = {k: torch.from_numpy(v) for k, v in tok(["a fine film , all told", "bad"]).items()}
     path = export_onnx(
-        minilm, reducer, tmp_path / "m.onnx", example_inputs=example, tokenizer_file=tok_file, simplify=False
+        SparseClassifier(minilm, reducer),
+        tmp_path / "m.onnx",
+        example_inputs=example,
+        tokenizer_file=tok_file,
+        simplify=False,
     ).path
     pred = load(path)  # the export wrote its digest: the normal, checked load
     outputs = pred.run(pred.preprocess(texts=texts))

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from sttabt_edge.method.metrics import occupancy, retention
+from sttabt_edge.sparse_model import SparseClassifier
 
 
 def test_occupancy_hand_worked():
@@ -54,11 +55,15 @@ def test_evaluate_reports_both(tmp_path):
 
     examples = [Example("a b c d e f g h", 0), Example("a b c", 1), Example("a b c d e f g h i j k", 0)]
     model = tiny_bert()
-    dense = evaluate(model, DenseReducer(), examples, text=Tok(), progress=False, occupancy_length=13)
+    dense = evaluate(
+        SparseClassifier(model, DenseReducer()), examples, text=Tok(), progress=False, occupancy_length=13
+    )
     layers = model.config.num_hidden_layers
     lengths = torch.tensor([10.0, 5.0, 13.0])
     expect = float(((layers * lengths + 1) / ((layers + 1) * 13)).mean())
     assert dense.retention == pytest.approx(1.0) and dense.occupancy == pytest.approx(expect)
     assert dense.occupancy_length == 13
-    sparse = evaluate(model, SttabtReducer(keep_ratio=0.3), examples, text=Tok(), progress=False)
+    sparse = evaluate(
+        SparseClassifier(model, SttabtReducer(keep_ratio=0.3)), examples, text=Tok(), progress=False
+    )
     assert sparse.occupancy_length is None and 0 < sparse.occupancy < 1 and sparse.retention < 1

@@ -243,10 +243,11 @@ def test_concrete_moves_retention_to_target(image_dir, tmp_path):
     logs = [json.loads(ln) for ln in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     ret = [r["retention"] for r in logs if "retention" in r and not r["hard"]]
     assert ret[0] > 0.85 and np.mean(ret[-5:]) < 0.6  # soft phase: from ~1 toward 0.4
-    net, reducer = load_sttabt(tmp_path / "c")
+    sc = load_sttabt(tmp_path / "c")
+    assert sc.mode == "remove"
     with torch.no_grad():
         batch = torch.from_numpy(np.stack(data.source(8, 0, augment=False).get(0)[0]["pixel_values"]))
-        out = SparseClassifier(net, reducer, mode="remove")(pixel_values=batch)
+        out = sc(pixel_values=batch)
     assert abs(float(out.retention.mean()) - 0.4) < 0.12  # the hard model, real removal
     meta = json.loads((tmp_path / "c" / "sttabt.json").read_text())
     assert meta["method"] == "sttabt" and len(meta["keep_schedule"]) == 3 and meta["preprocessing"]["image"]
@@ -265,11 +266,12 @@ def test_official_concrete_trains_calibrated_and_saves(image_dir, tmp_path):
     logs = [json.loads(ln) for ln in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     soft = [r for r in logs if "retention" in r and not r["hard"]]
     assert soft and all("reg" in r for r in soft)
-    net, reducer = load_sttabt(tmp_path / "c")
+    sc = load_sttabt(tmp_path / "c")
+    reducer = sc.reducer
     assert isinstance(reducer.thresholds, OfficialConcrete) and reducer.thresholds.temperature == 0.1
     with torch.no_grad():
         batch = torch.from_numpy(np.stack(data.source(8, 0, augment=False).get(0)[0]["pixel_values"]))
-        out = SparseClassifier(net, reducer, mode="remove")(pixel_values=batch)
+        out = sc(pixel_values=batch)
     assert abs(float(out.retention.mean()) - 0.5) < 0.15
     with pytest.raises(ValueError, match="concrete must be one of"):
         SparseTrainConfig(concrete="nope")
@@ -418,11 +420,11 @@ def test_baselines_reach_target(image_dir, tmp_path, method):
     model = vit()
     data = image_data(image_dir, model)
     train_baseline(method, model, data, 0.5, cfg(steps=6), out=tmp_path / method)
-    net, reducer = load_sttabt(tmp_path / method)
-    assert reducer.name == method and not reducer.training
+    sc = load_sttabt(tmp_path / method)
+    assert sc.reducer.name == method and not sc.reducer.training
     with torch.no_grad():
         batch = torch.from_numpy(data.source(8, 0, augment=False).get(0)[0]["pixel_values"])
-        ret = float(SparseClassifier(net, reducer)(pixel_values=batch).retention.mean())
+        ret = float(sc(pixel_values=batch).retention.mean())
     assert abs(ret - 0.5) < 0.12
 
 

@@ -66,6 +66,7 @@ def deliver(
     cfg: CompressConfig, net: Any, chosen: Point, split: stages.Split, report: dict[str, Any]
 ) -> dict[str, Any]:
     from sttabt_edge.runtime import load
+    from sttabt_edge.sparse_model import SparseClassifier
     from sttabt_edge.train.artifacts import load_sttabt
     from sttabt_edge.verify import reference_reducer, verify
 
@@ -74,7 +75,7 @@ def deliver(
     dense_out.parent.mkdir(parents=True, exist_ok=True)
     if chosen.kind == "concrete":
         source, approx, ratio = str(cfg.out / "sttabt"), None, None
-        ref_model, _ = load_sttabt(cfg.out / "sttabt")
+        ref_model = load_sttabt(cfg.out / "sttabt").model
     else:
         source, approx, ratio = cfg.model, Path(report["approx"]["dir"]), chosen.keep_ratio
         ref_model = net
@@ -95,8 +96,7 @@ def deliver(
         tol = INT8_TOLERANCE if name.endswith("int8") else Tolerance()
         rep = verify(
             pred,
-            model,
-            reference_reducer(pred.metadata.raw, model),
+            SparseClassifier(model, reference_reducer(pred.metadata.raw, model)),
             held,
             tolerance=tol,
             task=split.data.task,

@@ -236,8 +236,8 @@ def _thresholds(
             )
             return None
         stages.train_thresholds(net, approx, split, tcfg, target, out, model_dir, resume)
-    model, reducer = load_sttabt(out)
-    point = stages.measure(model, reducer, split, cfg, "concrete", target_retention=round(target, 4))
+    sc = load_sttabt(out)
+    point = stages.measure(sc.model, sc.reducer, split, cfg, "concrete", target_retention=round(target, 4))
     report.setdefault("thresholds", {})["point"] = point.to_dict()
     return point
 

@@ -22,6 +22,7 @@ from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 from sttabt_edge.method.distill import DistillWeights
 from sttabt_edge.reducers import DenseReducer, SttabtReducer
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.approx import ApproxObjective, frozen, train_approx
 from sttabt_edge.train.checkpoint import latest_checkpoint
 from sttabt_edge.train.concrete import build_objective, train_concrete
@@ -101,8 +102,7 @@ def measure(
     """Accuracy, retention, occupancy and FLOPs of one operating point on the held-out split."""
     d = split.data
     r = evaluate(
-        model,
-        reducer,
+        SparseClassifier(model, reducer),
         split.held,
         d.image,
         d.text,

@@ -6,7 +6,7 @@
 
 ``model/`` and ``approxnet/`` are each swapped in as a whole, and ``sttabt.json`` is
 written last (atomically), so it only ever describes complete files.
-:func:`load_sttabt` rebuilds (model, reducer) for evaluation or export.
+:func:`load_sttabt` rebuilds the SparseClassifier (model + reducer) for evaluation or export.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sttabt_edge import compat
 from sttabt_edge.errors import CheckpointMismatchError
 from sttabt_edge.model_info import MODEL_DIR, TRAINED_FILE, is_trained_dir  # noqa: F401 (the layout, re-exported)
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.checkpoint import atomic_dir, atomic_write_text
 from sttabt_edge.train.hf import hf_config, hf_model
 
@@ -135,7 +136,7 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Reducer, dict[str, Any]]:
     return model, build_reducer(meta["reducer"], approx), meta
 
 
-def load_sttabt(path: str | Path) -> tuple[nn.Module, Reducer]:
-    """(model, reducer) of a ``train concrete`` (or ``train baseline``) output, ready for eval/export."""
+def load_sttabt(path: str | Path) -> SparseClassifier:
+    """The SparseClassifier of a ``train concrete`` (or ``train baseline``) output, ready for eval/export."""
     model, reducer, _ = load_trained(path)
-    return model, reducer
+    return SparseClassifier(model, reducer)

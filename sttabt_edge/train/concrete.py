@@ -220,13 +220,13 @@ def held_out_evaluator(
     if not data.eval:
         return None
     from sttabt_edge.evaluate import evaluate
+    from sttabt_edge.sparse_model import SparseClassifier
 
     examples = data.eval_examples(cfg.max_eval_samples)
 
     def run() -> dict[str, float]:
         res = evaluate(
-            model,
-            reducer,
+            SparseClassifier(model, reducer),
             examples,
             image=data.image,
             text=data.text,

@@ -146,8 +146,7 @@ def _eval(
     examples = data.eval_examples(plan.max_eval)
     pad_to = None if data.text is None else longest_length(examples, data.text, max_length)
     res = evaluate(
-        model,
-        reducer,
+        SparseClassifier(model, reducer),
         examples,
         image=data.image,
         text=data.text,
