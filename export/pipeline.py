@@ -17,7 +17,6 @@ summary's ``files`` lists everything written).
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import input_names
 from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, export_onnx, first_sample
+from sttabt_edge.export.profile import pipeline_latency
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.sparse_model import SparseClassifier
@@ -248,7 +248,19 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
         int8 = req.out
     summary.update(written_files(req.out, path, tokenizer is not None))
     if req.latency_runs > 0:
-        summary["latency_ms"] = _latency(sc, path, sample, calib, req, kwargs, tokenizer, int8)
+        fuse = (lambda p: _fuse(sc, p, calib, req.batch)) if req.fuse else None
+        summary["latency_ms"] = pipeline_latency(
+            sc,
+            path,
+            sample,
+            calib,
+            kwargs,
+            tokenizer,
+            fuse,
+            runs=req.latency_runs,
+            threads=req.threads,
+            int8=int8,
+        )
         summary["latency_note"] = (
             f"batch 1, onnxruntime {req.threads} threads, spinning off, median of {req.latency_runs} runs, "
             "each graph in its own session, one after another"
@@ -372,55 +384,3 @@ def _fuse(
 
     sets = [calib, first_sample(calib)] if batch == "dynamic" else [calib]
     return fuse_onnx(path, path, check_inputs=[_feeds(sc, s) for s in sets], record=True).to_dict()
-
-
-def _latency(
-    sc: SparseClassifier,
-    path: Path,
-    sample: Mapping[str, torch.Tensor],
-    calib: Mapping[str, torch.Tensor],
-    req: ExportRequest,
-    kwargs: OnnxOptions,
-    tokenizer: Path | None,
-    int8: Path | None,
-) -> dict[str, float]:
-    """Batch-1 medians; for STTABT also each stage. Dense is exported (and verified) to a temp dir."""
-    from sttabt_edge.export.profile import latency_breakdown
-    from sttabt_edge.reducers.dense import DenseReducer
-
-    feeds = _feeds(sc, sample)
-    runs, threads = req.latency_runs, req.threads
-    result: dict[str, float] = {}
-    if sc.reducer.name == "dense":
-        result["dense"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
-    else:
-        with tempfile.TemporaryDirectory(prefix="sttabt-export-") as work:
-            dense = export_onnx(
-                sc.with_reducer(DenseReducer()),
-                Path(work) / "dense.onnx",
-                example_inputs=calib,
-                tokenizer_file=tokenizer,
-                **kwargs,
-            ).path
-            if req.fuse:  # the reference runs the same kernels as the pipeline
-                _fuse(sc, dense, calib, req.batch)
-            if sc.reducer.name == "sttabt":
-                result = latency_breakdown(
-                    sc,
-                    path,
-                    sample,
-                    Path(work),
-                    dense=dense,
-                    opset=kwargs["opset"],
-                    dynamo=req.dynamo,
-                    batch=req.batch,
-                    threads=threads,
-                    runs=runs,
-                )
-            else:
-                result["pipeline"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
-                result["dense"] = ort_utils.median_latency_ms(dense, feeds, threads, runs)
-                result["pipeline_vs_dense"] = result["pipeline"] / result["dense"]
-    if int8 is not None:
-        result["int8"] = ort_utils.median_latency_ms(int8, feeds, threads, runs)
-    return result

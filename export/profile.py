@@ -11,9 +11,11 @@ stage graph is checked against PyTorch before it is timed.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,8 +23,11 @@ import torch
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import ApproxStage, MaskStage, SparseStage, example_args, input_names
-from sttabt_edge.export.onnx import Batch, dynamic_axes, trace_to_onnx
+from sttabt_edge.export.onnx import Batch, dynamic_axes, export_onnx, trace_to_onnx
 from sttabt_edge.sparse_model import SparseClassifier
+
+if TYPE_CHECKING:
+    from sttabt_edge.export.pipeline import OnnxOptions
 
 STAGES = ("approxnet", "masks", "sparse_model")
 
@@ -164,4 +169,58 @@ def latency_breakdown(
             result[f"{name}_vs_dense"] = statistics.median(
                 a / b for a, b in zip(times[name], times["dense"], strict=True)
             )
+    return result
+
+
+def pipeline_latency(
+    sc: SparseClassifier,
+    path: Path,
+    sample: Mapping[str, torch.Tensor],
+    calib: Mapping[str, torch.Tensor],
+    options: OnnxOptions,
+    tokenizer: Path | None,
+    fuse: Callable[[Path], object] | None,
+    *,
+    runs: int,
+    threads: int,
+    int8: Path | None,
+) -> dict[str, float]:
+    """``sttabt-edge export``'s batch-1 medians; for STTABT also each stage. The dense reference is
+    exported (and verified) with the pipeline's ``options`` to a temp dir, and ``fuse``d like it."""
+    from sttabt_edge.reducers.dense import DenseReducer
+
+    feeds = ort_utils.to_feeds(input_names(sc.parts.family), sample)
+    result: dict[str, float] = {}
+    if sc.reducer.name == "dense":
+        result["dense"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sttabt-export-") as work:
+            dense = export_onnx(
+                sc.with_reducer(DenseReducer()),
+                Path(work) / "dense.onnx",
+                example_inputs=calib,
+                tokenizer_file=tokenizer,
+                **options,
+            ).path
+            if fuse is not None:  # the reference runs the same kernels as the pipeline
+                fuse(dense)
+            if sc.reducer.name == "sttabt":
+                result = latency_breakdown(
+                    sc,
+                    path,
+                    sample,
+                    Path(work),
+                    dense=dense,
+                    opset=options["opset"],
+                    dynamo=options["dynamo"],
+                    batch=options["batch"],
+                    threads=threads,
+                    runs=runs,
+                )
+            else:
+                result["pipeline"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
+                result["dense"] = ort_utils.median_latency_ms(dense, feeds, threads, runs)
+                result["pipeline_vs_dense"] = result["pipeline"] / result["dense"]
+    if int8 is not None:
+        result["int8"] = ort_utils.median_latency_ms(int8, feeds, threads, runs)
     return result

@@ -222,3 +222,24 @@ def test_fuse_is_onnx_only(vit_dir, tmp_path):
     )
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "--fuse is ONNX-only" in lines[0], res.output
+
+
+@pytest.mark.parametrize(
+    ("method", "keys"),
+    [
+        ("sttabt", {"approxnet", "masks", "sparse_model", "stages_sum", "pipeline", "dense", "int8"}),
+        ("topk", {"pipeline", "dense", "pipeline_vs_dense", "int8"}),
+        ("dense", {"dense", "int8"}),
+    ],
+)
+def test_export_latency_breakdown_keys(vit_dir, tmp_path, method, keys):
+    """--latency-runs N: each method's timed graphs (STTABT: its stages, every one also vs dense)."""
+    args = ["export", "--model", str(vit_dir), "--out", str(tmp_path / "m.onnx"), "--method", method]
+    approx = ["--approx", "untrained"] if method == "sttabt" else []
+    fast = ["--no-simplify", "--latency-runs", "1", "--calib-samples", "2", "--threads", "1"]
+    res = runner.invoke(app, [*args, *approx, *fast, "--quantize", "int8", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    got = set(json.loads(res.stdout)["latency_ms"])
+    if method == "sttabt":
+        keys |= {f"{s}_vs_dense" for s in ("approxnet", "masks", "sparse_model", "pipeline")}
+    assert got == keys
