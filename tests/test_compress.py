@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
 from sttabt_edge.compress.config import CompressConfig
+from sttabt_edge.compress.report import verdict
 from sttabt_edge.compress.search import (
     Point,
     best_point,
@@ -157,6 +158,9 @@ def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):
     assert (out / "report.md").read_text().startswith("# compress") and (
         out / "report.png"
     ).stat().st_size > 0
+    v = report["verdict"]
+    assert v["delivered"] == "sttabt_int8" and v["deploy"] in {"sttabt_int8", *v["dominated_by"]}
+    assert "Deploy:" in (out / "report.md").read_text()
     # a finished run is not overwritten; --resume reuses its stages
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--resume" in res.output
@@ -246,3 +250,17 @@ def test_budget_planning_turns_seconds_into_steps(tmp_path, sst2):
     # the real probe measures the distillation objective on the run's own batches
     tcfg, alloc = stages.plan_distillation(net, split, cfg, seconds=60.0)
     assert alloc.step_seconds is not None and alloc.step_seconds > 0 and tcfg.steps == max(alloc.steps, 1)
+
+
+def test_verdict_names_a_dense_file_that_is_as_accurate_and_faster():
+    def row(acc: float, ms: float | None) -> dict:
+        return {"held_out_accuracy": acc, "p50_ms": ms, "file": f"{acc}-{ms}"}
+
+    pruned_wins = {"sttabt_int8": row(90.0, 2.0), "dense_int8": row(90.5, 3.0), "dense_fp32": row(91.0, 7.0)}
+    assert verdict(pruned_wins)["dominated_by"] == [] and verdict(pruned_wins)["deploy"] == "sttabt_int8"
+    dense_wins = {"sttabt_int8": row(89.4, 5.3), "dense_int8": row(90.2, 3.2), "dense_fp32": row(90.4, 7.0)}
+    v = verdict(dense_wins)
+    assert v["dominated_by"] == ["dense_int8"] and v["deploy"] == "dense_int8" and v["file"] == "90.2-3.2"
+    # fp32 only (no --quantize): the dense fp32 file is compared; a tie in accuracy counts, a tie in time not
+    fp32 = {"sttabt_fp32": row(90.0, 7.0), "dense_fp32": row(90.0, 7.0)}
+    assert verdict(fp32)["deploy"] == "sttabt_fp32"

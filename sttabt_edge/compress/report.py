@@ -59,6 +59,39 @@ def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def verdict(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Is the delivered file worth deploying? Not when a dense file is at least as accurate on the
+    held-out split *and* faster: then that file is the one to ship, and the report says so."""
+    delivered = "sttabt_int8" if "sttabt_int8" in table else "sttabt_fp32"
+    mine = table[delivered]
+    better = [
+        name
+        for name in ("dense_int8", "dense_fp32")
+        if name in table
+        and table[name]["p50_ms"] is not None
+        and mine["p50_ms"] is not None
+        and table[name]["held_out_accuracy"] >= mine["held_out_accuracy"]
+        and table[name]["p50_ms"] < mine["p50_ms"]
+    ]
+    return {
+        "delivered": delivered,
+        "dominated_by": better,
+        "deploy": better[0] if better else delivered,
+        "file": table[better[0] if better else delivered]["file"],
+    }
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    if not v["dominated_by"]:
+        return (
+            f"Deploy: {LABELS[v['delivered']]} ({v['file']}); no dense file is both as accurate and faster."
+        )
+    return (
+        f"Deploy: **{LABELS[v['deploy']]}** ({v['file']}). It is at least as accurate on the held-out split "
+        f"and faster than {LABELS[v['delivered']]} at this input length, so token pruning does not pay here."
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg, chosen, dense, data = report["config"], report["chosen"], report["dense"], report["data"]
     goal = (
@@ -75,6 +108,7 @@ def markdown(report: dict[str, Any]) -> str:
         + (f" (keep ratio {chosen['keep_ratio']:g})" if chosen["keep_ratio"] else "")
         + f", retention {chosen['retention']:.3f}, occupancy {chosen['occupancy']:.3f}, FLOPs "
         f"{chosen['flops_ratio']:.3f}x, held-out {chosen['accuracy']:.2f}% (dense {dense['accuracy']:.2f}%).",
+        verdict_line(verdict(rows(report))),
         "",
     ]
     rep = "report acc %" if data["report"] else None
@@ -189,6 +223,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
+    report["verdict"] = verdict(rows(report))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     atomic_write_text(out / "report.md", markdown(report))
     plot(report, out / "report.png")
