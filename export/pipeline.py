@@ -33,6 +33,7 @@ from sttabt_edge.export.graph import input_names
 from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, export_onnx, first_sample
 from sttabt_edge.export.profile import pipeline_latency
+from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.sparse_model import SparseClassifier
@@ -202,7 +203,7 @@ def check_request(req: ExportRequest) -> None:
             )
 
 
-def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
+def run_export(req: ExportRequest, warn: Warn = log.warning) -> ExportSummary:
     """Export + verification + optional INT8 + latency breakdown; returns the summary."""
 
     check_request(req)
@@ -226,7 +227,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
         **kwargs,
     )
     path, report = result.path, result.parity.to_dict()
-    summary: dict[str, Any] = {
+    summary: ExportSummary = {
         "out": str(req.out),
         "method": sc.reducer.name,
         "batch": req.batch,
@@ -275,7 +276,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> dict[str, Any]:
 
 def run_export_tflite(
     req: ExportRequest, sc: SparseClassifier, calib: Mapping[str, torch.Tensor], calib_src: str
-) -> dict[str, Any]:
+) -> ExportSummary:
     """Static batch-1 .tflite (fixed per-layer counts), verified in the LiteRT interpreter."""
     from sttabt_edge.export.tflite import export_tflite, quantize_tflite, read_sidecar
 
@@ -292,7 +293,7 @@ def run_export_tflite(
         tokenizer_file=_tokenizer(req.model),
     )
     side = read_sidecar(path)
-    summary: dict[str, Any] = {
+    summary: ExportSummary = {
         "out": str(req.out),
         "method": sc.reducer.name,
         "target": "tflite",
@@ -313,7 +314,7 @@ def fp32_sibling(out: Path) -> Path:
     return out.with_name(f"{out.stem}.fp32{out.suffix}")
 
 
-def written_files(out: Path, fp32: Path, text: bool, sidecar: bool = False) -> dict[str, Any]:
+def written_files(out: Path, fp32: Path, text: bool, sidecar: bool = False) -> WrittenFiles:
     """``size_mb`` of ``out`` and every file the export wrote (``out`` first), so nothing lands unannounced."""
     from sttabt_edge.export.metadata import tokenizer_name
 
@@ -325,7 +326,7 @@ def written_files(out: Path, fp32: Path, text: bool, sidecar: bool = False) -> d
 
 def kept_summary(
     kept_counts: list[list[int]], sc: SparseClassifier, calib: Mapping[str, torch.Tensor]
-) -> dict[str, Any]:
+) -> KeptSummary:
     """Mean real tokens entering each layer vs the mean real length (what the export keeps)."""
     from sttabt_edge.models.adapter import embed
 

@@ -14,6 +14,7 @@ from typing import Any
 from sttabt_edge.compress import stages
 from sttabt_edge.compress.config import CompressConfig
 from sttabt_edge.compress.search import Point
+from sttabt_edge.export.summary import ExportSummary
 from sttabt_edge.verify import Tolerance
 
 log = logging.getLogger("sttabt_edge.compress")
@@ -33,7 +34,7 @@ def calib_path(cfg: CompressConfig) -> Path:
 
 def _export(
     cfg: CompressConfig, model: str, out: Path, method: str, approx: Path | None, keep_ratio: float | None
-) -> dict[str, Any]:
+) -> ExportSummary:
     from sttabt_edge.export.pipeline import ExportRequest, run_export
 
     kwargs: dict[str, Any] = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
@@ -110,9 +111,19 @@ def deliver(
     return out
 
 
-def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("out", "method", "parity", "flops", "quantization", "fusion", "files", "kept_tokens")
-    return {k: summary[k] for k in keys if k in summary}
+def _brief(summary: ExportSummary) -> dict[str, Any]:
+    keys = (
+        "out",
+        "method",
+        "parity",
+        "flops",
+        "quantization",
+        "fusion",
+        "files",
+        "kept_tokens_per_layer_mean",
+    )
+    full: dict[str, Any] = dict(summary)
+    return {k: full[k] for k in keys if k in full}
 
 
 def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -> dict[str, Any]:
