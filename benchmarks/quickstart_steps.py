@@ -23,7 +23,7 @@ from sttabt_edge.export.quantize import quantize_onnx
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 from sttabt_edge.method.metrics import occupancy
 from sttabt_edge.reducers import SttabtReducer
-from sttabt_edge.runtime.bench import bench
+from sttabt_edge.runtime.bench import bench_pairs
 from sttabt_edge.runtime.predictor import Predictor
 from sttabt_edge.train.approx import heldout_attention_kl, train_approx
 from sttabt_edge.train.config import ApproxConfig, TrainConfig
@@ -270,18 +270,14 @@ def latency(
     at each text input length (``bench``'s synthetic text; images: their fixed size)."""
     res = {}
     for n in lengths:
-        for a, b in PAIRS:
-            r = bench(
-                files[a],
-                vs=files[b],
-                threads=args.threads,
-                batch=1,
-                runs=args.runs,
-                warmup=args.warmup,
-                seq_len=n,
-                block=args.block,
-            ).to_dict()
-            for s in (r["a"], r["b"]):
-                s.pop("runs_ms")
-            res[f"{a}_vs_{b}@{n}"] = r
+        timed = bench_pairs(
+            files,
+            PAIRS,
+            threads=args.threads,
+            runs=args.runs,
+            warmup=args.warmup,
+            seq_len=n,
+            block=args.block,
+        )
+        res.update({f"{pair}@{n}": r for pair, r in timed.items()})
     return res

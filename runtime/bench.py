@@ -244,6 +244,36 @@ def bench(
     return res
 
 
+def bench_pairs(
+    paths: dict[str, Path],
+    pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...],
+    *,
+    threads: int,
+    runs: int,
+    warmup: int,
+    seq_len: int,
+    block: int,
+) -> dict[str, dict[str, Any]]:
+    """``bench(a, vs=b)`` at batch 1 for each named pair, as ``{"a_vs_b": result dict}`` without the
+    raw per-run times: the one pair harness that ``compress`` and the quickstart report from."""
+    out = {}
+    for a, b in pairs:
+        r = bench(
+            paths[a],
+            vs=paths[b],
+            threads=threads,
+            batch=1,
+            runs=runs,
+            warmup=warmup,
+            seq_len=seq_len,
+            block=block,
+        ).to_dict()
+        for side in (r["a"], r["b"]):
+            side.pop("runs_ms", None)
+        out[f"{a}_vs_{b}"] = r
+    return out
+
+
 def _environment() -> dict[str, Any]:
     import platform
 

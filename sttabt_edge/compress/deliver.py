@@ -128,7 +128,7 @@ def _brief(summary: ExportSummary) -> dict[str, Any]:
 
 def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -> dict[str, Any]:
     """Batch-1 latency pairs (block alternation, worker processes, as ``sttabt-edge bench --vs``)."""
-    from sttabt_edge.runtime.bench import bench
+    from sttabt_edge.runtime.bench import bench_pairs
 
     paths = files["paths"]
     pairs = [("sttabt_fp32", "dense_fp32")]
@@ -140,20 +140,14 @@ def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -
         "threads": cfg.threads,
         "runs": cfg.bench_runs,
         "block": 5,
-        "pairs": {},
     }
-    for a, b in pairs:
-        r = bench(
-            paths[a],
-            vs=paths[b],
-            threads=cfg.threads,
-            batch=1,
-            runs=cfg.bench_runs,
-            warmup=5,
-            seq_len=seq_len,
-            block=5,
-        ).to_dict()
-        for s in (r["a"], r["b"]):
-            s.pop("runs_ms", None)
-        res["pairs"][f"{a}_vs_{b}"] = r
+    res["pairs"] = bench_pairs(
+        {k: Path(v) for k, v in paths.items()},
+        pairs,
+        threads=cfg.threads,
+        runs=cfg.bench_runs,
+        warmup=5,
+        seq_len=seq_len,
+        block=5,
+    )
     return res
