@@ -1,0 +1,106 @@
+"""Package structure: no module-level import cycle, no source module over 450 lines.
+
+Lazy (function-local) and ``TYPE_CHECKING`` imports are not edges: they run after every module
+involved has loaded, which is how the CLI keeps torch out of ``--help``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# installed names of the three source trees (pyproject's package-dir)
+TREES = {
+    "sttabt_edge": ROOT / "sttabt_edge",
+    "sttabt_edge.export": ROOT / "export",
+    "sttabt_edge.runtime": ROOT / "runtime",
+}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for prefix, tree in TREES.items():
+        for f in tree.rglob("*.py"):
+            rel = f.relative_to(tree).with_suffix("").parts
+            name = ".".join((prefix, *rel))
+            mods[name.removesuffix(".__init__")] = f
+    return mods
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def _top_level_imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Modules of ours that ``name`` imports while it loads (module body, incl. try/if blocks)."""
+    is_pkg = path.name == "__init__.py"
+    out: set[str] = set()
+    stack = list(ast.parse(path.read_text()).body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and not _is_type_checking(node):
+            stack += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            stack += node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            subs = {f"{mod}.{a.name}" for a in node.names} & known
+            # `from pkg import submodule` loads the submodule (pkg is already loading); anything else: pkg
+            out |= subs if len(subs) == len(node.names) else subs | {mod}
+    return {m for m in out if m in known and m != name}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+
+    def visit(n: str, path: list[str]) -> list[str] | None:
+        state[n] = 1
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                return path[path.index(m) :] + [m] if m in path else [n, m]
+            if m not in state and (found := visit(m, path + [m])):
+                return found
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n, [n])):
+            return found
+    return None
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_module_level_import_cycle():
+    mods = _modules()
+    assert len(mods) > 50  # the trees were found
+    graph = {n: _top_level_imports(n, p, set(mods)) for n, p in mods.items()}
+    assert sum(map(len, graph.values())) > 100  # the imports were parsed
+    assert "sttabt_edge.runtime.contract" in graph["sttabt_edge.runtime.predictor"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+@pytest.mark.parametrize("tree", sorted(TREES))
+def test_no_source_module_over_450_lines(tree):
+    long = {
+        str(f.relative_to(ROOT)): n
+        for f in TREES[tree].rglob("*.py")
+        if (n := len(f.read_text().splitlines())) > 450
+    }
+    assert not long, long
