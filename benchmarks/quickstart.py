@@ -15,7 +15,7 @@ Default task: MiniLM-SST2 (BERT, 6 layers) on SST-2, where a short distillation 
    every file vs dense fp32, STTABT INT8 vs dense INT8;
 7. table, summary.json (with the git commit) and summary.png in ``--out``; exit 1 on a failed parity check.
 
-    make demo                                              # ~10 min on 2 quiet cores -> quickstart_out/
+    make demo-training-free                                # ~5 min on 2 quiet cores -> quickstart_out/
     python benchmarks/quickstart.py --smoke --out /tmp/qs  # ~1 min, toy budgets: checks the path only
     python benchmarks/quickstart.py --task deit            # DeiT-Tiny on imagenet-sample (split_half)
 """
