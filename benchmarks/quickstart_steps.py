@@ -25,6 +25,7 @@ from sttabt_edge.method.metrics import occupancy
 from sttabt_edge.reducers import SttabtReducer
 from sttabt_edge.runtime.bench import bench_pairs
 from sttabt_edge.runtime.predictor import Predictor
+from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.approx import heldout_attention_kl, train_approx
 from sttabt_edge.train.config import ApproxConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
@@ -182,9 +183,9 @@ def check_parity(
     """``sttabt_edge.verify`` of each file against PyTorch fp32 (INT8: int8_tolerance)."""
     out = {}
     for name, p in preds.items():
-        reducer = reference_reducer(p.metadata.raw, net)
+        sc = SparseClassifier(net, reference_reducer(p.metadata.raw, net))
         tol = int8_tolerance(task, len(held)) if name.endswith("int8") else Tolerance()
-        out[name] = {**verify(p, net, reducer, held, tolerance=tol).to_dict(), "tolerance": vars(tol)}
+        out[name] = {**verify(p, sc, held, tolerance=tol).to_dict(), "tolerance": vars(tol)}
     return out
 
 
@@ -244,8 +245,7 @@ def analytic_flops(
     for method in ("dense", "sttabt"):
         p = preds[f"{method}_fp32"]
         r = evaluate(
-            net,
-            reference_reducer(p.metadata.raw, net),
+            SparseClassifier(net, reference_reducer(p.metadata.raw, net)),
             held[:n],
             p.image,
             p.text,

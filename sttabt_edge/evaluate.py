@@ -15,7 +15,7 @@ from sttabt_edge.data import Example, batches
 from sttabt_edge.method.flops import dense_flops, output_flops
 from sttabt_edge.method.metrics import occupancy
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
-from sttabt_edge.sparse_model import SparseClassifier, accepts_pair
+from sttabt_edge.sparse_model import SparseClassifier
 
 
 @dataclass
@@ -57,7 +57,6 @@ def task_metrics(preds: np.ndarray, labels: np.ndarray, task: str | None = None)
     return out
 
 
-@accepts_pair(0)  # also evaluate(model, reducer, examples, ...), the older form
 @torch.no_grad()
 def evaluate(
     sc: SparseClassifier,

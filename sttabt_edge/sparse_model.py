@@ -7,11 +7,10 @@ handle.remove()               # the model is exactly as before
 
 from __future__ import annotations
 
-import functools
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -69,26 +68,6 @@ class SparseClassifier(nn.Module):
     def with_reducer(self, reducer: Reducer) -> SparseClassifier:
         """The same model (shared, parts reused) under another reducer, e.g. a reference one."""
         return SparseClassifier(self.model, reducer, self.mode, self.parts)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def accepts_pair(at: int) -> Callable[[F], F]:
-    """Let ``fn(..., sc, ...)`` (a SparseClassifier at position ``at``) also be called the older way,
-    ``fn(..., model, reducer, ...)``: scripts written against the pair keep working unchanged."""
-
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            pair = len(args) > at + 1 and isinstance(args[at + 1], Reducer)
-            if pair and not isinstance(args[at], SparseClassifier):
-                args = (*args[:at], SparseClassifier(args[at], args[at + 1]), *args[at + 2 :])
-            return fn(*args, **kwargs)
-
-        return cast(F, call)
-
-    return wrap
 
 
 class PatchHandle:

@@ -22,7 +22,7 @@ from sttabt_edge.evaluate import task_metrics
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime import load
 from sttabt_edge.runtime.predictor import Predictor
-from sttabt_edge.sparse_model import SparseClassifier, accepts_pair
+from sttabt_edge.sparse_model import SparseClassifier
 
 
 @dataclass
@@ -80,7 +80,6 @@ def reference_reducer(
     return build(spec, approx.eval()).eval()
 
 
-@accepts_pair(1)  # also verify(exported, model, reducer, examples, ...), the older form
 @torch.no_grad()
 def verify(
     exported: Predictor | str | Path,

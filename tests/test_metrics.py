@@ -67,6 +67,3 @@ def test_evaluate_reports_both(tmp_path):
         SparseClassifier(model, SttabtReducer(keep_ratio=0.3)), examples, text=Tok(), progress=False
     )
     assert sparse.occupancy_length is None and 0 < sparse.occupancy < 1 and sparse.retention < 1
-    # the older (model, reducer, examples, ...) form (benchmarks/quickstart_steps.py) gives the same result
-    legacy = evaluate(model, SttabtReducer(keep_ratio=0.3), examples, None, Tok(), progress=False)
-    assert legacy.to_dict() == sparse.to_dict()
