@@ -498,6 +498,17 @@ def test_crash_mid_checkpoint_keeps_previous(image_dir, tmp_path, monkeypatch):
     assert not list((out / "checkpoints").glob(".*"))  # temp dirs of the crash were cleaned up
 
 
+def test_resume_on_a_fresh_out_dir_starts_there(image_dir, tmp_path):
+    """--resume with nothing to resume is a fresh run, not a crash at the first metrics line."""
+    teacher = vit()
+    data = image_data(image_dir, teacher)
+    out = tmp_path / "not" / "yet" / "ax"
+    train_approx(teacher, data, init="random", cfg=cfg(steps=2), out=out, resume=True)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines if "loss" in json.loads(ln)] == [1, 2]
+    assert latest_checkpoint(out).name == "ckpt-000002"
+
+
 def test_checkpoint_of_another_model_is_refused(image_dir, tmp_path):
     teacher = vit()
     data = image_data(image_dir, teacher)

@@ -109,6 +109,8 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
+        if enabled:  # --resume on a fresh --out starts there (it used to fail at the first log line)
+            path.parent.mkdir(parents=True, exist_ok=True)
         if enabled and resume_step is not None and path.is_file():  # drop lines past the checkpoint
             keep = [
                 ln
@@ -116,8 +118,7 @@ class MetricsLog:
                 if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
             ]
             path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
-        elif enabled and resume_step is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        elif enabled:
             path.write_text("", encoding="utf-8")
 
     def write(self, record: Mapping[str, Any]) -> None:
