@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sttabt_edge.errors import InputError
+from sttabt_edge.runtime.bench_inputs import read_inputs
 from sttabt_edge.runtime.predictor import Predictor, load
 from sttabt_edge.runtime.sessions import time_ms
 
@@ -58,6 +59,9 @@ class BenchResult:
     spinning: bool = False
     block: int = 1  # consecutive runs per model per round (first one dropped when > 1)
     environment: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] | None = (
+        None  # real inputs timed (bench_inputs.RealInputs.summary); None: synthetic
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,18 +91,32 @@ def _model_size_mb(path: Path) -> float:
 
 
 def _worker(
-    path: str, threads: int, batch: int, seq_len: int, spinning: bool = False, verify_digest: bool = True
+    path: str,
+    threads: int,
+    batch: int,
+    seq_len: int,
+    spinning: bool = False,
+    verify_digest: bool = True,
+    inputs_path: str = "",
+    input_limit: int = 256,
 ) -> None:
-    """Serve runs over stdin/stdout: 'run' -> elapsed ms; 'stats' -> JSON; EOF ends."""
+    """Serve runs over stdin/stdout: 'run' -> elapsed ms; 'stats' -> JSON; EOF ends. With
+    ``inputs_path``, run k takes real feed k (cyclically), so paired workers stay in step."""
     import resource
 
     pred = load(path, threads=threads, spinning=spinning, verify_digest=verify_digest)
-    inputs = synthetic_inputs(pred, batch, seq_len)
+    if inputs_path:
+        feeds = read_inputs(pred, inputs_path, batch, input_limit).feeds
+    else:
+        feeds = [synthetic_inputs(pred, batch, seq_len)]
     kept: list[np.ndarray] = []
+    k = 0
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "run":
-            ms, out = time_ms(lambda: pred.run(inputs))
+            feed = feeds[k % len(feeds)]
+            k += 1
+            ms, out = time_ms(lambda feed=feed: pred.run(feed))  # type: ignore[misc]
             if "kept_counts" in out:
                 kept.append(np.asarray(out["kept_counts"], dtype=np.float64).mean(0))
             print(f"{ms:.6f}", flush=True)
@@ -117,6 +135,8 @@ class _Worker:
         seq_len: int,
         spinning: bool = False,
         verify_digest: bool = True,
+        inputs_path: str = "",
+        input_limit: int = 256,
     ):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
@@ -131,6 +151,8 @@ class _Worker:
                 str(seq_len),
                 str(int(spinning)),
                 str(int(verify_digest)),
+                inputs_path,
+                str(input_limit),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -182,6 +204,8 @@ def bench(
     spinning: bool = False,
     block: int = 1,
     verify_digest: bool = True,
+    inputs: str | Path | None = None,
+    input_limit: int = 256,
 ) -> BenchResult:
     """Latency percentiles, throughput, peak RSS, kept tokens; with ``vs``, the interleaved ratio.
 
@@ -189,7 +213,9 @@ def bench(
     returns (see :func:`load`), so the idle worker does not steal the timed one's cores. Off
     by default, like :func:`load`. ``block``: runs per model per round (see the module doc);
     ``runs`` counts rounds, and the latency statistics use every warm run. ``verify_digest``: see
-    :func:`load`."""
+    :func:`load`. ``inputs``: time real inputs instead of synthetic ones
+    (:mod:`~sttabt_edge.runtime.bench_inputs`; ``seq_len`` is then unused); each run takes the next
+    of the first ``input_limit``, the same sequence for both models."""
     from rich.console import Console
     from rich.progress import Progress
 
@@ -200,14 +226,20 @@ def bench(
         ("batch", batch, 1),
         ("threads", threads, 1),
         ("seq_len", seq_len, 1),
+        ("input_limit", input_limit, 1),
     ):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
 
     paths = [Path(path)] + ([Path(vs)] if vs is not None else [])
     # fail fast here with the loader's clear error (the workers' would only say that they exited)
-    is_text = [load(p, verify_digest=verify_digest).text is not None for p in paths][0]
-    workers = [_Worker(p, threads, batch, seq_len, spinning, verify_digest) for p in paths]
+    preds = [load(p, verify_digest=verify_digest) for p in paths]
+    is_text = preds[0].text is not None
+    real = None
+    if inputs is not None:  # read here too: a bad file is the loader's one-line error, not a dead worker
+        real = [read_inputs(p, inputs, batch, input_limit) for p in preds][0].summary(Path(inputs))
+    src = "" if inputs is None else str(Path(inputs).resolve())
+    workers = [_Worker(p, threads, batch, seq_len, spinning, verify_digest, src, input_limit) for p in paths]
     times: list[list[float]] = [[] for _ in paths]  # every timed (warm) run
     rounds: list[list[float]] = [[] for _ in paths]  # per round: median of the block's warm runs
     try:
@@ -228,12 +260,13 @@ def bench(
     res = BenchResult(
         batch,
         threads,
-        seq_len if is_text else None,
+        seq_len if is_text and real is None else None,
         runs,
         a,
         spinning=spinning,
         block=block,
         environment=_environment(),
+        inputs=real,
     )
     if vs is not None:
         res.b = _stats(paths[1], times[1], batch, extras[1])
@@ -253,6 +286,7 @@ def bench_pairs(
     warmup: int,
     seq_len: int,
     block: int,
+    inputs: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``bench(a, vs=b)`` at batch 1 for each named pair, as ``{"a_vs_b": result dict}`` without the
     raw per-run times: the one pair harness that ``compress`` and the quickstart report from."""
@@ -267,6 +301,7 @@ def bench_pairs(
             warmup=warmup,
             seq_len=seq_len,
             block=block,
+            inputs=inputs,
         ).to_dict()
         for side in (r["a"], r["b"]):
             side.pop("runs_ms", None)
@@ -311,7 +346,7 @@ def plot(result: BenchResult, out: str | Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "--worker":
+if __name__ == "__main__" and len(sys.argv) == 10 and sys.argv[1] == "--worker":
     _worker(
         sys.argv[2],
         int(sys.argv[3]),
@@ -319,4 +354,6 @@ if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "--worker":
         int(sys.argv[5]),
         bool(int(sys.argv[6])),
         bool(int(sys.argv[7])),
+        sys.argv[8],
+        int(sys.argv[9]),
     )

@@ -150,6 +150,15 @@ def bench_cmd(
     runs: int = 50,
     warmup: int = 10,
     seq_len: Annotated[int, typer.Option(help="text models: tokens per synthetic input")] = 128,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(
+            help="time real inputs instead of synthetic ones: a text file (one input per line; "
+            "'a ||| b' for a pair; image paths for an image model) or an image folder; "
+            "each run takes the next"
+        ),
+    ] = None,
+    input_limit: Annotated[int, typer.Option(help="with --inputs: use the first N inputs")] = 256,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results as JSON")] = None,
     plot_out: Annotated[Path | None, typer.Option("--plot", help="write a latency plot (PNG)")] = None,
     spin: Annotated[
@@ -176,6 +185,8 @@ def bench_cmd(
 
     check_exists("model", model, "file")
     check_exists("--vs", vs, "file")
+    if inputs is not None and not inputs.exists():
+        fail(f"--inputs {inputs} not found")
     for name, value, low in (
         ("--threads", threads, 1),
         ("--batch", batch, 1),
@@ -183,6 +194,7 @@ def bench_cmd(
         ("--warmup", warmup, 0),
         ("--seq-len", seq_len, 1),
         ("--block", block, 1),
+        ("--input-limit", input_limit, 1),
     ):
         check_at_least(name, value, low)
     from sttabt_edge.runtime.bench import bench, plot
@@ -199,13 +211,21 @@ def bench_cmd(
             spinning=spin,
             block=block,
             verify_digest=not no_verify_digest,
+            inputs=inputs,
+            input_limit=input_limit,
         )
     except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
         fail(error_line(str(e)))
     rounds = f"{runs} rounds of {block} runs (first dropped)" if block > 1 else f"{runs} runs"
+    if res.inputs is not None:
+        fed = f"{res.inputs['count']} real inputs in turn"
+        if res.inputs["mean_tokens"] is not None:
+            fed += f", {res.inputs['mean_tokens']:.1f} tokens on average"
+    else:
+        fed = "synthetic input" + (f", {res.seq_len} tokens" if res.seq_len else "")
     table = Table(
         title=f"batch {batch}, {threads} threads{' (spinning)' if spin else ''}, {rounds} after "
-        f"{warmup} warm-up"
+        f"{warmup} warm-up; {fed}"
     )
     for col in ("model", "MB", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MB", "mean kept / layer"):
         table.add_column(col, justify="right")

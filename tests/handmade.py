@@ -99,8 +99,10 @@ def image_graph(weights: np.ndarray, size: int = 8) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def text_graph(vocab: int = 10, types: int = 2) -> onnx.ModelProto:
-    """logits (B, 2) = sum over real tokens of E[id] + T[type]: a lookup that out-of-range ids break."""
+def text_graph(vocab: int = 10, types: int = 2, kept: bool = False) -> onnx.ModelProto:
+    """logits (B, 2) = sum over real tokens of E[id] + T[type]: a lookup that out-of-range ids break.
+    ``kept``: also kept_counts (B, 2) = the row's real-token count at both "layers", so a test can
+    see which inputs a run was given."""
     rng = np.random.default_rng(0)
     emb, typ = rng.standard_normal((vocab, 2)), rng.standard_normal((types, 2))
     nodes = [
@@ -116,11 +118,18 @@ def text_graph(vocab: int = 10, types: int = 2) -> onnx.ModelProto:
         helper.make_tensor_value_info(n, TensorProto.INT64, ["B", "N"])
         for n in ("input_ids", "attention_mask", "token_type_ids")
     ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 2])]
+    if kept:
+        nodes += [
+            helper.make_node("ReduceSum", ["attention_mask", "one"], ["real"], keepdims=1),
+            helper.make_node("Concat", ["real", "real"], ["kept_counts"], axis=1),
+        ]
+        outputs.append(helper.make_tensor_value_info("kept_counts", TensorProto.INT64, ["B", 2]))
     graph = helper.make_graph(
         nodes,
         "tiny_text",
         ints,
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 2])],
+        outputs,
         [
             helper.make_tensor("E", TensorProto.FLOAT, [vocab, 2], emb.flatten().tolist()),
             helper.make_tensor("T", TensorProto.FLOAT, [types, 2], typ.flatten().tolist()),

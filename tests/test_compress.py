@@ -154,6 +154,13 @@ def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):
         "sttabt_int8_vs_dense_fp32",
         "sttabt_int8_vs_dense_int8",
     }
+    # latency is timed on the held-out inputs themselves, and each pair ran the same ones
+    lat_in = report["latency"]["inputs"]
+    held_texts = (out / "bench_inputs.txt").read_text().splitlines()
+    assert lat_in["source"] == "bench_inputs.txt" and lat_in["count"] == len(held_texts) == 24
+    assert lat_in["mean_tokens"] == pytest.approx(report["data"]["held_out_mean_tokens"], abs=1e-6)
+    assert {p["inputs"]["count"] for p in report["latency"]["pairs"].values()} == {24}
+    assert "held-out inputs in turn" in (out / "report.md").read_text()
     assert (out / "model.onnx").is_file() and (out / "model.fp32.onnx").is_file()
     assert (out / "report.md").read_text().startswith("# compress") and (
         out / "report.png"

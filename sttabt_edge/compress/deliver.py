@@ -2,7 +2,8 @@
 
 Layout of ``--out``: ``model.onnx`` (INT8 with ``--quantize int8``; then fp32 at
 ``model.fp32.onnx``, the layout of ``sttabt-edge export``), ``baseline/dense.onnx`` likewise,
-``approx/`` (the distilled ApproxNet), ``sttabt/`` (the trained dir, when thresholds were trained).
+``approx/`` (the distilled ApproxNet), ``sttabt/`` (the trained dir, when thresholds were trained),
+``bench_inputs.txt`` (the held-out inputs the latency benchmark ran).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ log = logging.getLogger("sttabt_edge.compress")
 # (the CLI's default, docs/int8.md), so a token choice may differ: kept-count agreement is reported, not required.
 INT8_TOLERANCE = Tolerance(max_abs_logit=2.0, min_top1_agreement=0.95, min_kept_agreement=0.0)
 VERIFY_EXAMPLES = 256
+BENCH_INPUTS = 256  # held-out inputs the latency benchmark takes in turn
 
 
 def calib_path(cfg: CompressConfig) -> Path:
@@ -129,14 +131,17 @@ def _brief(summary: ExportSummary) -> dict[str, Any]:
 def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -> dict[str, Any]:
     """Batch-1 latency pairs (block alternation, worker processes, as ``sttabt-edge bench --vs``)."""
     from sttabt_edge.runtime.bench import bench_pairs
+    from sttabt_edge.runtime.bench_inputs import write_text_inputs
 
     paths = files["paths"]
     pairs = [("sttabt_fp32", "dense_fp32")]
     if cfg.quantize:
         pairs += [("dense_int8", "dense_fp32"), ("sttabt_int8", "dense_fp32"), ("sttabt_int8", "dense_int8")]
-    seq_len = max(2, round(split.mean_length)) if split.mean_length else 128
+    # the held-out inputs themselves, taken in turn: a pruned model's latency depends on how many
+    # tokens its thresholds keep for real inputs, which synthetic text or noise images do not show
+    inputs = write_text_inputs([e.inputs for e in split.held[:BENCH_INPUTS]], cfg.out / "bench_inputs.txt")
     res: dict[str, Any] = {
-        "seq_len": seq_len if split.data.modality == "text" else None,
+        "seq_len": None,
         "threads": cfg.threads,
         "runs": cfg.bench_runs,
         "block": 5,
@@ -147,7 +152,10 @@ def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -
         threads=cfg.threads,
         runs=cfg.bench_runs,
         warmup=5,
-        seq_len=seq_len,
+        seq_len=128,  # unused with real inputs
         block=5,
+        inputs=inputs,
     )
+    first = next(iter(res["pairs"].values()))["inputs"]
+    res["inputs"] = {**first, "source": inputs.name}  # relative to --out: the report moves with it
     return res

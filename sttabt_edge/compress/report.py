@@ -92,6 +92,13 @@ def verdict_line(v: dict[str, Any]) -> str:
     )
 
 
+def _inputs_note(inputs: dict[str, Any]) -> str:
+    note = f", the first {inputs['count']} held-out inputs in turn ({inputs['source']}"
+    if inputs.get("mean_tokens") is not None:
+        note += f", {inputs['mean_tokens']:.1f} tokens on average"
+    return note + ")"
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg, chosen, dense, data = report["config"], report["chosen"], report["dense"], report["data"]
     goal = (
@@ -134,6 +141,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Latency: batch 1, {lat['threads']} ONNX Runtime threads, median of {lat['runs']} rounds of "
         f"{lat['block']} runs, block alternation"
         + (f", {lat['seq_len']}-token inputs" if lat["seq_len"] else "")
+        + (_inputs_note(lat["inputs"]) if lat.get("inputs") else "")
         + ". Held-out accuracy through the runtime; "
         + (
             "the report set ("
