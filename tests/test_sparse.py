@@ -219,3 +219,34 @@ class TestBadInput:
     def test_reducer_needs_exactly_one_rule(self):
         with pytest.raises(ValueError, match="exactly one"):
             SttabtReducer()
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_dense_forward_attentions_match_hf_for_one_and_many_heads(heads):
+    """One head (the default ApproxNet) takes its own split-heads path (an unsqueeze, no reshape):
+    its logits and probabilities must still be the HF model's."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sttabt_edge.method.sparse import dense_forward
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    model, inputs = BertForSequenceClassification(cfg).eval(), text_batch()
+    parts = model_parts(model)
+    with torch.no_grad():
+        ref = model(**inputs, output_attentions=True)
+        x, pad = embed(parts, inputs)
+        res = dense_forward(parts, x, pad, need_attn=True)
+        assert_close(SparseClassifier(model, DenseReducer())(**inputs).logits, ref.logits, atol=1e-5, rtol=0)
+    real = pad[:, None, :, None] & pad[:, None, None, :]  # HF's rows of padding queries differ: unused
+    for ours, theirs in zip(res.attentions, ref.attentions, strict=True):
+        assert ours.shape == theirs.shape == (3, heads, 20, 20)
+        assert_close(ours * real, theirs * real, atol=1e-6, rtol=0)

@@ -97,7 +97,8 @@ def layer_importance(
     """
     if head_reduce == "mean":
         w = weights[:, None, None, : attn_l.shape[-2]]  # (B, 1, 1, R)
-        return torch.matmul(w, attn_l).mean(dim=1).squeeze(1)  # (B, H, 1, N) -> (B, N)
+        s = torch.matmul(w, attn_l)  # (B, H, 1, N)
+        return s.flatten(1) if attn_l.shape[1] == 1 else s.mean(dim=1).squeeze(1)  # (B, N)
     return input_importance(reduce_heads(attn_l, head_reduce), weights)
 
 
@@ -174,16 +175,21 @@ def topk_backtrack(
     keep_out = prefix_mask(pad_mask, num_prefix_tokens) & pad_mask
     importance = keep_out.to(attn[0].dtype)
     keep, scores = [keep_out], []  # type: tuple[list[torch.Tensor], list[torch.Tensor]]
+    k_of: dict[
+        float, torch.Tensor
+    ] = {}  # per ratio: one keep ratio needs one k, not one per layer (graph ops)
     for layer in reversed(range(num_layers)):
         s = layer_importance(attn[layer], row_weights(keep_out, importance, p), head_reduce)  # (B, N)
         if same[layer]:  # the top-k would pick exactly keep_out
             keep_in = keep_out
         else:
-            if k_table is None:
-                k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
-            else:
-                k = k_table[layer][n_real]  # (B,)
-            k = torch.minimum(torch.maximum(k, floor), n_real)  # (B,)
+            if ratios[layer] not in k_of:
+                if k_table is None:
+                    k = torch.ceil(n_real.to(torch.float64) * ratios[layer]).long()
+                else:
+                    k = k_table[layer][n_real]  # (B,); equal ratios have equal rows
+                k_of[ratios[layer]] = torch.minimum(torch.maximum(k, floor), n_real)  # (B,)
+            k = k_of[ratios[layer]]
             real = torch.where(pad_mask, s, NEG_INF)
             if nesting == "union":
                 bound = topk_bound(n, ratios[layer], min_keep)

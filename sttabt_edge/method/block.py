@@ -31,7 +31,9 @@ def attention_probs(
     Weighting after the softmax and renormalizing equals removing the keys whose
     weight is 0 — exactly — and stays differentiable in soft weights.
     """
-    q = q * (q.shape[-1] ** -0.5)  # scale the (B, H, Nq, D) queries, not the larger (B, H, Nq, Nk) scores
+    # scale the (B, H, Nq, D) queries, not the larger (B, H, Nq, Nk) scores; a Python float, so the
+    # exported graph multiplies by a constant instead of computing it from the runtime shape
+    q = q * (int(q.shape[-1]) ** -0.5)
     scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, Nq, Nk)
     if key_bias is not None:
         scores = scores + key_bias
@@ -64,16 +66,16 @@ def block_forward(
     h = layer.norm1(x) if layer.pre_norm else x
     hq, res = query_rows(h, q_idx), query_rows(x, q_idx)
     nq = hq.shape[1]
-    q = layer.q(hq).view(b, nq, num_heads, -1).transpose(1, 2)  # (B, H, Nq, D)
-    k = layer.k(h).view(b, nk, num_heads, -1).transpose(1, 2)  # (B, H, Nk, D)
-    v = layer.v(h).view(b, nk, num_heads, -1).transpose(1, 2)  # (B, H, Nk, D)
+    q = _split_heads(layer.q(hq), b, nq, num_heads)  # (B, H, Nq, D)
+    k = _split_heads(layer.k(h), b, nk, num_heads)  # (B, H, Nk, D)
+    v = _split_heads(layer.v(h), b, nk, num_heads)  # (B, H, Nk, D)
     attn = None
     if need_attn or key_weight is not None:
         attn = attention_probs(q, k, key_bias, key_weight)
         ctx = torch.matmul(attn, v)  # (B, H, Nq, D)
     else:
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
-    ctx = ctx.transpose(1, 2).reshape(b, nq, -1)  # (B, Nq, C)
+    ctx = ctx.squeeze(1) if num_heads == 1 else ctx.transpose(1, 2).reshape(b, nq, -1)  # (B, Nq, C)
     a = F.dropout(layer.o(ctx), dropout, layer.o.training)
     if layer.pre_norm:
         y = res + a
@@ -82,6 +84,14 @@ def block_forward(
         y = layer.norm1(res + a)
         y = layer.norm2(y + F.dropout(layer.fc2(layer.act(layer.fc1(y))), dropout, layer.o.training))
     return BlockOutput(y, attn if need_attn else None, k if need_keys else None)
+
+
+def _split_heads(t: torch.Tensor, b: int, n: int, num_heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, H, N, D). One head (the default ApproxNet) is an unsqueeze: no runtime-shape
+    Reshape / Transpose nodes, which cost more than its (N, 48)-sized products in the exported graph."""
+    if num_heads == 1:
+        return t.unsqueeze(1)
+    return t.view(b, n, num_heads, -1).transpose(1, 2)
 
 
 def query_rows(x: torch.Tensor, q_idx: torch.Tensor | int | None) -> torch.Tensor:
