@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import statistics
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
 from sttabt_edge.atomic import atomic_write_text
+from sttabt_edge.cli_common import NOISY_LOGGERS, NOISY_MODULES
 from sttabt_edge.provenance import git_commit
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime.sessions import interleaved_times_ms
 from sttabt_edge.sparse_model import SparseClassifier
+
+
+def quiet_third_party() -> None:
+    """A benchmark prints its tables, not the notices torchao, torch and transformers print on import
+    or load (the CLI's rule, ``cli_common.quiet_third_party``). Called when this module is imported,
+    before any benchmark loads a model; ``STTABT_VERBOSE=1`` keeps them. A script owns its process,
+    so nothing is restored."""
+    if os.environ.get("STTABT_VERBOSE") == "1":
+        return
+    for k, v in {
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TQDM_DISABLE": "1",
+    }.items():
+        os.environ.setdefault(k, v)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=NOISY_MODULES)
+
+
+quiet_third_party()
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

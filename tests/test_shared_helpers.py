@@ -53,3 +53,28 @@ def test_atomic_write(tmp_path: Path):
         atomic_write(target, broken)
     assert target.read_text() == "two"  # the old file, whole
     assert sorted(p.name for p in target.parent.iterdir()) == ["f.json"]  # no temp file left
+
+
+def test_benchmarks_silence_third_party_import_notices():
+    """torchao prints "Failed to load ..." lines and torch _pytree notices on import; a benchmark
+    (anything importing benchmarks/common.py) does not, unless STTABT_VERBOSE=1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    code = "import common, torchao, transformers"
+    env = {k: v for k, v in os.environ.items() if k != "STTABT_VERBOSE"}
+    quiet = subprocess.run([sys.executable, "-c", code], cwd=bench, capture_output=True, text=True, env=env)
+    loud = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=bench,
+        capture_output=True,
+        text=True,
+        env={**env, "STTABT_VERBOSE": "1"},
+    )
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    if not loud.stderr.strip():
+        pytest.skip("these libraries print nothing on import here: nothing to silence")
+    assert quiet.stderr.strip() == ""
