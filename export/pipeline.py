@@ -29,10 +29,9 @@ from torch import nn
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, KEEP_RATIO_DEFAULTS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
-from sttabt_edge.export.graph import input_names
 from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, export_onnx, first_sample
-from sttabt_edge.export.profile import pipeline_latency
+from sttabt_edge.export.profile import model_feeds, pipeline_latency
 from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
@@ -239,7 +238,7 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> ExportSummary:
         "flops": analytic_flops(sc, calib),
     }
     sample = timing_sample(calib, req.batch)
-    summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, _feeds(sc, sample))
+    summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, model_feeds(sc, sample))
     if req.fuse:  # after the widths: a fused file has no main-model Softmax left to measure
         summary["fusion"] = _fuse(sc, path, calib, req.batch)
     summary["ort_nodes"] = ort_utils.optimized_node_counts(path)
@@ -355,10 +354,6 @@ def _tokenizer(model: str) -> Path | None:
     return tok if tok.is_file() else None
 
 
-def _feeds(sc: SparseClassifier, inputs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return ort_utils.to_feeds(input_names(sc.parts.family), inputs)
-
-
 def timing_sample(calib: Mapping[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
     """One example (text: its real length); repeated to N rows for a graph with a fixed batch N."""
     one = first_sample(calib)
@@ -374,7 +369,7 @@ def _quantize(
 ) -> dict[str, Any]:
     from sttabt_edge.export.quantize import quantize_onnx
 
-    return quantize_onnx(path, out, mode, _feeds(sc, calib)).to_dict()
+    return quantize_onnx(path, out, mode, model_feeds(sc, calib)).to_dict()
 
 
 def _fuse(
@@ -384,4 +379,4 @@ def _fuse(
     from sttabt_edge.export.fusion import fuse_onnx
 
     sets = [calib, first_sample(calib)] if batch == "dynamic" else [calib]
-    return fuse_onnx(path, path, check_inputs=[_feeds(sc, s) for s in sets], record=True).to_dict()
+    return fuse_onnx(path, path, check_inputs=[model_feeds(sc, s) for s in sets], record=True).to_dict()

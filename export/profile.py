@@ -172,6 +172,11 @@ def latency_breakdown(
     return result
 
 
+def model_feeds(sc: SparseClassifier, inputs: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """ORT feeds of a classifier's exported graph: its family's input names, as numpy."""
+    return ort_utils.to_feeds(input_names(sc.parts.family), inputs)
+
+
 def pipeline_latency(
     sc: SparseClassifier,
     path: Path,
@@ -189,7 +194,7 @@ def pipeline_latency(
     exported (and verified) with the pipeline's ``options`` to a temp dir, and ``fuse``d like it."""
     from sttabt_edge.reducers.dense import DenseReducer
 
-    feeds = ort_utils.to_feeds(input_names(sc.parts.family), sample)
+    feeds = model_feeds(sc, sample)
     result: dict[str, float] = {}
     if sc.reducer.name == "dense":
         result["dense"] = ort_utils.median_latency_ms(path, feeds, threads, runs)
