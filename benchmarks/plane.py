@@ -14,7 +14,7 @@ computed from N in Python). For every file, in one run:
 
     python benchmarks/plane.py --model ../shared/models/minilm-l6-sst2 --data ../shared/data/glue/SST-2 \\
         --approx runs/sst2/approx_f4h1 --trained concrete@0.4=runs/sst2/concrete_r040 \\
-        --ratios 0.5 0.3 --methods sttabt tome topk --quantize int8 --out benchmarks/results/plane_sst2.json
+        --sttabt-ratios 0.5 0.3 --quantize int8 --fuse --out benchmarks/results/plane_sst2.json
 
 Writes the JSON (with the commit) and a PNG beside it: accuracy against p50 latency (ms), and
 against FLOPs. Run it on a quiet machine: the latency pairs are only as good as the machine.
@@ -38,8 +38,6 @@ from sttabt_edge.export.pipeline import ExportRequest, fp32_sibling, run_export
 from sttabt_edge.runtime.bench import bench
 from sttabt_edge.runtime.bench_inputs import write_text_inputs
 
-TRAINING_FREE = ("sttabt", "tome", "topk")
-
 
 def eval_examples(args: argparse.Namespace) -> list[Example]:
     """The evaluation set: a GLUE task's dev.tsv (or --eval-data), or an image folder's held-out half."""
@@ -57,8 +55,9 @@ def eval_examples(args: argparse.Namespace) -> list[Example]:
 def points(args: argparse.Namespace) -> list[dict[str, Any]]:
     """(name, ExportRequest options) of every point to export."""
     out: list[dict[str, Any]] = [{"name": "dense", "method": "dense", "model": str(args.model)}]
-    for method in args.methods:
-        for r in args.ratios:
+    knobs = {"sttabt": args.sttabt_ratios, "topk": args.topk_ratios, "tome": args.tome_ratios}
+    for method, ratios in knobs.items():
+        for r in ratios:
             p = {"name": f"{method}@{r:g}", "method": method, "model": str(args.model), "keep_ratio": r}
             if method == "sttabt":
                 p["approx"] = args.approx
@@ -96,8 +95,9 @@ def main() -> None:
     ap.add_argument("--eval-data", type=Path, default=None, help="default: dev.tsv / the held-out half")
     ap.add_argument("--approx", type=Path, default=None, help="distilled ApproxNet for STTABT top-k points")
     ap.add_argument("--trained", nargs="*", default=[], help="NAME=DIR of trained STTABT / baseline dirs")
-    ap.add_argument("--methods", nargs="*", default=list(TRAINING_FREE), choices=TRAINING_FREE)
-    ap.add_argument("--ratios", type=float, nargs="*", default=[0.5, 0.3], help="keep ratios (per method)")
+    ap.add_argument("--sttabt-ratios", type=float, nargs="*", default=[], help="STTABT top-k keep ratios")
+    ap.add_argument("--topk-ratios", type=float, nargs="*", default=[], help="EViT top-k: kept per layer")
+    ap.add_argument("--tome-ratios", type=float, nargs="*", default=[], help="ToMe keep ratios")
     ap.add_argument("--quantize", choices=["int8"], default=None)
     ap.add_argument(
         "--fuse", action="store_true", help="fused attention kernels (docs/export.md), every file"
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/sttabt-plane"), help="exported files")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/plane.json"))
     args = ap.parse_args()
-    if "sttabt" in args.methods and args.approx is None:
+    if args.sttabt_ratios and args.approx is None:
         raise SystemExit("error: STTABT top-k points need --approx DIR (a distilled ApproxNet)")
     t0 = time.time()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def test_plane_exports_evaluates_and_times_every_point(tmp_path, monkeypatch):
     approx = build_approxnet(load_model(model), 2, "interpolate").save(tmp_path / "approx")
     out = tmp_path / "plane.json"
     argv = ["plane.py", "--model", str(model), "--data", str(data), "--approx", str(approx)]
-    argv += ["--methods", "sttabt", "--ratios", "0.5", "0.3", "--quantize", "int8", "--runs", "2"]
+    argv += ["--sttabt-ratios", "0.5", "0.3", "--quantize", "int8", "--runs", "2"]
     argv += ["--block", "2", "--threads", "1", "--work", str(tmp_path / "w"), "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     plane.main()
