@@ -44,3 +44,30 @@ def test_plane_exports_evaluates_and_times_every_point(tmp_path, monkeypatch):
     assert got[("dense", "fp32")]["flops_ratio"] == 1.0 and got[("sttabt@0.5", "fp32")]["retention"] < 1.0
     assert got[("dense", "int8")]["x_dense_int8"] == 1.0 and res["eval_examples"] == 12 and res["commit"]
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_plane_on_images_uses_the_held_out_half_and_vit_only_methods(tmp_path, monkeypatch):
+    from PIL import Image
+    from tiny import tiny_vit
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    plane = importlib.import_module("plane")
+    model = tmp_path / "vit"
+    tiny_vit().save_pretrained(model)
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (images / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / cls / f"{i}.png")
+    out = tmp_path / "plane.json"
+    argv = ["plane.py", "--model", str(model), "--data", str(images), "--tome-ratios", "0.5"]
+    argv += ["--topk-ratios", "0.6", "--runs", "2", "--block", "2", "--threads", "1"]
+    argv += ["--work", str(tmp_path / "w"), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    plane.main()
+    res = json.loads(out.read_text())
+    assert [r["name"] for r in res["rows"]] == ["dense", "topk@0.6", "tome@0.5"]
+    assert res["eval_examples"] == 4 and all(r["kind"] == "fp32" for r in res["rows"])  # half of 8 images
+    listed = (tmp_path / "w" / "eval_inputs.txt").read_text().splitlines()
+    assert len(listed) == 4 and all(Path(p).is_file() for p in listed)
