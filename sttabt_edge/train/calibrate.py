@@ -55,8 +55,8 @@ def warn_length_shift(data: TrainData, batches: Sequence[dict[str, Any]], max_le
     if not 1 / LENGTH_SHIFT <= ratio <= LENGTH_SHIFT:
         warnings.warn(
             f"calibration inputs average {calib_len:.1f} tokens, held-out ones {held_len:.1f}: thresholds "
-            "calibrated on them give a different retention on held-out inputs; set TrainData.calib to "
-            "unlabeled inputs like the deployment ones (e.g. the held-out inputs)",
+            "calibrated on them give a different retention on held-out inputs; calibrate on unlabeled inputs "
+            "like the deployment ones (`train --calib-on eval`; in Python TrainData.calib)",
             stacklevel=2,
         )
     return ratio

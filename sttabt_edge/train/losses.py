@@ -147,8 +147,8 @@ def calibrate_offset(
         msg = (
             f"retention target {target:g} is outside what the {what} can reach on the calibration inputs: "
             f"[{floor:.3f}, {ceil:.3f}] (the floor is the tokens always kept, a large share of short inputs). "
-            "Calibrate on inputs like the deployment ones (TrainData.calib, sweep calib_on_eval) "
-            "or choose a reachable target"
+            "Calibrate on inputs like the deployment ones (`train --calib-on eval`: the unlabeled held-out "
+            "inputs; in Python TrainData.calib) or choose a reachable target"
         )
         if strict:
             raise UnreachableTargetError(msg)
