@@ -96,8 +96,20 @@ def main() -> None:
     ap.add_argument("--approx", type=Path, default=None, help="distilled ApproxNet for STTABT top-k points")
     ap.add_argument("--trained", nargs="*", default=[], help="NAME=DIR of trained STTABT / baseline dirs")
     ap.add_argument("--sttabt-ratios", type=float, nargs="*", default=[], help="STTABT top-k keep ratios")
-    ap.add_argument("--topk-ratios", type=float, nargs="*", default=[], help="EViT top-k: fraction of N entering each later layer")
-    ap.add_argument("--tome-ratios", type=float, nargs="*", default=[], help="ToMe: fraction left after the last layer (constant r)")
+    ap.add_argument(
+        "--topk-ratios",
+        type=float,
+        nargs="*",
+        default=[],
+        help="EViT top-k: fraction of N entering each later layer",
+    )
+    ap.add_argument(
+        "--tome-ratios",
+        type=float,
+        nargs="*",
+        default=[],
+        help="ToMe: fraction left after the last layer (constant r)",
+    )
     ap.add_argument("--quantize", choices=["int8"], default=None)
     ap.add_argument(
         "--fuse", action="store_true", help="fused attention kernels (docs/export.md), every file"
