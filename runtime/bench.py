@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,33 +91,37 @@ def _model_size_mb(path: Path) -> float:
     return (path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)) / 2**20
 
 
-def _worker(
-    path: str,
-    threads: int,
-    batch: int,
-    seq_len: int,
-    spinning: bool = False,
-    verify_digest: bool = True,
-    inputs_path: str = "",
-    input_limit: int = 256,
-) -> None:
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a benchmark worker process loads and runs; passed to it as one JSON argument."""
+
+    path: str
+    threads: int
+    batch: int
+    seq_len: int
+    spinning: bool = False
+    verify_digest: bool = True
+    inputs_path: str = ""  # real inputs (bench_inputs.read_inputs); "" = one synthetic batch
+    input_limit: int = 256
+
+
+def _worker(spec: WorkerSpec) -> None:
     """Serve runs over stdin/stdout: 'run' -> elapsed ms; 'stats' -> JSON; EOF ends. With
-    ``inputs_path``, run k takes real feed k (cyclically), so paired workers stay in step."""
+    ``spec.inputs_path``, run k takes real feed k (cyclically), so paired workers stay in step."""
     import resource
 
-    pred = load(path, threads=threads, spinning=spinning, verify_digest=verify_digest)
-    if inputs_path:
-        feeds = read_inputs(pred, inputs_path, batch, input_limit).feeds
+    pred = load(spec.path, threads=spec.threads, spinning=spec.spinning, verify_digest=spec.verify_digest)
+    if spec.inputs_path:
+        feeds = read_inputs(pred, spec.inputs_path, spec.batch, spec.input_limit).feeds
     else:
-        feeds = [synthetic_inputs(pred, batch, seq_len)]
+        feeds = [synthetic_inputs(pred, spec.batch, spec.seq_len)]
     kept: list[np.ndarray] = []
     k = 0
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "run":
-            feed = feeds[k % len(feeds)]
+            ms, out = time_ms(partial(pred.run, feeds[k % len(feeds)]))
             k += 1
-            ms, out = time_ms(lambda feed=feed: pred.run(feed))  # type: ignore[misc]
             if "kept_counts" in out:
                 kept.append(np.asarray(out["kept_counts"], dtype=np.float64).mean(0))
             print(f"{ms:.6f}", flush=True)
@@ -127,33 +132,10 @@ def _worker(
 
 
 class _Worker:
-    def __init__(
-        self,
-        path: Path,
-        threads: int,
-        batch: int,
-        seq_len: int,
-        spinning: bool = False,
-        verify_digest: bool = True,
-        inputs_path: str = "",
-        input_limit: int = 256,
-    ):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    def __init__(self, spec: WorkerSpec):
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec.threads))
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sttabt_edge.runtime.bench",
-                "--worker",
-                str(path),
-                str(threads),
-                str(batch),
-                str(seq_len),
-                str(int(spinning)),
-                str(int(verify_digest)),
-                inputs_path,
-                str(input_limit),
-            ],
+            [sys.executable, "-m", "sttabt_edge.runtime.bench", "--worker", json.dumps(asdict(spec))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -239,7 +221,10 @@ def bench(
     if inputs is not None:  # read here too: a bad file is the loader's one-line error, not a dead worker
         real = [read_inputs(p, inputs, batch, input_limit) for p in preds][0].summary(Path(inputs))
     src = "" if inputs is None else str(Path(inputs).resolve())
-    workers = [_Worker(p, threads, batch, seq_len, spinning, verify_digest, src, input_limit) for p in paths]
+    workers = [
+        _Worker(WorkerSpec(str(p), threads, batch, seq_len, spinning, verify_digest, src, input_limit))
+        for p in paths
+    ]
     times: list[list[float]] = [[] for _ in paths]  # every timed (warm) run
     rounds: list[list[float]] = [[] for _ in paths]  # per round: median of the block's warm runs
     try:
@@ -346,14 +331,5 @@ def plot(result: BenchResult, out: str | Path) -> None:
     fig.savefig(out, dpi=120)
 
 
-if __name__ == "__main__" and len(sys.argv) == 10 and sys.argv[1] == "--worker":
-    _worker(
-        sys.argv[2],
-        int(sys.argv[3]),
-        int(sys.argv[4]),
-        int(sys.argv[5]),
-        bool(int(sys.argv[6])),
-        bool(int(sys.argv[7])),
-        sys.argv[8],
-        int(sys.argv[9]),
-    )
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--worker":
+    _worker(WorkerSpec(**json.loads(sys.argv[2])))
