@@ -91,7 +91,7 @@ def read_inputs(pred: Predictor, source: str | Path, batch: int = 1, limit: int 
     if any(kinds) and not all(kinds):
         first = kinds.index(not kinds[0]) + 1
         raise InputError(f"--inputs {src} mixes single texts and '{PAIR_SEP.strip()}' pairs (input {first})")
-    limit_tokens = pred.text.max_length or pred.text.model_max_length
+    limit_tokens = pred.text.limit
     lengths = pred.text.token_lengths(texts)
     truncated = sum(n > limit_tokens for n in lengths)
     feeds = []

@@ -236,6 +236,11 @@ class TextPreprocess:
             raise InputError(f"cannot load tokenizer {p}: {str(e).splitlines()[0] if str(e) else e!r}") from e
         return cls(tokenizer, model_max_length=model_max_length, max_length=max_length)
 
+    @property
+    def limit(self) -> int:
+        """Tokens a text may have: ``max_length`` when set, else the model's own limit."""
+        return self.max_length or self.model_max_length
+
     def _check_max_length(self, max_length: int | None) -> int | None:
         if max_length is None:
             return None
@@ -274,7 +279,7 @@ class TextPreprocess:
         Returns ``input_ids``, ``attention_mask`` and ``token_type_ids`` as int64 (B, N).
         """
         batch = _normalize_texts(texts)
-        limit = self._check_max_length(max_length) or self.max_length or self.model_max_length
+        limit = self._check_max_length(max_length) or self.limit
         with self._lock:
             if truncation:
                 self._tokenizer.enable_truncation(

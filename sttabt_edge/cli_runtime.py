@@ -112,7 +112,7 @@ def _refuse_long_texts(pred: Predictor, texts: list[Any]) -> None:
     """Name the CLI option in the error (the library's own message names ``truncation=True``)."""
     text = pred.text
     assert text is not None
-    limit = text.max_length or text.model_max_length
+    limit = text.limit
     for i, n in enumerate(text.token_lengths(texts)):  # the runtime's checks (e.g. valid Unicode) first
         if n > limit:
             fail(
