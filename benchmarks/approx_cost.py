@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHARED, environment, write_json
+from common import SHARED, environment, quiet_third_party, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -241,4 +241,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     main()

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 from approx_options_report import plot, summary
-from common import SHARED, environment, write_json
+from common import SHARED, environment, quiet_third_party, write_json
 from rich.console import Console
 from train_sst2 import BUDGETS
 
@@ -358,4 +358,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     main()

@@ -23,9 +23,9 @@ from sttabt_edge.sparse_model import SparseClassifier
 
 def quiet_third_party() -> None:
     """A benchmark prints its tables, not the notices torchao, torch and transformers print on import
-    or load (the CLI's rule, ``cli_common.quiet_third_party``). Called when this module is imported,
-    before any benchmark loads a model; ``STTABT_VERBOSE=1`` keeps them. A script owns its process,
-    so nothing is restored."""
+    or load (the CLI's rule, ``cli_common.quiet_third_party``). Each script calls it first under
+    ``__main__``: a script owns its process, so nothing is restored; importing this module (as the
+    tests do) changes nothing. ``STTABT_VERBOSE=1`` keeps the notices."""
     if os.environ.get("STTABT_VERBOSE") == "1":
         return
     for k, v in {
@@ -38,8 +38,6 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=NOISY_MODULES)
 
-
-quiet_third_party()
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

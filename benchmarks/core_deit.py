@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHARED, calibrate, environment, interleaved_latency, write_json
+from common import SHARED, calibrate, environment, interleaved_latency, quiet_third_party, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -291,4 +291,5 @@ def _plot(results, path: Path) -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     main()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import SHARED, calibrate, environment, write_json
+from common import SHARED, calibrate, environment, quiet_third_party, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -119,4 +119,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     main()

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from common import SHARED, environment, write_json
+from common import SHARED, environment, quiet_third_party, write_json
 
 from sttabt_edge.data import Example, batches, glue_tsv, image_folder, image_preprocess_for, model_class_names
 from sttabt_edge.export import ort as ort_utils
@@ -318,4 +318,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     main()

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, environment, write_json  # noqa: E402
+from common import SHARED, environment, quiet_third_party, write_json  # noqa: E402
 
 from sttabt_edge.data import glue_tsv, image_folder, model_class_names  # noqa: E402
 from sttabt_edge.export import ort as ort_utils  # noqa: E402
@@ -362,6 +362,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     if len(sys.argv) == 5 and sys.argv[1] == "--worker":
         _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import environment, write_json
+from common import environment, quiet_third_party, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -154,4 +154,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     main()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import SHARED, environment, write_json
+from common import SHARED, environment, quiet_third_party, write_json
 from quickstart_report import model_rows, plot, summary_table
 from quickstart_steps import (
     analytic_flops,
@@ -333,4 +333,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     sys.exit(0 if main()["summary"]["all_parity_passed"] else 1)

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import SHARED, environment, write_json
+from common import SHARED, environment, quiet_third_party, write_json
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -435,4 +435,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()
     main()

@@ -15,7 +15,7 @@ benchmarks/results/train_deit_<budget>.json and .png and prints the equivalent
 
 from __future__ import annotations
 
-from common import SHARED
+from common import SHARED, quiet_third_party
 from sweep_cli import Driver, main
 
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
@@ -73,4 +73,5 @@ DRIVER = Driver(
 )
 
 if __name__ == "__main__":
+    quiet_third_party()
     main(DRIVER)

@@ -15,7 +15,7 @@ and .png and prints the equivalent ``sttabt-edge train`` commands and the wall t
 
 from __future__ import annotations
 
-from common import SHARED
+from common import SHARED, quiet_third_party
 from sweep_cli import Driver, main
 
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
@@ -65,4 +65,5 @@ DRIVER = Driver(
 )
 
 if __name__ == "__main__":
+    quiet_third_party()
     main(DRIVER)
