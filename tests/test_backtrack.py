@@ -6,7 +6,7 @@ import torch
 from sttabt_edge.method import backtrack
 from sttabt_edge.method.backtrack import retention, row_weights, same_as_next, topk_backtrack
 from sttabt_edge.method.concrete import ConcreteThresholds, concrete_backtrack, retention_loss
-from sttabt_edge.method.tokens import compact_indices, local_positions, rank_topk_mask
+from sttabt_edge.method.tokens import compact_indices, depth_order, rank_topk_mask
 
 
 def _attn(rows_per_layer: list[dict[int, list[float]]], n: int = 5) -> torch.Tensor:
@@ -183,10 +183,9 @@ def test_token_helpers():
     idx, valid = compact_indices(keep, 3)
     assert idx[0].tolist() == [0, 2, 3] and valid[0].tolist() == [True, True, True]
     assert idx[1, :2].tolist() == [0, 1] and valid[1].tolist() == [True, True, False]
-    out = torch.tensor([[True, False, False, True], [True, False, False, False]])
-    idx_out, _ = compact_indices(out, 2)
-    local = local_positions(keep, idx_out)
-    assert local[0].tolist() == [0, 2] and local[1, 0].item() == 0  # invalid slot (1, 1) is ignored
+    # deepest first, ties in position order; depth 0 (dropped, padding) last
+    depth = torch.tensor([[3, 0, 1, 3, 2], [3, 1, 1, 0, 0]])
+    assert depth_order(depth, 4).tolist() == [[0, 3, 4, 2], [0, 1, 2, 3]]
     m = rank_topk_mask(torch.tensor([[0.1, 0.9, 0.5, 0.7]]), torch.tensor([2]), 3)
     assert m.tolist() == [[False, True, False, True]]
 

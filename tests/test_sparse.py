@@ -90,6 +90,25 @@ def test_text_same_layers_skip_compaction(ratio, nesting):
     assert torch.equal(fast.n_in, general.n_in)
 
 
+@pytest.mark.parametrize("ratio", [0.4, [0.9, 0.6, 0.3]])
+def test_static_bounds_equal_mask_mode_on_padded_text(ratio):
+    """Static compact bounds (the LiteRT graphs' shapes) leave slots of tokens a layer does not
+    keep inside each depth-ordered prefix, and padding after it; the per-layer padding bias must
+    hide them, so the result equals mask mode, and the batch-maximum sizes of the ONNX path."""
+    model, inputs = tiny_bert(), text_batch()
+    parts, reducer = model_parts(model), SttabtReducer(keep_ratio=ratio)
+    with torch.no_grad():
+        x, pad = embed(parts, inputs)
+        bt = reducer.backtrack(parts, inputs, x, pad)
+        static = reducer.keep_plan(parts, bt, static=True)
+        assert static.sizes is not None and static.sizes[0] > int(bt.keep[0].sum(1).max())
+        bounded = plan_forward(parts, x, pad, static)
+        batch_max = plan_forward(parts, x, pad, reducer.keep_plan(parts, bt))
+        masked = plan_forward(parts, x, pad, static, mode="mask")
+    assert_close(bounded.prefix_hidden, masked.prefix_hidden, atol=1e-5, rtol=0)
+    assert_close(batch_max.prefix_hidden, masked.prefix_hidden, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25])
 def test_padded_batch_equals_unpadded_runs(ratio):
     model, inputs = tiny_bert(), text_batch()

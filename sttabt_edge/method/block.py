@@ -58,8 +58,8 @@ def block_forward(
     """Run one layer.
 
     x: (B, Nk, C) tokens the layer receives. q_idx: (B, Nq) positions inside x whose
-    outputs are needed (None = all; an int P = the first P, e.g. the prefix: a slice, no
-    gather). key_bias: additive (B, 1, 1, Nk) (padding, ToMe size). key_weight:
+    outputs are needed (None = all; a count P, an int or a 0-dim tensor, = the first P, e.g.
+    the prefix or a depth-ordered set: a slice, no gather). key_bias: additive (B, 1, 1, Nk) (padding, ToMe size). key_weight:
     multiplicative (B, 1, 1, Nk) soft/hard key mask (mask mode).
     """
     b, nk, c = x.shape
@@ -98,7 +98,7 @@ def query_rows(x: torch.Tensor, q_idx: torch.Tensor | int | None) -> torch.Tenso
     """The (B, Nq, C) rows of x whose outputs a layer computes (see block_forward's q_idx)."""
     if q_idx is None:
         return x
-    if isinstance(q_idx, int):
+    if isinstance(q_idx, int) or q_idx.dim() == 0:  # a count (0-dim while tracing): a slice
         return x[:, :q_idx]
     return batched_gather(x, q_idx)
 

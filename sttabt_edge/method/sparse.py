@@ -18,7 +18,7 @@ import torch
 
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.block import BlockOutput, block_forward, key_padding_bias, padding_bias
-from sttabt_edge.method.tokens import Size, batched_gather, compact_indices, compact_size, local_positions
+from sttabt_edge.method.tokens import Size, batched_gather, compact_size, depth_order
 
 # "remove": real token removal (inference); "mask": full shapes, differentiable (training)
 Mode: TypeAlias = Literal["remove", "mask"]
@@ -120,30 +120,39 @@ def plan_forward(
 def _remove_forward(
     parts: ModelParts, x: torch.Tensor, pad_mask: torch.Tensor, plan: KeepPlan
 ) -> ForwardResult:
+    """Real removal in depth order: one gather at the input, then a prefix slice per layer.
+
+    The sets are nested (keep[l+1] ⊆ keep[l]), so ordering the kept tokens by how many layers
+    they enter (deepest first, then by position) makes every layer's set, and every layer's
+    output set, a prefix of that one order: layer l reads the first K_l slots and outputs the
+    first K_{l+1}. Attention is permutation-equivariant (positions were added at the
+    embeddings), so the result equals computing each set in position order, without a
+    compaction, position lookup and gather per layer. The prefix tokens enter every layer, so
+    they stay in the first slots, where the head reads them.
+    """
     keep = [k.bool() & pad_mask for k in plan.keep]
+    num_layers = len(parts.layers)
+    depth = torch.stack(keep, dim=0).sum(dim=0)  # (B, N): t is in keep[l] iff depth[t] > l
+    counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)
     exact = plan.exact and plan.sizes is not None
     sizes = plan.sizes or [compact_size(k) for k in keep]
-    same = plan.same or [False] * len(parts.layers)
-    idx, valid = compact_indices(keep[0], sizes[0], need_valid=not exact)
-    h = batched_gather(x, idx)  # (B, K0, C)
-    bias = None if valid is None else padding_bias(valid, h.dtype)
-    top = len(parts.layers) - 1
+    order = depth_order(depth, sizes[0])  # (B, K0) original positions
+    h = batched_gather(x, order)  # (B, K0, C)
+    slot_depth = None if exact else torch.gather(depth, 1, order)  # (B, K0)
+    same = plan.same or [False] * num_layers
+    top = num_layers - 1
     for layer_idx, layer in enumerate(parts.layers):
-        q_idx: torch.Tensor | int | None = None  # same set as the input: every row
-        valid_out = valid
-        if layer_idx == top:  # the head reads only the prefix, the first P slots of any compact set
+        q_idx: Size | None = None  # same set as the input: every row
+        if layer_idx == top:  # the head reads only the prefix, the first P slots
             q_idx = parts.num_prefix_tokens
         elif not same[layer_idx]:
-            idx_out, valid_out = compact_indices(
-                keep[layer_idx + 1], sizes[layer_idx + 1], need_valid=not exact
-            )
-            q_idx = local_positions(keep[layer_idx], idx_out)  # (B, K_out) into h
+            q_idx = sizes[layer_idx + 1]
+        bias = None
+        if slot_depth is not None:
+            bias = padding_bias(slot_depth[:, : h.shape[1]] > layer_idx, h.dtype)  # (B, 1, 1, K_l)
         h = block_forward(
             layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p
         ).hidden
-        if valid_out is not valid and valid_out is not None:  # None only in exact plans, then valid is too
-            valid, bias = valid_out, padding_bias(valid_out, h.dtype)
-    counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)
     return ForwardResult(h[:, : parts.num_prefix_tokens], counts[:, :-1], counts[:, 1:], keep)
 
 

@@ -93,6 +93,18 @@ def compact_indices(
     return idx, torch.gather(keep, 1, idx) if need_valid else None
 
 
+def depth_order(depth: torch.Tensor, size: Size) -> torch.Tensor:
+    """Positions of the `size` deepest tokens, deepest first, ties in position order.
+
+    depth: (B, N) long, how many nested sets hold each token (0: none, e.g. padding).
+    Returns (B, size) long. A float top-k (no int64 sort), as :func:`compact_indices`.
+    """
+    n = depth.shape[1]
+    ramp = torch.arange(n, device=depth.device, dtype=torch.float32)  # (N,)
+    key = depth.to(torch.float32) * (n + 1) - ramp  # deeper first; earlier first within a depth
+    return torch.topk(key, size, dim=1, largest=True, sorted=True).indices  # type: ignore[arg-type]  # (B, K)
+
+
 def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: Size) -> torch.Tensor:
     """Keep the `k[b]` highest scores of each row (k may differ per sample).
 
@@ -105,16 +117,6 @@ def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: Size) -> torch.T
     chosen = slot < k.unsqueeze(1)  # (B, K)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     return keep.scatter(1, top, chosen)
-
-
-def local_positions(keep_in: torch.Tensor, idx_out: torch.Tensor) -> torch.Tensor:
-    """Where each output position sits inside the compacted input set.
-
-    keep_in (B, N) bool, idx_out (B, K_out) original positions with keep_out ⊆ keep_in.
-    Returns (B, K_out) indices into the compact input tensor (arbitrary for invalid slots).
-    """
-    offset = torch.cumsum(keep_in.long(), dim=1) - 1  # (B, N)
-    return torch.gather(offset, 1, idx_out).clamp_min(0)
 
 
 def prefix_mask(pad_mask: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
