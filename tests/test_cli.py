@@ -2,10 +2,9 @@
 
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
-from tiny import tiny_bert, tiny_vit
+from tiny import tiny_bert, tiny_vit, write_image_dir
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
@@ -22,13 +21,7 @@ def vit_dir(tmp_path):
 
 @pytest.fixture()
 def image_dir(tmp_path):
-    d = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (d / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / cls / f"{i}.png")
-    return d
+    return write_image_dir(tmp_path / "images", per_class=3, hw=(40, 48), seed=0)
 
 
 def test_info(vit_dir):

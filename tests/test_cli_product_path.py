@@ -3,10 +3,8 @@ trained dir -> verify against it -> run, all through the CLI."""
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
-from tiny import tiny_vit
+from tiny import tiny_vit, write_image_dir
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
@@ -16,13 +14,7 @@ runner = CliRunner()
 
 @pytest.fixture()
 def image_dir(tmp_path):
-    d = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (d / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / cls / f"{i}.png")
-    return d
+    return write_image_dir(tmp_path / "images", per_class=4, hw=(40, 48), seed=0)
 
 
 @pytest.mark.parametrize("concrete", ["ste", "official"])

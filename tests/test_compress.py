@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from tiny import save_tiny_text_model
+from tiny import WORDS, save_tiny_text_model, write_sst2_dir
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
@@ -22,7 +22,6 @@ from sttabt_edge.compress.search import (
 from sttabt_edge.errors import InputError
 
 runner = CliRunner()
-WORDS = "a the film movie good bad great dull fun boring plot actor story is was not very and of it".split()
 
 
 def point(r: float, acc: float) -> Point:
@@ -84,13 +83,7 @@ def test_config_refuses_bad_requests_before_loading(tmp_path):
 
 @pytest.fixture()
 def sst2(tmp_path):
-    d = tmp_path / "SST-2"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 120), ("dev", 16)):
-        rows = [" ".join(rng.choice(WORDS, rng.integers(3, 14))) + f"\t{i % 2}" for i in range(n)]
-        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
-    return d
+    return write_sst2_dir(tmp_path / "SST-2", n_train=120, n_dev=16, seed=1)
 
 
 def test_compress_end_to_end_on_a_tiny_bert(tmp_path, sst2):

@@ -5,8 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from tiny import save_tiny_text_model
+from tiny import WORDS, save_tiny_text_model, write_image_dir, write_sst2_dir
 
 from sttabt_edge.compress.stages import runtime_accuracy
 from sttabt_edge.data import glue_tsv
@@ -14,18 +13,12 @@ from sttabt_edge.method.approxnet import build_approxnet
 from sttabt_edge.models.loading import load_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-WORDS = "a the film movie good bad great dull fun boring plot actor story is was not very and of it".split()
 
 
 def test_plane_exports_evaluates_and_times_every_point(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     plane = importlib.import_module("plane")
-    data = tmp_path / "SST-2"
-    data.mkdir()
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 20), ("dev", 12)):
-        rows = [" ".join(rng.choice(WORDS, rng.integers(3, 14))) + f"\t{i % 2}" for i in range(n)]
-        (data / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    data = write_sst2_dir(tmp_path / "SST-2", n_train=20, n_dev=12, seed=1)
     model = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
     approx = build_approxnet(load_model(model), 2, "interpolate").save(tmp_path / "approx")
     out = tmp_path / "plane.json"
@@ -47,19 +40,13 @@ def test_plane_exports_evaluates_and_times_every_point(tmp_path, monkeypatch):
 
 
 def test_plane_on_images_uses_the_held_out_half_and_vit_only_methods(tmp_path, monkeypatch):
-    from PIL import Image
     from tiny import tiny_vit
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     plane = importlib.import_module("plane")
     model = tmp_path / "vit"
     tiny_vit().save_pretrained(model)
-    images = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (images / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / cls / f"{i}.png")
+    images = write_image_dir(tmp_path / "images", per_class=4, hw=(40, 48), seed=0)
     out = tmp_path / "plane.json"
     argv = ["plane.py", "--model", str(model), "--data", str(images), "--tome-ratios", "0.5"]
     argv += ["--topk-ratios", "0.6", "--runs", "2", "--block", "2", "--threads", "1"]

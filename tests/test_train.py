@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import VISION, save_tiny_text_model, tiny_bert
+from tiny import VISION, WORDS, save_tiny_text_model, tiny_bert, write_sst2_dir
 from transformers import ViTConfig, ViTForImageClassification
 from typer.testing import CliRunner
 
@@ -45,7 +45,6 @@ from sttabt_edge.train.losses import geometric_schedule, retention_penalty
 from sttabt_edge.train.sources import hf_examples, load_splits, read_hf_disk, split_half
 
 assert_close = torch.testing.assert_close
-WORDS = "a the film movie good bad great dull fun boring plot actor story is was not very and of it".split()
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -86,13 +85,7 @@ def text_model_dir(tmp_path) -> Path:
 @pytest.fixture()
 def glue_dir(tmp_path) -> Path:
     """A GLUE-like SST-2 task folder with train.tsv and dev.tsv."""
-    d = tmp_path / "SST-2"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 24), ("dev", 8)):
-        rows = [" ".join(rng.choice(WORDS, rng.integers(2, 12))) + f"\t{i % 2}" for i in range(n)]
-        (d / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
-    return d
+    return write_sst2_dir(tmp_path / "SST-2", n_train=24, n_dev=8, seed=1, lengths=(2, 12))
 
 
 def image_data(image_dir: Path, model) -> TrainData:

@@ -6,8 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from PIL import Image
-from tiny import tiny_vit
+from tiny import tiny_vit, write_image_dir
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
@@ -21,12 +20,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
     model_dir = root / "vit"
     tiny_vit().save_pretrained(model_dir)
-    images = root / "images"
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (images / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / cls / f"{i}.png")
+    images = write_image_dir(root / "images", per_class=4, hw=(40, 40), seed=0)
     out = root / "sttabt.onnx"
     res = runner.invoke(
         app,

@@ -1,6 +1,11 @@
-"""Tiny random HF models (hidden 32, 3 layers) shared by the unit tests."""
+"""Tiny random HF models (hidden 32, 3 layers) and the tiny data folders they run on, shared by the
+unit tests."""
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -8,6 +13,10 @@ from transformers import (
     DeiTForImageClassificationWithTeacher,
     ViTConfig,
     ViTForImageClassification,
+)
+
+WORDS = tuple(
+    "a the film movie good bad great dull fun boring plot actor story is was not very and of it".split()
 )
 
 VISION = dict(
@@ -84,4 +93,26 @@ def save_tiny_text_model(path, words, num_labels: int = 3, seed: int = 0, model=
             model = BertForSequenceClassification(config).eval()
     model.save_pretrained(path)
     tok.save(str(path / "tokenizer.json"))
+    return path
+
+
+def write_sst2_dir(
+    path: Path, n_train: int, n_dev: int, seed: int, lengths: tuple[int, int] = (3, 14)
+) -> Path:
+    """A GLUE SST-2 folder of random WORDS rows (label i % 2) that a tiny model over WORDS can read."""
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = [" ".join(rng.choice(WORDS, rng.integers(*lengths))) + f"\t{i % 2}" for i in range(n)]
+        (path / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def write_image_dir(path: Path, per_class: int, hw: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
+    """Class folders a/ and b/ of random PNGs: the ImageFolder layout that eval, calib and train read."""
+    rng = np.random.default_rng(seed)
+    for cls in ("a", "b"):
+        (path / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(path / cls / f"{i}.png")
     return path
