@@ -82,22 +82,26 @@ def row_weights(keep_out: torch.Tensor, importance: torch.Tensor, p: float) -> t
 
 
 def input_importance(attn_l: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Importance of layer inputs: weighted sum of attention rows. (B, R, N), (B, N) -> (B, N)."""
-    return torch.bmm(weights[:, : attn_l.shape[-2]].unsqueeze(1), attn_l).squeeze(1)
+    """Importance of layer inputs: weighted sum of attention rows. (B, R, N), (B, R) -> (B, N)."""
+    return torch.bmm(weights.unsqueeze(1), attn_l).squeeze(1)
 
 
 def layer_importance(
-    attn_l: torch.Tensor, weights: torch.Tensor, head_reduce: HeadReduce = "mean"
+    attn_l: torch.Tensor, weights: torch.Tensor, head_reduce: HeadReduce = "mean", rows: int | None = None
 ) -> torch.Tensor:
     """Importance of one layer's inputs from its per-head maps. (B, H, R, N), (B, N) -> (B, N).
 
-    Rows beyond R must carry zero weight. For the head mean, the weighted row sum is taken
-    per head first (mean_h(w A_h) = w mean_h(A_h)): a (B, H, 1, N) product instead of a
-    reduction over the whole (B, H, R, N) map, which dominated the exported mask cost.
+    ``rows``: every row with nonzero weight lies in the first ``rows`` (the top layer, whose kept
+    outputs are the prefix), so only those rows are read and the map may hold just them; None:
+    the map has all N rows. A constant, so the exported graph slices with no shape arithmetic.
+    For the head mean, the weighted row sum is taken per head first (mean_h(w A_h) = w mean_h(A_h)):
+    a (B, H, 1, N) product instead of a reduction over the whole (B, H, R, N) map, which
+    dominated the exported mask cost.
     """
+    if rows is not None:
+        attn_l, weights = attn_l[..., :rows, :], weights[:, :rows]
     if head_reduce == "mean":
-        w = weights[:, None, None, : attn_l.shape[-2]]  # (B, 1, 1, R)
-        s = torch.matmul(w, attn_l)  # (B, H, 1, N)
+        s = torch.matmul(weights[:, None, None, :], attn_l)  # (B, H, 1, N)
         return s.flatten(1) if attn_l.shape[1] == 1 else s.mean(dim=1).squeeze(1)  # (B, N)
     return input_importance(reduce_heads(attn_l, head_reduce), weights)
 
@@ -179,7 +183,8 @@ def topk_backtrack(
         float, torch.Tensor
     ] = {}  # per ratio: one keep ratio needs one k, not one per layer (graph ops)
     for layer in reversed(range(num_layers)):
-        s = layer_importance(attn[layer], row_weights(keep_out, importance, p), head_reduce)  # (B, N)
+        rows = num_prefix_tokens if layer == num_layers - 1 else None  # the top reads the prefix rows
+        s = layer_importance(attn[layer], row_weights(keep_out, importance, p), head_reduce, rows)  # (B, N)
         if same[layer]:  # the top-k would pick exactly keep_out
             keep_in = keep_out
         else:

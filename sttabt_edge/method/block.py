@@ -64,7 +64,11 @@ def block_forward(
     """
     b, nk, c = x.shape
     h = layer.norm1(x) if layer.pre_norm else x
-    hq, res = query_rows(h, q_idx), query_rows(x, q_idx)
+    res = query_rows(x, q_idx)
+    if num_heads == 1 and key_weight is None:
+        ctx, attn, k = _one_head_attention(layer, h, q_idx, key_bias, need_attn)
+        return _block_tail(layer, ctx, res, dropout, attn, k if need_keys else None)
+    hq = query_rows(h, q_idx)
     nq = hq.shape[1]
     q = _split_heads(layer.q(hq), b, nq, num_heads)  # (B, H, Nq, D)
     k = _split_heads(layer.k(h), b, nk, num_heads)  # (B, H, Nk, D)
@@ -76,6 +80,18 @@ def block_forward(
     else:
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
     ctx = ctx.squeeze(1) if num_heads == 1 else ctx.transpose(1, 2).reshape(b, nq, -1)  # (B, Nq, C)
+    return _block_tail(layer, ctx, res, dropout, attn if need_attn else None, k if need_keys else None)
+
+
+def _block_tail(
+    layer: LayerParts,
+    ctx: torch.Tensor,
+    res: torch.Tensor,
+    dropout: float,
+    attn: torch.Tensor | None,
+    keys: torch.Tensor | None,
+) -> BlockOutput:
+    """O projection, residuals and MLP on the query rows. ctx, res: (B, Nq, C)."""
     a = F.dropout(layer.o(ctx), dropout, layer.o.training)
     if layer.pre_norm:
         y = res + a
@@ -83,7 +99,33 @@ def block_forward(
     else:
         y = layer.norm1(res + a)
         y = layer.norm2(y + F.dropout(layer.fc2(layer.act(layer.fc1(y))), dropout, layer.o.training))
-    return BlockOutput(y, attn if need_attn else None, k if need_keys else None)
+    return BlockOutput(y, attn, keys)
+
+
+def _one_head_attention(
+    layer: LayerParts,
+    h: torch.Tensor,
+    q_idx: torch.Tensor | int | None,
+    key_bias: torch.Tensor | None,
+    need_attn: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One head (the default ApproxNet): (B, N, D) tensors, no head axis, and Q, K, V from one
+    product when every row is a query. In an exported graph that is one MatMul and one bias Add
+    where there were three of each, and no Unsqueeze / Squeeze per tensor: the ApproxNet's
+    products are small enough that per-node dispatch, not arithmetic, sets their cost.
+    Returns ctx (B, Nq, C), probabilities (B, 1, Nq, Nk) or None, keys (B, 1, Nk, D)."""
+    if q_idx is None:
+        w = torch.cat([layer.q.weight, layer.k.weight, layer.v.weight])  # (3C, C)
+        bias = torch.cat([layer.q.bias, layer.k.bias, layer.v.bias])  # folded into one initializer
+        q, k, v = F.linear(h, w, bias).chunk(3, dim=-1)  # (B, N, C) each
+    else:  # separate products, so a graph that reads only the probabilities drops V (the top layer)
+        q, k, v = layer.q(query_rows(h, q_idx)), layer.k(h), layer.v(h)  # (B, Nq | Nk, C)
+    bias3 = None if key_bias is None else key_bias.flatten(1, 2)  # (B, 1, Nk), or (B, Nq, Nk)
+    if need_attn:
+        probs = attention_probs(q, k, bias3, None)  # (B, Nq, Nk)
+        ctx = torch.matmul(probs, v)
+        return ctx, probs.unsqueeze(1), k.unsqueeze(1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias3), None, k.unsqueeze(1)
 
 
 def _split_heads(t: torch.Tensor, b: int, n: int, num_heads: int) -> torch.Tensor:

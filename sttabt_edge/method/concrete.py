@@ -67,7 +67,8 @@ def concrete_backtrack(
     keep: list[torch.Tensor] = [out if training else out_hard]
     scores: list[torch.Tensor] = []
     for layer in reversed(range(num_layers)):
-        s = layer_importance(attn[layer], row_weights(out, importance, p), head_reduce)  # (B, N)
+        rows = num_prefix_tokens if layer == num_layers - 1 else None  # the top reads the prefix rows
+        s = layer_importance(attn[layer], row_weights(out, importance, p), head_reduce, rows)  # (B, N)
         s_norm = normalized_importance(s, pad_mask)
         # clamp, not +eps: d/ds log(s + 1e-9) ~ 1e9 on near-zero scores blew up ApproxNet gradients;
         # below 1e-4 of the mean a token is dropped by any threshold above log(1e-4) = -9.2 anyway

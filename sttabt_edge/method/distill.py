@@ -77,7 +77,8 @@ def backtrack_kl(
         above = bt.scores[layer + 1] if layer + 1 < num_layers else bt.keep[-1].to(t.dtype)
         w = row_weights(bt.keep[layer + 1], above, p)  # (B, N)
         s_t = bt.scores[layer] * pad  # (B, N): already computed by topk_backtrack with these weights
-        s_s = layer_importance(student_attn[layer], w) * pad
+        rows = num_prefix_tokens if layer == num_layers - 1 else None
+        s_s = layer_importance(student_attn[layer], w, rows=rows) * pad
         q_t = s_t / s_t.sum(dim=1, keepdim=True).clamp_min(tiny)
         q_s = s_s / s_s.sum(dim=1, keepdim=True).clamp_min(tiny)
         kls.append((torch.xlogy(q_t, q_t) - q_t * torch.log(q_s.clamp_min(tiny))).sum(dim=1).mean())
