@@ -1,0 +1,160 @@
+"""Where an exported STTABT file spends its time: the ApproxNet, the back-tracking, the sparse model.
+
+Cuts the shipped file itself (no re-export, so fusion and INT8 are exactly as deployed) with
+``onnx.utils.Extractor`` into two prefixes of its graph: the ApproxNet alone (graph inputs to its
+attention probabilities, the ``/approx_maps/`` Softmax nodes) and the ApproxNet plus back-tracking
+(graph inputs to ``kept_counts``, which the keep masks alone determine). Those two, the whole file
+and a dense file are timed round-robin in one process at batch 1 on synthetic inputs of each
+``--lengths`` value (text; an image model has one size); the sparse model's share is the whole
+file minus the second prefix. Ratios are medians of per-round ratios to the dense file.
+
+    python benchmarks/fixed_cost.py --file w/sttabt.onnx --dense w/dense.onnx --lengths 8 24 64 128 \\
+        --threads 1 --out benchmarks/results/fixed_cost_minilm.json
+
+The ApproxNet and back-tracking cost (nearly) the same whatever is pruned: that fixed cost is
+what a short input cannot win back (``length_sweep.py`` shows the crossing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from common import environment, write_json
+from onnx.utils import Extractor
+from rich.console import Console
+from rich.table import Table
+
+from sttabt_edge.method.approxnet import APPROX_SCOPE
+from sttabt_edge.runtime.bench import synthetic_inputs
+from sttabt_edge.runtime.predictor import load
+from sttabt_edge.runtime.sessions import interleaved_times_ms, session_options
+
+PARTS = ("approxnet", "approxnet+masks", "pipeline", "dense")
+
+
+def cut(path: Path, work: Path) -> dict[str, Path]:
+    """The ApproxNet prefix and the ApproxNet+back-tracking prefix of an exported pipeline."""
+    model = onnx.load(str(path))
+    inputs = [i.name for i in model.graph.input]
+    maps = [
+        n.output[0] for n in model.graph.node if n.op_type == "Softmax" and n.name.startswith(APPROX_SCOPE)
+    ]
+    if not maps:
+        raise SystemExit(
+            f"fixed_cost.py: {path} has no ApproxNet nodes ({APPROX_SCOPE}...): not an STTABT export"
+        )
+    if "kept_counts" not in {o.name for o in model.graph.output}:
+        raise SystemExit(f"fixed_cost.py: {path} has no kept_counts output")
+    ex = Extractor(model)
+    out = {"approxnet": work / "approxnet.onnx", "approxnet+masks": work / "masks.onnx"}
+    onnx.save(ex.extract_model(inputs, maps), str(out["approxnet"]))
+    onnx.save(ex.extract_model(inputs, ["kept_counts"]), str(out["approxnet+masks"]))
+    return out
+
+
+def node_count(path: Path, threads: int) -> int:
+    """Nodes after ONNX Runtime's own optimisation (what actually runs)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(threads, quiet=True)
+        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return len(onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node)
+
+
+def time_parts(
+    files: dict[str, Path], feeds: dict[str, np.ndarray], threads: int, runs: int
+) -> dict[str, dict]:
+    import onnxruntime as ort
+
+    sessions = {
+        k: ort.InferenceSession(
+            str(p), session_options(threads, quiet=True), providers=["CPUExecutionProvider"]
+        )
+        for k, p in files.items()
+    }
+
+    def runner(s: ort.InferenceSession):
+        names = {i.name for i in s.get_inputs()}
+        f = {k: v for k, v in feeds.items() if k in names}
+        return lambda: s.run(None, f)
+
+    times = interleaved_times_ms({k: runner(s) for k, s in sessions.items()}, runs=runs, warmup=5)
+    dense = times["dense"]
+    return {
+        k: {
+            "p50_ms": statistics.median(t),
+            "x_dense": statistics.median(a / b for a, b in zip(t, dense, strict=True)),
+        }
+        for k, t in times.items()
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--file", type=Path, required=True, help="an exported STTABT pipeline (.onnx)")
+    p.add_argument("--dense", type=Path, required=True, help="the dense export to compare with")
+    p.add_argument("--lengths", type=int, nargs="+", default=[8, 24, 64, 128], help="text lengths (tokens)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    console = Console()
+    pred = load(args.file)
+    lengths = args.lengths if pred.text is not None else [None]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fixed-cost-") as tmp:
+        files = {**cut(args.file, Path(tmp)), "pipeline": args.file, "dense": args.dense}
+        nodes = {k: node_count(v, args.threads) for k, v in files.items()}
+        for n in lengths:
+            feeds = synthetic_inputs(pred, 1, n or 0)
+            real = int(feeds["attention_mask"].sum()) if "attention_mask" in feeds else None
+            parts = time_parts(files, feeds, args.threads, args.runs)
+            parts["masks"] = {
+                k: parts["approxnet+masks"][k] - parts["approxnet"][k] for k in ("p50_ms", "x_dense")
+            }
+            parts["sparse_model"] = {
+                k: parts["pipeline"][k] - parts["approxnet+masks"][k] for k in ("p50_ms", "x_dense")
+            }
+            rows.append({"tokens": real, "parts": parts})
+    table = Table(
+        title=f"{args.file.name} vs {args.dense.name}: p50 ms (× dense), batch 1, {args.threads} thread(s)"
+    )
+    cols = ("approxnet", "masks", "sparse_model", "pipeline", "dense")
+    for c in ("tokens", *cols):
+        table.add_column(c, justify="right")
+    for r in rows:
+        cells = [f"{r['parts'][c]['p50_ms']:.3f} ({r['parts'][c]['x_dense']:.2f})" for c in cols]
+        table.add_row(str(r["tokens"] or "-"), *cells)
+    console.print(table)
+    console.print("ORT nodes: " + ", ".join(f"{k} {v}" for k, v in nodes.items()))
+    write_json(
+        args.out,
+        {
+            "environment": environment(),
+            "command": " ".join(sys.argv),
+            "file": str(args.file),
+            "dense": str(args.dense),
+            "threads": args.threads,
+            "runs": args.runs,
+            "ort_nodes": nodes,
+            "rows": rows,
+            "seconds": time.perf_counter() - t0,
+        },
+    )
+
+
+if __name__ == "__main__":
+    from common import quiet_third_party
+
+    quiet_third_party()
+    main()
