@@ -198,7 +198,7 @@ def topk_backtrack(
             real = torch.where(pad_mask, s, NEG_INF)
             if nesting == "union":
                 bound = topk_bound(n, ratios[layer], min_keep)
-                keep_in = rank_topk_mask(real, k, bound) | keep_out
+                keep_in = rank_topk_mask(real, k, bound, bounded=True) | keep_out  # bound <= N
             else:
                 forced = torch.where(keep_out, POS_INF, real)
                 k = torch.maximum(k, keep_out.sum(dim=1))

@@ -18,7 +18,7 @@ import torch
 
 from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.block import BlockOutput, block_forward, key_padding_bias, padding_bias
-from sttabt_edge.method.tokens import Size, batched_gather, compact_size, depth_order
+from sttabt_edge.method.tokens import Size, batch_max_sizes, batched_gather, depth_order
 
 # "remove": real token removal (inference); "mask": full shapes, differentiable (training)
 Mode: TypeAlias = Literal["remove", "mask"]
@@ -135,7 +135,7 @@ def _remove_forward(
     depth = torch.stack(keep, dim=0).sum(dim=0)  # (B, N): t is in keep[l] iff depth[t] > l
     counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)
     exact = plan.exact and plan.sizes is not None
-    sizes = plan.sizes or [compact_size(k) for k in keep]
+    sizes = plan.sizes or batch_max_sizes(counts)
     order = depth_order(depth, sizes[0])  # (B, K0) original positions
     h = batched_gather(x, order)  # (B, K0, C)
     slot_depth = None if exact else torch.gather(depth, 1, order)  # (B, K0)
@@ -149,7 +149,7 @@ def _remove_forward(
             q_idx = sizes[layer_idx + 1]
         bias = None
         if slot_depth is not None:
-            bias = padding_bias(slot_depth[:, : h.shape[1]] > layer_idx, h.dtype)  # (B, 1, 1, K_l)
+            bias = padding_bias(slot_depth[:, : sizes[layer_idx]] > layer_idx, h.dtype)  # (B, 1, 1, K_l)
         h = block_forward(
             layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p
         ).hidden

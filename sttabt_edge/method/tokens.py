@@ -63,6 +63,15 @@ def compact_size(keep: torch.Tensor) -> Size:
     return count if torch.jit.is_tracing() else int(count)
 
 
+def batch_max_sizes(counts: torch.Tensor) -> list[Size]:
+    """Per-column batch maxima of (B, L) kept counts: each layer's compact size, from one
+    reduction (see :func:`compact_size` for the host sync outside tracing)."""
+    top = counts.amax(dim=0)  # (L,)
+    if torch.jit.is_tracing():
+        return list(top.unbind(0))
+    return [int(v) for v in top.tolist()]
+
+
 @overload
 def compact_indices(
     keep: torch.Tensor, size: Size, need_valid: Literal[True] = ...
@@ -105,13 +114,16 @@ def depth_order(depth: torch.Tensor, size: Size) -> torch.Tensor:
     return torch.topk(key, size, dim=1, largest=True, sorted=True).indices  # type: ignore[arg-type]  # (B, K)
 
 
-def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: Size) -> torch.Tensor:
+def rank_topk_mask(scores: torch.Tensor, k: torch.Tensor, size: Size, bounded: bool = False) -> torch.Tensor:
     """Keep the `k[b]` highest scores of each row (k may differ per sample).
 
     scores: (B, N) float (use +inf to force, -inf to forbid); k: (B,) long with
-    k[b] <= size. `size` is a static upper bound so no host sync is needed.
+    k[b] <= size. `size` is a static upper bound so no host sync is needed. ``bounded``: the
+    caller guarantees size <= N, so no clamp to this row's length: a traced graph then builds
+    the slot mask from (k, size) alone, and calls sharing them share it.
     """
-    size = size_min(size, scores.shape[1])
+    if not bounded:
+        size = size_min(size, scores.shape[1])
     top = torch.topk(scores, size, dim=1, sorted=True).indices  # type: ignore[arg-type]  # (B, K), as above
     slot = torch.arange(size, device=scores.device).unsqueeze(0)  # type: ignore[arg-type]  # (1, K)
     chosen = slot < k.unsqueeze(1)  # (B, K)
