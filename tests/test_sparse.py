@@ -109,6 +109,22 @@ def test_static_bounds_equal_mask_mode_on_padded_text(ratio):
     assert_close(batch_max.prefix_hidden, masked.prefix_hidden, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.25])
+def test_single_padded_sample_skips_the_bias_and_equals_unpadded(ratio):
+    """At batch 1 removal sizes every layer to the sample's own count (no padding bias); a padded
+    single sample must still equal the same text unpadded, and mask mode."""
+    model, inputs = tiny_bert(), text_batch()
+    sc = SparseClassifier(model, SttabtReducer(keep_ratio=ratio))
+    one = {k: v[1:2] for k, v in inputs.items()}  # 12 real tokens of 20
+    with torch.no_grad():
+        padded = sc(**one)
+        unpadded = sc(input_ids=one["input_ids"][:, :12])
+        masked = SparseClassifier(model, SttabtReducer(keep_ratio=ratio), mode="mask")(**one)
+    assert_close(padded.logits, unpadded.logits, atol=1e-5, rtol=0)
+    assert_close(padded.logits, masked.logits, atol=1e-5, rtol=0)
+    assert torch.equal(padded.n_in, unpadded.n_in)
+
+
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.25])
 def test_padded_batch_equals_unpadded_runs(ratio):
     model, inputs = tiny_bert(), text_batch()

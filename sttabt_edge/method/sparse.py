@@ -134,7 +134,9 @@ def _remove_forward(
     num_layers = len(parts.layers)
     depth = torch.stack(keep, dim=0).sum(dim=0)  # (B, N): t is in keep[l] iff depth[t] > l
     counts = torch.stack([k.sum(dim=1) for k in keep], dim=1)  # (B, L+1)
-    exact = plan.exact and plan.sizes is not None
+    # every slot holds a kept token: exact static plans, and batch-maximum sizes of a single
+    # sample (batch 1: each size is that sample's count), so no layer needs a padding bias
+    exact = plan.sizes is not None and plan.exact or plan.sizes is None and _batch_is_one(x)
     sizes = plan.sizes or batch_max_sizes(counts)
     order = depth_order(depth, sizes[0])  # (B, K0) original positions
     h = batched_gather(x, order)  # (B, K0, C)
@@ -154,6 +156,13 @@ def _remove_forward(
             layer, h, parts.num_heads, q_idx=q_idx, key_bias=bias, dropout=parts.dropout_p
         ).hidden
     return ForwardResult(h[:, : parts.num_prefix_tokens], counts[:, :-1], counts[:, 1:], keep)
+
+
+def _batch_is_one(x: torch.Tensor) -> bool:
+    """Batch size 1, as a Python bool: a fixed-batch graph traced at batch 1 keeps the shortcut
+    (the batch axis cannot change there); a dynamic-batch graph is traced at batch 2 and keeps
+    the general path, which serves every batch size."""
+    return int(x.shape[0]) == 1
 
 
 def _mask_forward(
