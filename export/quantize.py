@@ -166,6 +166,8 @@ def plan_nodes(
                 exclude.append(n.name)
         elif n.op_type in QUANTIZED_OPS and not quantize_approx and n.name.startswith(APPROX_SCOPE):
             exclude.append(n.name)
+            if n.op_type == "Gemm":  # dynamic mode first rewrites a Gemm as "<name>_MatMul" (+ "_Add")
+                exclude.append(f"{n.name}_MatMul")
             fp32_matmuls += n.input[1] in weights
     ops = QUANTIZED_OPS + (EMBEDDING_OPS if tables else ())
     return NodePlan(ops, tuple(exclude), fp32_matmuls, len(tables))

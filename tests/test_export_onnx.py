@@ -369,6 +369,22 @@ def test_int8_dynamic_agrees_except_near_ties(tmp_path, vit05):
     assert read_metadata(tmp_path / "q.onnx")["quantization"] == "int8-dynamic"
 
 
+def test_dynamic_int8_keeps_a_one_head_approxnet_fp32_at_batch_1(tmp_path):
+    """At a fixed batch of 1 ORT's pre-pass writes the one-head ApproxNet's products as Gemm, and
+    dynamic quantization rewrites each Gemm as a MatMul under a new name ("<name>_MatMul"): the
+    exclusion must follow, or the ApproxNet is quantized (it was, on DeiT-Tiny)."""
+    model = tiny_vit()
+    reducer = SttabtReducer(build_approxnet(model, 2, "interpolate", heads=1).eval(), keep_ratio=0.5)
+    path = export(model, reducer, tmp_path, images(1), batch=1)
+    x = {"pixel_values": images(4, seed=5)["pixel_values"].numpy()}
+    rep = quantize_onnx(path, tmp_path / "q.onnx", "dynamic", x)
+    g = onnx.load(str(tmp_path / "q.onnx")).graph
+    quantized = [n.name for n in g.node if n.op_type == "MatMulInteger" and n.name.startswith(APPROX_SCOPE)]
+    assert rep.fp32_nodes >= 2 and quantized == []
+    assert any(n.op_type == "MatMulInteger" for n in g.node)  # the main model is quantized
+    assert rep.kept_counts_equal
+
+
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_keeps_approxnet_fp32(tmp_path, vit05, mode):
     """The ApproxNet's weights stay fp32 (its token choice is what INT8 noise hurts most), so the
