@@ -199,9 +199,12 @@ def test_whole_wrapper_reconciles(request: pytest.FixtureRequest, family: str) -
     n_oracle, _ = counted(lambda: dense_forward(parts, x, pad, need_attn=True))
     n_tokens = int(out.pad_mask.sum())
     n_layers, n_heads = len(parts.layers), parts.num_heads
-    # FlopCounterMode counts the per-head weighted row sums (matmul, 2·H·N² per layer) exactly
+    # FlopCounterMode counts the per-head weighted row sums exactly: a matmul, 2·H·N² per layer,
+    # 2·H·P·N in the top layer (only its prefix rows carry weight)
     assert n_total - n_oracle == output_flops(parts, out, reducer, inputs).item()
-    assert backtrack_flops(n_layers, n_heads, n_tokens) == n_layers * 2 * n_heads * n_tokens**2
+    p = parts.num_prefix_tokens
+    expect = (n_layers - 1) * 2 * n_heads * n_tokens**2 + 2 * n_heads * p * n_tokens
+    assert backtrack_flops(n_layers, n_heads, n_tokens, p) == expect
 
 
 def test_batch_padding_per_sample(bert: torch.nn.Module) -> None:

@@ -151,17 +151,17 @@ def dense_flops(parts: ModelParts, n_real: Count) -> torch.Tensor:
     return model_flops(parts, counts, counts)
 
 
-def backtrack_flops(num_layers: int, num_heads: int, n_tokens: Count) -> Count:
+def backtrack_flops(num_layers: int, num_heads: int, n_tokens: Count, num_prefix_tokens: int = 1) -> Count:
     """Cost of computing the STTABT keep masks from given attention maps, per sample.
 
     Per layer, on H maps N×N: the weighted row sum ``wᵀ·A_h`` of each head (a (H, 1, N) x
-    (H, N, N) matmul, 2·H·N·N), then the mean of the H results (H·N, not counted). The
-    ``max`` head reduction costs about the same (H·N·N, then one 2·N·N matvec). H is the
-    head count of the maps (the ApproxNet's). Getting the maps is the reducer's
-    ``extra_flops``, not this.
+    (H, N, N) matmul, 2·H·N·N), then the mean of the H results (H·N, not counted). The top
+    layer reads only its P prefix rows (2·H·P·N). The ``max`` head reduction costs about the
+    same (H·N·N, then one 2·N·N matvec). H is the head count of the maps (the ApproxNet's).
+    Getting the maps is the reducer's ``extra_flops``, not this.
     """
     n = _as_float(n_tokens)
-    return num_layers * 2 * num_heads * n * n
+    return (num_layers - 1) * 2 * num_heads * n * n + 2 * num_heads * num_prefix_tokens * n
 
 
 def output_flops(

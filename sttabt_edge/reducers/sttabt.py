@@ -186,4 +186,4 @@ class SttabtReducer(Reducer):
         """Back-tracking over the source's maps (:func:`~sttabt_edge.method.flops.backtrack_flops`)."""
         n_real = pad_mask.sum(dim=1).to(torch.float64)  # (B,)
         heads = parts.num_heads if self.approx is None else int(self.approx.heads)
-        return torch.as_tensor(backtrack_flops(len(parts.layers), heads, n_real))
+        return torch.as_tensor(backtrack_flops(len(parts.layers), heads, n_real, parts.num_prefix_tokens))
