@@ -92,13 +92,9 @@ def compact_indices(
     keep: (B, N) bool. Returns idx (B, size) long and valid (B, size) bool (None when
     not ``need_valid``: the caller knows every slot is kept). Invalid slots point at a
     kept-or-not position and must be ignored via `valid`.
-    Uses a float top-k (no int64 sort) so the same code exports to ONNX/TFLite.
+    One set is depth 1 of :func:`depth_order`: kept first, each group in position order.
     """
-    n = keep.shape[1]
-    ramp = torch.arange(n, device=keep.device, dtype=torch.float32)  # (N,)
-    key = torch.where(keep, ramp, ramp + n)  # kept first, in position order
-    # a traced Size is a 0-dim tensor, which torch.topk takes; its stub only says int
-    idx = torch.topk(-key, size, dim=1, largest=True, sorted=True).indices  # type: ignore[arg-type]  # (B, K)
+    idx = depth_order(keep.long(), size)  # (B, K)
     return idx, torch.gather(keep, 1, idx) if need_valid else None
 
 
@@ -106,7 +102,8 @@ def depth_order(depth: torch.Tensor, size: Size) -> torch.Tensor:
     """Positions of the `size` deepest tokens, deepest first, ties in position order.
 
     depth: (B, N) long, how many nested sets hold each token (0: none, e.g. padding).
-    Returns (B, size) long. A float top-k (no int64 sort), as :func:`compact_indices`.
+    Returns (B, size) long. A float top-k (no int64 sort), so the same code exports to
+    ONNX/TFLite; a traced ``size`` is a 0-dim tensor, which torch.topk takes (its stub says int).
     """
     n = depth.shape[1]
     ramp = torch.arange(n, device=depth.device, dtype=torch.float32)  # (N,)
