@@ -8,6 +8,12 @@ and a dense file are timed round-robin in one process at batch 1 on synthetic in
 ``--lengths`` value (text; an image model has one size); the sparse model's share is the whole
 file minus the second prefix. Ratios are medians of per-round ratios to the dense file.
 
+A fifth file in the same rounds is the ceiling: the dense file on as many tokens as the pipeline
+keeps per layer on average (``dense_at_kept``, from its own ``kept_counts`` on that input). No
+token pruning at that retention can run faster than this, whatever the ApproxNet costs (it
+even undercounts attention, whose cost is quadratic in the per-layer count), so where
+``dense_at_kept`` is near 1.0 the input is too short for pruning to pay on this CPU.
+
     python benchmarks/fixed_cost.py --file w/sttabt.onnx --dense w/dense.onnx --lengths 8 24 64 128 \\
         --threads 1 --out benchmarks/results/fixed_cost_minilm.json
 
@@ -70,8 +76,20 @@ def node_count(path: Path, threads: int) -> int:
         return len(onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node)
 
 
+def mean_kept(path: Path, feeds: dict[str, np.ndarray], threads: int) -> float:
+    """Real tokens entering each layer, averaged over the layers, for one input."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(
+        str(path), session_options(threads, quiet=True), providers=["CPUExecutionProvider"]
+    )
+    names = {i.name for i in s.get_inputs()}
+    (kept,) = s.run(["kept_counts"], {k: v for k, v in feeds.items() if k in names})  # (B, L)
+    return float(kept[0].mean())
+
+
 def time_parts(
-    files: dict[str, Path], feeds: dict[str, np.ndarray], threads: int, runs: int
+    files: dict[str, Path], feeds: dict[str, dict[str, np.ndarray]], threads: int, runs: int
 ) -> dict[str, dict]:
     import onnxruntime as ort
 
@@ -82,12 +100,12 @@ def time_parts(
         for k, p in files.items()
     }
 
-    def runner(s: ort.InferenceSession):
+    def runner(s: ort.InferenceSession, given: dict[str, np.ndarray]):
         names = {i.name for i in s.get_inputs()}
-        f = {k: v for k, v in feeds.items() if k in names}
+        f = {k: v for k, v in given.items() if k in names}
         return lambda: s.run(None, f)
 
-    times = interleaved_times_ms({k: runner(s) for k, s in sessions.items()}, runs=runs, warmup=5)
+    times = interleaved_times_ms({k: runner(s, feeds[k]) for k, s in sessions.items()}, runs=runs, warmup=5)
     dense = times["dense"]
     return {
         k: {
@@ -118,23 +136,32 @@ def main() -> None:
         for n in lengths:
             feeds = synthetic_inputs(pred, 1, n or 0)
             real = int(feeds["attention_mask"].sum()) if "attention_mask" in feeds else None
-            parts = time_parts(files, feeds, args.threads, args.runs)
+            kept = mean_kept(args.file, feeds, args.threads)
+            given = {k: feeds for k in files}
+            if real is not None:  # text: the dense file on the mean kept count (images have one size)
+                given["dense_at_kept"] = synthetic_inputs(pred, 1, max(round(kept), 1))
+            parts = time_parts(
+                files | {"dense_at_kept": args.dense} if real else files, given, args.threads, args.runs
+            )
             parts["masks"] = {
                 k: parts["approxnet+masks"][k] - parts["approxnet"][k] for k in ("p50_ms", "x_dense")
             }
             parts["sparse_model"] = {
                 k: parts["pipeline"][k] - parts["approxnet+masks"][k] for k in ("p50_ms", "x_dense")
             }
-            rows.append({"tokens": real, "parts": parts})
+            rows.append({"tokens": real, "mean_kept": kept, "parts": parts})
     table = Table(
         title=f"{args.file.name} vs {args.dense.name}: p50 ms (× dense), batch 1, {args.threads} thread(s)"
     )
-    cols = ("approxnet", "masks", "sparse_model", "pipeline", "dense")
-    for c in ("tokens", *cols):
+    cols = ("approxnet", "masks", "sparse_model", "pipeline", "dense", "dense_at_kept")
+    for c in ("tokens", "mean kept", *cols):
         table.add_column(c, justify="right")
     for r in rows:
-        cells = [f"{r['parts'][c]['p50_ms']:.3f} ({r['parts'][c]['x_dense']:.2f})" for c in cols]
-        table.add_row(str(r["tokens"] or "-"), *cells)
+        cells = [
+            f"{r['parts'][c]['p50_ms']:.3f} ({r['parts'][c]['x_dense']:.2f})" if c in r["parts"] else "-"
+            for c in cols
+        ]
+        table.add_row(str(r["tokens"] or "-"), f"{r['mean_kept']:.1f}", *cells)
     console.print(table)
     console.print("ORT nodes: " + ", ".join(f"{k} {v}" for k, v in nodes.items()))
     write_json(

@@ -46,6 +46,7 @@ def test_fixed_cost_cuts_the_file_and_times_every_part(tmp_path, monkeypatch):
     for r in res["rows"]:
         parts = r["parts"]
         assert parts["dense"]["x_dense"] == 1.0 and all(parts[k]["p50_ms"] > 0 for k in fc.PARTS)
+        assert 1 <= r["mean_kept"] <= r["tokens"] and parts["dense_at_kept"]["p50_ms"] > 0  # the ceiling
         assert (
             parts["sparse_model"]["p50_ms"]
             == parts["pipeline"]["p50_ms"] - parts["approxnet+masks"]["p50_ms"]
