@@ -264,3 +264,29 @@ def test_verdict_names_a_dense_file_that_is_as_accurate_and_faster():
     # fp32 only (no --quantize): the dense fp32 file is compared; a tie in accuracy counts, a tie in time not
     fp32 = {"sttabt_fp32": row(90.0, 7.0), "dense_fp32": row(90.0, 7.0)}
     assert verdict(fp32)["deploy"] == "sttabt_fp32"
+
+
+def test_verdict_with_an_accuracy_budget_ships_the_fastest_file_within_it():
+    def row(acc: float, ms: float) -> dict:
+        return {"held_out_accuracy": acc, "p50_ms": ms, "file": f"{acc}-{ms}"}
+
+    # the demo's case: STTABT INT8 0.5 pt above dense INT8 (noise) but 1.23x slower; both within 1 pt
+    demo = {
+        "sttabt_int8": row(90.7, 8.78),
+        "sttabt_fp32": row(90.2, 8.50),
+        "dense_int8": row(90.2, 6.60),
+        "dense_fp32": row(90.4, 8.49),
+    }
+    assert verdict(demo)["deploy"] == "sttabt_int8"  # no budget: dense INT8 is less accurate
+    v = verdict(demo, max_drop=1.0)
+    assert v["deploy"] == "dense_int8" and v["file"] == "90.2-6.6"
+    assert v["dominated_by"] == ["dense_int8", "dense_fp32"]  # fastest first; dense fp32 is faster too
+    # a faster dense file outside the budget does not win
+    lossy = demo | {"dense_int8": row(89.0, 6.60), "dense_fp32": row(90.4, 12.0)}
+    assert verdict(lossy, max_drop=1.0)["deploy"] == "sttabt_int8"
+    # several faster dense files within the budget: the fastest
+    both = demo | {"dense_fp32": row(90.4, 4.0), "dense_int8": row(90.2, 5.0)}
+    assert verdict(both, max_drop=1.0)["dominated_by"] == ["dense_fp32", "dense_int8"]
+    # the pruned file faster and within the budget stays
+    fast = demo | {"sttabt_int8": row(89.6, 4.0)}
+    assert verdict(fast, max_drop=1.0)["deploy"] == "sttabt_int8"

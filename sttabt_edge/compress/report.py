@@ -59,36 +59,50 @@ def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def verdict(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Is the delivered file worth deploying? Not when a dense file is at least as accurate on the
-    held-out split *and* faster: then that file is the one to ship, and the report says so."""
+def verdict(table: dict[str, dict[str, Any]], max_drop: float | None = None) -> dict[str, Any]:
+    """Which file to ship. With an accuracy budget (``max_drop`` points below dense fp32 on the
+    held-out split) the fastest file within it, since the user said that much accuracy may go:
+    a dense INT8 file within the budget and faster beats a pruned one, even a slightly more
+    accurate one (differences inside the budget are mostly held-out noise). Without a budget
+    (a retention target) a dense file must be at least as accurate *and* faster to win."""
     delivered = "sttabt_int8" if "sttabt_int8" in table else "sttabt_fp32"
     mine = table[delivered]
+    timed = {n: r for n, r in table.items() if r["p50_ms"] is not None}
+    if max_drop is not None and "dense_fp32" in table:
+        floor = table["dense_fp32"]["held_out_accuracy"] - max_drop
+        ok = {n: r for n, r in timed.items() if r["held_out_accuracy"] >= floor}
+        rule = f"the fastest file within {max_drop:g} points of dense fp32 on the held-out split"
+    else:
+        ok = {n: r for n, r in timed.items() if r["held_out_accuracy"] >= mine["held_out_accuracy"]}
+        rule = f"a dense file wins only if at least as accurate as {LABELS[delivered]} and faster"
     better = [
         name
         for name in ("dense_int8", "dense_fp32")
-        if name in table
-        and table[name]["p50_ms"] is not None
-        and mine["p50_ms"] is not None
-        and table[name]["held_out_accuracy"] >= mine["held_out_accuracy"]
-        and table[name]["p50_ms"] < mine["p50_ms"]
+        if name in ok and mine["p50_ms"] is not None and ok[name]["p50_ms"] < mine["p50_ms"]
     ]
+    better.sort(key=lambda n: ok[n]["p50_ms"])
+    deploy = better[0] if better else delivered
     return {
         "delivered": delivered,
         "dominated_by": better,
-        "deploy": better[0] if better else delivered,
-        "file": table[better[0] if better else delivered]["file"],
+        "deploy": deploy,
+        "file": table[deploy]["file"],
+        "rule": rule,
+        "max_drop": max_drop,
     }
 
 
 def verdict_line(v: dict[str, Any]) -> str:
     if not v["dominated_by"]:
-        return (
-            f"Deploy: {LABELS[v['delivered']]} ({v['file']}); no dense file is both as accurate and faster."
-        )
+        return f"Deploy: {LABELS[v['delivered']]} ({v['file']}); no dense file is faster under the rule ({v['rule']})."
+    why = (
+        f"within the {v['max_drop']:g}-point budget on the held-out split"
+        if v.get("max_drop") is not None
+        else "at least as accurate on the held-out split"
+    )
     return (
-        f"Deploy: **{LABELS[v['deploy']]}** ({v['file']}). It is at least as accurate on the held-out split "
-        f"and faster than {LABELS[v['delivered']]} at this input length, so token pruning does not pay here."
+        f"Deploy: **{LABELS[v['deploy']]}** ({v['file']}). It is {why} and faster than "
+        f"{LABELS[v['delivered']]} at this input length, so token pruning does not pay here."
     )
 
 
@@ -115,7 +129,7 @@ def markdown(report: dict[str, Any]) -> str:
         + (f" (keep ratio {chosen['keep_ratio']:g})" if chosen["keep_ratio"] else "")
         + f", retention {chosen['retention']:.3f}, occupancy {chosen['occupancy']:.3f}, FLOPs "
         f"{chosen['flops_ratio']:.3f}x, held-out {chosen['accuracy']:.2f}% (dense {dense['accuracy']:.2f}%).",
-        verdict_line(verdict(rows(report))),
+        verdict_line(verdict(rows(report), cfg["max_drop"])),
         "",
     ]
     rep = "report acc %" if data["report"] else None
@@ -231,7 +245,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
-    report["verdict"] = verdict(rows(report))
+    report["verdict"] = verdict(rows(report), report["config"]["max_drop"])
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     atomic_write_text(out / "report.md", markdown(report))
     plot(report, out / "report.png")
