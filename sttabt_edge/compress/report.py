@@ -231,13 +231,28 @@ def plot(report: dict[str, Any], path: Path) -> None:
     a.set_xlabel("retention (mean fraction of real tokens per layer)")
     a.set_ylabel("held-out accuracy %")
     a.legend(fontsize=8)
-    for name, r in rows(report).items():
+    table = rows(report)
+    for name, r in table.items():
         if r["p50_ms"]:
             b.scatter(r["p50_ms"], r["held_out_accuracy"], s=70, color=COLORS[name], label=LABELS[name])
+    if cfg["max_drop"] is not None and "dense_fp32" in table:
+        floor = table["dense_fp32"]["held_out_accuracy"] - cfg["max_drop"]
+        b.axhline(floor, ls=":", color="tab:green", label=f"budget floor ({floor:.1f})")
+    v = verdict(table, cfg["max_drop"])
+    if table[v["deploy"]]["p50_ms"]:
+        d = table[v["deploy"]]
+        b.scatter(
+            [d["p50_ms"]],
+            [d["held_out_accuracy"]],
+            s=220,
+            facecolors="none",
+            edgecolors="black",
+            label="deploy",
+        )
     b.set_xlabel(f"p50 latency, batch 1, {report['latency']['threads']} threads (ms)")
     b.set_ylabel("held-out accuracy % (runtime)")
     b.margins(x=0.3, y=0.3)
-    b.legend(fontsize=8)
+    b.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"compress {Path(cfg['model']).name}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
