@@ -2,9 +2,9 @@
 
 Each point is an ONNX export (fp32, and dynamic INT8 with ``--quantize int8``) of one method at one
 knob: dense; STTABT top-k (one keep ratio, the given distilled ApproxNet); trained dirs from
-``sttabt-edge train concrete|baseline`` (``--trained NAME=DIR``); ToMe and EViT-style top-k at the
-given keep ratios, training-free (ToMe and top-k export for ViT only: their schedules are
-computed from N in Python). For every file, in one run:
+``sttabt-edge train concrete|baseline`` (``--trained NAME=DIR``: concrete STTABT, LTP, trained
+top-k); ToMe and EViT-style top-k at the given keep ratios, training-free (ToMe exports for ViT
+only: its merge counts are Python ints of N). For every file, in one run:
 
 * accuracy and real-token retention on the evaluation set through the torch-free runtime;
 * batch-1 latency against dense fp32 (``runtime.bench.bench(file, vs=dense)``: worker processes,
@@ -85,7 +85,7 @@ def export_point(p: dict[str, Any], work: Path, args: argparse.Namespace, calib:
     )
     summary = run_export(req)
     files = {"fp32": fp32_sibling(dst), "int8": dst} if args.quantize else {"fp32": dst}
-    return {"files": files, "flops": summary["flops"]}
+    return {"files": files, "flops": summary["flops"], "method": summary["method"]}
 
 
 def main() -> None:
@@ -152,7 +152,7 @@ def main() -> None:
                 rows.append(
                     {
                         "name": p["name"],
-                        "method": p["method"],
+                        "method": exported[p["name"]]["method"],  # a trained dir's own (ltp, sttabt, ...)
                         "kind": kind,
                         "file": str(path),
                         "accuracy": acc["accuracy"],

@@ -52,7 +52,7 @@ def check_exportable(parts: ModelParts, reducer: Reducer) -> None:
             "STTABT without an ApproxNet (the self-attention oracle) is not exportable: it runs the dense "
             "model first, so the graph would be slower than dense. Pass an ApproxNet (--approx DIR)."
         )
-    if name in ("topk", "tome") and parts.family != "vit":
+    if name == "tome" and parts.family != "vit":
         raise ExportError(
             f"{name} export is for fixed-size (ViT) inputs only: its per-layer schedule is computed from N "
             "in Python and would be frozen at the example length for text"

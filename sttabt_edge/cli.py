@@ -261,7 +261,10 @@ def export_cmd(
     ] = ExportTarget.onnx,
     seq_len: Annotated[int, typer.Option(help="tflite text models: static sequence length")] = 128,
     method: Annotated[
-        ExportMethod, typer.Option(help="sttabt | dense (topk | tome: ViT only)")
+        ExportMethod,
+        typer.Option(
+            help="sttabt | dense | topk | tome (ViT only); LTP: --model a `train baseline --method ltp` dir"
+        ),
     ] = ExportMethod.sttabt,
     approx: Annotated[
         str | None,

@@ -21,15 +21,28 @@ def test_plane_exports_evaluates_and_times_every_point(tmp_path, monkeypatch):
     data = write_sst2_dir(tmp_path / "SST-2", n_train=20, n_dev=12, seed=1)
     model = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
     approx = build_approxnet(load_model(model), 2, "interpolate").save(tmp_path / "approx")
+    from typer.testing import CliRunner
+
+    from sttabt_edge.cli import app
+
+    ltp = tmp_path / "ltp"  # a trained baseline dir, exported as it is (its thresholds, its fine-tuned model)
+    train = ["train", "baseline", "--method", "ltp", "--model", str(model), "--data", str(data)]
+    train += ["--target-retention", "0.8", "--calib-on", "eval", "--steps", "2", "--batch-size", "4"]
+    res = CliRunner().invoke(app, [*train, "--out", str(ltp)])
+    assert res.exit_code == 0, res.output
     out = tmp_path / "plane.json"
     argv = ["plane.py", "--model", str(model), "--data", str(data), "--approx", str(approx)]
-    argv += ["--sttabt-ratios", "0.5", "0.3", "--quantize", "int8", "--runs", "2"]
+    argv += ["--trained", f"ltp@0.8={ltp}"]
+    argv += ["--sttabt-ratios", "0.5", "0.3", "--topk-ratios", "0.5", "--quantize", "int8", "--runs", "2"]
     argv += ["--block", "2", "--threads", "1", "--work", str(tmp_path / "w"), "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     plane.main()
     res = json.loads(out.read_text())
     got = {(r["name"], r["kind"]): r for r in res["rows"]}
-    assert set(got) == {(n, k) for n in ("dense", "sttabt@0.5", "sttabt@0.3") for k in ("fp32", "int8")}
+    names = ("dense", "sttabt@0.5", "sttabt@0.3", "topk@0.5", "ltp@0.8")  # EViT top-k and LTP export for text
+    assert set(got) == {(n, k) for n in names for k in ("fp32", "int8")}
+    assert got[("topk@0.5", "int8")]["method"] == "topk" and got[("topk@0.5", "fp32")]["retention"] < 1.0
+    assert got[("ltp@0.8", "fp32")]["method"] == "ltp"
     dev = glue_tsv(data / "dev.tsv")
     for r in res["rows"]:  # accuracy is the runtime's on the evaluation set, and every file was timed
         assert r["accuracy"] == runtime_accuracy(Path(r["file"]), dev)["accuracy"]

@@ -175,6 +175,7 @@ class LtpSpec(ReducerSpec):
     sigmoid mask in mask mode (None: when training)."""
 
     kind: ClassVar[str] = "ltp"
+    targets: ClassVar[tuple[Target, ...]] = ("onnx",)
     thresholds: Ratio = 0.0
     num_layers: int | None = None
     temperature: float = 0.1

@@ -11,7 +11,6 @@ Shapes: attention (B, H, K, K) over the K current slots; masks (B, K) bool.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -20,7 +19,15 @@ from sttabt_edge.compat import ModelParts
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.method.block import BlockOutput
 from sttabt_edge.method.sparse import ForwardResult, Mode, TokenState, online_forward
-from sttabt_edge.method.tokens import batched_gather, compact_indices, rank_topk_mask
+from sttabt_edge.method.tokens import (
+    Size,
+    batched_gather,
+    ceil_ratio,
+    compact_indices,
+    rank_topk_mask,
+    size_max,
+    size_min,
+)
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import TopkSpec, as_ratio
 
@@ -45,9 +52,10 @@ def keep_counts(
     return torch.minimum(k.clamp_min(num_prefix_tokens), n_live)
 
 
-def static_size(num_tokens: int, keep_ratio: float, num_slots: int, num_prefix_tokens: int) -> int:
-    """Compact bound from shapes only: ceil(keep_ratio * N) >= every sample's count."""
-    return min(num_slots, max(num_prefix_tokens, math.ceil(keep_ratio * num_tokens)))
+def static_size(num_tokens: Size, keep_ratio: float, num_slots: Size, num_prefix_tokens: int) -> Size:
+    """Compact bound from shapes only: ceil(keep_ratio * N) >= every sample's count. Size ops, so a
+    traced graph derives it from its input length (text) instead of freezing the example's."""
+    return size_min(num_slots, size_max(ceil_ratio(num_tokens, keep_ratio), num_prefix_tokens))
 
 
 def topk_keep_mask(
