@@ -90,9 +90,9 @@ def test_validation():
 
 
 def test_capabilities():
-    assert exportable_kinds("onnx") == ("dense", "sttabt", "topk", "tome")
+    assert exportable_kinds("onnx") == ("dense", "sttabt", "topk", "ltp", "tome")
     assert exportable_kinds("tflite") == ("dense", "sttabt")
-    assert not LtpSpec().exportable("onnx")
+    assert LtpSpec().exportable("onnx") and not LtpSpec().exportable("tflite")
     assert SttabtSpec(keep_ratio=0.5).keep_schedule(3) == [0.5, 0.5, 0.5]
     assert LtpSpec().keep_schedule(3) is None
 
