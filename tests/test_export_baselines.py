@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from tiny import WORDS, save_tiny_text_model, text_batch, tiny_bert, write_sst2_dir
+from tiny import padded_text as padded
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
@@ -22,15 +22,6 @@ from sttabt_edge.sparse_model import SparseClassifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 runner = CliRunner()
-
-
-def padded(lengths: list[int], width: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
-    return {
-        "input_ids": torch.randint(5, 100, (len(lengths), width), generator=g) * mask,
-        "attention_mask": mask,
-    }
 
 
 def ltp_calibrated(model) -> LtpReducer:

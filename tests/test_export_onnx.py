@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tiny import text_batch, tiny_bert, tiny_vit
+from tiny import padded_text, text_batch, tiny_bert, tiny_vit
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
@@ -49,16 +49,6 @@ def sttabt(model, ratio: float) -> SttabtReducer:
 
 def images(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"pixel_values": torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))}
-
-
-def padded_text(lengths: list[int], width: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Right-padded ids (B, width) with the given real lengths."""
-    g = torch.Generator().manual_seed(seed)
-    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
-    return {
-        "input_ids": torch.randint(5, 100, (len(lengths), width), generator=g) * mask,
-        "attention_mask": mask,
-    }
 
 
 def export(model, reducer, tmp_path, inputs, name="m", **kw):

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny import padded_text as padded
 from tiny import text_batch, tiny_bert, tiny_vit
 
 from sttabt_edge.errors import ExportError
@@ -27,15 +28,6 @@ LAYERS = 3  # tiny models: 3 layers, 4 heads, hidden 32
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def padded(lengths: list[int], width: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
-    return {
-        "input_ids": torch.randint(5, 100, (len(lengths), width), generator=g) * mask,
-        "attention_mask": mask,
-    }
 
 
 TEXT_SETS = (text_batch(), padded([9], 9), padded([33, 21, 4], 33, seed=1), padded([2], 2, seed=2))

@@ -69,6 +69,16 @@ def text_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"input_ids": ids * mask, "attention_mask": mask}
 
 
+def padded_text(lengths: list[int], width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Right-padded random ids (B, width) with the given real lengths."""
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
+    return {
+        "input_ids": torch.randint(5, 100, (len(lengths), width), generator=g) * mask,
+        "attention_mask": mask,
+    }
+
+
 def save_tiny_text_model(path, words, num_labels: int = 3, seed: int = 0, model=None):
     """A text model directory as the CLI takes it: ``model`` (default: :func:`tiny_bert` with
     ``num_labels``) saved with a WordLevel tokenizer.json over ``words`` (ids within its
