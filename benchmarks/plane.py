@@ -225,13 +225,16 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     colors = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
     for r in rows:
         c, marker = colors[r["name"].split("@")[0]], "s" if r["kind"] == "int8" else "o"
-        left.scatter(r["p50_ms"], r["accuracy"], color=c, marker=marker, s=40)
-        left.annotate(f"{r['name']} {r['kind']}", (r["p50_ms"], r["accuracy"]), fontsize=6, alpha=0.8)
+        x = r["x_dense_fp32"]  # per-round median ratio: robust to a machine whose speed drifts between pairs
+        left.scatter(x, r["accuracy"], color=c, marker=marker, s=40)
+        left.annotate(f"{r['name']} {r['kind']}", (x, r["accuracy"]), fontsize=6, alpha=0.8)
         if r["kind"] == "fp32" and r["flops_ratio"] is not None:
             right.scatter(r["flops_ratio"], r["accuracy"], color=c, s=40)
             right.annotate(r["name"], (r["flops_ratio"], r["accuracy"]), fontsize=6, alpha=0.8)
     left.set(
-        xlabel="p50 latency, ms (squares: INT8)", ylabel="accuracy %", title="accuracy vs measured latency"
+        xlabel="p50 latency / dense fp32 (squares: INT8)",
+        ylabel="accuracy %",
+        title="accuracy vs measured latency",
     )
     right.set(xlabel="FLOPs / dense (ApproxNet included)", ylabel="accuracy %", title="accuracy vs FLOPs")
     fig.suptitle(title, fontsize=10)
