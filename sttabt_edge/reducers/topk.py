@@ -59,7 +59,7 @@ def static_size(num_tokens: Size, keep_ratio: float, num_slots: Size, num_prefix
 
 
 def topk_keep_mask(
-    scores: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, size: int, num_prefix_tokens: int
+    scores: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, size: Size, num_prefix_tokens: int
 ) -> torch.Tensor:
     """The ``keep[b]`` best live slots of each sample, prefix forced in. (B, K) -> (B, K) bool.
 
@@ -72,7 +72,7 @@ def topk_keep_mask(
 
 
 def cls_attention_topk(
-    attn: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, size: int, num_prefix_tokens: int
+    attn: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, size: Size, num_prefix_tokens: int
 ) -> torch.Tensor:
     """Indices (B, size) into the current slots of the kept tokens, in slot order.
 
@@ -140,7 +140,8 @@ class TopkReducer(Reducer):
                 weight = mask.to(x.dtype) if state.weight is None else state.weight * mask
                 return TokenState(state.hidden, mask, state.pos, state.size, weight)
             keep_idx = cls_attention_topk(out.attn, state.valid, keep, size, num_prefix)  # (B, size)
-            valid = torch.arange(size, device=x.device).unsqueeze(0) < keep.unsqueeze(1)  # (B, size)
+            slot = torch.arange(size, device=x.device)  # type: ignore[arg-type]  # a traced size is a 0-dim tensor
+            valid = slot.unsqueeze(0) < keep.unsqueeze(1)  # (B, size)
             return TokenState(
                 batched_gather(state.hidden, keep_idx),
                 valid,
