@@ -137,12 +137,11 @@ def main() -> None:
             feeds = synthetic_inputs(pred, 1, n or 0)
             real = int(feeds["attention_mask"].sum()) if "attention_mask" in feeds else None
             kept = mean_kept(args.file, feeds, args.threads)
-            given = {k: feeds for k in files}
+            timed, given = dict(files), {k: feeds for k in files}
             if real is not None:  # text: the dense file on the mean kept count (images have one size)
+                timed["dense_at_kept"] = args.dense
                 given["dense_at_kept"] = synthetic_inputs(pred, 1, max(round(kept), 1))
-            parts = time_parts(
-                files | {"dense_at_kept": args.dense} if real else files, given, args.threads, args.runs
-            )
+            parts = time_parts(timed, given, args.threads, args.runs)
             parts["masks"] = {
                 k: parts["approxnet+masks"][k] - parts["approxnet"][k] for k in ("p50_ms", "x_dense")
             }

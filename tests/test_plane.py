@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from tiny import WORDS, save_tiny_text_model, write_image_dir, write_sst2_dir
+from typer.testing import CliRunner
 
+from sttabt_edge.cli import app
 from sttabt_edge.compress.stages import runtime_accuracy
 from sttabt_edge.data import glue_tsv
 from sttabt_edge.method.approxnet import build_approxnet
@@ -21,10 +23,6 @@ def test_plane_exports_evaluates_and_times_every_point(tmp_path, monkeypatch):
     data = write_sst2_dir(tmp_path / "SST-2", n_train=20, n_dev=12, seed=1)
     model = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
     approx = build_approxnet(load_model(model), 2, "interpolate").save(tmp_path / "approx")
-    from typer.testing import CliRunner
-
-    from sttabt_edge.cli import app
-
     ltp = tmp_path / "ltp"  # a trained baseline dir, exported as it is (its thresholds, its fine-tuned model)
     train = ["train", "baseline", "--method", "ltp", "--model", str(model), "--data", str(data)]
     train += ["--target-retention", "0.8", "--calib-on", "eval", "--steps", "2", "--batch-size", "4"]

@@ -129,7 +129,7 @@ def markdown(report: dict[str, Any]) -> str:
         + (f" (keep ratio {chosen['keep_ratio']:g})" if chosen["keep_ratio"] else "")
         + f", retention {chosen['retention']:.3f}, occupancy {chosen['occupancy']:.3f}, FLOPs "
         f"{chosen['flops_ratio']:.3f}x, held-out {chosen['accuracy']:.2f}% (dense {dense['accuracy']:.2f}%).",
-        verdict_line(verdict(rows(report), cfg["max_drop"])),
+        verdict_line(report["verdict"]),
         "",
     ]
     rep = "report acc %" if data["report"] else None
@@ -238,7 +238,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     if cfg["max_drop"] is not None and "dense_fp32" in table:
         floor = table["dense_fp32"]["held_out_accuracy"] - cfg["max_drop"]
         b.axhline(floor, ls=":", color="tab:green", label=f"budget floor ({floor:.1f})")
-    v = verdict(table, cfg["max_drop"])
+    v = report["verdict"]
     if table[v["deploy"]]["p50_ms"]:
         d = table[v["deploy"]]
         b.scatter(
@@ -260,6 +260,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
+    """The verdict is decided once here; report.md and report.png read it from the report."""
     report["verdict"] = verdict(rows(report), report["config"]["max_drop"])
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     atomic_write_text(out / "report.md", markdown(report))
