@@ -56,7 +56,32 @@ IntOpt = Annotated[int | None, typer.Option()]
 FloatOpt = Annotated[float | None, typer.Option()]
 ConfigOpt = Annotated[Path | None, typer.Option(help="TrainConfig JSON; explicit options override it")]
 ResumeOpt = Annotated[bool, typer.Option(help="continue from the latest checkpoint in --out")]
-TargetOpt = Annotated[float, typer.Option(help="mean fraction of real tokens entering each layer")]
+TargetOpt = Annotated[
+    float | None, typer.Option(help="mean fraction of real tokens entering each layer [default: 0.5]")
+]
+SparseConfigOpt = Annotated[
+    Path | None, typer.Option(help="SparseTrainConfig JSON (losses, phases); explicit options override it")
+]
+TaskWeightOpt = Annotated[float | None, typer.Option(help="weight of the labels' loss (0: KD only)")]
+
+
+class RetentionControl(str, Enum):
+    penalty = "penalty"
+    lagrangian = "lagrangian"
+
+
+class MainParams(str, Enum):
+    all = "all"
+    norms_biases = "norms_biases"
+
+
+RetentionControlOpt = Annotated[
+    RetentionControl | None,
+    typer.Option(help="soft-phase retention term: penalty (official) | lagrangian (holds the target)"),
+]
+MainParamsOpt = Annotated[
+    MainParams | None, typer.Option(help="main-model weights to fine-tune: all | norms_biases")
+]
 
 
 class CalibOn(str, Enum):
@@ -102,6 +127,16 @@ def _load_training(
             raise ValueError("--calib-on eval needs held-out data (--eval-data, or a dev.tsv / image split)")
         train_data = dataclasses.replace(train_data, calib=train_data.eval)
     return net, train_data, model_dir
+
+
+def _sparse_config(path: Path | None, options: dict[str, Any]) -> Any:
+    """SparseTrainConfig from --sparse-config (else the defaults); the options given (not None) override it.
+    Enum options arrive as their values."""
+    from sttabt_edge.train.config import SparseTrainConfig
+
+    base = SparseTrainConfig.load(path) if path else SparseTrainConfig()
+    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items() if v is not None}
+    return base.replace(**given)
 
 
 def _train_errors() -> tuple[type[BaseException], ...]:
@@ -162,18 +197,22 @@ def train_concrete_cmd(
     approx: Annotated[Path, typer.Option(help="ApproxNet dir from `train approx`")],
     data: DataOpt,
     out: OutOpt,
-    target_retention: TargetOpt = 0.5,
-    freeze_main: Annotated[bool, typer.Option(help="train thresholds (+ ApproxNet) only")] = False,
+    target_retention: TargetOpt = None,
+    freeze_main: Annotated[bool | None, typer.Option(help="train thresholds (+ ApproxNet) only")] = None,
+    task_weight: TaskWeightOpt = None,
     kd_weight: FloatOpt = None,
+    retention_control: RetentionControlOpt = None,
+    main_params: MainParamsOpt = None,
     retention_weight: FloatOpt = None,
     threshold_lr: FloatOpt = None,
     hard_frac: Annotated[float | None, typer.Option(help="last fraction of steps with hard masks")] = None,
     concrete: Annotated[
-        ConcreteVariant,
+        ConcreteVariant | None,
         typer.Option(
-            help="ste (ours: noise + straight-through) | official (the paper's code: Φ of z-scored scores, T 0.1)"
+            help="ste (ours: noise + straight-through) | official (the paper's code: Φ of z-scored scores, "
+            "T 0.1) [default: ste]"
         ),
-    ] = ConcreteVariant.ste,
+    ] = None,
     init_schedule: Annotated[
         InitSchedule | None,
         typer.Option(
@@ -196,37 +235,27 @@ def train_concrete_cmd(
     log_every: IntOpt = None,
     max_eval_samples: IntOpt = None,
     config: ConfigOpt = None,
+    sparse_config: SparseConfigOpt = None,
     resume: ResumeOpt = False,
 ) -> None:
     """Learn STTABT's per-layer thresholds for a retention target (concrete masking), then a hard phase."""
     options = dict(locals())
-    _check_common(data, eval_data, config, target_retention)
+    _check_common(data, eval_data, config, target_retention, sparse_config)
     check_exists("--approx", approx, "dir")
     from sttabt_edge.method.approxnet import ApproxNet
     from sttabt_edge.train.artifacts import TRAINED_FILE
     from sttabt_edge.train.concrete import train_concrete
-    from sttabt_edge.train.config import SparseTrainConfig
 
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
-        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
-        losses = {
-            "kd_weight": kd_weight,
-            "retention_weight": retention_weight,
-            "threshold_lr": threshold_lr,
-            "hard_frac": hard_frac,
-        }
-        schedule = (
-            init_schedule.value
-            if init_schedule
-            else ("shared" if concrete.value == "official" else "constant")
+        names = (
+            *("target_retention", "freeze_main", "concrete", "init_schedule", "task_weight", "kd_weight"),
+            *("retention_weight", "retention_control", "main_params", "threshold_lr", "hard_frac"),
         )
-        scfg = SparseTrainConfig(
-            target_retention=target_retention,
-            freeze_main=freeze_main,
-            init_schedule=schedule,
-            concrete=concrete.value,
-        ).replace(**{k: v for k, v in losses.items() if v is not None})
+        scfg = _sparse_config(sparse_config, {k: options[k] for k in names})
+        if init_schedule is None and sparse_config is None:  # the variant's own default init
+            scfg = scfg.replace(init_schedule="shared" if scfg.concrete == "official" else "constant")
+        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
         train_concrete(
             net,
             ApproxNet.load(approx, net.config),
@@ -248,7 +277,9 @@ def train_baseline_cmd(
     model: ModelOpt,
     data: DataOpt,
     out: OutOpt,
-    target_retention: TargetOpt = 0.5,
+    target_retention: TargetOpt = None,
+    task_weight: TaskWeightOpt = None,
+    retention_control: RetentionControlOpt = None,
     calib_on: CalibOpt = CalibOn.train,
     eval_data: EvalDataOpt = None,
     steps: StepsOpt = None,
@@ -263,19 +294,22 @@ def train_baseline_cmd(
     log_every: IntOpt = None,
     max_eval_samples: IntOpt = None,
     config: ConfigOpt = None,
+    sparse_config: SparseConfigOpt = None,
     resume: ResumeOpt = False,
 ) -> None:
     """Train an LTP or top-k baseline with the same losses (task + KD + retention) as STTABT."""
     options = dict(locals())
-    _check_common(data, eval_data, config, target_retention)
+    _check_common(data, eval_data, config, target_retention, sparse_config)
     from sttabt_edge.train.artifacts import TRAINED_FILE
     from sttabt_edge.train.baselines import train_baseline
 
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
+        names = ("target_retention", "task_weight", "retention_control")
+        scfg = _sparse_config(sparse_config, {k: options[k] for k in names})
         net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
         train_baseline(
-            method.value, net, train_data, target_retention, cfg, out=out, resume=resume, source_dir=model_dir
+            method.value, net, train_data, None, cfg, scfg, out=out, resume=resume, source_dir=model_dir
         )
     except _train_errors() as e:
         fail(str(e))
@@ -283,12 +317,17 @@ def train_baseline_cmd(
 
 
 def _check_common(
-    data: Path, eval_data: Path | None, config: Path | None, target: float | None = None
+    data: Path,
+    eval_data: Path | None,
+    config: Path | None,
+    target: float | None = None,
+    sparse_config: Path | None = None,
 ) -> None:
     """The inputs every train verb reads, checked before the model loads."""
     check_exists("--data", data)
     check_exists("--eval-data", eval_data)
     check_exists("--config", config, "file")
+    check_exists("--sparse-config", sparse_config, "file")
     if target is not None:
         check_fraction("--target-retention", target)
 

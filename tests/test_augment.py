@@ -30,6 +30,7 @@ from sttabt_edge.train.augment import (
 )
 from sttabt_edge.train.config import TrainConfig
 from sttabt_edge.train.data import ImageBatches, augment_image, prepare_data
+from sttabt_edge.train.engine import TIMING_KEYS
 from sttabt_edge.train.losses import task_loss
 
 PRE = ImagePreprocess(image_size=VISION["image_size"], resize_size=36)
@@ -293,7 +294,7 @@ def test_baseline_trains_and_resumes_exactly_with_strong_augmentation(image_dir,
     run(tmp_path / "b", resume=True)
     logs = [
         [
-            {k: v for k, v in json.loads(ln).items() if k != "step_time"}
+            {k: v for k, v in json.loads(ln).items() if k not in TIMING_KEYS}
             for ln in (d / "metrics.jsonl").read_text().splitlines()
         ]
         for d in (tmp_path / "a", tmp_path / "b")

@@ -40,7 +40,7 @@ from sttabt_edge.train.data import (
     resized_crop_box,
     shard,
 )
-from sttabt_edge.train.engine import lr_factor
+from sttabt_edge.train.engine import TIMING_KEYS, lr_factor
 from sttabt_edge.train.losses import geometric_schedule, retention_penalty
 from sttabt_edge.train.sources import hf_examples, load_splits, read_hf_disk, split_half
 
@@ -459,7 +459,7 @@ def test_resume_gives_identical_weights(family, image_dir, text_model_dir, glue_
         assert_close(red_b.state_dict()[k], v, atol=0, rtol=0)
     log_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(ln).items() if k != "step_time"} for ln in lines]  # noqa: E731
+    strip = lambda lines: [{k: v for k, v in json.loads(ln).items() if k not in TIMING_KEYS} for ln in lines]  # noqa: E731
     assert strip(log_a) == strip(log_b)
 
 

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 
@@ -24,6 +24,11 @@ AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("interpolate", "random")
 INIT_SCHEDULES = ("constant", "union", "shared")
 CONCRETE_VARIANTS = ("ste", "official")
+# the soft phase's retention term (train/retention.py): the official squared penalty, or a multiplier raised
+# by dual ascent that holds the target against the KD loss's pull toward keeping more tokens
+RetentionControl = Literal["penalty", "lagrangian"]
+# which main-model weights threshold training fine-tunes: every one, or only LayerNorms and biases
+MainParams = Literal["all", "norms_biases"]
 
 C = TypeVar("C", bound="JsonConfig")
 
@@ -150,6 +155,9 @@ class SparseTrainConfig(JsonConfig):
     kd_weight: float = 1.0  # KL(dense teacher || sparse student) on logits
     kd_temperature: float = 2.0
     retention_weight: float = 10.0  # (mean retention - target)^2, soft phase only
+    retention_control: RetentionControl = "penalty"  # "lagrangian": also lam (r - t), lam by dual ascent
+    retention_dual_lr: float = 1.0  # lagrangian: lam += this * (r - t) per micro-batch
+    main_params: MainParams = "all"  # "norms_biases": fine-tune only the main model's norms and biases
     threshold_lr: float = (
         0.05  # Adam lr of the thresholds (logits of order 1: model lr would never move them)
     )
@@ -185,6 +193,16 @@ class SparseTrainConfig(JsonConfig):
             float(self.init)  # raises ValueError for anything else
         if self.concrete not in CONCRETE_VARIANTS:
             raise ValueError(f"concrete must be one of {CONCRETE_VARIANTS}, got {self.concrete!r}")
+        for name, choices in (("retention_control", RetentionControl), ("main_params", MainParams)):
+            if getattr(self, name) not in get_args(choices):
+                raise ValueError(f"{name} must be one of {get_args(choices)}, got {getattr(self, name)!r}")
+        if (
+            self.retention_dual_lr < 0
+            or self.retention_weight < 0
+            or self.task_weight < 0
+            or self.kd_weight < 0
+        ):
+            raise ValueError("retention_weight, retention_dual_lr, task_weight and kd_weight must be >= 0")
         if self.init_schedule not in INIT_SCHEDULES:
             raise ValueError(f"init_schedule must be one of {INIT_SCHEDULES}, got {self.init_schedule!r}")
 

@@ -60,6 +60,10 @@ class Objective(nn.Module):
         self.train()
 
 
+# wall-clock fields of metrics.jsonl: they differ between otherwise identical (resumed) runs
+TIMING_KEYS = frozenset({"step_time", "ms_per_view", "train_s"})
+
+
 def decay_groups(
     params: Mapping[str, nn.Parameter], lr: float, weight_decay: float, clip: str = "main"
 ) -> list[dict[str, Any]]:
@@ -235,7 +239,7 @@ def fit(
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate() if (evaluate is not None and dist.is_main) else {}
         if metrics:
-            log.write({"step": step, "eval": metrics})
+            log.write({"step": step, "eval": metrics, "train_s": busy})  # train_s: this call's step time
         dist.barrier()
         return metrics
 
@@ -257,7 +261,16 @@ def fit(
             if (step + 1) % max(1, cfg.log_every) == 0 or end:
                 last_logs = reduce_mean({k: v / n_window for k, v in window.items()}, dist)
                 last_logs["lr"] = lr
-                log.write({"step": step + 1, **last_logs, "step_time": busy / done_here})
+                step_time = busy / done_here  # mean seconds per optimizer step in this call
+                views = cfg.batch_size * cfg.grad_accum * dist.world  # images / sequences per step
+                log.write(
+                    {
+                        "step": step + 1,
+                        **last_logs,
+                        "step_time": step_time,
+                        "ms_per_view": 1e3 * step_time / views,
+                    }
+                )
                 bar.update(job, completed=step + 1, info=short_info(last_logs))
                 window, n_window = {}, 0
             else:

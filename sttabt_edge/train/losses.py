@@ -25,6 +25,7 @@ from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.engine import Objective, StepLogs, decay_groups
+from sttabt_edge.train.retention import RetentionController
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -189,7 +190,14 @@ class SparseObjective(Objective):
         self._extra = dict(checkpoint_extra or {})
         self.snap = snap
         self.regularizer = regularizer  # the reducer's own loss term (official concrete: θ toward its init)
+        self.retention = RetentionController(
+            scfg.target_retention, scfg.retention_weight, scfg.retention_control, scfg.retention_dual_lr
+        )
         self.hard = False
+        if scfg.main_params == "norms_biases":  # weights (dim >= 2) stay fixed: no dW products in backward
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.requires_grad_(False)
 
     def forward(
         self, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None
@@ -206,14 +214,15 @@ class SparseObjective(Objective):
             kd = distill_loss(out.logits, dense_logits(self.teacher_parts, inputs), c.kd_temperature)
             loss = loss + c.kd_weight * kd
             logs["kd"] = kd.detach()
-        gap = retention_penalty(out.retention, c.target_retention)
-        if not self.hard and c.retention_weight > 0:
-            loss = loss + c.retention_weight * gap
+        if not self.hard and (c.retention_weight > 0 or c.retention_control == "lagrangian"):
+            loss = loss + self.retention(out.retention)
         if self.regularizer is not None and not self.hard:
             reg = self.regularizer()
             loss = loss + reg
             logs["reg"] = reg.detach()
         logs["retention"] = out.retention.detach().float().mean()
+        if c.retention_control == "lagrangian":
+            logs["lam"] = self.retention.lam.detach().clone()
         logs["hard"] = torch.tensor(float(self.hard))
         return loss, logs
 
@@ -223,6 +232,7 @@ class SparseObjective(Objective):
         if step == start and self.snap is not None:  # a function of the weights at this step: resumable
             self.snap()
         self.sparse.train()
+        self.retention.train(not self.hard)
         self.teacher.eval()
         if self.scfg.freeze_main:
             self.sparse.model.eval()  # fixed weights: no dropout noise while thresholds learn
@@ -241,4 +251,10 @@ class SparseObjective(Objective):
         return groups
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
-        return {"model": self.sparse.model, **self._extra}
+        # the multiplier is state only under "lagrangian"; penalty runs keep their checkpoint layout
+        lagrangian = self.scfg.retention_control == "lagrangian"
+        return {
+            "model": self.sparse.model,
+            **self._extra,
+            **({"retention": self.retention} if lagrangian else {}),
+        }
