@@ -242,9 +242,9 @@ def fuse_onnx(
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.stem}.") as work:
         tmp = Path(work) / dst.name
-        set_metadata(proto, _carry_tokenizer(src, dst, meta))
+        set_metadata(proto, _carry_tokenizer(src, dst, meta), dst.parent)  # sealed with dst's tokenizer
         onnx.save(proto, str(tmp))
-        check_saved_digest(tmp)
+        check_saved_digest(tmp, dst.parent)
         parity = None if check_inputs is None else check_parity(src, tmp, check_inputs, atol)
         tmp.replace(dst)
     after = op_counts(proto)

@@ -4,11 +4,14 @@ The runtime is torch-free and learns everything it needs (labels, preprocessing,
 method did) from this one JSON object, so it is built from the model and reducer that
 were exported, never typed in by hand. The contract itself (keys, types, ranges, the digest)
 belongs to the runtime (``sttabt_edge.runtime.contract``); what is written here is checked
-against it, so the exporter cannot write a file the runtime would refuse.
+against it, so the exporter cannot write a file the runtime would refuse. The metadata is
+written sealed (``sttabt_edge.runtime.seal``): its digest covers the model, its companion files
+and the metadata text, and every saved file is re-read by the runtime's own reader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -18,12 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from sttabt_edge.atomic import atomic_write_bytes
 from sttabt_edge.compat import model_parts
-from sttabt_edge.errors import ExportError
+from sttabt_edge.errors import ExportError, ModelFileError
 from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import ReducerSpec, SttabtSpec, make_spec, spec_from_metadata
-from sttabt_edge.runtime import contract
+from sttabt_edge.runtime import contract, modelfile, seal
 from sttabt_edge.runtime.contract import FORMAT_VERSION, METADATA_KEY, REQUIRED_KEYS, TASKS
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "copy_tokenizer",
     "read_metadata",
     "set_metadata",
+    "write_sidecar",
 ]
 
 
@@ -187,34 +192,96 @@ def check_metadata(meta: Mapping[str, Any]) -> None:
     except (TypeError, ValueError) as e:
         raise ExportError(f"metadata is not JSON-serialisable: {e}") from e
     problems = contract.metadata_problems(json.loads(text))
+    if len(text.encode()) > contract.MAX_METADATA_BYTES:
+        problems.append(
+            f"{len(text.encode())} bytes of JSON, over the {contract.MAX_METADATA_BYTES}-byte limit"
+        )
     if problems:
         raise ExportError(
             f"metadata breaks the contract (docs/onnx_contract.md): {contract.summarize(problems)}"
         )
 
 
-def set_metadata(proto: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Write (or replace) ``metadata_props["sttabt_edge"]`` of an onnx.ModelProto, digest included.
+def _external_outside_initializers(proto: Any) -> list[str]:
+    """External-data tensors the runtime's seal would not see (it reads the top-level initializers)."""
+    from onnx import AttributeProto, TensorProto
 
-    The digest covers every ModelProto field but metadata_props (``contract.onnx_digest``), so
-    it must be the last change before the proto is saved. Returns the metadata as written."""
+    def graphs(g: Any) -> Any:
+        yield g
+        for node in g.node:
+            for a in node.attribute:
+                for sub in [a.g] if a.type == AttributeProto.GRAPH else a.graphs:
+                    yield from graphs(sub)
+
+    def tensors(g: Any, top: bool) -> Any:
+        if not top:
+            yield from g.initializer
+        for node in g.node:
+            for a in node.attribute:
+                yield from [a.t] if a.type == AttributeProto.TENSOR else a.tensors
+
+    found = []
+    for i, g in enumerate(graphs(proto.graph)):
+        found += [t.name for t in tensors(g, i == 0) if t.data_location == TensorProto.EXTERNAL]
+    return found
+
+
+def set_metadata(proto: Any, meta: Mapping[str, Any], folder: str | Path | None = None) -> dict[str, Any]:
+    """Write (or replace) ``metadata_props["sttabt_edge"]`` of an onnx.ModelProto, sealed.
+
+    The seal covers every byte the proto serializes to but this entry, the external-data files
+    and the tokenizer the file names (read from ``folder``, where the saved file will sit with
+    them), and the metadata text; so it must be the last change before the proto is saved.
+    Returns the metadata as written."""
     keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
-    sealed = {**meta, contract.DIGEST_KEY: contract.onnx_digest(proto.SerializeToString())}
-    check_metadata(sealed)
+    check_metadata({**meta, contract.DIGEST_KEY: contract.DIGEST_PREFIX + "0" * 64})
+    if hidden := _external_outside_initializers(proto):
+        raise ExportError(
+            f"external data outside the graph's top-level initializers cannot be sealed: {hidden}"
+        )
+    data = proto.SerializeToString()
+    layout = seal.onnx_layout(data)
+    tokenizer = seal.tokenizer_name(meta)
+    if folder is None and (layout.external or tokenizer is not None):
+        raise ExportError(
+            "set_metadata needs folder= (where the external data and tokenizer sit) to seal them"
+        )
+    try:
+        parts = seal.components(
+            ("onnx", seal.onnx_model_sha256(data, layout)), Path(folder or "."), layout.external, tokenizer
+        )
+    except OSError as e:
+        raise ExportError(f"cannot seal the metadata: {e}") from e
+    text = seal.sealed_text(meta, parts)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(sealed, ensure_ascii=False)
-    return sealed
+    entry.key, entry.value = METADATA_KEY, text
+    return json.loads(text)
 
 
-def check_saved_digest(path: str | Path) -> None:
-    """The saved file hashes to the digest its metadata records: what the runtime checks on load."""
-    data = Path(path).read_bytes()
-    meta = json.loads(contract.onnx_metadata_props(data).get(METADATA_KEY, "{}"))
-    actual = contract.onnx_digest(data)
-    if actual != meta.get(contract.DIGEST_KEY):
-        raise ExportError(f"{path}: saved graph hashes to {actual}, not to the digest in its metadata")
+def write_sidecar(side: Path, meta: Mapping[str, Any], model: bytes) -> dict[str, Any]:
+    """Write a TFLite sidecar ``<file>.tflite.json`` sealed with ``model`` (the .tflite bytes) and the
+    tokenizer its metadata names, read from the sidecar's folder. Returns the metadata as written."""
+    check_metadata({**meta, contract.DIGEST_KEY: contract.DIGEST_PREFIX + "0" * 64})
+    try:
+        parts = seal.components(
+            ("tflite", hashlib.sha256(model).hexdigest()), side.parent, (), seal.tokenizer_name(meta)
+        )
+    except OSError as e:
+        raise ExportError(f"cannot seal {side.name}: {e}") from e
+    text = seal.sealed_text(meta, parts, indent=2)
+    atomic_write_bytes(side, text.encode("utf-8"))
+    return json.loads(text)
+
+
+def check_saved_digest(path: str | Path, folder: str | Path | None = None) -> None:
+    """The saved file passes the runtime's own metadata and seal checks (what ``load`` does), with
+    its companion files in ``folder`` (default: beside it)."""
+    try:
+        modelfile.read_onnx(Path(path), True, None if folder is None else Path(folder))
+    except ModelFileError as e:
+        raise ExportError(f"the saved file fails the runtime's checks: {e}") from e
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -223,22 +223,27 @@ def export_onnx(
         meta = build_metadata(
             sc.model, sc.reducer, out_stem=out.stem, opset=opset, dynamo=dynamo, overrides=metadata
         )
-        _save(_finish(onnx.load(str(raw)), family, batch, simplify, meta), tmp)
+        # the seal covers the tokenizer: it is copied beside tmp first, and moved with it
+        tok = copy_tokenizer(tokenizer_file, sc.model, tmp) if family == "bert" else None
+        _save(_finish(onnx.load(str(raw)), family, batch, simplify, meta, tmp.parent), tmp)
         try:
             reports = verify_all(tmp, sc, example_inputs, batch, atol)
         except ExportError as err:
             if not simplify:
                 raise
             log.warning("slimmed graph failed verification (%s); retrying without onnxslim", err)
-            _save(_finish(onnx.load(str(raw)), family, batch, False, meta), tmp)
+            _save(_finish(onnx.load(str(raw)), family, batch, False, meta, tmp.parent), tmp)
             reports = verify_all(tmp, sc, example_inputs, batch, atol)
-        if family == "bert":
-            copy_tokenizer(tokenizer_file, sc.model, out)
+        if tok is not None:
+            os.replace(tok, out.with_name(tok.name))
         os.replace(tmp, out)
     return ExportResult(out, reports[0], tuple(reports))
 
 
-def _finish(proto: onnx.ModelProto, family: str, batch: Batch, simplify: bool, meta: dict) -> onnx.ModelProto:
+def _finish(
+    proto: onnx.ModelProto, family: str, batch: Batch, simplify: bool, meta: dict, folder: Path
+) -> onnx.ModelProto:
+    """Check, slim, and seal (the tokenizer sits in ``folder``, beside where the file is saved)."""
     check_io_dims(proto, family, batch)
     if simplify:
         try:
@@ -246,12 +251,12 @@ def _finish(proto: onnx.ModelProto, family: str, batch: Batch, simplify: bool, m
         except Exception as e:  # a slimmer bug must not block the export: keep the plain graph
             log.warning("onnxslim failed (%s); keeping the unsimplified graph", e)
         check_io_dims(proto, family, batch)
-    set_metadata(proto, meta)
+    set_metadata(proto, meta, folder)
     return proto
 
 
 def _save(proto: onnx.ModelProto, path: Path) -> None:
-    """Save; the file must hash to the digest set_metadata recorded (the runtime refuses it otherwise)."""
+    """Save; the file must pass the runtime's seal check (the runtime refuses it otherwise)."""
     onnx.save(proto, str(path))
     check_saved_digest(path)
 

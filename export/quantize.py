@@ -38,7 +38,7 @@ import onnx
 
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
-from sttabt_edge.export.metadata import read_metadata, set_metadata, tokenizer_name
+from sttabt_edge.export.metadata import check_saved_digest, read_metadata, set_metadata, tokenizer_name
 from sttabt_edge.method.approxnet import APPROX_SCOPE
 
 MODES = ("dynamic", "static")
@@ -132,8 +132,9 @@ def quantize_onnx(
         except Exception as e:
             raise ExportError(f"{mode} INT8 quantization of {src} failed: {e}") from e
         proto = onnx.load(str(tmp))
-        set_metadata(proto, _carry_tokenizer(src, dst, {**meta, "quantization": f"int8-{mode}"}))
+        set_metadata(proto, _carry_tokenizer(src, dst, {**meta, "quantization": f"int8-{mode}"}), dst.parent)
         onnx.save(proto, str(dst))
+        check_saved_digest(dst)
     report = _report(src, dst, mode, session, names, batches)
     report.fp32_nodes, report.int8_embeddings = plan.fp32_matmuls, plan.embeddings
     return report

@@ -71,7 +71,7 @@ from torch import nn
 from sttabt_edge.atomic import atomic_write_bytes
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export.graph import ExportModule, example_args, input_names
-from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name
+from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name, write_sidecar
 from sttabt_edge.export.tflite_graph import (
     QUANT_MODES,
     Sample,
@@ -87,7 +87,6 @@ from sttabt_edge.export.tflite_graph import (
 )
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.runtime import contract
 from sttabt_edge.sparse_model import SparseClassifier
 
 __all__ = [
@@ -243,10 +242,6 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     return json.loads(side.read_text(encoding="utf-8"))
 
 
-def _write_json(path: Path, meta: Mapping[str, Any]) -> None:
-    atomic_write_bytes(path, json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
-
-
 def tflite_metadata(
     model: nn.Module,
     reducer: Reducer,
@@ -342,8 +337,7 @@ def export_tflite(
             overrides=metadata,
         )
         meta["tflite"].update(verification=reports, size_bytes=tmp.stat().st_size)
-        meta[contract.DIGEST_KEY] = contract.file_digest(tmp.read_bytes())  # the runtime checks it on load
-        _write_json(sidecar_path(out), meta)
+        write_sidecar(sidecar_path(out), meta, tmp.read_bytes())  # sealed: the runtime checks it on load
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -375,13 +369,12 @@ def quantize_tflite(
     try:
         atomic_write_bytes(out, quantize_bytes(src.read_bytes(), mode))
         meta["tflite"]["size_bytes"] = out.stat().st_size
-        meta[contract.DIGEST_KEY] = contract.file_digest(out.read_bytes())
-        _write_json(sidecar_path(out), meta)  # verify_tflite reads a threshold model's schedule from it
+        write_sidecar(sidecar_path(out), meta, out.read_bytes())  # verify_tflite reads it
         report = verify_tflite(out, sc, inputs, atol=None)
     except BaseException:
         out.unlink(missing_ok=True)
         sidecar_path(out).unlink(missing_ok=True)
         raise
     meta["tflite"]["verification"] = {**(meta["tflite"].get("verification") or {}), mode: report}
-    _write_json(sidecar_path(out), meta)
+    write_sidecar(sidecar_path(out), meta, out.read_bytes())
     return report

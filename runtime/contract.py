@@ -4,18 +4,17 @@ One JSON object describes an exported model: ONNX keeps it in ``metadata_props["
 TFLite in the sidecar ``<file>.json``. The exporter checks what it writes against
 :func:`metadata_problems` and the predictor checks every file it opens with the same function,
 so a hand-edited or damaged file is refused with one clear message instead of answering
-wrongly. The ``digest`` field ties the metadata to the graph and weights it was written with.
+wrongly. The ``digest`` field seals the metadata to the files it was written with (:mod:`.seal`).
 
-Pure Python (hashlib, json, pathlib): importable without torch, numpy or onnx.
+Pure Python (json, pathlib): importable without torch, numpy or onnx.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -53,8 +52,9 @@ MAX_LABELS = 1_000_000
 MAX_VOCAB = 10_000_000
 MAX_PREFIX_TOKENS = 16
 MAX_APPROX = 1024  # ApproxNet width divisor and head count
+MAX_RESIZE_RATIO = 2  # resize_size <= 2 x image_size (timm's smallest crop_pct is far above 0.5)
+MAX_METADATA_BYTES = 1 << 20  # checked before the JSON is decoded (a 300 MB string took 1.27 GB)
 _SHOWN_PROBLEMS = 4
-_ONNX_METADATA_FIELD = 14  # ModelProto.metadata_props (onnx.proto)
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
 
@@ -170,6 +170,10 @@ def _image_problems(image: Any) -> list[str]:
     size, resize = image.get("image_size", 224), image.get("resize_size", 256)
     if not problems and size > resize:
         problems.append(f"preprocess.image.image_size {size} exceeds resize_size {resize}")
+    if not problems and resize > MAX_RESIZE_RATIO * size:
+        problems.append(
+            f"preprocess.image.resize_size {resize} is over {MAX_RESIZE_RATIO} x image_size {size}"
+        )
     return problems
 
 
@@ -240,96 +244,28 @@ def summarize(problems: list[str]) -> str:
     return "; ".join(problems[:_SHOWN_PROBLEMS]) + (f" (and {more} more)" if more > 0 else "")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of duplicate keys; a metadata with two ``labels`` is refused instead."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        dup = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise _DuplicateKey(f"metadata repeats the key {dup!r}")
+    return out
+
+
 def parse_metadata(text: str) -> tuple[Any, list[str]]:
-    """(decoded JSON, problems); invalid JSON is a problem, never an exception."""
+    """(decoded JSON, problems); invalid JSON, a repeated key or an oversized text is a problem,
+    never an exception."""
+    if len(text) > MAX_METADATA_BYTES:
+        return None, [f"metadata is {len(text)} characters, over the {MAX_METADATA_BYTES}-byte limit"]
     try:
-        meta = json.loads(text)
+        meta = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        return None, [str(e)]
     except (json.JSONDecodeError, RecursionError) as e:
         return None, [f"metadata is not valid JSON ({e})"]
     return meta, metadata_problems(meta)
-
-
-# ---- digest -------------------------------------------------------------------------------------
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated protobuf varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("protobuf varint longer than 10 bytes")
-
-
-def protobuf_records(buf: memoryview) -> Iterator[tuple[int, int, int, int]]:
-    """Top-level fields of a protobuf message: (field number, start, payload start, end).
-
-    Only the framing is read (never the graph inside), so this costs a few records per file."""
-    pos = 0
-    while pos < len(buf):
-        start = pos
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise ValueError(f"protobuf field number 0 at byte {start}")
-        if wire == 0:
-            _, pos = _varint(buf, pos)
-            payload = pos
-        elif wire == 2:
-            length, payload = _varint(buf, pos)
-            pos = payload + length
-        elif wire in (1, 5):
-            payload, pos = pos, pos + (8 if wire == 1 else 4)
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire} at byte {start}")
-        if pos > len(buf):
-            raise ValueError(f"protobuf field {field} runs past the end of the file (truncated?)")
-        yield field, start, payload, pos
-
-
-def onnx_digest(data: bytes | memoryview) -> str:
-    """sha256 over every top-level ModelProto field except metadata_props: graph, weights,
-    opsets and IR version are covered, and writing the metadata (digest included) does not move it."""
-    buf, h = memoryview(data), hashlib.sha256()
-    for field, start, _, end in protobuf_records(buf):
-        if field != _ONNX_METADATA_FIELD:
-            h.update(buf[start:end])
-    return DIGEST_PREFIX + h.hexdigest()
-
-
-def onnx_metadata_props(data: bytes | memoryview) -> dict[str, str]:
-    """ModelProto.metadata_props as a dict, read from the serialized bytes without onnx."""
-    buf, props = memoryview(data), {}
-    for field, _, payload, end in protobuf_records(buf):
-        if field != _ONNX_METADATA_FIELD:
-            continue
-        entry: dict[int, str] = {}
-        for sub, _, sub_payload, sub_end in protobuf_records(buf[payload:end]):
-            entry[sub] = bytes(buf[payload + sub_payload : payload + sub_end]).decode("utf-8")
-        props[entry.get(1, "")] = entry.get(2, "")
-    return props
-
-
-def file_digest(data: bytes | memoryview) -> str:
-    """sha256 of a whole file (TFLite: its metadata lives in the sidecar, outside the file)."""
-    return DIGEST_PREFIX + hashlib.sha256(data).hexdigest()
-
-
-def digest_problem(meta: Mapping[str, Any], actual: str) -> str | None:
-    """Why the file's digest does not vouch for it, or None when it matches."""
-    expected = meta.get(DIGEST_KEY)
-    bypass = "re-export it, or pass --no-verify-digest (verify_digest=False) to load it anyway"
-    if expected is None:
-        return f"its metadata has no digest (written before digests, or by hand); {bypass}"
-    if expected != actual:
-        return (
-            f"digest mismatch (file {actual[:19]}..., metadata {str(expected)[:19]}...): the graph or weights "
-            f"were corrupted or changed after export; {bypass}"
-        )
-    return None

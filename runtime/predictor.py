@@ -6,15 +6,17 @@
 
 The metadata written by the exporter (docs/onnx_contract.md, :mod:`.contract`) tells the
 predictor how to preprocess, what the labels are and what the model is. Before anything runs,
-the file is checked: its metadata against the contract, its graph and weights against the
-digest recorded at export, its inputs and outputs against the family's names; every run's
-inputs are checked too (:mod:`.inputs`). What cannot be answered correctly is refused with
-one error line. This module never imports torch.
+the file is checked (:mod:`.modelfile`): its metadata against the contract, the seal over the
+model, its companion files and the metadata itself (:mod:`.seal`), its inputs and outputs
+against the family's names and the metadata's sizes; every run's inputs are checked too
+(:mod:`.inputs`). What cannot be answered correctly is refused with one error line. A predictor
+may be shared by threads. This module never imports torch.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from sttabt_edge.errors import InferenceError, InputError, ModelFileError, one_line
-from sttabt_edge.runtime import contract
+from sttabt_edge.runtime import contract, modelfile
 from sttabt_edge.runtime.inputs import InputSpec, check_inputs
 from sttabt_edge.runtime.preprocess import ImagePreprocess, TextPreprocess
 from sttabt_edge.runtime.sessions import OPTIMIZATIONS, Optimization, session_options
@@ -71,30 +73,6 @@ class Metadata:
     def labels(self) -> list[str]:
         return list(self.raw["labels"])
 
-    @classmethod
-    def parse(cls, text: str, source: Path) -> Metadata:
-        meta, problems = contract.parse_metadata(text)
-        if problems:
-            raise ModelFileError(f"{source}: invalid {METADATA_KEY} metadata: {contract.summarize(problems)}")
-        return cls(meta)
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The whole file (freed again before the engine loads it), or one ModelFileError line."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read it ({one_line(e)})") from e
-    if not data:
-        raise ModelFileError(f"{path}: empty file")
-    return data
-
-
-def _check_digest(meta: Metadata, actual: str, path: Path) -> None:
-    problem = contract.digest_problem(meta.raw, actual)
-    if problem is not None:
-        raise ModelFileError(f"{path}: {problem}")
-
 
 def _check_top_k(top_k: Any) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
@@ -108,9 +86,10 @@ class Predictor:
     input_names: list[str]
     output_names: list[str]
 
-    def __init__(self, path: Path, metadata: Metadata):
+    def __init__(self, path: Path, metadata: Metadata, position_table: int | None = None):
         self.path = path
         self.metadata = metadata
+        self.position_table = position_table
         pre = metadata.raw["preprocess"]
         self.image: ImagePreprocess | None = None
         self.text: TextPreprocess | None = None
@@ -147,6 +126,10 @@ class Predictor:
         if isinstance(num, int) and num != len(self.metadata.labels):
             raise ModelFileError(
                 f"{self.path}: the graph has {num} logits but its metadata {len(meta['labels'])} labels"
+            )
+        if problems := modelfile.graph_problems(meta, shapes, self.position_table):
+            raise ModelFileError(
+                f"{self.path}: metadata contradicts the graph: {contract.summarize(problems)}"
             )
         static = {n: tuple(d if isinstance(d, int) and d > 0 else None for d in s) for n, s in shapes.items()}
         self.input_names = [n for n in allowed if n in shapes]
@@ -225,9 +208,9 @@ class OrtPredictor(Predictor):
     ):
         import onnxruntime as ort
 
-        meta = self._read_checked(path, verify_digest)
+        checked = modelfile.read_onnx(path, verify_digest)
         opts = session_options(threads, optimization, spinning)
-        super().__init__(path, meta)
+        super().__init__(path, Metadata(checked.meta), checked.position_table)
         try:
             self.session = ort.InferenceSession(
                 str(path), opts, providers=list(providers or ["CPUExecutionProvider"])
@@ -241,22 +224,6 @@ class OrtPredictor(Predictor):
             {i.name: tuple(i.shape) for i in self.session.get_inputs()},
             {o.name: tuple(o.shape) for o in self.session.get_outputs()},
         )
-
-    @staticmethod
-    def _read_checked(path: Path, verify_digest: bool) -> Metadata:
-        """Metadata and digest from the file's protobuf framing, before ONNX Runtime parses the graph."""
-        data = _read_bytes(path)
-        try:
-            props = contract.onnx_metadata_props(data)
-            digest = contract.onnx_digest(data) if verify_digest else ""
-        except ValueError as e:  # truncated, or not protobuf at all
-            raise ModelFileError(f"{path}: not a loadable ONNX model ({one_line(e)})") from e
-        if METADATA_KEY not in props:
-            raise ModelFileError(f"{path}: no '{METADATA_KEY}' metadata; was it exported by sttabt-edge?")
-        meta = Metadata.parse(props[METADATA_KEY], path)
-        if verify_digest:
-            _check_digest(meta, digest, path)
-        return meta
 
     def _invoke(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cast = {
@@ -273,20 +240,15 @@ class OrtPredictor(Predictor):
 
 
 class TflitePredictor(Predictor):
-    """LiteRT (TFLite) interpreter backend; metadata lives in ``<file>.json`` beside the model."""
+    """LiteRT (TFLite) interpreter backend; metadata lives in ``<file>.json`` beside the model.
+
+    One interpreter holds one set of input and output tensors, so concurrent calls would
+    overwrite each other's inputs (LiteRT then raises, or answers with another call's result):
+    a lock makes each sample's set-invoke-get one step, and the predictor safe to share."""
 
     def __init__(self, path: Path, threads: int | None = None, verify_digest: bool = True):
-        side = path.with_name(path.name + ".json")
-        if not side.is_file():
-            raise ModelFileError(f"{path}: metadata sidecar {side.name} is missing")
-        try:
-            text = side.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ModelFileError(f"{side}: cannot read the metadata sidecar ({one_line(e)})") from e
-        meta = Metadata.parse(text, side)
-        if verify_digest:
-            _check_digest(meta, contract.file_digest(_read_bytes(path)), path)
-        super().__init__(path, meta)
+        super().__init__(path, Metadata(modelfile.read_tflite(path, verify_digest).meta))
+        self._lock = threading.Lock()
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
@@ -319,14 +281,18 @@ class TflitePredictor(Predictor):
                 for i in range(next(iter(feed.values())).shape[0])
             ]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        xs = {
+            n: _pad_to(feed[n], tuple(int(s) for s in d["shape"])).astype(d["dtype"])
+            for n, d in self._inputs.items()
+        }
         try:
-            for name, d in self._inputs.items():
-                x = _pad_to(feed[name], tuple(int(s) for s in d["shape"]))
-                self.interpreter.set_tensor(d["index"], x.astype(d["dtype"]))
-            self.interpreter.invoke()
+            with self._lock:  # get_tensor copies: nothing read here is shared after the lock
+                for name, d in self._inputs.items():
+                    self.interpreter.set_tensor(d["index"], xs[name])
+                self.interpreter.invoke()
+                return {n: self.interpreter.get_tensor(d["index"]) for n, d in self._outputs.items()}
         except (ValueError, RuntimeError) as e:
             raise InferenceError(f"{self.path.name}: LiteRT failed ({one_line(e)})") from e
-        return {n: self.interpreter.get_tensor(d["index"]) for n, d in self._outputs.items()}
 
 
 def _tensor_name(name: str) -> str:

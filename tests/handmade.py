@@ -1,7 +1,7 @@
 """Hand-built ONNX graphs that follow docs/onnx_contract.md (no torch): for the runtime tests.
 
-``save_sealed`` writes a graph with complete contract metadata and the digest the exporter
-would record, so the runtime loads it like an export.
+``save_sealed`` writes a graph with complete contract metadata sealed the way the exporter seals
+it (the file, the tokenizer beside it and the metadata text), so the runtime loads it like an export.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from sttabt_edge.runtime import contract
+from sttabt_edge.runtime import contract, seal
 
 LABELS = ["cat", "dog", "fish", "bird"]
 
@@ -56,13 +56,20 @@ def text_meta(
 
 
 def save_sealed(model: onnx.ModelProto, path: str | Path, meta: Any, digest: bool = True) -> Path:
-    """Write ``meta`` (any JSON, even off-contract) as the metadata, with the exporter's digest."""
+    """Write ``meta`` (any JSON, even off-contract) as the metadata, sealed as the exporter seals it;
+    a tokenizer it names is sealed when it already sits beside ``path`` as a plain file."""
+    path = Path(path)
     del model.metadata_props[:]
+    text = json.dumps(meta)
     if digest and isinstance(meta, dict):
-        meta = {**meta, contract.DIGEST_KEY: contract.onnx_digest(model.SerializeToString())}
-    helper.set_model_props(model, {contract.METADATA_KEY: json.dumps(meta)})
+        data = model.SerializeToString()
+        tok = seal.tokenizer_name(meta)
+        tok = tok if tok and contract.plain_file_name(tok) is None and (path.parent / tok).is_file() else None
+        model_part = ("onnx", seal.onnx_model_sha256(data, seal.onnx_layout(data)))
+        text = seal.sealed_text(meta, seal.components(model_part, path.parent, (), tok))
+    helper.set_model_props(model, {contract.METADATA_KEY: text})
     onnx.save(model, str(path))
-    return Path(path)
+    return path
 
 
 def image_graph(weights: np.ndarray, size: int = 8) -> onnx.ModelProto:

@@ -214,13 +214,16 @@ def test_tampered_weights_refused_unless_digest_check_bypassed(image_model, tmp_
 
 
 def test_tflite_sidecar_digest_is_checked(tmp_path):
-    """The .tflite bytes must hash to the sidecar's digest (checked before LiteRT is imported)."""
-    from sttabt_edge.runtime import contract
+    """The .tflite bytes must match the sidecar's seal (checked before LiteRT is imported)."""
+    import hashlib
+
+    from sttabt_edge.runtime import seal
 
     path = tmp_path / "m.tflite"
     path.write_bytes(b"TFL3 not really a flatbuffer")
     side = tmp_path / "m.tflite.json"
-    side.write_text(json.dumps({**image_meta(), "digest": contract.file_digest(b"other bytes")}))
+    other = ("tflite", hashlib.sha256(b"other bytes").hexdigest())
+    side.write_text(seal.sealed_text(image_meta(), [other], indent=2))
     with pytest.raises(ModelFileError, match="digest mismatch"):
         load(path)
     side.write_text(json.dumps(image_meta()))
