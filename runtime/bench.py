@@ -41,7 +41,7 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     throughput_per_s: float  # samples per second at the median latency
-    peak_rss_mb: float
+    peak_rss_mb: float  # the worker process's own peak (what a device running only this model needs)
     kept_per_layer: list[float] | None  # mean real tokens entering each layer
     runs_ms: list[float] = field(default_factory=list)
 
@@ -105,11 +105,26 @@ class WorkerSpec:
     input_limit: int = 256
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory. Linux: VmHWM of /proc/self/status, which starts
+    afresh at exec; getrusage's ru_maxrss keeps the forking parent's peak across exec, so a worker
+    started by a 2 GB training process reported 2 GB (macOS and others: ru_maxrss, in bytes there)."""
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def _worker(spec: WorkerSpec) -> None:
     """Serve runs over stdin/stdout: 'run' -> elapsed ms; 'stats' -> JSON; EOF ends. With
     ``spec.inputs_path``, run k takes real feed k (cyclically), so paired workers stay in step."""
-    import resource
-
     pred = load(spec.path, threads=spec.threads, spinning=spec.spinning, verify_digest=spec.verify_digest)
     if spec.inputs_path:
         feeds = read_inputs(pred, spec.inputs_path, spec.batch, spec.input_limit).feeds
@@ -126,9 +141,8 @@ def _worker(spec: WorkerSpec) -> None:
                 kept.append(np.asarray(out["kept_counts"], dtype=np.float64).mean(0))
             print(f"{ms:.6f}", flush=True)
         elif cmd == "stats":
-            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
             per_layer = np.mean(kept, 0).tolist() if kept else None
-            print(json.dumps({"peak_rss_mb": rss_mb, "kept_per_layer": per_layer}), flush=True)
+            print(json.dumps({"peak_rss_mb": peak_rss_mb(), "kept_per_layer": per_layer}), flush=True)
 
 
 class _Worker:

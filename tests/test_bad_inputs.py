@@ -456,6 +456,14 @@ def _evil_pickle(path: Path, marker: Path) -> Path:
     return path
 
 
+def _reseal(ckpt: Path) -> None:
+    """Record the planted files' digests, as whoever rewrites a whole checkpoint can: what is left
+    to stop them is the loader itself (the digest alone is tested in test_integrity.py)."""
+    from sttabt_edge.train.checkpoint import read_state, write_state
+
+    write_state(ckpt, read_state(ckpt))
+
+
 def _run_with_checkpoint(tmp_path: Path) -> Path:
     from torch import nn
 
@@ -523,10 +531,12 @@ def test_malicious_checkpoint_files_are_one_line_errors(tmp_path):
     ckpt = latest_checkpoint(run)
     marker = tmp_path / "pwned"
     _evil_pickle(ckpt / "trainer.pt", marker)
+    _reseal(ckpt)
     with pytest.raises(CheckpointMismatchError, match="pickled code .*posix.mkdir.*refuses to run") as err:
         load_checkpoint(ckpt, {"m": nn.Linear(2, 2)}, {"kind": "t"})
     one_line(err)
     (ckpt / "m.safetensors").write_bytes((ckpt / "trainer.pt").read_bytes())
+    _reseal(ckpt)
     with pytest.raises(CheckpointMismatchError, match="not a readable safetensors file") as err:
         load_checkpoint(ckpt, {"m": nn.Linear(2, 2)}, {"kind": "t"})
     one_line(err)
@@ -649,6 +659,7 @@ def test_resume_keeps_heldout_kl_before_and_refuses_a_malicious_trainer_state(tm
     assert report["finished"] and report["heldout_attention_kl_before"] == pytest.approx(before, rel=1e-6)
     marker = tmp_path / "pwned"
     _evil_pickle(latest_checkpoint(out) / "trainer.pt", marker)
+    _reseal(latest_checkpoint(out))
     with pytest.raises(CheckpointMismatchError, match="trainer.pt: holds pickled code") as err:
         train_approx(teacher, data, init="random", cfg=cfg(steps=6), out=out, resume=True)
     one_line(err)

@@ -16,13 +16,20 @@ Weights are safetensors. Optimizer / scheduler / GradScaler state (tensors, numb
 lists only) is ``torch.save``d and read back with ``torch.load(weights_only=True)``, so
 loading runs no pickled code; a file it refuses, or damaged weights or state, is one
 CheckpointMismatchError line.
+
+``state.json`` records a sha256 per file of the checkpoint and one over its own content, and
+resume checks them before anything is parsed: a bit flipped inside tensor data loads without
+error, so only a digest catches it. Checkpoints written before digests (``format``
+``sttabt-train-checkpoint``) still resume, with a warning that their files are unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,7 +47,10 @@ CKPT_ROOT = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"
-FORMAT = "sttabt-train-checkpoint"
+FORMAT = "sttabt-train-checkpoint"  # safetensors metadata, and state.json before digests
+SEALED_FORMAT = "sttabt-train-checkpoint/2"  # state.json with a digest per file
+DIGESTS = "digests"
+STATE_DIGEST = "state_digest"
 CKPT_NAME = re.compile(r"ckpt-\d{6,}")
 _MAX_POINTER_BYTES = 256
 
@@ -88,11 +98,63 @@ def save_checkpoint(
         for name, module in modules.items():
             save_module(module, tmp / f"{name}.safetensors", {"format": FORMAT, "step": str(step)})
         torch.save(dict(trainer_state), tmp / TRAINER_FILE)
-        payload = {"format": FORMAT, "step": step, "modules": sorted(modules), **state}
-        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        write_state(tmp, {"step": step, "modules": sorted(modules), **state})
     atomic_write_text(root / LATEST, final.name)
     _prune(root, keep, final.name)
     return final
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _files(state: Mapping[str, Any]) -> list[str]:
+    return [f"{name}.safetensors" for name in state.get("modules", [])] + [TRAINER_FILE]
+
+
+def _state_digest(state: Mapping[str, Any]) -> str:
+    """sha256 of the state's canonical JSON without this digest (whitespace is not content)."""
+    body = {k: v for k, v in state.items() if k != STATE_DIGEST}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_state(ckpt: Path, state: Mapping[str, Any]) -> None:
+    """Write ``state.json`` sealed: a digest of every file the checkpoint holds (its modules'
+    weights and trainer state, already written into ``ckpt``) and one over itself."""
+    payload = {k: v for k, v in state.items() if k not in (DIGESTS, STATE_DIGEST)}
+    payload["format"] = SEALED_FORMAT
+    payload[DIGESTS] = {name: _sha256(ckpt / name) for name in _files(payload)}
+    payload = json.loads(json.dumps(payload, default=str))  # what a reader will see
+    payload[STATE_DIGEST] = _state_digest(payload)
+    (ckpt / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _check_digests(ckpt: Path, state: Mapping[str, Any]) -> None:
+    """Every file of a sealed checkpoint hashes to what ``state.json`` recorded when it was written."""
+    if state.get("format") == FORMAT:
+        warnings.warn(
+            f"{ckpt} was written before checkpoint digests: its files cannot be checked", stacklevel=3
+        )
+        return
+    recorded = state.get(DIGESTS)
+    digests: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+    missing = [n for n in _files(state) if n not in digests]
+    if missing:
+        raise CheckpointMismatchError(f"{ckpt / STATE_FILE} records no digest for {missing}")
+    for name in _files(state):
+        try:
+            actual = _sha256(ckpt / name)
+        except OSError as e:
+            raise CheckpointMismatchError(f"{ckpt / name}: cannot read it ({one_line(e)})") from e
+        if actual != digests[name]:
+            raise CheckpointMismatchError(
+                f"{ckpt / name}: digest mismatch, the file was corrupted or changed after the checkpoint "
+                "was written; resume from an earlier checkpoint or start over"
+            )
 
 
 def _prune(root: Path, keep: int, current: str) -> None:
@@ -152,8 +214,12 @@ def read_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointMismatchError(
             f"{ckpt / STATE_FILE} holds a {type(state).__name__}, not a checkpoint state"
         )
-    if state.get("format") != FORMAT:
+    if state.get("format") not in (FORMAT, SEALED_FORMAT):
         raise CheckpointMismatchError(f"{ckpt} is not a training checkpoint (format={state.get('format')!r})")
+    if state["format"] == SEALED_FORMAT and state.get(STATE_DIGEST) != _state_digest(state):
+        raise CheckpointMismatchError(
+            f"{ckpt / STATE_FILE}: digest mismatch, the checkpoint state was corrupted or changed after it was written"
+        )
     return state
 
 
@@ -175,12 +241,14 @@ def check_fingerprint(saved: Mapping[str, Any], expected: Mapping[str, Any], whe
 def load_checkpoint(
     ckpt: Path, modules: Mapping[str, nn.Module], fingerprint: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Load module weights in place; return (trainer_state, state.json). Mismatches raise."""
+    """Load module weights in place; return (trainer_state, state.json). Mismatches, and files that
+    do not hash to their recorded digests, raise before anything is parsed."""
     state = read_state(ckpt)
     check_fingerprint(state.get("fingerprint", {}), fingerprint, ckpt)
     missing = sorted(set(modules) - set(state.get("modules", [])))
     if missing:
         raise CheckpointMismatchError(f"checkpoint {ckpt} has no weights for {missing}")
+    _check_digests(ckpt, state)
     for name, module in modules.items():
         load_module(module, ckpt / f"{name}.safetensors")
     try:
