@@ -58,9 +58,8 @@ def _parse(text: str, source: Path) -> dict[str, Any]:
     return meta
 
 
-def _companions(
-    model: seal.Component, folder: Path, external: tuple[str, ...], meta: Mapping[str, Any], path: Path
-) -> list[seal.Component]:
+def _check_external(external: tuple[str, ...], folder: Path, path: Path) -> None:
+    """External-data files: plain names beside the model (never a path out of its folder), present."""
     for name in external:
         if (problem := contract.plain_file_name(name)) is not None:
             raise ModelFileError(f"{path}: external data location {problem}")
@@ -68,6 +67,11 @@ def _companions(
             raise ModelFileError(
                 f"external data file {folder / name} (named by {path.name}'s graph) is missing"
             )
+
+
+def _companions(
+    model: seal.Component, folder: Path, external: tuple[str, ...], meta: Mapping[str, Any], path: Path
+) -> list[seal.Component]:
     tokenizer = seal.tokenizer_name(meta)
     if tokenizer is not None and not (folder / tokenizer).is_file():
         raise ModelFileError(f"tokenizer {folder / tokenizer} (named in {path.name}'s metadata) is missing")
@@ -130,6 +134,7 @@ def read_onnx(path: Path, verify_digest: bool = True, folder: Path | None = None
         raise ModelFileError(f"{path}: its '{contract.METADATA_KEY}' metadata entry is malformed")
     text = _decode(memoryview(data)[entry.value[0] : entry.value[1]], path)
     meta = _parse(text, path)
+    _check_external(layout.external, folder or path.parent, path)
     if verify_digest:
         model = ("onnx", seal.onnx_model_sha256(data, layout))
         parts = _companions(model, folder or path.parent, layout.external, meta, path)

@@ -279,6 +279,15 @@ def test_external_data_is_sealed(exported, tmp_path):
     data_file.unlink()
     with pytest.raises(ModelFileError, match="external data file .*vit.onnx.data .* is missing"):
         load(path)
+    for tensor in proto.graph.initializer:  # a location out of the model's folder, seal or no seal
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../vit.onnx.data"
+    onnx.save(proto, str(path))
+    for verify in (True, False):
+        with pytest.raises(ModelFileError, match="external data location must be a plain file name") as err:
+            load(path, verify_digest=verify)
+        one_line(err)
 
 
 def test_tokenizer_is_sealed(exported, tmp_path):
