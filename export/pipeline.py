@@ -33,6 +33,7 @@ from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, export_onnx, first_sample
 from sttabt_edge.export.profile import model_feeds, pipeline_latency
 from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
+from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SLOT_SIZINGS, SlotSizing
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.sparse_model import SparseClassifier
@@ -63,6 +64,8 @@ class ExportRequest:
     seq_len: int = 128  # tflite text models: the static sequence length
     keep_ratio: float = KEEP_RATIO_DEFAULTS["sttabt"]  # see sttabt_edge/defaults.py
     nesting: str = "union"  # STTABT back-tracking: "union" (official) | "count" (earlier rule)
+    slots: SlotSizing | None = None  # tflite STTABT static sizes; None: "calibrated" (export/tflite_slots.py)
+    slot_quantile: float = SLOT_QUANTILE  # "calibrated": the quantile of the rule's sizes on --calib
     min_keep: int = 4  # STTABT: tokens every layer keeps at least, CLS included
     quantize: str | None = None  # "int8" (= dynamic) | "int8-static"
     batch: Batch = "dynamic"
@@ -191,6 +194,13 @@ def check_request(req: ExportRequest) -> None:
         raise InputError(f"--calib {req.calib}: no such file or folder")
     if req.method != "dense" and not 0.0 < req.keep_ratio <= 1.0:
         raise InputError(f"--keep-ratio must be in (0, 1] (a fraction of the tokens), got {req.keep_ratio:g}")
+    if req.slots is not None and (req.target != "tflite" or req.slots not in SLOT_SIZINGS):
+        raise InputError(
+            f"--slots {req.slots} applies to --target tflite, one of {', '.join(SLOT_SIZINGS)} "
+            "(ONNX runs every layer on its data-dependent count)"
+        )
+    if not 0.0 < req.slot_quantile <= 1.0:
+        raise InputError(f"the slot quantile must be in (0, 1], got {req.slot_quantile:g}")
     if req.target == "tflite":
         if req.fuse:
             raise InputError("--fuse is ONNX-only (it writes ONNX Runtime contrib ops)")
@@ -290,6 +300,8 @@ def run_export_tflite(
         metadata={"source_model": req.model, "approx": approx_record(req)},
         seq_len=req.seq_len if family == "bert" else None,
         tokenizer_file=_tokenizer(req.model),
+        slots=req.slots or "calibrated",
+        slot_quantile=req.slot_quantile,
     )
     side = read_sidecar(path)
     summary: ExportSummary = {

@@ -13,13 +13,13 @@ Static shapes (TFLite has no usable dynamic token dimension):
 * images: the model's (3, H, W); text: a caller-chosen sequence length N (e.g. 128)
   that the runtime pads to (right padding, id 0, mask 0) and truncates at
   (``preprocess.text.max_length`` in the sidecar is N);
-* per-layer compact sizes: ``topk_sizes(N, ratios)`` = min(N, max(ceil(r_l N), size_{l+1}))
-  slots enter layer l. The tensors really shrink (the Softmax widths go e.g. 17 → 9 on
-  the tiny ViT at keep 0.5); what is *data-dependent* is only which tokens fill the slots
-  and, for padded text, how many are real: each sample keeps ceil(r_l · n_real) tokens
-  (per-sample k, a value, not a shape), the other slots are masked. So a padded short text
-  gives the same logits and kept counts as PyTorch on the unpadded text, but costs what
-  the schedule costs at length N; ONNX (dynamic N) is cheaper for short texts.
+* per-layer slots (:mod:`~sttabt_edge.export.tflite_slots`): by default sized from the rule's
+  sizes on the calibration inputs (a quantile), the rule's set cut by importance when it
+  overflows; ``slots="bound"``: the rule's static bound (union: min(N, k̂_l + size_{l+1})).
+  The tensors really shrink; what is *data-dependent* is only which tokens fill the slots
+  and how many are real (per-sample k from the real length, a value, not a shape), the
+  other slots are masked. So a padded short text gives the same logits and kept counts as
+  PyTorch on the unpadded text, but costs what the slots cost at length N.
 
 What converts (litert-torch 0.10, ai-edge-litert 2.3; checked by the tests): dense ViT/BERT;
 STTABT top-k with an ApproxNet, on images and on right-padded text. Runtime ops of the
@@ -39,11 +39,8 @@ What does not, and how it is handled:
   ``ceil(r_l · m)`` for m = 0..N (Python ``math.ceil``, the same double arithmetic), the
   rest of the back-tracking loop is the library's building blocks. Eager numerics are
   identical (tested);
-* learned thresholds (concrete): a data-dependent token count has no static size. They
-  are exported as fixed counts: the per-layer keep ratios are the thresholds' mean
-  retention on the calibration batch (:func:`threshold_ratios`) — an approximation,
-  recorded in the sidecar (``tflite.threshold_approximation``), and the sidecar's
-  ``keep_schedule`` is what the file computes (``thresholds`` is null);
+* learned thresholds (concrete): no static size of their own. The file runs the thresholds
+  as trained, inside calibrated slots (or N slots with ``slots="bound"``), as above;
 * ``topk`` / ``tome`` / ``ltp`` reducers (float64 ceil or data-dependent counts inside
   the online loop): refused with an ExportError; use ONNX.
 
@@ -77,16 +74,25 @@ from sttabt_edge.export.tflite_graph import (
     Sample,
     StaticTopkReducer,
     TfliteModule,
+    check_supported,
     convert,
     litert_torch_module,
     quantize_bytes,
     quiet_litert,
-    reference_reducer,
     static_reducer,
-    threshold_ratios,
 )
+from sttabt_edge.export.tflite_slots import (
+    SLOT_QUANTILE,
+    SLOT_SIZINGS,
+    SlotSizing,
+    plan_slots,
+    sidecar_reference,
+    slot_reducer,
+)
+from sttabt_edge.export.tflite_xnnpack import xnnpack_coverage
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.sparse_model import SparseClassifier
 
 __all__ = [
@@ -95,7 +101,6 @@ __all__ = [
     "export_tflite",
     "quantize_tflite",
     "read_sidecar",
-    "threshold_ratios",
     "verify_tflite",
 ]
 
@@ -215,15 +220,12 @@ def verify_tflite(
     """LiteRT vs eager PyTorch, sample by sample: max |Δlogit| <= atol and identical kept counts.
 
     Text is padded to the file's static length for LiteRT and left unpadded for PyTorch.
-    A threshold reducer is compared through the fixed ratios recorded in the sidecar.
+    The reference is ``sc``'s reducer cut to the slots the sidecar records (``tflite.slots``).
     ``atol=None`` only reports the logit gap (quantized files). Raises ExportError.
     """
     p = Path(path)
     family = sc.parts.family
-    ratios = None
-    if getattr(sc.reducer, "thresholds", None) is not None:
-        ratios = read_sidecar(p)["keep_schedule"]
-    ref_reducer, _ = reference_reducer(sc.model, sc.reducer, inputs, ratios)
+    ref_reducer = sidecar_reference(read_sidecar(p), sc.reducer)
     batch = samples(family, inputs, _static_len(p, family))
     return _check(compare(run_tflite(p, batch), run_torch(sc.with_reducer(ref_reducer), batch)), p, atol)
 
@@ -248,12 +250,11 @@ def tflite_metadata(
     out: Path,
     *,
     seq_len: int | None,
-    sizes: list[int] | None,
-    approximation: dict[str, Any] | None,
+    slots: dict[str, Any] | None,
     quantize: str | None,
     overrides: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """The contract JSON, TFLite flavour: static shapes and (approximated) schedule recorded."""
+    """The contract JSON, TFLite flavour: static shapes and the slots (sizes, how they were chosen)."""
     import transformers
 
     litert_torch = litert_torch_module()
@@ -268,15 +269,13 @@ def tflite_metadata(
         "tflite": {
             "batch": 1,
             "sequence_length": seq_len,
-            "kept_sizes": sizes,
+            "kept_sizes": None if slots is None else slots["sizes"],
+            "slots": slots,
             "quantize": quantize,
-            "threshold_approximation": approximation,
         },
     }
     if seq_len is not None:
         own["preprocess"] = {"text": {"tokenizer_file": tokenizer_name(out.stem), "max_length": seq_len}}
-    if approximation is not None:
-        own.update(keep_schedule=approximation["keep_schedule"], thresholds=None)
     meta = build_metadata(model, reducer, out_stem=out.stem, opset=0, dynamo=False, overrides=own)
     meta.update(overrides or {})
     return meta
@@ -292,11 +291,16 @@ def export_tflite(
     seq_len: int | None = None,
     tokenizer_file: str | Path | None = None,
     atol: float = 1e-4,
+    slots: SlotSizing = "calibrated",
+    slot_quantile: float = SLOT_QUANTILE,
 ) -> Path:
     """Convert ``sc`` (its model under its reducer) to a static batch-1 .tflite, verify it, write ``<file>.json``.
 
     ``example_inputs``: a small real batch: the conversion sample (its first row), the
-    threshold calibration set and the verification set. ``seq_len``: text only, the static
+    slot calibration set and the verification set. ``slots``: STTABT's static per-layer sizes,
+    "calibrated" (the ``slot_quantile`` of the rule's sizes on ``example_inputs``, the rule's set
+    cut by importance when it overflows) or "bound" (the rule's static bound, exact); see
+    :mod:`sttabt_edge.export.tflite_slots`. ``seq_len``: text only, the static
     length (default: the batch's width). ``quantize="int8"``: the float file is verified at
     ``atol`` first, the int8 one only for kept counts; both reports go to the sidecar.
     Nothing is written to ``out_path`` (nor its sidecar) unless verification passed; the
@@ -310,33 +314,40 @@ def export_tflite(
     family = sc.parts.family
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ref, approximation = reference_reducer(model, reducer, example_inputs)
+    if slots not in SLOT_SIZINGS:
+        raise ExportError(f"slots must be one of {SLOT_SIZINGS}, got {slots!r}")
+    check_supported(reducer)
     batch = samples(family, example_inputs, seq_len)
     n_tokens = token_count(sc, batch[0])
-    graph_reducer = static_reducer(model, ref, n_tokens)
+    record = None
+    if isinstance(reducer, SttabtReducer):
+        record = plan_slots(model, reducer, example_inputs, n_tokens, slots, slot_quantile)
+    graph_reducer = static_reducer(model, reducer, n_tokens, record)
+    ref = slot_reducer(reducer, record, static=False) if isinstance(reducer, SttabtReducer) else reducer
     if family == "bert":  # before the (minutes-long) conversion: a missing tokenizer fails fast
         copy_tokenizer(tokenizer_file, model, out)
     tmp = out.with_name(out.name + ".float.tmp")
     try:
         tmp.write_bytes(convert(TfliteModule(sc.with_reducer(graph_reducer)), batch[0]))
         torch_out = run_torch(sc.with_reducer(ref), batch)
-        if approximation is not None:  # how far fixed counts are from the thresholds, in PyTorch
-            approximation["agreement_with_thresholds"] = compare(torch_out, run_torch(sc, batch))
+        if record is not None and ref is not reducer:  # what the cut costs on these inputs, in PyTorch
+            record["agreement_with_rule"] = compare(torch_out, run_torch(sc, batch))
         reports = {"float": _check(compare(run_tflite(tmp, batch), torch_out), out, atol)}
         if quantize is not None:
             tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize))
             reports[quantize] = _check(compare(run_tflite(tmp, batch), torch_out), out, None)
         meta = tflite_metadata(
             model,
-            ref,
+            reducer,
             out,
             seq_len=n_tokens if family == "bert" else None,
-            sizes=getattr(graph_reducer, "sizes", None),
-            approximation=approximation,
+            slots=record,
             quantize=quantize,
             overrides=metadata,
         )
-        meta["tflite"].update(verification=reports, size_bytes=tmp.stat().st_size)
+        meta["tflite"].update(
+            verification=reports, size_bytes=tmp.stat().st_size, xnnpack=xnnpack_coverage(tmp)
+        )
         write_sidecar(sidecar_path(out), meta, tmp.read_bytes())  # sealed: the runtime checks it on load
         os.replace(tmp, out)
     finally:
@@ -368,7 +379,7 @@ def quantize_tflite(
         text["tokenizer_file"] = tok.name
     try:
         atomic_write_bytes(out, quantize_bytes(src.read_bytes(), mode))
-        meta["tflite"]["size_bytes"] = out.stat().st_size
+        meta["tflite"].update(size_bytes=out.stat().st_size, xnnpack=xnnpack_coverage(out))
         write_sidecar(sidecar_path(out), meta, out.read_bytes())  # verify_tflite reads it
         report = verify_tflite(out, sc, inputs, atol=None)
     except BaseException:

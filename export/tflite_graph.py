@@ -28,15 +28,15 @@ from torch import nn
 from sttabt_edge.compat import model_parts
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export.graph import ExportModule
+from sttabt_edge.export.tflite_slots import SlotReducer
+from sttabt_edge.export.tflite_xnnpack import delegable_matmuls
 from sttabt_edge.method.backtrack import (
     Backtrack,
     keep_table,
     ratio_schedule,
-    retention,
     topk_backtrack,
     topk_sizes,
 )
-from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import exportable_kinds
 from sttabt_edge.reducers.sttabt import SttabtReducer
@@ -127,69 +127,28 @@ def check_supported(reducer: Reducer) -> str:
     return name
 
 
-@torch.no_grad()
-def threshold_ratios(
-    model: nn.Module, reducer: SttabtReducer, inputs: Mapping[str, torch.Tensor]
-) -> list[float]:
-    """Per-layer keep ratios = the thresholds' mean retention over the real tokens of ``inputs``.
+def static_reducer(
+    model: nn.Module, reducer: Reducer, n_tokens: int, slots: Mapping[str, Any] | None
+) -> Reducer:
+    """What goes into the graph: dense as is; STTABT on static per-layer sizes for N tokens.
 
-    The approximation that turns a data-dependent threshold model into fixed counts. Call it
-    with the reducer in eval mode (training mode samples concrete noise).
+    Top-k runs on the constant k table (:class:`StaticTopkReducer`); thresholds as trained. With
+    capped ``slots`` (:func:`~sttabt_edge.export.tflite_slots.plan_slots`), or for thresholds (no
+    static size of their own), the masks are cut to the recorded slots (:class:`SlotReducer`).
     """
-    parts = model_parts(model)
-    x, pad = embed(parts, inputs)
-    bt = reducer.backtrack(parts, inputs, x, pad)
-    mean = retention([k.bool() for k in bt.keep], pad).mean(dim=0)  # (L,)
-    return [min(1.0, max(1e-6, round(float(r), 6))) for r in mean]
-
-
-def reference_reducer(
-    model: nn.Module,
-    reducer: Reducer,
-    calib: Mapping[str, torch.Tensor],
-    ratios: Sequence[float] | None = None,
-) -> tuple[Reducer, dict[str, Any] | None]:
-    """The library reducer the TFLite file is equivalent to, plus the threshold approximation (or None).
-
-    Dense and top-k reducers are their own reference; a threshold reducer becomes top-k at
-    ``ratios`` (default: :func:`threshold_ratios` on ``calib``).
-    """
-    if (
-        check_supported(reducer) == "dense"
-        or not isinstance(reducer, SttabtReducer)
-        or reducer.thresholds is None
-    ):
-        return reducer, None
-    ratios = list(ratios) if ratios is not None else threshold_ratios(model, reducer, calib)
-    info = {
-        "thresholds": [float(v) for v in reducer.thresholds.logits.detach().cpu()],
-        "keep_schedule": ratios,
-        "calibration_samples": int(next(iter(calib.values())).shape[0]),
-        "nesting": "count",  # counts that reproduce each layer's mean retention (a union would exceed them)
-        "note": "fixed per-layer counts from the thresholds' mean retention on the calibration batch",
-    }
-    topk = SttabtReducer(
-        reducer.approx,
-        keep_ratio=ratios,
-        p=reducer.p,
-        head_reduce=reducer.head_reduce,
-        nesting="count",
-        min_keep=reducer.min_keep,
-    )
-    return topk.eval(), info
-
-
-def static_reducer(model: nn.Module, reducer: Reducer, n_tokens: int) -> Reducer:
-    """What goes into the graph: dense as is, top-k with the constant k table for N tokens."""
-    if getattr(reducer, "name", "") == "dense":
+    if check_supported(reducer) == "dense":
         return reducer
-    if not isinstance(reducer, SttabtReducer) or reducer.keep_ratio is None:
-        raise ExportError(
-            "the static graph takes dense or STTABT top-k (reference_reducer turns thresholds into top-k)"
-        )
-    parts = model_parts(model)
-    ratios = ratio_schedule(reducer.keep_ratio, len(parts.layers))
-    return StaticTopkReducer(reducer, ratios, n_tokens, parts.num_prefix_tokens).eval()
+    assert isinstance(reducer, SttabtReducer)  # check_supported: the TFLite kinds are dense and sttabt
+    source: SttabtReducer = reducer
+    if reducer.thresholds is None:
+        parts = model_parts(model)
+        ratios = ratio_schedule(reducer.keep_ratio, len(parts.layers))  # type: ignore[arg-type]
+        source = StaticTopkReducer(reducer, ratios, n_tokens, parts.num_prefix_tokens).eval()
+        if slots is None or not any(slots["capped"]):
+            return source
+    if slots is None:
+        raise ExportError("a threshold model needs static slots for LiteRT (plan_slots)")
+    return SlotReducer(source, slots["sizes"], slots["capped"], static=True).eval()
 
 
 # ---- conversion -----------------------------------------------------------------------------
@@ -291,14 +250,19 @@ def litert_torch_module() -> Any:
     return litert_torch
 
 
-def convert(module: nn.Module, sample: Sample) -> bytes:
-    """litert_torch.convert with static shapes (the sample's); returns the flatbuffer."""
+def convert(module: nn.Module, sample: Sample, delegable: bool = True) -> bytes:
+    """litert_torch.convert with static shapes (the sample's); returns the flatbuffer.
+
+    ``delegable``: products on computed weights as BATCH_MATMUL, which XNNPACK runs
+    (:func:`~sttabt_edge.export.tflite_xnnpack.delegable_matmuls`); off only to measure that.
+    """
     litert_torch = litert_torch_module()
     try:
         with torch.no_grad(), quiet_litert():
-            return bytes(litert_torch.convert(module.eval(), sample_kwargs=dict(sample)).model_content())
+            flat = bytes(litert_torch.convert(module.eval(), sample_kwargs=dict(sample)).model_content())
     except Exception as e:
         raise ExportError(f"litert-torch conversion failed: {type(e).__name__}: {e}") from e
+    return delegable_matmuls(flat)[0] if delegable else flat
 
 
 def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:

@@ -239,6 +239,11 @@ class ExportTarget(str, Enum):
     tflite = "tflite"
 
 
+class Slots(str, Enum):  # export --target tflite: STTABT's static token slots (docs/method.md)
+    calibrated = "calibrated"
+    bound = "bound"
+
+
 class ExportMethod(str, Enum):
     sttabt = "sttabt"
     dense = "dense"
@@ -286,6 +291,9 @@ def export_cmd(
     ] = None,
     keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
     nesting: NestingOpt = Nesting.union,
+    slots: Annotated[
+        Slots | None, typer.Option(help="tflite STTABT slots: calibrated (default) | bound")
+    ] = None,
     min_keep: MinKeepOpt = 4,
     quantize: Annotated[
         Quantize | None,
@@ -350,6 +358,7 @@ def export_cmd(
         approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),
         keep_ratio=keep_ratio,
         nesting=nesting.value,
+        slots=slots.value if slots else None,
         min_keep=min_keep,
         quantize=quantize.value if quantize else None,
         batch=fixed_batch,

@@ -53,7 +53,8 @@ def reference_reducer(
     meta: dict[str, Any], model: torch.nn.Module, approx_dir: Path | None = None
 ) -> Reducer:
     """Rebuild the export's reducer from its metadata (see docs/onnx_contract.md): the spec it
-    records (:func:`~sttabt_edge.export.metadata.reducer_spec`) and, for STTABT, its ApproxNet."""
+    records (:func:`~sttabt_edge.export.metadata.reducer_spec`) and, for STTABT, its ApproxNet
+    (cut to a TFLite file's static slots, ``tflite.slots``, where they cut the rule's sets)."""
     from sttabt_edge.export.metadata import reducer_spec
     from sttabt_edge.reducers.factory import build
 
@@ -77,7 +78,9 @@ def reference_reducer(
         )
     else:
         raise ValueError("the export's ApproxNet is not recorded in its metadata; pass --approx DIR")
-    return build(spec, approx.eval()).eval()
+    from sttabt_edge.export.tflite_slots import sidecar_reference
+
+    return sidecar_reference(meta, build(spec, approx.eval()).eval())  # a .tflite's slots, if it records them
 
 
 @torch.no_grad()

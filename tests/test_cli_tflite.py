@@ -9,6 +9,7 @@ from tiny import tiny_vit
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
+from sttabt_edge.export.tflite_slots import SLOT_QUANTILE
 
 pytest.importorskip("litert_torch")
 pytestmark = pytest.mark.tflite
@@ -49,6 +50,9 @@ def test_cli_tflite_export_run_verify(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["target"] == "tflite" and out.is_file()
+    slots = summary["tflite"]["slots"]  # the default: sized from the 3 calibration images
+    assert slots["sizing"] == "calibrated" and slots["calibration_samples"] == 3
+    assert summary["tflite"]["kept_sizes"] == slots["sizes"] and slots["quantile"] == SLOT_QUANTILE
     res = runner.invoke(app, ["run", str(out), "--image", str(images / "0.png"), "--json"])
     assert res.exit_code == 0, res.output
     kept = json.loads(res.stdout)[0]["kept_counts"]  # union: the top layer keeps ceil(0.5 * 17) + CLS at most
@@ -57,3 +61,12 @@ def test_cli_tflite_export_run_verify(tmp_path):
         app, ["verify", str(out), "--reference", str(model_dir), "--data", str(images.parent)]
     )
     assert res.exit_code == 0, res.output
+
+
+def test_cli_slots_only_for_tflite(tmp_path):
+    model_dir = tmp_path / "vit"
+    tiny_vit().save_pretrained(model_dir)
+    base = ["export", "--model", str(model_dir), "--approx", "untrained", "--slots", "bound"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "--slots bound applies to --target tflite" in res.output
+    assert not list(tmp_path.glob("m.*"))

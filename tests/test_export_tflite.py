@@ -24,7 +24,6 @@ from sttabt_edge.export.tflite import (  # noqa: E402
     export_tflite,
     quantize_tflite,
     read_sidecar,
-    threshold_ratios,
     verify_tflite,
 )
 from sttabt_edge.export.tflite_graph import StaticTopkReducer  # noqa: E402
@@ -83,7 +82,11 @@ def pixels():
 def vit_file(tmp_path_factory, vit, vit_reducer, pixels):
     out = tmp_path_factory.mktemp("vit") / "vit_sttabt.tflite"
     return export_tflite(
-        SparseClassifier(vit, vit_reducer), out, example_inputs=pixels, metadata={"source_model": "tiny-vit"}
+        SparseClassifier(vit, vit_reducer),
+        out,
+        example_inputs=pixels,
+        metadata={"source_model": "tiny-vit"},
+        slots="bound",
     )
 
 
@@ -118,6 +121,7 @@ def bert_file(tmp_path_factory, bert, bert_reducer, tokenizer):
         example_inputs=text_batch(),
         seq_len=SEQ_LEN,
         tokenizer_file=tokenizer,
+        slots="bound",
     )
 
 
@@ -254,21 +258,18 @@ def test_int8_dynamic_range(tmp_path, vit_file, vit, vit_reducer, pixels):
     assert load(out).run({"pixel_values": pixels["pixel_values"][:2].numpy()})["logits"].shape == (2, 5)
 
 
-def test_thresholds_export_as_fixed_counts(tmp_path, vit, vit_reducer, pixels):
-    """Documented approximation: the thresholds' mean retention on the calibration batch."""
+def test_thresholds_export_as_trained_inside_calibrated_slots(tmp_path, vit, vit_reducer, pixels):
+    """The thresholds themselves run in the file (no fixed-count approximation), cut to slots sized
+    from their own sizes on the calibration batch (tests/test_tflite_slots.py checks the sizes)."""
     th = SttabtReducer(vit_reducer.approx, thresholds=ConcreteThresholds(3, init=0.0).eval()).eval()
-    ratios = threshold_ratios(vit, th, pixels)
     path = export_tflite(SparseClassifier(vit, th), tmp_path / "th.tflite", example_inputs=pixels)
     side = read_sidecar(path)
-    assert side["keep_schedule"] == ratios and side["thresholds"] is None
-    approx = side["tflite"]["threshold_approximation"]
-    assert (
-        approx["thresholds"] == [0.0] * 3
-        and 0.0 <= approx["agreement_with_thresholds"]["top1_agreement"] <= 1
-    )
-    assert verify_tflite(path, SparseClassifier(vit, th), pixels)[
-        "kept_counts_equal"
-    ]  # through the sidecar's schedule
+    assert side["thresholds"] == [0.0] * 3 and side["keep_schedule"] is None
+    slots = side["tflite"]["slots"]
+    assert slots["sizing"] == "calibrated" and slots["bounds"] == [17, 17, 17, 1]
+    assert side["tflite"]["kept_sizes"] == slots["sizes"] and slots["calibration_samples"] == 16
+    report = verify_tflite(path, SparseClassifier(vit, th), pixels, atol=1e-4)
+    assert report["kept_counts_equal"] and report["max_abs_diff"] <= 1e-4
 
 
 # ---- real checkpoint -----------------------------------------------------------------------------------

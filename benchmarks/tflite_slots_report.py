@@ -1,0 +1,162 @@
+"""The report of benchmarks/tflite_slots.py: one JSON (commit, every file, every ratio, the targets)
+and a PNG (latency × dense per file, top-1 agreement with the ONNX file of the same settings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import environment, write_json
+
+from sttabt_edge.export.tflite_slots import SLOT_QUANTILE
+
+TARGET_RATIO_MARGIN = 0.05  # TFLite ratio (× dense TFLite) <= ONNX ratio (× dense ONNX) + this
+TARGET_AGREEMENT = 0.97  # top-1 agreement with the ONNX file of the same settings
+TARGET_INT8_SHRINK = 3.5  # fp32 size / INT8 size
+TARGET_INT8_PTS = 1.0  # INT8 accuracy within this of fp32 (points)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def ratio(pairs: dict[str, Any], a: str, b: str) -> dict[str, float] | None:
+    r = pairs.get(f"{a}_vs_{b}")
+    if r is None:
+        return None
+    return {
+        "p50": round(r["ratio_p50"], 3),
+        "p10": round(r["ratio_p10"], 3),
+        "p90": round(r["ratio_p90"], 3),
+        "a_p50_ms": round(r["a"]["p50_ms"], 2),
+        "b_p50_ms": round(r["b"]["p50_ms"], 2),
+    }
+
+
+def file_rows(build: dict[str, Any], pairs: dict[str, Any], specs: list[Any]) -> dict[str, Any]:
+    acc = build["accuracy"]
+    vs = {s.name: s.vs for s in specs} | {"dense_int8": ("dense",), "k0.15_int8": ("dense_int8", "dense")}
+    vs |= {"k0.3_int8": ("dense_int8", "dense")}
+    onnx_of = {s.name: s.onnx for s in specs} | {f"k{k}_int8": f"onnx_k{k}" for k in (0.15, 0.3)}
+    rows = {}
+    for name, f in build["files"].items():
+        a = acc.get(name, {})
+        onnx = onnx_of.get(name)
+        agree = None
+        if onnx and onnx in acc:
+            agree = float(np.mean(np.array(a["top1"]) == np.array(acc[onnx]["top1"])))
+        kept = a.get("kept_per_layer_mean")
+        slots = f.get("slots") or {}
+        rows[name] = {
+            "target": f["spec"]["target"],
+            "size_mb": round(f["size_bytes"] / 2**20, 2),
+            "accuracy": a.get("accuracy"),
+            "onnx_file": onnx,
+            "top1_agreement_with_onnx": agree,
+            "kept_per_layer_mean": kept,
+            "kept_mean": None if kept is None else round(float(np.mean(kept)), 1),
+            "slots": slots.get("sizes"),
+            "slots_mean": None if not slots.get("sizes") else round(float(np.mean(slots["sizes"][:-1])), 1),
+            "slot_sizing": slots.get("sizing"),
+            "quantile": slots.get("quantile"),
+            "calibration_samples": slots.get("calibration_samples"),
+            "xnnpack": f.get("xnnpack"),
+            "ratios": {b: ratio(pairs, name, b) for b in vs.get(name, ())},
+        }
+    return rows
+
+
+def targets(rows: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in (0.15, 0.3):
+        cal, onnx = rows[f"k{k}_q{SLOT_QUANTILE}"], rows[f"onnx_k{k}"]
+        t, o = (
+            (cal["ratios"].get("dense") or {}).get("p50"),
+            (onnx["ratios"].get("onnx_dense") or {}).get("p50"),
+        )
+        int8 = rows[f"k{k}_int8"]
+        out[f"keep {k}"] = {
+            "tflite_ratio_vs_dense_tflite": t,
+            "onnx_ratio_vs_dense_onnx": o,
+            "ratio_met": None if t is None or o is None else t <= o + TARGET_RATIO_MARGIN,
+            "top1_agreement_with_onnx": cal["top1_agreement_with_onnx"],
+            "agreement_met": cal["top1_agreement_with_onnx"] >= TARGET_AGREEMENT,
+            "faster_than_dense_tflite": None if t is None else t < 1.0,
+            "int8_size_shrink": round(cal["size_mb"] / int8["size_mb"], 2),
+            "int8_accuracy_pts_vs_fp32": round(100 * (int8["accuracy"] - cal["accuracy"]), 1),
+            "int8_met": cal["size_mb"] / int8["size_mb"] >= TARGET_INT8_SHRINK
+            and abs(int8["accuracy"] - cal["accuracy"]) * 100 <= TARGET_INT8_PTS,
+        }
+    d, q = rows["dense"], rows["dense_int8"]
+    out["dense int8"] = {
+        "size_shrink": round(d["size_mb"] / q["size_mb"], 2),
+        "accuracy_pts_vs_fp32": round(100 * (q["accuracy"] - d["accuracy"]), 1),
+    }
+    return out
+
+
+def report(work: Path, out: Path, specs: list[Any]) -> dict[str, Any]:
+    build, timed = _read(work / "build.json"), _read(work / "time.json")
+    commits = {build["environment"]["commit"], timed["environment"]["commit"], environment()["commit"]}
+    if len(commits) != 1:
+        raise SystemExit(f"stages ran at different commits {sorted(commits)}: rerun them at one")
+    rows = file_rows(build, timed["pairs"], specs)
+    payload = {
+        "benchmark": "benchmarks/tflite_slots.py (issue #26)",
+        "environment": build["environment"],
+        "dirty_files_at_build": build.get("dirty"),
+        "dirty_files_at_time": timed.get("dirty"),
+        "images": build["images"],
+        "latency": "sttabt-edge bench A --vs B --inputs <32 held-out images>: worker processes, "
+        "2 threads, batch 1, block alternation (first run of each block dropped), median of per-round ratios",
+        "default_quantile": SLOT_QUANTILE,
+        "files": rows,
+        "targets": targets(rows),
+        "export_warnings": sorted(set(build.get("log", []))),
+    }
+    write_json(out, payload)
+    plot(rows, out.with_suffix(".png"))
+    return payload
+
+
+def plot(rows: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = ["bound", "q0.9", f"q{SLOT_QUANTILE}", "q1.0", "count", "int8"]
+    width = 0.38
+    for i, k in enumerate((0.15, 0.3)):
+        xs = np.arange(len(names)) + (i - 0.5) * width
+        r, a = [], []
+        for n in names:
+            row = rows.get(f"k{k}_{n}", {})
+            vs = "dense_int8" if n == "int8" else "dense"
+            r.append(((row.get("ratios") or {}).get(vs) or {}).get("p50", np.nan))
+            a.append(100 * (row.get("top1_agreement_with_onnx") or np.nan))
+        left.bar(xs, r, width, label=f"keep {k}")
+        right.bar(xs, a, width, label=f"keep {k}")
+        onnx = (rows[f"onnx_k{k}"]["ratios"].get("onnx_dense") or {}).get("p50")
+        if onnx is not None:
+            left.axhline(onnx, color=f"C{i}", ls=":", lw=1)
+            left.axhline(
+                onnx + TARGET_RATIO_MARGIN, color=f"C{i}", ls="--", lw=1, label=f"ONNX keep {k} (+0.05)"
+            )
+    left.axhline(1.0, color="k", lw=0.8)
+    labels = [*names[:-1], "int8\n(× dense int8)"]
+    for ax in (left, right):
+        ax.set_xticks(np.arange(len(names)), labels)
+        ax.legend(fontsize=7)
+    left.set_ylabel("latency × dense TFLite (median per-round ratio)")
+    right.set_ylabel("top-1 agreement with the ONNX file, %")
+    right.axhline(100 * TARGET_AGREEMENT, color="k", ls="--", lw=0.8)
+    right.set_ylim(90, 100.5)
+    fig.suptitle(
+        "DeiT-Tiny STTABT TFLite, untrained ÷8 one-head ApproxNet: slots calibrated vs bound vs count"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
