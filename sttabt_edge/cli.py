@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -25,18 +25,12 @@ from sttabt_edge.cli_common import (
     fail,
     quiet_third_party,
 )
-from sttabt_edge.cli_runtime import ORACLE
+from sttabt_edge.cli_export_checks import check_export
+from sttabt_edge.cli_inputs import check_model
+from sttabt_edge.cli_options import KEEP_RATIO_HELP, MinKeepOpt, Nesting, NestingOpt
 from sttabt_edge.cli_summary import print_export_summary
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, default_keep_ratio
-from sttabt_edge.model_info import is_trained_dir, model_files
-
-if TYPE_CHECKING:
-    from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
-
-KEEP_RATIO_HELP = (
-    "keep ratio (default per method: sttabt 0.15, topk / tome 0.5). sttabt: the top-k fraction each layer "
-    "adds to the next layer's set (union), so retention is higher; see sttabt_edge/defaults.py"
-)
+from sttabt_edge.model_info import is_trained_dir
 
 app = typer.Typer(
     cls=ErrorHandlingGroup,
@@ -61,35 +55,6 @@ def main_options(
     ctx.with_resource(quiet_third_party(verbose))
 
 
-class Nesting(Enum):  # not a str Enum: its member `count` would shadow str.count
-    union = "union"
-    count = "count"
-
-
-NestingOpt = Annotated[
-    Nesting,
-    typer.Option(
-        help="back-tracking nesting: union (official: topk ∪ next layer's set) | count (earlier rule, for comparison)"
-    ),
-]
-MinKeepOpt = Annotated[int, typer.Option(min=1, help="tokens every layer keeps at least, CLS included")]
-
-
-class Method(str, Enum):
-    dense = "dense"
-    sttabt = "sttabt"
-    topk = "topk"
-    ltp = "ltp"
-    tome = "tome"
-
-
-def check_model(model: str) -> None:
-    """A --model that is meant as a local path must exist (aliases and hub ids are left to the loader)."""
-    from sttabt_edge.model_info import config_file
-
-    config_file(model)  # raises ModelNotFoundError (-> one error line) for a missing path
-
-
 @app.command()
 def info(model: Annotated[str, typer.Option(help="checkpoint directory, timm file or alias")]) -> None:
     """Show what sttabt-edge sees in a model (from config.json alone): family, layers, heads, prefix tokens."""
@@ -107,120 +72,13 @@ def info(model: Annotated[str, typer.Option(help="checkpoint directory, timm fil
     typer.echo(json.dumps(describe(net.config.to_dict(), model, num_prefix_tokens=prefix), indent=2))
 
 
-@app.command("eval")
-def eval_cmd(
-    model: Annotated[str, typer.Option(help="checkpoint directory, timm file or alias")],
-    data: Annotated[Path, typer.Option(help="image folder, or a GLUE TSV file (e.g. SST-2/dev.tsv)")],
-    method: Annotated[Method, typer.Option(help="token reducer")] = Method.dense,
-    keep_ratio: Annotated[float | None, typer.Option(help=KEEP_RATIO_HELP)] = None,
-    approx: Annotated[
-        str | None,
-        typer.Option(
-            help="sttabt: ApproxNet DIR (from `train approx`), or 'oracle' (the model's own attention)"
-        ),
-    ] = None,
-    batch_size: int = 32,
-    max_samples: Annotated[int | None, typer.Option(help="evaluate only the first N examples")] = None,
-    nesting: NestingOpt = Nesting.union,
-    min_keep: MinKeepOpt = 4,
-    occupancy_length: Annotated[
-        int | None,
-        typer.Option(
-            help="padded length T of the paper's occupancy (default: text: the longest example; images: N)"
-        ),
-    ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the result as JSON")] = None,
-) -> None:
-    """Task metric, retention, occupancy and analytic FLOPs of a model under a token reducer."""
-    keep_ratio = default_keep_ratio(method.value) if keep_ratio is None else keep_ratio
-    check_model(model)
-    check_exists("--data", data)
-    check_fraction("--keep-ratio", keep_ratio)
-    check_at_least("--batch-size", batch_size, 1)
-    check_at_least("--max-samples", max_samples, 1)
-    trained = is_trained_dir(model)  # from `train concrete|baseline`: has its reducer
-    approx_dir = _eval_approx(approx, method, trained)
-    import torch
-
-    from sttabt_edge.data import glue_tsv, image_folder, image_preprocess_for, model_class_names
-    from sttabt_edge.errors import SttabtError
-    from sttabt_edge.evaluate import evaluate
-    from sttabt_edge.models.loading import load_model
-    from sttabt_edge.reducers.factory import make_reducer
-    from sttabt_edge.runtime import TextPreprocess
-    from sttabt_edge.sparse_model import SparseClassifier
-
-    try:
-        if trained:
-            from sttabt_edge.train.artifacts import load_sttabt
-
-            sc = load_sttabt(model)
-            model = str(model_files(model))  # tokenizer.json / synsets.json sit beside the weights
-        else:
-            net = load_model(model)
-            kwargs: dict = {} if method in (Method.dense, Method.ltp) else {"keep_ratio": keep_ratio}
-            if method == Method.ltp:
-                kwargs["num_layers"] = net.config.num_hidden_layers
-            if method == Method.sttabt:
-                kwargs.update(nesting=nesting.value, min_keep=min_keep)
-            if approx_dir is not None:
-                from sttabt_edge.method.approxnet import ApproxNet
-
-                kwargs["approx"] = ApproxNet.load(approx_dir)
-            sc = SparseClassifier(net, make_reducer(method.value, **kwargs))
-        image_pre: ImagePreprocess | None = None
-        text_pre: TextPreprocess | None = None
-        if data.is_dir():
-            examples = image_folder(data, model_class_names(model) if Path(model).is_dir() else None)
-            image_pre, task = image_preprocess_for(sc.model), None
-        else:
-            examples = glue_tsv(data)
-            text_pre, task = TextPreprocess.from_file(Path(model)), data.parent.name
-        examples = examples[:max_samples] if max_samples else examples
-        if occupancy_length is None and text_pre is not None:
-            from sttabt_edge.data import longest_length
-
-            occupancy_length = longest_length(examples, text_pre)
-        if method == Method.ltp and not trained:  # untrained LTP: thresholds set on the first batch
-            from sttabt_edge.data import batches
-            from sttabt_edge.reducers.ltp import LtpReducer
-
-            assert isinstance(sc.reducer, LtpReducer)  # make_reducer("ltp")
-            first, _ = next(batches(examples, batch_size, image_pre, text_pre))
-            with torch.inference_mode():
-                sc.reducer.calibrate(sc.parts, {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
-        with torch.inference_mode():
-            name = f"{sc.reducer.name}-trained" if trained else method.value
-            res = evaluate(
-                sc,
-                examples,
-                image_pre,
-                text_pre,
-                batch_size=batch_size,
-                task=task,
-                name=name,
-                occupancy_length=occupancy_length,
-            )
-    except (SttabtError, ValueError, FileNotFoundError) as e:
-        fail(error_line(str(e)))
-    typer.echo(json.dumps(res.to_dict(), indent=2))
-    if json_out:
-        json_out.write_text(json.dumps(res.to_dict(), indent=2))
-
-
-def _eval_approx(approx: str | None, method: Method, trained: bool) -> Path | None:
-    """sttabt needs an explicit ApproxNet: a trained DIR or 'oracle' (never a silent default)."""
-    if trained or method != Method.sttabt:
-        if approx is not None:
-            fail("--approx applies to --method sttabt on a dense model (a trained dir brings its own)")
-        return None
-    return approx_choice(approx, "oracle", "eval --method sttabt", ORACLE)
-
-
 def _register_subcommands() -> None:
-    from sttabt_edge import cli_compress, cli_runtime, cli_train
+    from sttabt_edge import cli_compress, cli_eval, cli_runtime, cli_show, cli_train, cli_verify
 
+    cli_eval.register(app)
+    cli_verify.register(app)
     cli_runtime.register(app)
+    cli_show.register(app)
     cli_train.register(app)
     cli_compress.register(app)
 
@@ -329,6 +187,11 @@ def export_cmd(
     fixed_batch = check_batch(batch)
     trained = is_trained_dir(model)  # a train concrete|baseline output: its own reducer
     approx_dir = None if trained and approx is None else _export_approx(approx, method)
+    inputs = [("--model", model), ("--calib", calib), ("--approx", approx_dir)]
+    quantized = quantize is not None
+    check_export(
+        model, out, json_out, target.value, quantized, inputs, calib, opset, seq_len, calib_samples, threads
+    )
     _check_untrained_shape(approx, approx_factor, approx_heads)
     check_exists("--calib", calib)
     for name, value, low in (

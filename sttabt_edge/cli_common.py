@@ -6,10 +6,14 @@ Torch-free on purpose: `run`, `bench` and `info` import this on a device without
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
+import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -32,8 +36,21 @@ NOISY_LOGGERS = (
     "huggingface_hub",
 )
 NOISY_MODULES = (
-    r"(torch|torchao|transformers|huggingface_hub|onnx|onnxscript|onnxruntime|onnxslim|timm)(\.|$)"
+    r"(torch|torchao|transformers|huggingface_hub|onnx|onnxscript|onnxruntime|onnxslim|timm|PIL)(\.|$)"
 )
+# Sanity bounds on sizes a user types: far above any real use, far below what exhausts memory or
+# threads before the first check inside (a batch of 100000 asked for 112 GiB).
+MAX_BATCH = 4096
+MAX_THREADS = 1024
+MAX_SEQ_LEN = 65_536  # tokens: the runtime contract's largest position table
+# Whether this command runs under `sttabt-edge --verbose` (set for the command by quiet_third_party).
+_VERBOSE: ContextVar[bool] = ContextVar("sttabt_edge_cli_verbose", default=False)
+# What a damaged or foreign weights file raises from deep inside a loader: safetensors' header
+# parser and torch's weights-only unpickler (by class name: importing them would pull torch into the
+# torch-free commands), or anything else raised inside torch.load (an empty file: EOFError, a text
+# file: KeyError) or safetensors.
+WEIGHTS_ERRORS = frozenset({"SafetensorError", "UnpicklingError"})
+WEIGHTS_READERS = re.compile(r"[/\\](torch[/\\]serialization|safetensors[/\\][^/\\]+)\.py$")
 # typer >= 0.2x vendors click (typer._click), older typer uses click itself: its UsageError is the
 # base of typer.BadParameter either way (and `click` may not be installed at all).
 if not TYPE_CHECKING:
@@ -77,6 +94,24 @@ class ErrorHandlingGroup(TyperGroup):
             fail(error_line(str(e), verbose))
         except UsageError as e:  # unknown verbs, bad values, missing options of a subcommand
             usage_failure(e, ctx.command_path)
+        except Exception as e:
+            if not weights_failure(e):
+                raise
+            from sttabt_edge.errors import one_line
+
+            detail = error_line(str(e), verbose) if verbose else one_line(e, 160)
+            fail(
+                "cannot read the model's weights: the file is damaged or not a weights file "
+                f"({type(e).__name__}: {detail})"
+            )
+
+
+def weights_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a weights file that cannot be read, rather than a bug (a traceback)."""
+    if type(e).__name__ in WEIGHTS_ERRORS:
+        return True
+    frames = traceback.extract_tb(e.__traceback__)
+    return any(WEIGHTS_READERS.search(f.filename) for f in frames)
 
 
 def usage_failure(e: UsageError, command_path: str) -> NoReturn:
@@ -85,7 +120,8 @@ def usage_failure(e: UsageError, command_path: str) -> NoReturn:
     if type(e).__name__ == "NoArgsIsHelpError":
         raise e
     where = e.ctx.command_path if e.ctx is not None else command_path
-    fail(f"{e.format_message()} (see `{where} --help`)")
+    message = " ".join(e.format_message().split())  # click lists a missing choice's values on lines
+    fail(f"{message} (see `{where} --help`)")
 
 
 @contextmanager
@@ -93,6 +129,21 @@ def quiet_third_party(verbose: bool) -> Iterator[None]:
     """Silence third-party warnings, log lines and progress bars for one command (``--verbose``: keep
     them). The env vars are read when huggingface_hub / transformers are first imported, which the
     commands do lazily, inside this context; levels and filters are restored on exit."""
+    token = _VERBOSE.set(verbose)
+    try:
+        with _quiet(verbose):
+            yield
+    finally:
+        _VERBOSE.reset(token)
+
+
+def verbose_mode() -> bool:
+    """Whether the running command was given ``sttabt-edge --verbose``."""
+    return _VERBOSE.get()
+
+
+@contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
     if verbose:  # the exporter shows litert-torch's own output only when its logger is at DEBUG
         export_log = logging.getLogger("sttabt_edge.export")
         level = export_log.level
@@ -125,6 +176,21 @@ def quiet_third_party(verbose: bool) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def require_torch(command: str) -> None:
+    """`show` and `verify` run the PyTorch model; a runtime-only install says so in one line."""
+    import importlib.util
+
+    try:
+        missing = importlib.util.find_spec("torch") is None
+    except (ImportError, ValueError):  # a broken or deliberately blocked torch
+        missing = True
+    if missing:
+        fail(
+            f"`sttabt-edge {command}` runs the PyTorch model and needs torch (pip install torch, then "
+            "sttabt-edge[export]); `run` and `bench` work without it"
+        )
+
+
 # ---- input checks: each runs before any model is loaded -------------------------------------
 
 
@@ -134,10 +200,26 @@ def check_fraction(name: str, value: float) -> None:
         fail(f"{name} must be in (0, 1] (a fraction of the tokens), got {value:g}")
 
 
-def check_at_least(name: str, value: int | None, low: int) -> None:
-    """Counts (runs, threads, batch sizes, samples); None means 'not given' and passes."""
+def check_at_least(name: str, value: int | None, low: int, high: int | None = None) -> None:
+    """Counts (runs, threads, batch sizes, samples), at most ``high`` if given; None means 'not
+    given' and passes."""
     if value is not None and value < low:
         fail(f"{name} must be >= {low}, got {value}")
+    if value is not None and high is not None and value > high:
+        fail(f"{name} must be <= {high}, got {value}")
+
+
+def check_range(
+    name: str, value: float | None, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    """A real number in [low, high] (an open end excluded): finite, so NaN and inf never pass a
+    comparison that NaN makes false. None means 'not given' and passes."""
+    if value is None:
+        return
+    inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not (math.isfinite(value) and inside):
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        fail(f"{name} must be a finite number in {lo}{low:g}, {high:g}{hi}, got {value:g}")
 
 
 def check_exists(name: str, path: Path | None, kind: str = "path") -> None:
@@ -154,8 +236,8 @@ def check_batch(batch: str) -> int | str:
     """``--batch``: 'dynamic' or a positive integer (a fixed batch dimension)."""
     if batch == "dynamic":
         return batch
-    if not (batch.isdigit() and int(batch) > 0):
-        fail(f"--batch must be 'dynamic' or a positive integer, got {batch!r}")
+    if not (batch.isascii() and batch.isdigit() and 0 < int(batch) <= MAX_BATCH):
+        fail(f"--batch must be 'dynamic' or an integer in [1, {MAX_BATCH}], got {batch!r}")
     return int(batch)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from enum import Enum
 from pathlib import Path
@@ -9,8 +10,23 @@ from typing import Annotated
 
 import typer
 
-from sttabt_edge.cli_common import fail
+from sttabt_edge.cli_common import (
+    MAX_BATCH,
+    MAX_SEQ_LEN,
+    MAX_THREADS,
+    check_at_least,
+    check_range,
+    fail,
+)
+from sttabt_edge.cli_inputs import check_training_data, model_family, model_positions
+from sttabt_edge.cli_outputs import InputPath, check_output_dir
+from sttabt_edge.cli_stderr import quiet_litert
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
+
+MAX_BUDGET_MINUTES = 7 * 24 * 60.0  # a week: the budget is a schedule, not a timeout
+MAX_SEARCH_STEPS = 30  # bisection of the keep ratio in (0, 1]: 2^-30 is far below any accuracy change
+MAX_APPROX = 1024  # ApproxNet width divisor and head count (the runtime contract's bound)
+MAX_LENGTH = 128  # text: the default longest input, unless the model has fewer positions
 
 
 class Target(str, Enum):
@@ -90,7 +106,10 @@ def compress_cmd(
         bool, typer.Option(help="train thresholds (concrete masking) when the budget allows")
     ] = True,
     search_steps: Annotated[int, typer.Option(help="bisection steps of the keep-ratio search")] = 7,
-    max_length: Annotated[int, typer.Option(help="text: longest input in tokens")] = 128,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help=f"text: longest input in tokens [default: {MAX_LENGTH}, or the model's positions]"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="training batch")] = 32,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads for the benchmark")] = 2,
     bench_runs: Annotated[int, typer.Option(help="benchmark rounds per pair")] = 30,
@@ -105,6 +124,25 @@ def compress_cmd(
     from sttabt_edge.compress import CompressConfig, run_compress
     from sttabt_edge.errors import SttabtError
 
+    check_range("--budget-minutes", budget_minutes, 0.0, MAX_BUDGET_MINUTES, low_open=True)
+    for name, value, low, high in (
+        ("--batch-size", batch_size, 1, MAX_BATCH),
+        ("--threads", threads, 1, MAX_THREADS),
+        ("--search-steps", search_steps, 1, MAX_SEARCH_STEPS),
+        ("--approx-factor", approx_factor, 1, MAX_APPROX),
+        ("--approx-heads", approx_heads, 0, MAX_APPROX),
+    ):
+        check_at_least(name, value, low, high)
+    try:
+        positions = model_positions(model) if model_family(model) == "bert" else None
+    except SttabtError as e:
+        fail(str(e))
+    max_length = _max_length(max_length, positions)
+    inputs: list[tuple[str, InputPath]] = [("--model", model), ("--data", data), ("--approx", approx)]
+    inputs += [("--eval-data", eval_data), ("--holdout-data", holdout_data)]
+    check_output_dir("--out", out, inputs)
+    for name, path in (("--data", data), ("--eval-data", eval_data), ("--holdout-data", holdout_data)):
+        check_training_data(model, path, name)
     try:  # every option is checked here, before any model loads
         cfg = CompressConfig(
             model=model,
@@ -141,7 +179,8 @@ def compress_cmd(
     except SttabtError as e:
         fail(str(e))
     try:
-        report = run_compress(cfg, resume=resume)
+        with quiet_litert() if target is Target.tflite else contextlib.nullcontext():
+            report = run_compress(cfg, resume=resume)
     except (SttabtError, ValueError, FileNotFoundError) as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     if as_json:
@@ -153,6 +192,16 @@ def compress_cmd(
             "error: an exported file failed verification (see report.json files.verify)", err=True, fg="red"
         )
         raise typer.Exit(1)
+
+
+def _max_length(given: int | None, positions: int | None) -> int:
+    """--max-length in [8, the model's positions]; not given: MAX_LENGTH, or the positions if fewer."""
+    if given is None:
+        return min(MAX_LENGTH, positions or MAX_LENGTH)
+    check_at_least("--max-length", given, 8, MAX_SEQ_LEN)
+    if positions is not None and given > positions:
+        fail(f"--max-length {given} is over the model's {positions} positions (max_position_embeddings)")
+    return given
 
 
 def register(app: typer.Typer) -> None:

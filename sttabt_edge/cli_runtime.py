@@ -1,54 +1,40 @@
-"""CLI commands for exported models: `run`, `bench` (torch-free), `show` and `verify` (torch).
+"""CLI commands for exported models that need no torch: `run` and `bench`.
 
-`run` and `bench` import only the runtime, so they work on a device with no torch; `show` and
-`verify` say so in one line when torch is missing.
+Both import only the runtime, so they work on a device with no torch. Their options, the model
+files and what they write are checked before any model runs; LiteRT's log lines stay off stderr
+unless ``--verbose`` (:mod:`~sttabt_edge.cli_stderr`).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sttabt_edge.cli_common import (
-    approx_choice,
+    MAX_BATCH,
+    MAX_SEQ_LEN,
+    MAX_THREADS,
     check_at_least,
     check_exists,
-    check_fraction,
     error_line,
     fail,
 )
+from sttabt_edge.cli_inputs import KIND, check_input_kind, check_texts, predictor_family
+from sttabt_edge.cli_options import NoVerifyDigest
+from sttabt_edge.cli_outputs import check_distinct, check_output_file, write_output, write_text_output
+from sttabt_edge.cli_stderr import quiet_litert
 
 if TYPE_CHECKING:
     from sttabt_edge.runtime import Prediction, Predictor
+    from sttabt_edge.runtime.bench import BenchResult
 
-NoVerifyDigest = Annotated[
-    bool,
-    typer.Option(
-        "--no-verify-digest",
-        help="load a model whose graph and weights do not match the digest recorded at export "
-        "(or files exported before digests)",
-    ),
-]
 SMALL_IMAGE = 0.5  # warn when an image's shorter side is under this fraction of the model's crop
-ORACLE = "the model's own attention: an upper bound, not deployable"
-
-
-def require_torch(command: str) -> None:
-    """`show` and `verify` run the PyTorch model; a runtime-only install says so in one line."""
-    import importlib.util
-
-    try:
-        missing = importlib.util.find_spec("torch") is None
-    except (ImportError, ValueError):  # a broken or deliberately blocked torch
-        missing = True
-    if missing:
-        fail(
-            f"`sttabt-edge {command}` runs the PyTorch model and needs torch (pip install torch, then "
-            "sttabt-edge[export]); `run` and `bench` work without it"
-        )
+SEQ_LEN = 128  # bench: tokens per synthetic text input, unless the model's limit is lower
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def run_cmd(
@@ -69,16 +55,22 @@ def run_cmd(
 
     if not image and not text:
         fail("give --image PATH or --text TEXT")
+    if image and text:
+        fail("give --image or --text, not both (one run classifies one kind of input)")
     check_exists("model", model, "file")
     check_at_least("--top-k", top_k, 1)
-    check_at_least("--threads", threads, 1)
+    check_at_least("--threads", threads, 1, MAX_THREADS)
     for path in image or ():
         check_exists("--image", path, "file")
+    check_texts(text or [])
     try:
-        pred = load(model, threads=threads, verify_digest=not no_verify_digest)
+        with quiet_litert():
+            pred = load(model, threads=threads, verify_digest=not no_verify_digest)
+        check_input_kind(predictor_family(pred), bool(image), bool(text), model.name)
         if image:
+            feeds = pred.preprocess(images=image)  # refuses bad images before any warning about them
             _warn_small_images(pred, image)
-            out = pred.predict(images=image, top_k=top_k)
+            out = pred.postprocess(pred.run(feeds), top_k)
         else:
             out = _predict_texts(pred, text or [], top_k, truncate)
     except (SttabtError, ValueError, FileNotFoundError) as e:
@@ -99,8 +91,7 @@ def run_cmd(
 def _predict_texts(pred: Predictor, text: list[str], top_k: int, truncate: bool) -> Prediction:
     """Texts ('a ||| b': a pair) through the model; too-long ones are cut with --truncate, else refused."""
     texts: list[Any] = [tuple(t.split(" ||| ", 1)) if " ||| " in t else t for t in text]
-    if pred.text is None:
-        return pred.predict(texts=texts, top_k=top_k)  # the runtime's own "image model" error
+    assert pred.text is not None  # check_input_kind: a text model
     if not truncate:
         _refuse_long_texts(pred, texts)
     enc = pred.text(texts, truncation=truncate)
@@ -129,10 +120,11 @@ def _warn_small_images(pred: Predictor, images: list[Path]) -> None:
     crop = pred.image.image_size
     for path in images:
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings(), Image.open(path) as im:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 w, h = im.size
-        except (OSError, ValueError):
-            continue  # unreadable: the runtime reports it
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # unreadable or oversized: the runtime reports it
         if min(w, h) < SMALL_IMAGE * crop:
             typer.secho(
                 f"WARNING: {path} is {w}x{h}, much smaller than the model's {crop}x{crop} input: it is "
@@ -149,7 +141,12 @@ def bench_cmd(
     batch: int = 1,
     runs: int = 50,
     warmup: int = 10,
-    seq_len: Annotated[int, typer.Option(help="text models: tokens per synthetic input")] = 128,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(
+            help=f"text models: tokens per synthetic input [default: {SEQ_LEN}, or the model's limit]"
+        ),
+    ] = None,
     inputs: Annotated[
         Path | None,
         typer.Option(
@@ -178,44 +175,101 @@ def bench_cmd(
     no_verify_digest: NoVerifyDigest = False,
 ) -> None:
     """Latency p50/p90/p99, throughput, peak RSS, kept tokens; with --vs the latency ratio."""
-    from rich.console import Console
-    from rich.table import Table
-
     from sttabt_edge.errors import SttabtError
 
     check_exists("model", model, "file")
     check_exists("--vs", vs, "file")
     if inputs is not None and not inputs.exists():
         fail(f"--inputs {inputs} not found")
-    for name, value, low in (
-        ("--threads", threads, 1),
-        ("--batch", batch, 1),
-        ("--runs", runs, 1),
-        ("--warmup", warmup, 0),
-        ("--seq-len", seq_len, 1),
-        ("--block", block, 1),
-        ("--input-limit", input_limit, 1),
+    for name, value, low, high in (
+        ("--threads", threads, 1, MAX_THREADS),
+        ("--batch", batch, 1, MAX_BATCH),
+        ("--runs", runs, 1, None),
+        ("--warmup", warmup, 0, None),
+        ("--seq-len", seq_len, 1, MAX_SEQ_LEN),
+        ("--block", block, 1, None),
+        ("--input-limit", input_limit, 1, None),
     ):
-        check_at_least(name, value, low)
+        check_at_least(name, value, low, high)
+    _check_bench_outputs(model, vs, inputs, json_out, plot_out)
+    from sttabt_edge.runtime import load
     from sttabt_edge.runtime.bench import bench, plot
 
+    errors = (SttabtError, ValueError, FileNotFoundError)
     try:
-        res = bench(
-            model,
-            vs,
-            threads=threads,
-            batch=batch,
-            runs=runs,
-            warmup=warmup,
-            seq_len=seq_len,
-            spinning=spin,
-            block=block,
-            verify_digest=not no_verify_digest,
-            inputs=inputs,
-            input_limit=input_limit,
-        )
-    except (SttabtError, ValueError, FileNotFoundError, RuntimeError) as e:
+        with quiet_litert():
+            preds = [load(p, verify_digest=not no_verify_digest) for p in (model, vs) if p is not None]
+    except errors as e:
         fail(error_line(str(e)))
+    seq_len = _bench_seq_len(preds, seq_len)
+    try:
+        with quiet_litert():  # the workers' interpreters too: they inherit fd 2
+            res = bench(
+                model,
+                vs,
+                threads=threads,
+                batch=batch,
+                runs=runs,
+                warmup=warmup,
+                seq_len=seq_len,
+                spinning=spin,
+                block=block,
+                verify_digest=not no_verify_digest,
+                inputs=inputs,
+                input_limit=input_limit,
+            )
+    except (*errors, RuntimeError) as e:  # RuntimeError: a benchmark worker died
+        fail(error_line(str(e)))
+    _print_bench(res, model, vs, spin, warmup)
+    if json_out:
+        write_text_output(json_out, json.dumps(res.to_dict(), indent=2))
+    if plot_out:
+        write_output(plot_out, lambda tmp: plot(res, tmp))
+
+
+def _check_bench_outputs(
+    model: Path, vs: Path | None, inputs: Path | None, json_out: Path | None, plot_out: Path | None
+) -> None:
+    """--json and --plot: writable, none of the models or inputs, not one file; --plot's suffix and
+    matplotlib (the benchmark itself does not need it) before minutes of timing."""
+    sources = [("model", model), ("--vs", vs), ("--inputs", inputs)]
+    if json_out is not None:
+        check_output_file("--json", json_out, sources)
+    if plot_out is not None:
+        import importlib.util
+
+        check_output_file("--plot", plot_out, sources, suffixes=PLOT_SUFFIXES)
+        if importlib.util.find_spec("matplotlib") is None:
+            fail("--plot needs matplotlib (pip install matplotlib); the benchmark itself does not")
+    check_distinct([("--json", json_out), ("--plot", plot_out)])
+
+
+def _bench_seq_len(preds: list[Predictor], seq_len: int | None) -> int:
+    """Both models of one kind; synthetic text no longer than either model's limit."""
+    kinds = {predictor_family(p) for p in preds}
+    if len(kinds) > 1:
+        a, b = preds
+        fail(
+            f"--vs compares two models on the same inputs: {a.path.name} is {KIND[predictor_family(a)]}, "
+            f"{b.path.name} is {KIND[predictor_family(b)]}"
+        )
+    limits = [(p.path.name, p.text.limit) for p in preds if p.text is not None]
+    if not limits:
+        return seq_len or SEQ_LEN
+    name, limit = min(limits, key=lambda x: x[1])
+    if seq_len is None:
+        return min(SEQ_LEN, limit)
+    if seq_len > limit:
+        fail(f"--seq-len {seq_len} is over {name}'s limit of {limit} tokens")
+    return seq_len
+
+
+def _print_bench(res: BenchResult, model: Path, vs: Path | None, spin: bool, warmup: int) -> None:
+    """The latency table on stdout, and the ratio with --vs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    runs, block, batch, threads = res.runs, res.block, res.batch, res.threads
     rounds = f"{runs} rounds of {block} runs (first dropped)" if block > 1 else f"{runs} runs"
     if res.inputs is not None:
         fed = f"{res.inputs['count']} real inputs in turn"
@@ -249,157 +303,8 @@ def bench_cmd(
             f"(p10 {res.ratio_p10:.3f}, p90 {res.ratio_p90:.3f}), measured interleaved"
             f"{f' in blocks of {block}' if block > 1 else ''}"
         )
-    if json_out:
-        json_out.write_text(json.dumps(res.to_dict(), indent=2))
-    if plot_out:
-        plot(res, plot_out)
-
-
-def show_cmd(
-    model: Annotated[str, typer.Option(help="checkpoint directory (PyTorch)")],
-    out: Annotated[Path, typer.Option(help="output .png (image) or .html (text)")],
-    image: Annotated[Path | None, typer.Option(help="an image")] = None,
-    text: Annotated[str | None, typer.Option(help="a text")] = None,
-    method: Annotated[str, typer.Option(help="sttabt, topk, tome, ltp")] = "sttabt",
-    keep_ratio: Annotated[
-        float | None,
-        typer.Option(
-            help="keep ratio (default per method: sttabt 0.15, topk / tome 0.5; see sttabt_edge/defaults.py)"
-        ),
-    ] = None,
-    approx: Annotated[
-        str | None,
-        typer.Option(help="sttabt: ApproxNet DIR, or 'oracle' (the model's own attention: an upper bound)"),
-    ] = None,
-) -> None:
-    """Render which tokens each layer keeps: a patch grid PNG or highlighted-text HTML."""
-    from sttabt_edge.defaults import default_keep_ratio
-
-    keep_ratio = default_keep_ratio(method) if keep_ratio is None else keep_ratio
-    if (image is None) == (text is None):
-        fail("give exactly one of --image or --text")
-    check_exists("--image", image, "file")
-    check_fraction("--keep-ratio", keep_ratio)
-    approx_dir = (
-        approx_choice(approx, "oracle", "show --method sttabt", ORACLE) if method == "sttabt" else None
-    )
-    require_torch("show")
-    import numpy as np
-    import torch
-
-    from sttabt_edge.data import image_preprocess_for
-    from sttabt_edge.errors import SttabtError
-    from sttabt_edge.export.metadata import labels
-    from sttabt_edge.models.loading import load_model
-    from sttabt_edge.reducers.factory import make_reducer
-    from sttabt_edge.runtime import TextPreprocess
-    from sttabt_edge.sparse_model import SparseClassifier
-    from sttabt_edge.visualize import denormalize, layer_grid, text_html
-
-    try:
-        net = load_model(model)
-        kwargs: dict = {"keep_ratio": keep_ratio}
-        if approx_dir is not None:
-            from sttabt_edge.method.approxnet import ApproxNet
-
-            kwargs["approx"] = ApproxNet.load(approx_dir)
-        sc = SparseClassifier(net, make_reducer(method, **kwargs))
-        parts = sc.parts
-        if image is not None:
-            pre = image_preprocess_for(net)
-            px = pre([image])
-            with torch.no_grad():
-                res = sc(pixel_values=torch.from_numpy(px))
-            keep = [k[0].numpy() for k in res.keep[:-1]]
-            patch = int(net.config.patch_size)
-            label = labels(net)[int(res.logits.argmax())]
-            grid = layer_grid(denormalize(px[0], pre.mean, pre.std), keep, patch, parts.num_prefix_tokens)
-            grid.save(out)
-            typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
-        elif text is not None:  # exactly one of the two (checked above)
-            tok = TextPreprocess.from_file(Path(model))
-            enc = tok([text])
-            with torch.no_grad():
-                res = sc(**{k: torch.from_numpy(v) for k, v in enc.items()})
-            tokens = [
-                tok.tokenizer.id_to_token(int(i)) or "[?]" for i in enc["input_ids"][0]
-            ]  # None: not in vocab
-            keep = [np.asarray(k[0]) for k in res.keep[:-1]]
-            label = labels(net)[int(res.logits.argmax())]
-            out.write_text(text_html(tokens, keep, f"{method} r={keep_ratio}: predicted {label}"))
-            typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
-    except (SttabtError, ValueError, FileNotFoundError) as e:
-        fail(error_line(str(e)))
-
-
-def verify_cmd(
-    model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
-    reference: Annotated[str, typer.Option(help="the PyTorch checkpoint it was exported from")],
-    data: Annotated[Path, typer.Option(help="image folder or GLUE TSV")],
-    approx: Annotated[
-        Path | None, typer.Option(help="ApproxNet dir, if not recorded in the metadata")
-    ] = None,
-    max_samples: Annotated[int | None, typer.Option(help="first N examples only")] = None,
-    batch_size: int = 16,
-    max_abs_logit: Annotated[float, typer.Option(help="tolerance on |logit diff|")] = 1e-3,
-    min_top1_agreement: float = 0.999,
-    min_kept_agreement: float = 0.99,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the report as JSON")] = None,
-    no_verify_digest: NoVerifyDigest = False,
-) -> None:
-    """PyTorch vs exported parity on a dataset; exits 1 beyond tolerance (the CI check)."""
-    check_exists("model", model, "file")
-    check_exists("--data", data)
-    check_exists("--approx", approx, "dir")
-    check_at_least("--batch-size", batch_size, 1)
-    check_at_least("--max-samples", max_samples, 1)
-    require_torch("verify")
-    from sttabt_edge.data import glue_tsv, image_folder, model_class_names
-    from sttabt_edge.errors import SttabtError
-    from sttabt_edge.model_info import is_trained_dir, model_files
-    from sttabt_edge.models.loading import load_model
-    from sttabt_edge.runtime import load
-    from sttabt_edge.sparse_model import SparseClassifier
-    from sttabt_edge.train.artifacts import load_sttabt
-    from sttabt_edge.verify import Tolerance, reference_reducer, verify
-
-    try:
-        pred = load(model, verify_digest=not no_verify_digest)
-        if is_trained_dir(reference):  # a train concrete|baseline output: its fine-tuned model
-            net = load_sttabt(reference).model
-        else:
-            net = load_model(reference)
-        reference = str(model_files(reference))  # synsets.json sits beside the weights
-        reducer = reference_reducer(pred.metadata.raw, net, approx)
-        if data.is_dir():
-            examples, task = (
-                image_folder(data, model_class_names(reference) if Path(reference).is_dir() else None),
-                None,
-            )
-        else:
-            examples, task = glue_tsv(data), data.parent.name
-        examples = examples[:max_samples] if max_samples else examples
-        report = verify(
-            pred,
-            SparseClassifier(net, reducer),
-            examples,
-            batch_size,
-            Tolerance(max_abs_logit, min_top1_agreement, min_kept_agreement),
-            task,
-        )
-    except (SttabtError, ValueError, FileNotFoundError) as e:
-        fail(error_line(str(e)))
-    typer.echo(json.dumps(report.to_dict(), indent=2))
-    if json_out:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
-    if not report.passed:
-        typer.secho("verify FAILED: " + "; ".join(report.failures), fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
-    typer.secho(f"verify passed on {report.samples} samples", fg=typer.colors.GREEN, err=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("verify")(verify_cmd)
     app.command("run")(run_cmd)
     app.command("bench")(bench_cmd)
-    app.command("show")(show_cmd)

@@ -25,7 +25,9 @@ def print_export_summary(summary: Mapping[str, Any], json_out: Path | None) -> N
 
     Console().print(export_table(summary))
     if json_out is not None:
-        json_out.write_text(text)
+        from sttabt_edge.cli_outputs import write_text_output
+
+        write_text_output(json_out, text)
 
 
 def export_table(summary: Mapping[str, Any]) -> Any:

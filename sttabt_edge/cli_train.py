@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sttabt_edge.cli_common import check_exists, check_fraction, fail
+from sttabt_edge.cli_train_checks import check_train_run
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 
 if TYPE_CHECKING:  # torch-heavy: imported by the verbs when they run
@@ -181,6 +182,7 @@ def train_approx_cmd(
 
     try:
         cfg = _train_config(config, {"lr": 5e-4, "steps": 1000}, options)
+        check_train_run(cfg, options)
         net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.seed)
         acfg = ApproxConfig(factor=factor, init=init.value, heads=heads or None, track_weight=track_weight)
         train_approx(net, train_data, cfg=cfg, out=out, acfg=acfg, resume=resume)
@@ -248,6 +250,7 @@ def train_concrete_cmd(
 
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
+        check_train_run(cfg, options)
         names = (
             *("target_retention", "freeze_main", "concrete", "init_schedule", "task_weight", "kd_weight"),
             *("retention_weight", "retention_control", "main_params", "threshold_lr", "hard_frac"),
@@ -305,6 +308,7 @@ def train_baseline_cmd(
 
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
+        check_train_run(cfg, options)
         names = ("target_retention", "task_weight", "retention_control")
         scfg = _sparse_config(sparse_config, {k: options[k] for k in names})
         net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)

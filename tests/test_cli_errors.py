@@ -1,6 +1,7 @@
 """Every bad input: one `error:` line, exit 2, checked before any model is loaded; quiet by default."""
 
 import logging
+import shlex
 import warnings
 
 import numpy as np
@@ -25,14 +26,28 @@ def files(tmp_path_factory):
     (root / "m.onnx").write_bytes(b"")
     (root / "approx").mkdir()
     (root / "approx" / "approxnet.json").write_text("{}")  # an ApproxNet dir as the CLI recognises one
+    (root / "bert").mkdir()  # a text model as the up-front checks see one: its config.json alone
+    (root / "bert" / "config.json").write_text(
+        '{"model_type": "bert", "architectures": ["BertForSequenceClassification"], '
+        '"max_position_embeddings": 64, "num_hidden_layers": 3, "num_attention_heads": 4, '
+        '"hidden_size": 32, "intermediate_size": 64}'
+    )
+    (root / "SST-2").mkdir()
+    (root / "SST-2" / "dev.tsv").write_text("sentence\tlabel\ngood film\t1\n")
+    (root / "notes.txt").write_text("a file where a folder belongs")
+    (root / "d.onnx").mkdir()  # a folder where an output file belongs
     return {
         "approx": str(root / "approx"),
         "vit": str(root / "vit"),
+        "bert": str(root / "bert"),
+        "tsv": str(root / "SST-2" / "dev.tsv"),
         "img": str(root / "images"),
         "png": str(root / "images" / "a" / "0.png"),
         "onnx": str(root / "m.onnx"),
         "missing": str(root / "missing"),
         "out": str(root / "o.onnx"),
+        "file": str(root / "notes.txt"),
+        "root": str(root),
     }
 
 
@@ -44,6 +59,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("a model was loaded before the input was checked")
 
     monkeypatch.setattr("sttabt_edge.models.loading.load_model", refuse)
+    monkeypatch.setattr("sttabt_edge.runtime.load", refuse)  # run, bench, verify: the exported file
 
 
 BAD = {
@@ -174,6 +190,103 @@ BAD = {
     "unknown train verb": (["train", "bogus"], "No such command 'bogus'"),
     "unknown option of a train verb": (["train", "approx", "--bogus"], "No such option: --bogus"),
 }
+
+# Issue #28, class 5: values, kinds of input and output paths, all checked up front, before any
+# model or file loads; output paths among them are checked before the work (command lines split as
+# a shell would).
+TRAIN = "train approx --model {vit} --data {img} --out {missing}"
+EXPORT = "export --model {vit} --out {out} --method dense"
+VERIFY = "verify {onnx} --reference {vit} --data {img}"
+COMPRESS = "compress --model {vit} --data {img} --out {missing} --max-drop 1"
+UPFRONT = {
+    "epochs inf": (TRAIN + " --epochs inf", "--epochs must be a finite number"),
+    "epochs nan": (TRAIN + " --epochs nan", "--epochs"),
+    "train lr nan": (TRAIN + " --lr nan", "--lr"),
+    "train batch 100000": (TRAIN + " --batch-size 100000", "--batch-size must be <= 4096"),
+    "train max eval samples -1": (TRAIN + " --max-eval-samples -1", "--max-eval-samples must be >= 0"),
+    "train baseline without --method": (
+        "train baseline --model {vit} --data {img} --out {missing}",
+        "Missing option '--method'. Choose from: ltp, topk",
+    ),
+    "train text model, image folder": (
+        "train approx --model {bert} --data {img} --out {missing}",
+        "is an image folder but the model is a text model",
+    ),
+    "train image model, text data": (
+        "train approx --model {vit} --data {tsv} --out {missing}",
+        "is text data but the model is an image model",
+    ),
+    "compress text model, image folder": (
+        "compress --model {bert} --data {img} --out {missing} --max-drop 1",
+        "is an image folder but the model is a text model",
+    ),
+    "bench batch 100000": ("bench {onnx} --batch 100000", "--batch must be <= 4096"),
+    "bench seq-len 100000": ("bench {onnx} --seq-len 100000", "--seq-len must be <= 65536"),
+    "bench threads 10^6": ("bench {onnx} --threads 1000000", "--threads"),
+    "export batch 100000": (EXPORT + " --batch 100000", "--batch"),
+    "export seq-len 100000": (EXPORT + " --seq-len 100000", "--seq-len must be <= 65536"),
+    "export tflite seq-len over the positions": (
+        "export --model {bert} --out {missing}.tflite --target tflite --method dense --seq-len 65",
+        "over the model's 64 positions",
+    ),
+    "export opset 0": (EXPORT + " --opset 0", "--opset"),
+    "export opset 13": (EXPORT + " --opset 13", "[14, 23]"),
+    "export opset 24": (EXPORT + " --opset 24", "[14, 23]"),
+    "export calib samples 100000": (EXPORT + " --calib-samples 100000", "--calib-samples"),
+    "export text model, image calib": (
+        "export --model {bert} --out {out} --method dense --calib {img}",
+        "a text model",
+    ),
+    "eval batch 100000": ("eval --model {vit} --data {img} --batch-size 100000", "--batch-size"),
+    "eval keep ratio nan": ("eval --model {vit} --data {img} --keep-ratio nan", "--keep-ratio"),
+    "eval text model, images": ("eval --model {bert} --data {img}", "a text model"),
+    "eval image model, text": ("eval --model {vit} --data {tsv}", "an image model"),
+    "compress budget nan": (COMPRESS + " --budget-minutes nan", "--budget-minutes"),
+    "compress budget inf": (COMPRESS + " --budget-minutes inf", "--budget-minutes"),
+    "compress max-length over the positions": (
+        "compress --model {bert} --data {tsv} --out {missing} --max-drop 1 --max-length 100000",
+        "--max-length",
+    ),
+    "compress batch 100000": (COMPRESS + " --batch-size 100000", "--batch-size"),
+    "verify max abs logit nan": (VERIFY + " --max-abs-logit nan", "--max-abs-logit"),
+    "verify max abs logit inf": (VERIFY + " --max-abs-logit inf", "--max-abs-logit"),
+    "verify max abs logit -1": (VERIFY + " --max-abs-logit -1", "--max-abs-logit"),
+    "verify top-1 agreement nan": (VERIFY + " --min-top1-agreement nan", "--min-top1-agreement"),
+    "verify top-1 agreement inf": (VERIFY + " --min-top1-agreement inf", "--min-top1-agreement"),
+    "verify kept agreement -1": (VERIFY + " --min-kept-agreement -1", "--min-kept-agreement"),
+    "verify kept agreement 1.5": (VERIFY + " --min-kept-agreement 1.5", "--min-kept-agreement"),
+    "verify text reference, images": ("verify {onnx} --reference {bert} --data {img}", "a text model"),
+    "run image and text together": ("run {onnx} --image {png} --text hi", "not both"),
+    "run empty text": ("run {onnx} --text ''", "empty"),
+    "run whitespace text": ("run {onnx} --text ' \t '", "empty"),
+    "run empty half of a pair": ("run {onnx} --text 'a good film |||  '", "empty"),
+    "show empty text": ("show --model {bert} --text '  ' --out {missing}.html --method topk", "empty"),
+    "show text model, image": (
+        "show --model {bert} --image {png} --out {missing}.png --method topk",
+        "a text model: pass --text",
+    ),
+    "show image model, text": (
+        "show --model {vit} --text hi --out {missing}.html --method topk",
+        "an image model: pass --image",
+    ),
+    "show out suffix": ("show --model {vit} --image {png} --out {missing}.html --method topk", ".png"),
+    "show bogus method": ("show --model {vit} --image {png} --out {missing}.png --method bogus", "--method"),
+    "bench json is a folder": ("bench {onnx} --json {img}", "is a folder"),
+    "bench json under a file": ("bench {onnx} --json {file}/r.json", "is a file, not a folder"),
+    "bench plot suffix": ("bench {onnx} --plot {missing}.txt", ".png"),
+    "eval json is a folder": ("eval --model {vit} --data {img} --json {img}", "is a folder"),
+    "verify json is a folder": (VERIFY + " --json {img}", "is a folder"),
+    "show out is a folder": ("show --model {vit} --image {png} --out {img} --method topk", "is a folder"),
+    "export out is a folder": ("export --model {vit} --out {root}/d.onnx --method dense", "is a folder"),
+    "export out under a file": (
+        "export --model {vit} --out {file}/x.onnx --method dense",
+        "is a file, not a folder",
+    ),
+    "export json is a folder": (EXPORT + " --json {img}", "is a folder"),
+    "train out is a file": ("train approx --model {vit} --data {img} --out {file}", "is a file"),
+    "compress out is a file": ("compress --model {vit} --data {img} --out {file} --max-drop 1", "is a file"),
+}
+BAD.update({name: (shlex.split(line), needle) for name, (line, needle) in UPFRONT.items()})
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -1,0 +1,52 @@
+"""`sttabt-edge train`'s generic checks: the schedule's numbers and the output folder, before the model loads.
+
+The verbs build a TrainConfig from ``--config`` and their options (``cli_train._train_config``);
+this checks what NaN or an infinity would slip past (``--epochs inf`` reached the scheduler,
+``--lr nan`` trains on NaN) and what only exhausts memory later (``--batch-size 100000``), that the
+data is of the model's kind (images for an image model), and that ``--out`` is a folder that can
+be written and holds none of the inputs. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sttabt_edge.cli_common import MAX_BATCH, check_at_least, check_range
+from sttabt_edge.cli_inputs import check_training_data
+from sttabt_edge.cli_outputs import check_output_dir
+
+MAX_EPOCHS = 10_000.0
+MAX_STEPS = 10**9
+MAX_LR = 10.0
+MAX_WORKERS = 256
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_APPROX = 1024  # ApproxNet width divisor and head count (the runtime contract's bound)
+INPUTS = ("model", "data", "eval_data", "config", "approx", "sparse_config")
+
+
+def check_train_run(cfg: Any, options: Mapping[str, Any]) -> None:
+    """``cfg``: the verb's TrainConfig; ``options``: the verb's own arguments (``dict(locals())``)."""
+    counts = (
+        ("--steps", cfg.steps, 0, MAX_STEPS),
+        ("--batch-size", cfg.batch_size, 1, MAX_BATCH),
+        ("eval_batch_size", cfg.eval_batch_size, 1, MAX_BATCH),
+        ("--grad-accum", cfg.grad_accum, 1, MAX_BATCH),
+        ("--max-eval-samples", cfg.max_eval_samples, 0, None),
+        ("--num-workers", cfg.num_workers, 0, MAX_WORKERS),
+        ("--save-every", cfg.save_every, 0, None),
+        ("--log-every", cfg.log_every, 0, None),
+        ("--seed", cfg.seed, 0, MAX_SEED),
+        ("--factor", options.get("factor"), 1, MAX_APPROX),
+        ("--heads", options.get("heads"), 0, MAX_APPROX),
+    )
+    for name, value, low, high in counts:
+        check_at_least(name, value, low, high)
+    check_range("--epochs", cfg.epochs, 0.0, MAX_EPOCHS, low_open=True)
+    check_range("--lr", cfg.lr, 0.0, MAX_LR, low_open=True)
+    for name in ("warmup", "weight_decay", "grad_clip"):
+        check_range(name, getattr(cfg, name), 0.0, float(MAX_STEPS))
+    check_range("--track-weight", options.get("track_weight"), 0.0, 1e6)
+    check_training_data(options["model"], options["data"])
+    check_training_data(options["model"], options.get("eval_data"), "--eval-data")
+    check_output_dir("--out", options["out"], [(f"--{k.replace('_', '-')}", options.get(k)) for k in INPUTS])
