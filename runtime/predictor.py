@@ -168,7 +168,7 @@ class Predictor:
             return {"pixel_values": self.image(images)}  # one path or PIL image is a batch of one
         if texts is not None:
             if self.text is None:
-                raise InputError(f"{self.path.name} is an image model: pass texts, not images")
+                raise InputError(f"{self.path.name} is an image model: pass images, not texts")
             enc = self.text(texts)  # a str is one text, never a list of characters
             return {k: v for k, v in enc.items() if k in self.input_names}
         raise InputError("give images=... or texts=...")

@@ -161,3 +161,12 @@ def test_sparse_config_file_and_cli_overrides(tmp_path):
     bad.write_text(json.dumps({"retention_control": "pid"}))
     with pytest.raises(ValueError, match="retention_control"):
         _sparse_config(bad, {})
+
+
+@pytest.mark.parametrize(
+    "name", ["task_weight", "kd_weight", "retention_weight", "retention_dual_lr", "threshold_lr"]
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_sparse_config_refuses_non_finite_weights(name, value):
+    with pytest.raises(ValueError, match=name):
+        SparseTrainConfig(**{name: value})

@@ -61,7 +61,7 @@ def test_bad_files_give_clear_errors(image_model, tmp_path):
 
 def test_wrong_modality_and_empty_batch(image_model):
     pred = load(image_model)
-    with pytest.raises(ValueError, match="image model"):
+    with pytest.raises(ValueError, match="image model: pass images, not texts"):
         pred.predict(texts=["hello"])
     with pytest.raises(ValueError, match="empty"):
         pred.predict(images=[])

@@ -196,13 +196,11 @@ class SparseTrainConfig(JsonConfig):
         for name, choices in (("retention_control", RetentionControl), ("main_params", MainParams)):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {get_args(choices)}, got {getattr(self, name)!r}")
-        if (
-            self.retention_dual_lr < 0
-            or self.retention_weight < 0
-            or self.task_weight < 0
-            or self.kd_weight < 0
-        ):
-            raise ValueError("retention_weight, retention_dual_lr, task_weight and kd_weight must be >= 0")
+        weights = ("task_weight", "kd_weight", "kd_temperature", "retention_weight", "retention_dual_lr")
+        for name in (*weights, "threshold_lr", "approx_lr_scale", "temperature", "ltp_temperature", "p"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):  # NaN passes every comparison: test it by name
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.init_schedule not in INIT_SCHEDULES:
             raise ValueError(f"init_schedule must be one of {INIT_SCHEDULES}, got {self.init_schedule!r}")
 
