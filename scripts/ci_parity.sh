@@ -40,3 +40,8 @@ compress() {  # name model data extra...
 
 compress minilm "$SHARED/models/minilm-l6-sst2" "$SHARED/data/glue/SST-2" --holdout 200 --max-length 64
 compress deit "$SHARED/models/deit-tiny-imagenet" "$SHARED/data/imagenet-sample" --holdout 100
+
+# The DeiT-Tiny CPU recipe (docs/training.md) at its smoke budget: every command of it runs end to end
+# (ApproxNet, function-matching concrete training with the Lagrangian retention control, the held-out
+# evaluation); accuracy is not what is checked here.
+BIN=$BIN SHARED=$SHARED bash scripts/recipe_deit.sh smoke "$OUT/recipe_deit" 0.5
