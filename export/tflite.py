@@ -49,8 +49,8 @@ per-channel weights, float activations quantized on the fly) of FULLY_CONNECTED,
 and EMBEDDING_LOOKUP only. Not BATCH_MATMUL: in the back-tracking one operand can be a
 folded constant (the fixed prefix rows of a ViT), which the kernel cannot take as int8
 (it fails at allocation), and that float precision decides which tokens survive. The
-quantized ApproxNet may pick other tokens than PyTorch (counts stay equal): its logits
-are reported, not held to ``atol``.
+ApproxNet stays float (as in ONNX INT8), so the file keeps PyTorch's tokens (kept counts are
+checked); its logits are reported, not held to ``atol``.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ from sttabt_edge.sparse_model import SparseClassifier
 SUPPORTED = exportable_kinds("tflite")
 QUANT_MODES = ("int8",)
 QUANT_OPS = ("FULLY_CONNECTED", "CONV_2D", "EMBEDDING_LOOKUP")  # weights only; never BATCH_MATMUL
+# The ApproxNet's ops (their output tensors are named after its module path) stay float, as in ONNX
+# INT8: its maps decide which tokens survive, so an int8 ApproxNet would change the kept sets (and,
+# with the union rule, their sizes); it holds about 1/64 of the weights at widths / 8.
+APPROX_SCOPE = r"sttabt_edge\.method\.approxnet\."
 Sample = dict[str, torch.Tensor]  # one static-shape input: (1, ...) per contract name
 log = logging.getLogger(__name__)
 # litert-torch prints a "[START] ... [ DONE]" line per conversion step unless this is off
@@ -266,14 +270,18 @@ def convert(module: nn.Module, sample: Sample, delegable: bool = True) -> bytes:
 
 
 def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:
-    """Dynamic-range int8 (per-channel weights) of the QUANT_OPS via ai-edge-quantizer; the rest stays float."""
+    """Dynamic-range int8 (per-channel weights) of the QUANT_OPS via ai-edge-quantizer, except the
+    ApproxNet's (:data:`APPROX_SCOPE`); the rest stays float."""
     if mode not in QUANT_MODES:
         raise ExportError(f"quantize must be one of {QUANT_MODES} or None, got {mode!r}")
     from ai_edge_quantizer import quantizer, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
     manager = recipe_manager.RecipeManager()
     for op in QUANT_OPS:
         manager.add_dynamic_config(regex=".*", operation_name=op, num_bits=8)
+    for op in QUANT_OPS:  # the later, narrower scope wins
+        manager.add_quantization_config(APPROX_SCOPE, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
     q = quantizer.Quantizer(bytearray(flatbuffer), manager.get_quantization_recipe())
     # ai-edge-quantizer 0.10 drops enable_progress_bar on its way to the model modifier, whose tqdm bar
     # then shows for any model with 100+ tensors: its stderr is held back (and shown if it fails)

@@ -255,6 +255,16 @@ def test_int8_dynamic_range(tmp_path, vit_file, vit, vit_reducer, pixels):
     assert out.stat().st_size < vit_file.stat().st_size
     side = read_sidecar(out)
     assert side["tflite"]["quantize"] == "int8" and side["tflite"]["verification"]["int8"] == report
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(out))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    weights = {  # FULLY_CONNECTED weight dtype, by whether the op is the ApproxNet's
+        ("approxnet" in tensors[op["outputs"][0]]["name"], tensors[op["inputs"][1]]["dtype"].__name__)
+        for op in it._get_ops_details()
+        if op["op_name"] == "FULLY_CONNECTED"
+    }
+    assert weights == {(True, "float32"), (False, "int8")}  # the ApproxNet stays float: it picks the tokens
     assert load(out).run({"pixel_values": pixels["pixel_values"][:2].numpy()})["logits"].shape == (2, 5)
 
 
