@@ -37,6 +37,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     help="STTABT token pruning for edge CPUs.",
+    # click's plain help layout: rich's option table squeezes each help into a column a few characters
+    # wide (and cuts long option names) in an 80-column terminal. Up to 100 columns on wider ones;
+    # every subcommand's context inherits it (tests/test_cli_help.py).
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},
 )
 
 
@@ -55,7 +60,7 @@ def main_options(
     ctx.with_resource(quiet_third_party(verbose))
 
 
-@app.command()
+@app.command(short_help="Family, layers, heads and labels, from config.json alone.")
 def info(model: Annotated[str, typer.Option(help="checkpoint directory, timm file or alias")]) -> None:
     """Show what sttabt-edge sees in a model (from config.json alone): family, layers, heads, prefix tokens."""
     from sttabt_edge.model_info import config_file, describe, read_config
@@ -115,7 +120,7 @@ class Quantize(str, Enum):
     int8_static = "int8-static"
 
 
-@app.command("export")
+@app.command("export", short_help="Export to ONNX or TFLite, verified against PyTorch.")
 def export_cmd(
     model: Annotated[str, typer.Option(help="checkpoint directory, timm file or alias")],
     out: Annotated[Path, typer.Option(help="output file (.onnx or .tflite)")],
@@ -125,15 +130,11 @@ def export_cmd(
     seq_len: Annotated[int, typer.Option(help="tflite text models: static sequence length")] = 128,
     method: Annotated[
         ExportMethod,
-        typer.Option(
-            help="sttabt | dense | topk | tome (ViT only); LTP: --model a `train baseline --method ltp` dir"
-        ),
+        typer.Option(help="sttabt | dense | topk | tome (ViT only); LTP: --model an LTP dir"),
     ] = ExportMethod.sttabt,
     approx: Annotated[
         str | None,
-        typer.Option(
-            help="sttabt: ApproxNet DIR (from `train approx`), or 'untrained' (latency only: token choice is not)"
-        ),
+        typer.Option(help="ApproxNet DIR (from `train approx`) | untrained (for latency only)"),
     ] = None,
     approx_factor: Annotated[
         int | None,
@@ -155,9 +156,7 @@ def export_cmd(
     min_keep: MinKeepOpt = 4,
     quantize: Annotated[
         Quantize | None,
-        typer.Option(
-            help="int8 (dynamic; --out is the INT8 file, the fp32 one goes beside it) | int8-static (QDQ)"
-        ),
+        typer.Option(help="int8 (dynamic; the fp32 file goes beside --out) | int8-static (QDQ)"),
     ] = None,
     batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size N")] = "dynamic",
     calib: Annotated[Path | None, typer.Option(help="image folder or GLUE TSV (verification data)")] = None,
@@ -171,15 +170,12 @@ def export_cmd(
         bool,
         typer.Option(
             "--fuse/--no-fuse",
-            help="fuse attention into com.microsoft.MultiHeadAttention and keep residual Add+LayerNorm "
-            "unfused (faster on x86 ORT 1.32: docs/export.md)",
+            help="fused attention kernels (faster on x86 ONNX Runtime; docs/export.md)",
         ),
     ] = False,
     json_out: Annotated[
         Path | None,
-        typer.Option(
-            "--json", help="write the full summary as JSON to FILE ('-': to stdout, instead of the table)"
-        ),
+        typer.Option("--json", help="write the full summary as JSON ('-': stdout, no table)"),
     ] = None,
 ) -> None:
     """Export to one ONNX graph (ApproxNet -> back-tracking -> sparse model), verified against PyTorch."""

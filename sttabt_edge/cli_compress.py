@@ -205,4 +205,4 @@ def _max_length(given: int | None, positions: int | None) -> int:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compress")(compress_cmd)
+    app.command("compress", short_help="An accuracy budget in; a verified, timed file out.")(compress_cmd)

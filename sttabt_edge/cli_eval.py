@@ -155,4 +155,4 @@ def _eval_approx(approx: str | None, method: Method, trained: bool) -> Path | No
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_cmd)
+    app.command("eval", short_help="Accuracy, retention, occupancy and FLOPs under a reducer.")(eval_cmd)

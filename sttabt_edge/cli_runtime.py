@@ -38,9 +38,13 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def run_cmd(
-    model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
-    image: Annotated[list[Path] | None, typer.Option(help="image file(s)")] = None,
-    text: Annotated[list[str] | None, typer.Option(help="text(s); 'a ||| b' for a sentence pair")] = None,
+    model: Annotated[Path, typer.Argument(metavar="FILE", help="exported .onnx or .tflite file")],
+    image: Annotated[
+        list[Path] | None, typer.Option(metavar="FILE", help="an image file (repeat for more)")
+    ] = None,
+    text: Annotated[
+        list[str] | None, typer.Option(metavar="TEXT", help="a text, 'a ||| b' for a pair (repeat for more)")
+    ] = None,
     top_k: int = 5,
     threads: Annotated[int | None, typer.Option(help="intra-op threads (default: runtime's choice)")] = None,
     truncate: Annotated[
@@ -135,7 +139,7 @@ def _warn_small_images(pred: Predictor, images: list[Path]) -> None:
 
 
 def bench_cmd(
-    model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
+    model: Annotated[Path, typer.Argument(metavar="FILE", help="exported .onnx or .tflite file")],
     vs: Annotated[Path | None, typer.Option(help="second model, timed interleaved (A B A B ...)")] = None,
     threads: int = 2,
     batch: int = 1,
@@ -150,9 +154,7 @@ def bench_cmd(
     inputs: Annotated[
         Path | None,
         typer.Option(
-            help="time real inputs instead of synthetic ones: a text file (one input per line; "
-            "'a ||| b' for a pair; image paths for an image model) or an image folder; "
-            "each run takes the next"
+            help="time these inputs, not synthetic ones: a text file (one per line) or an image folder"
         ),
     ] = None,
     input_limit: Annotated[int, typer.Option(help="with --inputs: use the first N inputs")] = 256,
@@ -160,17 +162,11 @@ def bench_cmd(
     plot_out: Annotated[Path | None, typer.Option("--plot", help="write a latency plot (PNG)")] = None,
     spin: Annotated[
         bool,
-        typer.Option(
-            help="ONNX Runtime threads busy-wait between the ops of a run (and stop when it returns): "
-            "fastest on a device running nothing else; takes the cores from neighbours"
-        ),
+        typer.Option(help="threads busy-wait between ops: fastest on an otherwise idle device"),
     ] = False,
     block: Annotated[
         int,
-        typer.Option(
-            help="runs of each model per round (A A A B B B ...); the first, cold "
-            "run of each block is dropped: warm-cache latency"
-        ),
+        typer.Option(help="runs of each model per round; the cold first one is dropped"),
     ] = 1,
     no_verify_digest: NoVerifyDigest = False,
 ) -> None:
@@ -306,5 +302,5 @@ def _print_bench(res: BenchResult, model: Path, vs: Path | None, spin: bool, war
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run_cmd)
-    app.command("bench")(bench_cmd)
+    app.command("run", short_help="Classify images or texts with an exported file (no torch).")(run_cmd)
+    app.command("bench", short_help="Latency, throughput and memory of a file; --vs: a ratio.")(bench_cmd)

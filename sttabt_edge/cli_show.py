@@ -127,4 +127,4 @@ def show_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("show")(show_cmd)
+    app.command("show", short_help="Which tokens each layer keeps, as a PNG or HTML page.")(show_cmd)

@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # torch-heavy: imported by the verbs when they run
     from sttabt_edge.train.config import TrainConfig
     from sttabt_edge.train.data import TrainData
 
-train_app = typer.Typer(no_args_is_help=True, help="Train an ApproxNet, STTABT thresholds, or LTP/top-k.")
+train_app = typer.Typer(
+    no_args_is_help=True, help="Train an ApproxNet, STTABT thresholds, or LTP/top-k.", rich_markup_mode=None
+)  # plain help layout, as the top-level app (cli.py)
 
 
 class Init(str, Enum):
@@ -146,7 +148,7 @@ def _train_errors() -> tuple[type[BaseException], ...]:
     return (SttabtError, ValueError, FileNotFoundError)
 
 
-@train_app.command("approx")
+@train_app.command("approx", short_help="Distil an ApproxNet (labels unused).")
 def train_approx_cmd(
     model: ModelOpt,
     data: DataOpt,
@@ -193,7 +195,7 @@ def train_approx_cmd(
         typer.echo(report.read_text() if report.is_file() else "{}")
 
 
-@train_app.command("concrete")
+@train_app.command("concrete", short_help="Learn STTABT's per-layer thresholds (concrete masking).")
 def train_concrete_cmd(
     model: ModelOpt,
     approx: Annotated[Path, typer.Option(help="ApproxNet dir from `train approx`")],
@@ -274,7 +276,7 @@ def train_concrete_cmd(
     _echo_trained(out / TRAINED_FILE)
 
 
-@train_app.command("baseline")
+@train_app.command("baseline", short_help="Train an LTP or top-k baseline with STTABT's losses.")
 def train_baseline_cmd(
     method: Annotated[Baseline, typer.Option(help="ltp (learned thresholds) or topk (fixed schedule)")],
     model: ModelOpt,

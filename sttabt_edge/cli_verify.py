@@ -42,7 +42,7 @@ Tolerances = tuple[float, float, float]  # max |dlogit|, min top-1 agreement, mi
 
 
 def verify_cmd(
-    model: Annotated[Path, typer.Argument(help="exported .onnx or .tflite file")],
+    model: Annotated[Path, typer.Argument(metavar="FILE", help="exported .onnx or .tflite file")],
     reference: Annotated[str, typer.Option(help="the PyTorch checkpoint it was exported from")],
     data: Annotated[Path, typer.Option(help="image folder or GLUE TSV")],
     approx: Annotated[
@@ -157,4 +157,4 @@ def _verify(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("verify")(verify_cmd)
+    app.command("verify", short_help="Check an exported file against PyTorch; exit 1 if off.")(verify_cmd)
