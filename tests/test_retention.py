@@ -20,6 +20,7 @@ from sttabt_edge.train.checkpoint import latest_checkpoint
 from sttabt_edge.train.concrete import train_concrete
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import prepare_data
+from sttabt_edge.train.engine import TIMING_KEYS
 from sttabt_edge.train.losses import retention_penalty
 from sttabt_edge.train.retention import RetentionController
 
@@ -170,3 +171,32 @@ def test_sparse_config_file_and_cli_overrides(tmp_path):
 def test_sparse_config_refuses_non_finite_weights(name, value):
     with pytest.raises(ValueError, match=name):
         SparseTrainConfig(**{name: value})
+
+
+def test_soft_phase_evaluation_is_at_the_target_and_leaves_training_alone(image_dir, tmp_path):
+    """A held-out evaluation mid soft phase reports the model the hard phase would ship (thresholds snapped
+    to the target on the hard masks), and restores the thresholds: training is identical to a run that
+    never evaluates."""
+
+    def train(out: Path, eval_every: int) -> list[dict]:
+        model = vit()
+        data = prepare_data(image_dir, model)
+        approx = build_approxnet(model, 4, "interpolate")
+        scfg = SparseTrainConfig(threshold_lr=0.3, hard_frac=0.25, retention_control="lagrangian")
+        cfg = TrainConfig(
+            lr=1e-3, steps=8, batch_size=4, warmup=0.0, log_every=1, progress=False, eval_every=eval_every
+        )
+        train_concrete(model, approx, data, 0.4, cfg, scfg=scfg, out=out)
+        return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+    with_eval = train(tmp_path / "e", eval_every=2)
+    without = train(tmp_path / "n", eval_every=0)
+    evals = [r for r in with_eval if "eval" in r]
+    soft = [r for r in evals if r["step"] <= 6]  # hard phase from step 6 (8 - 0.25 * 8)
+    assert len(soft) >= 2
+    assert all(abs(r["eval"]["retention"] - 0.4) < 0.12 for r in soft)
+
+    def steps(logs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in logs if "eval" not in r]
+
+    assert steps(with_eval) == steps(without)  # every step's losses and retention, bit for bit
