@@ -12,11 +12,16 @@ INT8 of the default file; ONNX fp32 of the same settings (dense, union, count). 
 default keep-0.15 file rebuilt without each removal (one-head products as FULLY_CONNECTED;
 the per-element GATHER_ND of the hidden states), timed against it.
 
-Stages (each writes ``<work>/<stage>.json`` with the commit; ``report`` refuses mixed commits):
+With ``--approx DIR`` (a ``train approx`` output), ``build`` also exports keep 0.15 with that
+distilled ApproxNet, to TFLite (default slots) and ONNX ("dist_" files).
+
+Stages (each writes ``<work>/<stage>.json``, every file and pair with its commit; ``report``
+refuses files built or timed at commits whose export/runtime/package code differs):
 
     python benchmarks/tflite_slots.py build  --work /work/runs/tflite/bench   # exports + accuracy
+    python benchmarks/tflite_slots.py build  --work ... --approx DIR --only dist onnx_dist
     /work/runs/quiet.sh python benchmarks/tflite_slots.py time --work ... --only k0.15   # < 5 min each
-    /work/runs/quiet.sh python benchmarks/tflite_slots.py time --work ... --only k0.3 dense onnx xnn
+    /work/runs/quiet.sh python benchmarks/tflite_slots.py time --work ... --only k0.3 dense onnx xnn dist
     python benchmarks/tflite_slots.py report --work ... --out benchmarks/results/tflite_slots.json
 
 Latency: ``sttabt-edge bench A --vs B --inputs DIR`` (runtime.bench: worker processes, LiteRT or
@@ -60,11 +65,13 @@ class FileSpec:
     calib: str = "calib64"
     int8: str | None = None  # also --quantize int8: this name is the INT8 file, the spec's the fp32 beside it
     variant: str | None = None  # XNNPACK removal undone: "fc" | "gathernd"
+    approx: str | None = None  # a distilled ApproxNet dir (None: the untrained ÷8 one-head one)
     onnx: str | None = None  # the ONNX file of the same settings (top-1 agreement)
     vs: tuple[str, ...] = field(default_factory=tuple)  # timed against these
 
 
-def specs() -> list[FileSpec]:
+def specs(approx: Path | None = None) -> list[FileSpec]:
+    """Every file; with ``approx`` (a `train approx` dir) also keep 0.15 with that ApproxNet ("dist_")."""
     out = [
         FileSpec("dense", method="dense", onnx="onnx_dense", int8="dense_int8"),
         FileSpec("onnx_dense", target="onnx", method="dense"),
@@ -96,6 +103,12 @@ def specs() -> list[FileSpec]:
         FileSpec("xnn_k0.15_fc", slots="calibrated", variant="fc", onnx="onnx_k0.15", vs=(d,)),
         FileSpec("xnn_k0.15_gathernd", slots="calibrated", variant="gathernd", onnx="onnx_k0.15", vs=(d,)),
     ]
+    if approx is not None:
+        a = str(approx)
+        out += [
+            FileSpec("dist_k0.15", approx=a, onnx="onnx_dist_k0.15", vs=("dense",)),
+            FileSpec("onnx_dist_k0.15", target="onnx", approx=a, vs=("onnx_dense",)),
+        ]
     return out
 
 
@@ -171,6 +184,7 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
         slots=s.slots if s.target == "tflite" and s.method == "sttabt" else None,
         slot_quantile=s.quantile,
         quantize="int8" if s.int8 else None,
+        approx=None if s.approx is None else Path(s.approx),
         calib=work / "data" / s.calib,
         calib_samples=int(s.calib.removeprefix("calib")),
         latency_runs=0,
@@ -190,6 +204,7 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
             "slots": side.get("slots"),
             "xnnpack": side.get("xnnpack"),
             "self_check": summary.get("quantization") if name == s.int8 else summary.get("parity"),
+            "commit": environment()["commit"],
         }
     return records
 
@@ -217,11 +232,13 @@ def accuracy(path: Path, work: Path) -> dict[str, Any]:
     }
 
 
-def stage_build(work: Path, only: list[str]) -> None:
+def stage_build(work: Path, only: list[str], approx: Path | None) -> None:
     state_path = work / "build.json"
     state = read(state_path) if state_path.is_file() else {"files": {}, "accuracy": {}, "log": []}
     state["images"] = image_dirs(work)
-    for s in specs():
+    if approx is not None:
+        state["approx"] = {"dir": str(approx), "report": read(approx / "report.json")}
+    for s in specs(approx):
         if only and not any(s.name.startswith(o) for o in only):
             continue
         if s.name not in state["files"]:
@@ -242,7 +259,8 @@ def stage_time(work: Path, only: list[str], runs: int, block: int, threads: int)
     build = read(work / "build.json")
     state_path = work / "time.json"
     state = read(state_path) if state_path.is_file() else {"pairs": {}}
-    timed = [(s.name, b) for s in specs() for b in s.vs] + [
+    approx = build.get("approx", {}).get("dir")
+    timed = [(s.name, b) for s in specs(approx and Path(approx)) for b in s.vs] + [
         (a, b) for a, vs in int8_pairs().items() for b in vs
     ]
     for a, b in timed:
@@ -260,7 +278,7 @@ def stage_time(work: Path, only: list[str], runs: int, block: int, threads: int)
         ).to_dict()
         for side in (r["a"], r["b"]):
             side.pop("runs_ms", None)
-        state["pairs"][f"{a}_vs_{b}"] = r
+        state["pairs"][f"{a}_vs_{b}"] = r | {"commit": environment()["commit"]}
         print(
             f"{a} / {b}: median ratio {r['ratio_p50']:.3f} (p10 {r['ratio_p10']:.3f}, p90 {r['ratio_p90']:.3f})"
         )
@@ -289,16 +307,19 @@ def main() -> None:
     p.add_argument("--block", type=int, default=5, help="runs per model per round")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/tflite_slots.json"))
+    p.add_argument("--approx", type=Path, help="build: also keep 0.15 with this distilled ApproxNet dir")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "build":
-        stage_build(args.work, args.only)
+        stage_build(args.work, args.only, args.approx)
     elif args.stage == "time":
         stage_time(args.work, args.only, args.runs, args.block, args.threads)
     else:
         from tflite_slots_report import report
 
-        report(args.work, args.out, specs())
+        build = read(args.work / "build.json")
+        approx = build.get("approx", {}).get("dir")
+        report(args.work, args.out, specs(approx and Path(approx)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ and a PNG (latency × dense per file, top-1 agreement with the ONNX file of the 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,28 @@ def targets(rows: dict[str, Any]) -> dict[str, Any]:
             "agreement_met": cal["top1_agreement_with_onnx"] >= TARGET_AGREEMENT,
             "faster_than_dense_tflite": None if t is None else t < 1.0,
             "int8_size_shrink": round(cal["size_mb"] / int8["size_mb"], 2),
+            "int8_size_met": cal["size_mb"] / int8["size_mb"] >= TARGET_INT8_SHRINK,
             "int8_accuracy_pts_vs_fp32": round(100 * (int8["accuracy"] - cal["accuracy"]), 1),
-            "int8_met": cal["size_mb"] / int8["size_mb"] >= TARGET_INT8_SHRINK
-            and abs(int8["accuracy"] - cal["accuracy"]) * 100 <= TARGET_INT8_PTS,
+            "int8_accuracy_met": abs(int8["accuracy"] - cal["accuracy"]) * 100 <= TARGET_INT8_PTS,
+            "int8_ratio_vs_dense_int8": (int8["ratios"].get("dense_int8") or {}).get("p50"),
+            "int8_accuracy_pts_vs_dense_int8": round(
+                100 * (int8["accuracy"] - rows["dense_int8"]["accuracy"]), 1
+            ),
+        }
+    if "dist_k0.15" in rows:  # a distilled ApproxNet: accuracy within 0.5 pt of its ONNX file
+        t, o = rows["dist_k0.15"], rows["onnx_dist_k0.15"]
+        tr, orat = (
+            (t["ratios"].get("dense") or {}).get("p50"),
+            (o["ratios"].get("onnx_dense") or {}).get("p50"),
+        )
+        out["distilled keep 0.15"] = {
+            "tflite_accuracy": t["accuracy"],
+            "onnx_accuracy": o["accuracy"],
+            "accuracy_met": abs(t["accuracy"] - o["accuracy"]) * 100 <= 0.5,
+            "top1_agreement_with_onnx": t["top1_agreement_with_onnx"],
+            "tflite_ratio_vs_dense_tflite": tr,
+            "onnx_ratio_vs_dense_onnx": orat,
+            "ratio_met": None if tr is None or orat is None else tr <= orat + TARGET_RATIO_MARGIN,
         }
     d, q = rows["dense"], rows["dense_int8"]
     out["dense int8"] = {
@@ -97,15 +117,31 @@ def targets(rows: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def measured_commits(build: dict[str, Any], timed: dict[str, Any]) -> list[str]:
+    """The commits the files were built and timed at; refused unless their measured code (export,
+    runtime, the package) is the same, so every number comes from one version of it."""
+    commits = {f.get("commit", build["environment"]["commit"]) for f in build["files"].values()}
+    commits |= {r.get("commit", timed["environment"]["commit"]) for r in timed["pairs"].values()}
+    heads = sorted({c.removesuffix("+dirty") for c in commits})
+    for a, b in zip(heads, heads[1:], strict=False):
+        code = ["git", "diff", "--quiet", a, b, "--", "export", "runtime", "sttabt_edge"]
+        if subprocess.run(code, capture_output=True, check=False).returncode != 0:
+            raise SystemExit(
+                f"files built or timed at {a} and {b}, whose code differs: rerun them at one commit"
+            )
+    return sorted(commits)
+
+
 def report(work: Path, out: Path, specs: list[Any]) -> dict[str, Any]:
     build, timed = _read(work / "build.json"), _read(work / "time.json")
-    commits = {build["environment"]["commit"], timed["environment"]["commit"], environment()["commit"]}
-    if len(commits) != 1:
-        raise SystemExit(f"stages ran at different commits {sorted(commits)}: rerun them at one")
+    commits = measured_commits(build, timed)
     rows = file_rows(build, timed["pairs"], specs)
     payload = {
         "benchmark": "benchmarks/tflite_slots.py (issue #26)",
         "environment": build["environment"],
+        "measured_at_commits": commits,
+        "report_commit": environment()["commit"],
+        "distilled_approx": build.get("approx"),
         "dirty_files_at_build": build.get("dirty"),
         "dirty_files_at_time": timed.get("dirty"),
         "images": build["images"],
@@ -150,7 +186,8 @@ def plot(rows: dict[str, Any], path: Path) -> None:
     labels = [*names[:-1], "int8\n(× dense int8)"]
     for ax in (left, right):
         ax.set_xticks(np.arange(len(names)), labels)
-        ax.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper center")
+    right.legend(fontsize=7, loc="lower left")
     left.set_ylabel("latency × dense TFLite (median per-round ratio)")
     right.set_ylabel("top-1 agreement with the ONNX file, %")
     right.axhline(100 * TARGET_AGREEMENT, color="k", ls="--", lw=0.8)
