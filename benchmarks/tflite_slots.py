@@ -39,13 +39,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 from unittest import mock
 
 import numpy as np
 from common import SHARED, environment, quiet_third_party, write_json
 
 from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SlotSizing
+from sttabt_edge.method.backtrack import Nesting
+from sttabt_edge.reducers.spec import Target
+
+Undone: TypeAlias = Literal["fc", "gathernd"]  # one-head products as FULLY_CONNECTED; per-element GATHER_ND
 
 MODEL = SHARED / "models" / "deit-tiny-imagenet"
 DATA = SHARED / "data" / "imagenet-sample"
@@ -56,15 +60,15 @@ QUANTILES = (0.9, SLOT_QUANTILE, 1.0)
 @dataclass(frozen=True)
 class FileSpec:
     name: str
-    target: str = "tflite"
-    method: str = "sttabt"
+    target: Target = "tflite"
+    method: Literal["sttabt", "dense"] = "sttabt"
     keep: float = 0.15
-    nesting: str = "union"
+    nesting: Nesting = "union"
     slots: SlotSizing | None = None
     quantile: float = SLOT_QUANTILE
-    calib: str = "calib64"
+    calib_samples: Literal[16, 64] = 64  # from the training half: data/calib16 or data/calib64
     int8: str | None = None  # also --quantize int8: this name is the INT8 file, the spec's the fp32 beside it
-    variant: str | None = None  # XNNPACK removal undone: "fc" | "gathernd"
+    variant: Undone | None = None  # an XNNPACK removal undone
     approx: str | None = None  # a distilled ApproxNet dir (None: the untrained ÷8 one-head one)
     onnx: str | None = None  # the ONNX file of the same settings (top-1 agreement)
     vs: tuple[str, ...] = field(default_factory=tuple)  # timed against these
@@ -99,7 +103,7 @@ def specs(approx: Path | None = None) -> list[FileSpec]:
         ]
     d = f"k0.15_q{SLOT_QUANTILE}"
     out += [
-        FileSpec("k0.15_calib16", slots="calibrated", calib="calib16", onnx="onnx_k0.15", vs=("dense",)),
+        FileSpec("k0.15_calib16", slots="calibrated", calib_samples=16, onnx="onnx_k0.15", vs=("dense",)),
         FileSpec("xnn_k0.15_fc", slots="calibrated", variant="fc", onnx="onnx_k0.15", vs=(d,)),
         FileSpec("xnn_k0.15_gathernd", slots="calibrated", variant="gathernd", onnx="onnx_k0.15", vs=(d,)),
     ]
@@ -122,7 +126,7 @@ def suffix(s: FileSpec) -> str:
 
 
 @contextlib.contextmanager
-def undone(variant: str | None) -> Iterator[None]:
+def undone(variant: Undone | None) -> Iterator[None]:
     """Build a file without one XNNPACK removal, to time what the removal gains."""
     if variant is None:
         yield
@@ -185,8 +189,8 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
         slot_quantile=s.quantile,
         quantize="int8" if s.int8 else None,
         approx=None if s.approx is None else Path(s.approx),
-        calib=work / "data" / s.calib,
-        calib_samples=int(s.calib.removeprefix("calib")),
+        calib=work / "data" / f"calib{s.calib_samples}",
+        calib_samples=s.calib_samples,
         latency_runs=0,
     )
     t0 = time.perf_counter()
