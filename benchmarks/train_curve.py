@@ -21,23 +21,38 @@ from common import environment, quiet_third_party, write_json
 
 from sttabt_edge.train.engine import METRICS_FILE
 
+OFF_TARGET = 0.05  # an evaluation this far from the run's retention target measured another operating point
+
+
+def run_target(run_dir: Path) -> float | None:
+    """The run's retention target, from its latest checkpoint's fingerprint (None: not recorded)."""
+    states = sorted((run_dir / "checkpoints").glob("ckpt-*/state.json"))
+    if not states:
+        return None
+    target = json.loads(states[-1].read_text()).get("fingerprint", {}).get("target_retention")
+    return None if target is None else float(target)
+
 
 def curve(run_dir: Path) -> dict[str, Any]:
-    """(minutes, accuracy %, retention) at each held-out evaluation of one run, plus its step cost."""
-    minutes, last_step, points, ms_per_view, soft = 0.0, 0, [], [], []
+    """(minutes, accuracy %, retention) at each held-out evaluation of one run, plus its step cost.
+
+    Evaluations whose retention is off the run's target (an unsnapped soft-phase evaluation of code before
+    7a4677b ran at retention 1.0) are kept apart in ``off_target``: they are not points of this curve."""
+    target = run_target(run_dir)
+    minutes, last_step, points, off, ms_per_view, soft = 0.0, 0, [], [], [], []
     for line in (run_dir / METRICS_FILE).read_text().splitlines():
         rec = json.loads(line)
         if "eval" in rec:
             e = rec["eval"]
-            points.append(
-                {
-                    "step": rec["step"],
-                    "minutes": minutes,
-                    "accuracy": 100 * e["accuracy"],
-                    "retention": e.get("retention"),
-                    "flops_ratio": e.get("flops_ratio"),
-                }
-            )
+            point = {
+                "step": rec["step"],
+                "minutes": minutes,
+                "accuracy": 100 * e["accuracy"],
+                "retention": e.get("retention"),
+                "flops_ratio": e.get("flops_ratio"),
+            }
+            on = target is None or e.get("retention") is None or abs(e["retention"] - target) <= OFF_TARGET
+            (points if on else off).append(point)
             continue
         if "step_time" in rec:  # the mean step time of this call so far, over the steps since the last line
             minutes += (rec["step"] - last_step) * rec["step_time"] / 60
@@ -47,7 +62,9 @@ def curve(run_dir: Path) -> dict[str, Any]:
                 soft.append({"step": rec["step"], "retention": rec["retention"], "lam": rec.get("lam")})
     return {
         "run": str(run_dir),
+        "target_retention": target,
         "points": points,
+        "off_target": off,
         "train_minutes": minutes,
         "steps": last_step,
         "ms_per_view_median": sorted(ms_per_view)[len(ms_per_view) // 2] if ms_per_view else None,
