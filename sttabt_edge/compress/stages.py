@@ -28,14 +28,14 @@ from sttabt_edge.train.checkpoint import latest_checkpoint
 from sttabt_edge.train.concrete import build_objective, train_concrete
 from sttabt_edge.train.config import ApproxConfig, SparseTrainConfig, TrainConfig
 from sttabt_edge.train.data import BatchSource, TrainData
+from sttabt_edge.train.recipes import CONCRETE_SPARSE, CONCRETE_TRAIN
 
-# per modality: the distillation and threshold-training recipes (SST-2: the official AdamW 1e-4, clip 0.5;
-# images: benchmarks/quickstart.py's DeiT recipe), as TrainConfig fields
+# per modality: the distillation recipe (SST-2: the official AdamW 1e-4, clip 0.5; images:
+# benchmarks/quickstart.py's DeiT recipe), as TrainConfig fields; threshold training's is train/recipes.py
 APPROX_RECIPE = {
     "text": dict(lr=1e-4, grad_clip=0.5, warmup=0.05),
     "image": dict(lr=5e-4, grad_clip=1.0, warmup=0.05),
 }
-CONCRETE_RECIPE = dict(lr=2e-5, warmup=0.1, grad_clip=1.0)
 MIN_APPROX_STEPS = 20
 MIN_CONCRETE_STEPS = 30
 
@@ -208,13 +208,14 @@ def plan_concrete(
     """Threshold training's TrainConfig for what the budget leaves (measured step time)."""
 
     def measure(source: BatchSource) -> float:
-        objective = build_objective(copy.deepcopy(model), copy.deepcopy(approx), SparseTrainConfig())
+        scfg = SparseTrainConfig(**CONCRETE_SPARSE[split.data.modality])
+        objective = build_objective(copy.deepcopy(model), copy.deepcopy(approx), scfg)
         return step_seconds(objective, source)
 
     return _plan(
         split,
         cfg,
-        CONCRETE_RECIPE,
+        CONCRETE_TRAIN[split.data.modality],
         cfg.threshold_steps,
         seconds,
         measure,
@@ -235,8 +236,8 @@ def train_thresholds(
     resume: bool,
 ) -> None:
     """Concrete masking (ours, the documented default) for ``target`` into the trained dir ``out``,
-    on a fresh copy of the dense model."""
-    scfg = SparseTrainConfig(target_retention=round(target, 4), threshold_lr=0.05, hard_frac=0.2)
+    on a fresh copy of the dense model, with the modality's measured recipe (train/recipes.py)."""
+    scfg = SparseTrainConfig(target_retention=round(target, 4), **CONCRETE_SPARSE[split.data.modality])
     train_concrete(
         copy.deepcopy(model),
         copy.deepcopy(approx),
