@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import onnx
@@ -45,6 +45,15 @@ from sttabt_edge.sparse_model import SparseClassifier
 log = logging.getLogger(__name__)
 
 Batch = str | int  # "dynamic" or a fixed batch size
+
+
+class OnnxOptions(TypedDict):
+    """The exporter settings of a request, shared by the pipeline graph and the dense baseline."""
+
+    batch: Batch
+    opset: int
+    dynamo: bool
+    simplify: bool
 
 
 # ---- inputs and axes ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, KEEP_RATIO_DEFAULT
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.metadata import hf_config
-from sttabt_edge.export.onnx import Batch, export_onnx, first_sample
+from sttabt_edge.export.onnx import Batch, OnnxOptions, export_onnx, first_sample
 from sttabt_edge.export.profile import model_feeds, pipeline_latency
 from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
 from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SLOT_SIZINGS, SlotSizing
@@ -41,15 +41,6 @@ from sttabt_edge.sparse_model import SparseClassifier
 log = logging.getLogger(__name__)
 Warn = Callable[[str], None]
 QUANTIZE = {"int8": "dynamic", "int8-dynamic": "dynamic", "int8-static": "static"}
-
-
-class OnnxOptions(TypedDict):
-    """The exporter settings of a request, shared by the pipeline graph and the dense baseline."""
-
-    batch: Batch
-    opset: int
-    dynamo: bool
-    simplify: bool
 
 
 @dataclass

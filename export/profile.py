@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,11 +22,8 @@ import torch
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import ApproxStage, MaskStage, SparseStage, example_args, input_names
-from sttabt_edge.export.onnx import Batch, dynamic_axes, export_onnx, trace_to_onnx
+from sttabt_edge.export.onnx import Batch, OnnxOptions, dynamic_axes, export_onnx, trace_to_onnx
 from sttabt_edge.sparse_model import SparseClassifier
-
-if TYPE_CHECKING:
-    from sttabt_edge.export.pipeline import OnnxOptions
 
 STAGES = ("approxnet", "masks", "sparse_model")
 
