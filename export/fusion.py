@@ -42,7 +42,6 @@ Dynamic INT8 (``quantize_onnx``) works on fused files unchanged: the projections
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export.fusion_attention import fuse_attention
 from sttabt_edge.export.fusion_graph import Graph, attr, op_counts
@@ -203,7 +203,7 @@ def fuse_onnx(
     ``record``: also write ``exporter.fused: true`` in the metadata, so the file says it needs
     contrib ops (the exporter's ``--fuse`` does; off, the metadata keeps all but digest and tokenizer).
     """
-    from sttabt_edge.export.quantize import _carry_tokenizer
+    from sttabt_edge.export.quantize import _carry_tokenizer, companions
 
     src, dst = Path(src), Path(dst)
     try:
@@ -239,14 +239,14 @@ def fuse_onnx(
     meta.pop("digest", None)
     if record:  # before set_metadata, which seals the digest
         meta["exporter"] = {**meta.get("exporter", {}), "fused": True}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.stem}.") as work:
-        tmp = Path(work) / dst.name
-        set_metadata(proto, _carry_tokenizer(src, dst, meta), dst.parent)  # sealed with dst's tokenizer
+    with staging(dst) as work:  # dst and its tokenizer appear only once whole, sealed and checked
+        tmp = work / dst.name
+        meta = _carry_tokenizer(src, tmp, meta)
+        set_metadata(proto, meta, work)  # sealed with the tokenizer that will sit beside dst
         onnx.save(proto, str(tmp))
-        check_saved_digest(tmp, dst.parent)
+        check_saved_digest(tmp)
         parity = None if check_inputs is None else check_parity(src, tmp, check_inputs, atol)
-        tmp.replace(dst)
+        publish(work, dst.parent, [*companions(meta), dst.name])
     after = op_counts(proto)
     return FusionReport(str(src), str(dst), before, after, sites, fused, sums, skipped, stats, parity)
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import onnx
 import torch
 from torch import nn
 
+from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import OUTPUT_NAMES, ExportModule, example_args, input_names
@@ -222,9 +221,10 @@ def export_onnx(
     module = ExportModule(sc).eval()
     family, names = module.parts.family, module.input_names
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as work:
-        raw, tmp = Path(work) / "raw.onnx", Path(work) / out.name  # dynamo may add raw.onnx.data
+    # built under its final name in a temp folder beside out, published only once verified: an
+    # error or an interrupt leaves no file at out (an older one stays whole)
+    with staging(out) as work:
+        raw, tmp = work / "raw.onnx", work / out.name  # dynamo may add raw.onnx.data
         axes = dynamic_axes(names, family, batch, OUTPUT_NAMES)
         trace_to_onnx(
             module, trace_args(family, example_inputs, batch), raw, names, OUTPUT_NAMES, axes, opset, dynamo
@@ -243,9 +243,7 @@ def export_onnx(
             log.warning("slimmed graph failed verification (%s); retrying without onnxslim", err)
             _save(_finish(onnx.load(str(raw)), family, batch, False, meta, tmp.parent), tmp)
             reports = verify_all(tmp, sc, example_inputs, batch, atol)
-        if tok is not None:
-            os.replace(tok, out.with_name(tok.name))
-        os.replace(tmp, out)
+        publish(work, out.parent, [*([tok.name] if tok is not None else []), out.name])
     return ExportResult(out, reports[0], tuple(reports))
 
 

@@ -27,7 +27,6 @@ counts then match fp32 on every sentence instead of 94% (docs/int8.md;
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.metadata import check_saved_digest, read_metadata, set_metadata, tokenizer_name
@@ -123,18 +123,20 @@ def quantize_onnx(
     batches = [c for b in _as_batches(calibration_inputs) for c in _split(ort_utils.to_feeds(names, b), size)]
     if mode == "static" and not batches:
         raise ExportError("static quantization needs calibration_inputs (a few real batches)")
-    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.stem}.") as work:
-        tmp = Path(work) / dst.name
-        pre = _preprocess(src, Path(work) / "pre.onnx")
+    with staging(dst) as work:  # dst and its tokenizer appear only once whole and sealed
+        tmp = work / dst.name
+        pre = _preprocess(src, work / "pre.onnx")
         plan = plan_nodes(onnx.load(str(pre)), quantize_approx, quantize_embeddings, approx_embeddings)
         try:
             _ort_quantize(mode, pre, tmp, plan, batches, calibration)
         except Exception as e:
             raise ExportError(f"{mode} INT8 quantization of {src} failed: {e}") from e
         proto = onnx.load(str(tmp))
-        set_metadata(proto, _carry_tokenizer(src, dst, {**meta, "quantization": f"int8-{mode}"}), dst.parent)
-        onnx.save(proto, str(dst))
-        check_saved_digest(dst)
+        meta = _carry_tokenizer(src, tmp, {**meta, "quantization": f"int8-{mode}"})
+        set_metadata(proto, meta, work)
+        onnx.save(proto, str(tmp))
+        check_saved_digest(tmp)
+        publish(work, dst.parent, [*companions(meta), dst.name])
     report = _report(src, dst, mode, session, names, batches)
     report.fp32_nodes, report.int8_embeddings = plan.fp32_matmuls, plan.embeddings
     return report
@@ -222,7 +224,8 @@ def _ort_quantize(
 
 def _carry_tokenizer(src: Path, dst: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """A text model's tokenizer file is copied to ``<dst stem>.tokenizer.json`` and the metadata
-    names it, so the INT8 file works on its own (in any folder, under any name)."""
+    names it, so the INT8 file works on its own (in any folder, under any name). ``dst``: where the
+    file is built (a staging folder, see :func:`sttabt_edge.atomic.staging`)."""
     text = (meta.get("preprocess") or {}).get("text")
     if not text:
         return meta
@@ -230,11 +233,17 @@ def _carry_tokenizer(src: Path, dst: Path, meta: dict[str, Any]) -> dict[str, An
     if tok_src.resolve() != tok_dst.resolve():
         if not tok_src.is_file():
             raise ExportError(
-                f"{src}: its tokenizer {tok_src} is missing; cannot write a self-contained {dst}"
+                f"{src}: its tokenizer {tok_src} is missing; cannot write a self-contained {dst.name}"
             )
         shutil.copyfile(tok_src, tok_dst)
     preprocess = {**meta["preprocess"], "text": {**text, "tokenizer_file": tok_dst.name}}
     return {**meta, "preprocess": preprocess}
+
+
+def companions(meta: Mapping[str, Any]) -> list[str]:
+    """The files beside a model its metadata names (a text model's tokenizer), to publish with it."""
+    text = (meta.get("preprocess") or {}).get("text")
+    return [text["tokenizer_file"]] if text else []
 
 
 def approx_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:

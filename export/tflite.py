@@ -56,7 +56,7 @@ checked); its logits are reported, not held to ``atol``.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sttabt_edge.atomic import atomic_write_bytes
+from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export.graph import ExportModule, example_args, input_names
 from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name, write_sidecar
@@ -303,8 +303,10 @@ def export_tflite(
     :mod:`sttabt_edge.export.tflite_slots`. ``seq_len``: text only, the static
     length (default: the batch's width). ``quantize="int8"``: the float file is verified at
     ``atol`` first, the int8 one only for kept counts; both reports go to the sidecar.
-    Nothing is written to ``out_path`` (nor its sidecar) unless verification passed; the
-    tokenizer is copied first. ``metadata`` entries override the generated JSON.
+    Nothing is written to ``out_path`` (nor its sidecar or tokenizer) unless verification passed:
+    all three are built in a staging folder and moved beside it last (the model file last), so an
+    error or an interrupt leaves an older file there whole. ``metadata`` entries override the
+    generated JSON.
     """
     if quantize is not None and quantize not in QUANT_MODES:
         raise ExportError(f"quantize must be one of {QUANT_MODES} or None, got {quantize!r}")
@@ -313,7 +315,6 @@ def export_tflite(
     reducer.eval()
     family = sc.parts.family
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if slots not in SLOT_SIZINGS:
         raise ExportError(f"slots must be one of {SLOT_SIZINGS}, got {slots!r}")
     check_supported(reducer)
@@ -324,10 +325,10 @@ def export_tflite(
         record = plan_slots(model, reducer, example_inputs, n_tokens, slots, slot_quantile)
     graph_reducer = static_reducer(model, reducer, n_tokens, record)
     ref = slot_reducer(reducer, record, static=False) if isinstance(reducer, SttabtReducer) else reducer
-    if family == "bert":  # before the (minutes-long) conversion: a missing tokenizer fails fast
-        copy_tokenizer(tokenizer_file, model, out)
-    tmp = out.with_name(out.name + ".float.tmp")
-    try:
+    with staging(out) as work:  # out, its sidecar and tokenizer appear only once verified and sealed
+        tmp, names = work / out.name, [sidecar_path(out).name, out.name]
+        if family == "bert":  # before the (minutes-long) conversion: a missing tokenizer fails fast
+            names.insert(0, copy_tokenizer(tokenizer_file, model, tmp).name)
         tmp.write_bytes(convert(TfliteModule(sc.with_reducer(graph_reducer)), batch[0]))
         torch_out = run_torch(sc.with_reducer(ref), batch)
         if record is not None and ref is not reducer:  # what the cut costs on these inputs, in PyTorch
@@ -348,10 +349,8 @@ def export_tflite(
         meta["tflite"].update(
             verification=reports, size_bytes=tmp.stat().st_size, xnnpack=xnnpack_coverage(tmp)
         )
-        write_sidecar(sidecar_path(out), meta, tmp.read_bytes())  # sealed: the runtime checks it on load
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_sidecar(sidecar_path(tmp), meta, tmp.read_bytes())  # sealed: the runtime checks it on load
+        publish(work, out.parent, names)
     return out
 
 
@@ -366,26 +365,24 @@ def quantize_tflite(
     """Quantize an exported float .tflite without reconverting; sidecar (+ tokenizer) follow it.
 
     Returns the agreement report (logit gap reported, kept counts must match); on failure
-    the quantized file and its sidecar are removed.
+    nothing is written at ``out_path`` nor beside it (see :func:`export_tflite`).
     """
     src, out = Path(float_path), Path(out_path)
     meta = read_sidecar(src)
     meta["exporter"]["quantize"] = meta["tflite"]["quantize"] = mode
     text = (meta.get("preprocess") or {}).get("text")
-    if text:
-        tok = out.with_name(tokenizer_name(out.stem))
-        if (src.parent / text["tokenizer_file"]).resolve() != tok.resolve():
-            atomic_write_bytes(tok, (src.parent / text["tokenizer_file"]).read_bytes())
-        text["tokenizer_file"] = tok.name
-    try:
-        atomic_write_bytes(out, quantize_bytes(src.read_bytes(), mode))
-        meta["tflite"].update(size_bytes=out.stat().st_size, xnnpack=xnnpack_coverage(out))
-        write_sidecar(sidecar_path(out), meta, out.read_bytes())  # verify_tflite reads it
-        report = verify_tflite(out, sc, inputs, atol=None)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        sidecar_path(out).unlink(missing_ok=True)
-        raise
-    meta["tflite"]["verification"] = {**(meta["tflite"].get("verification") or {}), mode: report}
-    write_sidecar(sidecar_path(out), meta, out.read_bytes())
+    with staging(out) as work:  # nothing at out (nor beside it) unless verified
+        tmp, names = work / out.name, [sidecar_path(out).name, out.name]
+        if text:
+            tok = tmp.with_name(tokenizer_name(out.stem))
+            shutil.copyfile(src.parent / text["tokenizer_file"], tok)
+            text["tokenizer_file"] = tok.name
+            names.insert(0, tok.name)
+        tmp.write_bytes(quantize_bytes(src.read_bytes(), mode))
+        meta["tflite"].update(size_bytes=tmp.stat().st_size, xnnpack=xnnpack_coverage(tmp))
+        write_sidecar(sidecar_path(tmp), meta, tmp.read_bytes())  # verify_tflite reads it
+        report = verify_tflite(tmp, sc, inputs, atol=None)
+        meta["tflite"]["verification"] = {**(meta["tflite"].get("verification") or {}), mode: report}
+        write_sidecar(sidecar_path(tmp), meta, tmp.read_bytes())
+        publish(work, out.parent, names)
     return report

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
     tmp = Path(name)
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:  # on disk before the rename, so a crash cannot leave an empty file
-            os.fsync(f.fileno())
+        fsync_file(tmp)  # on disk before the rename, so a crash cannot leave an empty file
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -63,3 +62,38 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def staging(path: Path) -> Iterator[Path]:
+    """A temp folder ``.<name>.<random>.tmp`` beside ``path`` where a writer builds a file and its
+    companions under their final names; :func:`publish` moves them out. Whatever is left (an error
+    or an interrupt before or during ``publish``) is removed with the folder; nothing else is touched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp") as work:
+        yield Path(work)
+
+
+def publish(work: Path, dest: Path, names: Sequence[str]) -> None:
+    """Move ``names`` from the staging folder ``work`` into ``dest`` (same file system): each is
+    fsynced first, then renamed in order, so list the file readers look for (the model) last: an
+    interruption leaves at most its companions, never a model without them nor half of one."""
+    for name in names:
+        fsync_file(work / name)
+    for name in names:
+        os.replace(work / name, dest / name)
+    try:  # the renames themselves on disk (not every platform can open a folder)
+        fd = os.open(dest, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
