@@ -107,10 +107,10 @@ def reference_reducer(
     records (:func:`~sttabt_edge.export.metadata.reducer_spec`) and, for STTABT, its ApproxNet
     (cut to a TFLite file's static slots, ``tflite.slots``, where they cut the rule's sets)."""
     from sttabt_edge.export.metadata import reducer_spec
-    from sttabt_edge.reducers.factory import build
+    from sttabt_edge.reducers.factory import build, takes_approx
 
     spec = reducer_spec(meta)
-    if spec.kind != "sttabt":
+    if not takes_approx(spec):
         return build(spec)
     from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 

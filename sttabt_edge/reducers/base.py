@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,6 +22,12 @@ class Reducer(nn.Module):
     """
 
     name: str = "base"
+    takes_approx: ClassVar[bool] = False  # whether build() may pass an attention source (STTABT's ApproxNet)
+
+    @classmethod
+    def from_spec(cls, spec: Any, approx: nn.Module | None = None) -> Reducer:
+        """The reducer ``spec`` describes (a spec of this class's kind, ``REDUCERS[spec.kind]``)."""
+        raise NotImplementedError(f"{cls.__name__} has no from_spec")
 
     def run(
         self,

@@ -16,7 +16,7 @@ class DenseReducer(Reducer):
     name = "dense"
 
     @classmethod
-    def from_spec(cls, spec: DenseSpec) -> DenseReducer:
+    def from_spec(cls, spec: DenseSpec, approx: torch.nn.Module | None = None) -> DenseReducer:
         return cls()
 
     def spec(self) -> DenseSpec:

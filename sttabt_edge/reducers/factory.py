@@ -1,7 +1,8 @@
 """The one reducer factory: a spec (plus an STTABT attention source) -> a reducer.
 
 CLI flags, export requests, export metadata (verify) and trained dirs all reach a reducer
-through :func:`build`; :func:`make_reducer` is its by-name form.
+through :func:`build`, which looks the class up in :data:`REDUCERS` by the spec's kind: the one
+dispatch (``tests/test_reducer_dispatch.py``). :func:`make_reducer` is its by-name form.
 """
 
 from __future__ import annotations
@@ -13,45 +14,31 @@ from torch import nn
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.dense import DenseReducer
 from sttabt_edge.reducers.ltp import LtpReducer
-from sttabt_edge.reducers.spec import (
-    SPECS,
-    DenseSpec,
-    LtpSpec,
-    ReducerSpec,
-    SttabtSpec,
-    TomeSpec,
-    TopkSpec,
-    make_spec,
-)
+from sttabt_edge.reducers.spec import SPECS, ReducerSpec, make_spec
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.reducers.tome import TomeReducer
 from sttabt_edge.reducers.topk import TopkReducer
 
 REDUCERS: dict[str, type[Reducer]] = {
-    "dense": DenseReducer,
-    "sttabt": SttabtReducer,
-    "topk": TopkReducer,
-    "ltp": LtpReducer,
-    "tome": TomeReducer,
+    cls.name: cls for cls in (DenseReducer, SttabtReducer, TopkReducer, LtpReducer, TomeReducer)
 }
-assert set(REDUCERS) == set(SPECS), "every spec kind has a reducer"
+if set(REDUCERS) != set(SPECS):
+    raise ImportError(f"reducer kinds {sorted(REDUCERS)} differ from spec kinds {sorted(SPECS)}")
 
 
 def build(spec: ReducerSpec, approx: nn.Module | None = None) -> Reducer:
     """The reducer ``spec`` describes; ``approx``: STTABT's ApproxNet (None: the self-attention oracle)."""
-    if isinstance(spec, SttabtSpec):
-        return SttabtReducer.from_spec(spec, approx)
-    if approx is not None:
+    cls = REDUCERS.get(spec.kind)
+    if cls is None or not isinstance(spec, SPECS[spec.kind]):
+        raise TypeError(f"no reducer for spec {type(spec).__name__}")
+    if approx is not None and not cls.takes_approx:
         raise TypeError(f"bad arguments for reducer {spec.kind!r}: only sttabt takes an ApproxNet (approx=)")
-    if isinstance(spec, DenseSpec):
-        return DenseReducer.from_spec(spec)
-    if isinstance(spec, TopkSpec):
-        return TopkReducer.from_spec(spec)
-    if isinstance(spec, LtpSpec):
-        return LtpReducer.from_spec(spec)
-    if isinstance(spec, TomeSpec):
-        return TomeReducer.from_spec(spec)
-    raise TypeError(f"no reducer for spec {type(spec).__name__}")
+    return cls.from_spec(spec, approx)
+
+
+def takes_approx(spec: ReducerSpec) -> bool:
+    """Whether ``spec``'s reducer runs on an attention source (STTABT's ApproxNet), passed to :func:`build`."""
+    return REDUCERS[spec.kind].takes_approx
 
 
 def make_reducer(name: str, approx: nn.Module | None = None, **options: Any) -> Reducer:

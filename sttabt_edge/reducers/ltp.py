@@ -135,7 +135,7 @@ class LtpReducer(Reducer):
         self.soft = soft
 
     @classmethod
-    def from_spec(cls, spec: LtpSpec) -> LtpReducer:
+    def from_spec(cls, spec: LtpSpec, approx: nn.Module | None = None) -> LtpReducer:
         return cls(spec.thresholds, spec.num_layers, spec.temperature, spec.min_keep, spec.soft)
 
     def spec(self) -> LtpSpec:

@@ -7,7 +7,9 @@ output dirs all describe a reducer the same way, and a reducer describes itself 
 
 ``to_metadata()`` is ``{"name": kind, <every field>}`` (tuples as lists); ``from_metadata``
 ignores keys that are not fields, so a container may add its own (``"approx"`` in a
-trained dir's ``sttabt.json``). Pure data: nothing is built here.
+trained dir's ``sttabt.json``). Each spec validates itself once, in ``__post_init__``: whoever
+holds a spec (an export request, a training config, compress's choice, a reducer's ``spec()``)
+holds a valid one. Pure data: nothing is built here.
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ def _choice(name: str, value: Any, allowed: Iterable[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
+def _fractions(keep_ratio: Ratio | None) -> None:
+    """Keep ratios are shares of the tokens: each in (0, 1] (NaN is none)."""
+    ratios = () if keep_ratio is None else (keep_ratio,) if isinstance(keep_ratio, float) else keep_ratio
+    if any(not 0.0 < r <= 1.0 for r in ratios):
+        raise ValueError(f"keep ratios must be in (0, 1] (a fraction of the tokens), got {keep_ratio}")
+
+
 @dataclass(frozen=True)
 class ReducerSpec:
     """Base of the specs. ``kind`` is the reducer's name (``Reducer.name``, metadata ``method``)."""
@@ -96,6 +105,10 @@ class ReducerSpec:
     def keep_schedule(self, num_layers: int) -> list[float] | None:
         """Per-layer keep ratios of a ratio-scheduled reducer (the export's ``keep_schedule``), else None."""
         return None
+
+    def for_inference(self: S) -> S:
+        """The spec of the reducer's inference form (LTP: hard masks); most kinds have one form."""
+        return self
 
 
 def _schedule(keep_ratio: Ratio | None, num_layers: int) -> list[float] | None:
@@ -134,6 +147,7 @@ class SttabtSpec(ReducerSpec):
 
     def __post_init__(self) -> None:
         self._set("keep_ratio", as_ratio(self.keep_ratio))
+        _fractions(self.keep_ratio)
         th = as_ratio(self.thresholds)
         self._set("thresholds", None if th is None else (th,) if isinstance(th, float) else th)
         if (self.keep_ratio is None) == (self.thresholds is None):
@@ -162,6 +176,7 @@ class TopkSpec(ReducerSpec):
 
     def __post_init__(self) -> None:
         self._set("keep_ratio", as_ratio(self.keep_ratio))
+        _fractions(self.keep_ratio)
         pl = as_counts(self.prune_layers)
         self._set("prune_layers", (pl,) if isinstance(pl, int) else pl)
 
@@ -187,6 +202,9 @@ class LtpSpec(ReducerSpec):
         self._set("temperature", float(self.temperature))
         self._set("min_keep", int(self.min_keep))
 
+    def for_inference(self) -> LtpSpec:
+        return self.replace(soft=False)
+
 
 @dataclass(frozen=True)
 class TomeSpec(ReducerSpec):
@@ -200,6 +218,7 @@ class TomeSpec(ReducerSpec):
     def __post_init__(self) -> None:
         self._set("r", as_counts(self.r))
         self._set("keep_ratio", as_ratio(self.keep_ratio))
+        _fractions(self.keep_ratio)
         if (self.r is None) == (self.keep_ratio is None):
             raise ValueError("give exactly one of r or keep_ratio")
 

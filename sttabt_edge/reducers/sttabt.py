@@ -15,7 +15,6 @@ from sttabt_edge.method.backtrack import (
     Backtrack,
     HeadReduce,
     Nesting,
-    check_nesting,
     topk_backtrack,
 )
 from sttabt_edge.method.concrete import ConcreteThresholds
@@ -53,6 +52,7 @@ class SttabtReducer(Reducer):
     """
 
     name = "sttabt"
+    takes_approx = True
 
     def __init__(
         self,
@@ -65,17 +65,15 @@ class SttabtReducer(Reducer):
         min_keep: int = DEFAULT_MIN_KEEP,
     ):
         super().__init__()
-        if (keep_ratio is None) == (thresholds is None):
-            raise ValueError("give exactly one of keep_ratio (top-k) or thresholds (concrete)")
-        if thresholds is None and min_keep < 1:  # a threshold reducer's floor is thresholds.min_keep
-            raise ValueError(f"min_keep must be >= 1, got {min_keep}")
         self.approx: AttentionSource | None = approx  # type: ignore[assignment]  # an ApproxNet module
         self.keep_ratio = keep_ratio
         self.thresholds: Thresholds | None = thresholds
         self.p = p
         self.head_reduce = head_reduce
-        self.nesting = check_nesting(nesting)
+        self.nesting = nesting
+        # a threshold reducer's floor is its thresholds' own
         self.min_keep = thresholds.min_keep if thresholds is not None else min_keep
+        self.spec()  # the spec's checks (exactly one of keep_ratio / thresholds, choices, floor): written once
 
     @classmethod
     def from_spec(cls, spec: SttabtSpec, approx: AttentionSource | nn.Module | None = None) -> SttabtReducer:

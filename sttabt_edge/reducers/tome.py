@@ -196,7 +196,7 @@ class TomeReducer(Reducer):
         self.keep_ratio = keep_ratio
 
     @classmethod
-    def from_spec(cls, spec: TomeSpec) -> TomeReducer:
+    def from_spec(cls, spec: TomeSpec, approx: torch.nn.Module | None = None) -> TomeReducer:
         return cls(r=spec.r, keep_ratio=spec.keep_ratio)
 
     def spec(self) -> TomeSpec:

@@ -103,7 +103,7 @@ class TopkReducer(Reducer):
         self.prune_layers = None if prune_layers is None else tuple(int(i) for i in prune_layers)
 
     @classmethod
-    def from_spec(cls, spec: TopkSpec) -> TopkReducer:
+    def from_spec(cls, spec: TopkSpec, approx: torch.nn.Module | None = None) -> TopkReducer:
         return cls(spec.keep_ratio, spec.prune_layers)
 
     def spec(self) -> TopkSpec:

@@ -45,21 +45,19 @@ def reducer_meta(reducer: Reducer) -> dict[str, Any]:
     if reducer.name not in SAVABLE:
         raise ValueError(f"cannot save a {reducer.name!r} reducer")
     meta = reducer.spec().to_metadata()
-    return {**meta, "approx": APPROX_DIR} if reducer.name == "sttabt" else meta
+    return {**meta, "approx": APPROX_DIR} if reducer.takes_approx else meta
 
 
 def build_reducer(meta: Mapping[str, Any], approx: nn.Module | None) -> Reducer:
     """Inverse of :func:`reducer_meta` (inference form: hard thresholds). Runs saved before the
     "concrete" key are the straight-through variant (the spec's default)."""
-    from sttabt_edge.reducers.factory import build
-    from sttabt_edge.reducers.spec import LtpSpec, spec_from_metadata
+    from sttabt_edge.reducers.factory import build, takes_approx
+    from sttabt_edge.reducers.spec import spec_from_metadata
 
     if meta.get("name") not in SAVABLE:
         raise CheckpointMismatchError(f"unknown reducer {meta.get('name')!r} in {TRAINED_FILE}")
-    spec = spec_from_metadata(meta)
-    if isinstance(spec, LtpSpec):
-        spec = spec.replace(soft=False)
-    return build(spec, approx if spec.kind == "sttabt" else None).eval()
+    spec = spec_from_metadata(meta).for_inference()
+    return build(spec, approx if takes_approx(spec) else None).eval()
 
 
 def save_trained(
@@ -131,7 +129,7 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Reducer, dict[str, Any]]:
     if n_th != meta["num_layers"]:
         raise CheckpointMismatchError(f"{TRAINED_FILE} has {n_th} thresholds for {meta['num_layers']} layers")
     approx = None
-    if meta["reducer"]["name"] == "sttabt":
+    if meta["reducer"]["name"] == "sttabt":  # the dir's layout: only STTABT saves an ApproxNet
         approx = ApproxNet.load(d / meta["reducer"].get("approx", APPROX_DIR), model.config)
     return model, build_reducer(meta["reducer"], approx), meta
 
