@@ -10,8 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from sttabt_edge.cli_common import check_exists, check_fraction, fail
+from sttabt_edge.cli_config_checks import (
+    SPARSE_RULES,
+    TRAIN_RULES,
+    check_options,
+    fit_max_length,
+    read_config,
+)
+from sttabt_edge.cli_inputs import model_family, model_positions
 from sttabt_edge.cli_train_checks import check_train_run
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
+from sttabt_edge.model_info import TRAINED_FILE
 
 if TYPE_CHECKING:  # torch-heavy: imported by the verbs when they run
     from torch import nn
@@ -102,14 +111,19 @@ CalibOpt = Annotated[
 
 def _train_config(config: Path | None, defaults: dict[str, Any], options: dict[str, Any]) -> TrainConfig:
     """TrainConfig from --config (else the verb's defaults); the verb's options that name a
-    TrainConfig field and were given (not None) override it."""
+    TrainConfig field and were given (not None) override it. The file is checked field by field
+    first, and a text model's max_length against its positions (cli_config_checks)."""
     import dataclasses
 
     from sttabt_edge.train.config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = TrainConfig.load(config) if config else TrainConfig(**defaults)
-    return base.replace(**{k: v for k, v in options.items() if k in names and v is not None})
+    data = read_config("--config", config, TRAIN_RULES, "TrainConfig") if config else None
+    base = TrainConfig.from_dict(data) if data is not None else TrainConfig(**defaults)
+    cfg = base.replace(**{k: v for k, v in options.items() if k in names and v is not None})
+    where = f"--config {config}" if data is not None and "max_length" in data else None
+    limit = model_positions(options["model"]) if model_family(options["model"]) == "bert" else None
+    return cfg.replace(max_length=fit_max_length(cfg.max_length, limit, where))
 
 
 def _load_training(
@@ -134,10 +148,12 @@ def _load_training(
 
 def _sparse_config(path: Path | None, options: dict[str, Any]) -> Any:
     """SparseTrainConfig from --sparse-config (else the defaults); the options given (not None) override it.
-    Enum options arrive as their values."""
+    Enum options arrive as their values. The file and the options are checked field by field first."""
     from sttabt_edge.train.config import SparseTrainConfig
 
-    base = SparseTrainConfig.load(path) if path else SparseTrainConfig()
+    check_options(SPARSE_RULES, options)
+    data = read_config("--sparse-config", path, SPARSE_RULES, "SparseTrainConfig") if path else {}
+    base = SparseTrainConfig.from_dict(data)
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items() if v is not None}
     return base.replace(**given)
 
@@ -179,12 +195,12 @@ def train_approx_cmd(
     """Distil an ApproxNet (attention KL + hidden MSE; labels unused). Reports held-out attention KL."""
     options = dict(locals())
     _check_common(data, eval_data, config)
-    from sttabt_edge.train.approx import REPORT_FILE, train_approx
-    from sttabt_edge.train.config import ApproxConfig
-
     try:
         cfg = _train_config(config, {"lr": 5e-4, "steps": 1000}, options)
         check_train_run(cfg, options)
+        from sttabt_edge.train.approx import REPORT_FILE, train_approx  # torch: after every check
+        from sttabt_edge.train.config import ApproxConfig
+
         net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.seed)
         acfg = ApproxConfig(factor=factor, init=init.value, heads=heads or None, track_weight=track_weight)
         train_approx(net, train_data, cfg=cfg, out=out, acfg=acfg, resume=resume)
@@ -246,10 +262,6 @@ def train_concrete_cmd(
     options = dict(locals())
     _check_common(data, eval_data, config, target_retention, sparse_config)
     check_exists("--approx", approx, "dir")
-    from sttabt_edge.method.approxnet import ApproxNet
-    from sttabt_edge.train.artifacts import TRAINED_FILE
-    from sttabt_edge.train.concrete import train_concrete
-
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
         check_train_run(cfg, options)
@@ -260,6 +272,9 @@ def train_concrete_cmd(
         scfg = _sparse_config(sparse_config, {k: options[k] for k in names})
         if init_schedule is None and sparse_config is None:  # the variant's own default init
             scfg = scfg.replace(init_schedule="shared" if scfg.concrete == "official" else "constant")
+        from sttabt_edge.method.approxnet import ApproxNet  # torch: after every check
+        from sttabt_edge.train.concrete import train_concrete
+
         net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
         train_concrete(
             net,
@@ -305,14 +320,13 @@ def train_baseline_cmd(
     """Train an LTP or top-k baseline with the same losses (task + KD + retention) as STTABT."""
     options = dict(locals())
     _check_common(data, eval_data, config, target_retention, sparse_config)
-    from sttabt_edge.train.artifacts import TRAINED_FILE
-    from sttabt_edge.train.baselines import train_baseline
-
     try:
         cfg = _train_config(config, {"lr": 2e-5, "steps": 500}, options)
         check_train_run(cfg, options)
         names = ("target_retention", "task_weight", "retention_control")
         scfg = _sparse_config(sparse_config, {k: options[k] for k in names})
+        from sttabt_edge.train.baselines import train_baseline  # torch: after every check
+
         net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
         train_baseline(
             method.value, net, train_data, None, cfg, scfg, out=out, resume=resume, source_dir=model_dir
