@@ -27,6 +27,7 @@ from sttabt_edge.model_info import is_trained_dir, model_files
 
 if TYPE_CHECKING:
     from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
+    from sttabt_edge.sparse_model import SparseClassifier
 
 
 class Method(str, Enum):
@@ -81,7 +82,8 @@ def eval_cmd(
     from sttabt_edge.errors import SttabtError
     from sttabt_edge.evaluate import evaluate
     from sttabt_edge.models.loading import load_model
-    from sttabt_edge.reducers.factory import make_reducer
+    from sttabt_edge.reducers.factory import build
+    from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
     from sttabt_edge.runtime import TextPreprocess
     from sttabt_edge.sparse_model import SparseClassifier
 
@@ -93,16 +95,14 @@ def eval_cmd(
             model = str(model_files(model))  # tokenizer.json / synsets.json sit beside the weights
         else:
             net = load_model(model)
-            kwargs: dict = {} if method in (Method.dense, Method.ltp) else {"keep_ratio": keep_ratio}
-            if method == Method.ltp:
-                kwargs["num_layers"] = net.config.num_hidden_layers
-            if method == Method.sttabt:
-                kwargs.update(nesting=nesting.value, min_keep=min_keep)
+            layers = int(net.config.num_hidden_layers)
+            options = ReducerOptions(keep_ratio, nesting.value, min_keep, num_layers=layers)
+            approx_net = None
             if approx_dir is not None:
                 from sttabt_edge.method.approxnet import ApproxNet
 
-                kwargs["approx"] = ApproxNet.load(approx_dir)
-            sc = SparseClassifier(net, make_reducer(method.value, **kwargs))
+                approx_net = ApproxNet.load(approx_dir)
+            sc = SparseClassifier(net, build(spec_from_options(method.value, options), approx_net))
         check_data_kind(loaded_family(sc.model), data)  # an alias or hub id: known once loaded
         image_pre: ImagePreprocess | None = None
         text_pre: TextPreprocess | None = None
@@ -117,14 +117,8 @@ def eval_cmd(
             from sttabt_edge.data import longest_length
 
             occupancy_length = longest_length(examples, text_pre)
-        if method == Method.ltp and not trained:  # untrained LTP: thresholds set on the first batch
-            from sttabt_edge.data import batches
-            from sttabt_edge.reducers.ltp import LtpReducer
-
-            assert isinstance(sc.reducer, LtpReducer)  # make_reducer("ltp")
-            first, _ = next(batches(examples, batch_size, image_pre, text_pre))
-            with torch.inference_mode():
-                sc.reducer.calibrate(sc.parts, {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
+        if not trained:
+            _calibrate_untrained(sc, examples, batch_size, image_pre, text_pre, keep_ratio)
         with torch.inference_mode():
             name = f"{sc.reducer.name}-trained" if trained else method.value
             res = evaluate(
@@ -143,6 +137,28 @@ def eval_cmd(
     typer.echo(text)
     if json_out:
         write_text_output(json_out, text)
+
+
+def _calibrate_untrained(
+    sc: SparseClassifier,
+    examples: list,
+    batch_size: int,
+    image_pre: ImagePreprocess | None,
+    text_pre: TextPreprocess | None,
+    keep_ratio: float,
+) -> None:
+    """Untrained LTP thresholds (they start keeping everything) set on the first batch to keep
+    ``keep_ratio`` of the tokens; other reducers need no data."""
+    import torch
+
+    from sttabt_edge.data import batches
+    from sttabt_edge.reducers.ltp import LtpReducer
+
+    if not isinstance(sc.reducer, LtpReducer):
+        return
+    first, _ = next(batches(examples, batch_size, image_pre, text_pre))
+    with torch.inference_mode():
+        sc.reducer.calibrate(sc.parts, {k: torch.from_numpy(v) for k, v in first.items()}, keep_ratio)
 
 
 def _eval_approx(approx: str | None, method: Method, trained: bool) -> Path | None:

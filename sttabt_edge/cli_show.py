@@ -67,11 +67,7 @@ def show_cmd(
         check_texts([text])
     check_fraction("--keep-ratio", keep_ratio)
     check_input_kind(model_family(model), image is not None, text is not None, f"--model {model}")
-    approx_dir = (
-        approx_choice(approx, "oracle", "show --method sttabt", ORACLE)
-        if method == ShowMethod.sttabt
-        else None
-    )
+    approx_dir = _show_approx(approx, method)
     suffixes = IMAGE_SUFFIXES if image is not None else TEXT_SUFFIXES
     inputs = [("--model", model), ("--image", image), ("--approx", approx_dir)]
     check_output_file("--out", out, inputs, suffixes=suffixes)
@@ -83,7 +79,8 @@ def show_cmd(
     from sttabt_edge.errors import SttabtError
     from sttabt_edge.export.metadata import labels
     from sttabt_edge.models.loading import load_model
-    from sttabt_edge.reducers.factory import make_reducer
+    from sttabt_edge.reducers.factory import build
+    from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
     from sttabt_edge.runtime import TextPreprocess
     from sttabt_edge.sparse_model import SparseClassifier
     from sttabt_edge.visualize import denormalize, layer_grid, text_html
@@ -91,12 +88,13 @@ def show_cmd(
     try:
         net = load_model(model)
         check_input_kind(loaded_family(net), image is not None, text is not None, f"--model {model}")
-        kwargs: dict = {"keep_ratio": keep_ratio}
+        spec = spec_from_options(method.value, ReducerOptions(keep_ratio=keep_ratio))
+        approx_net = None
         if approx_dir is not None:
             from sttabt_edge.method.approxnet import ApproxNet
 
-            kwargs["approx"] = ApproxNet.load(approx_dir)
-        sc = SparseClassifier(net, make_reducer(method.value, **kwargs))
+            approx_net = ApproxNet.load(approx_dir)
+        sc = SparseClassifier(net, build(spec, approx_net))
         parts = sc.parts
         if image is not None:
             pre = image_preprocess_for(net)
@@ -124,6 +122,13 @@ def show_cmd(
         typer.echo(f"predicted {label!r}; retention {float(res.retention.mean()):.3f}; wrote {out}")
     except (SttabtError, ValueError, FileNotFoundError) as e:
         fail(error_line(str(e)))
+
+
+def _show_approx(approx: str | None, method: ShowMethod) -> Path | None:
+    """sttabt's attention source: an ApproxNet DIR or 'oracle' (never a silent default)."""
+    if method != ShowMethod.sttabt:
+        return None
+    return approx_choice(approx, "oracle", "show --method sttabt", ORACLE)
 
 
 def register(app: typer.Typer) -> None:

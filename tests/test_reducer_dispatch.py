@@ -32,8 +32,6 @@ ALLOWED = {"export/metadata.py:reducer_spec"}  # export metadata written before 
 # training configs are to carry a spec). This list may only shrink.
 KNOWN = {
     "export/pipeline.py:build_reducer",
-    "sttabt_edge/cli_eval.py:eval_cmd",
-    "sttabt_edge/cli_show.py:show_cmd",
     "sttabt_edge/train/baselines.py:build_baseline",
     "sttabt_edge/train/sweep.py:make",
 }

@@ -24,7 +24,7 @@ from sttabt_edge.reducers import (
     make_spec,
     spec_from_metadata,
 )
-from sttabt_edge.reducers.spec import SPECS, exportable_kinds
+from sttabt_edge.reducers.spec import SPECS, ReducerOptions, exportable_kinds, spec_from_options
 from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.artifacts import build_reducer, reducer_meta
 
@@ -87,6 +87,21 @@ def test_validation():
         build(TopkSpec(), torch.nn.Identity())
     with pytest.raises(ValueError, match="reads 'topk'"):
         TopkSpec.from_metadata({"name": "tome"})
+
+
+def test_command_options_become_a_spec_once():
+    """Each kind takes the options it has; a keep ratio left out is the kind's default."""
+    opts = ReducerOptions(keep_ratio=0.4, nesting="count", min_keep=2, num_layers=3)
+    assert spec_from_options("sttabt", opts) == SttabtSpec(keep_ratio=0.4, nesting="count", min_keep=2)
+    assert spec_from_options("topk", opts) == TopkSpec(keep_ratio=0.4)
+    assert spec_from_options("tome", opts) == TomeSpec(keep_ratio=0.4)
+    assert spec_from_options("ltp", opts) == LtpSpec(num_layers=3)
+    assert spec_from_options("dense", opts) == DenseSpec()
+    assert spec_from_options("sttabt", ReducerOptions()) == SttabtSpec(keep_ratio=0.15)
+    assert spec_from_options("tome", ReducerOptions()) == TomeSpec(keep_ratio=0.5)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            spec_from_options("topk", ReducerOptions(keep_ratio=bad))
 
 
 def test_capabilities():

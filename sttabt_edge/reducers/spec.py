@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, overload
 
+from sttabt_edge.defaults import default_keep_ratio
 from sttabt_edge.method.backtrack import DEFAULT_MIN_KEEP, HEAD_REDUCES, NESTINGS, HeadReduce, Nesting
 
 ConcreteKind: TypeAlias = Literal["ste", "official"]
@@ -71,6 +72,21 @@ def _fractions(keep_ratio: Ratio | None) -> None:
 
 
 @dataclass(frozen=True)
+class ReducerOptions:
+    """What a command's options say about a reducer (``--keep-ratio``, ``--nesting``, ``--min-keep``),
+    before its kind takes those that apply to it (:func:`spec_from_options`): the one place
+    where options become a spec, so no caller assembles per-kind arguments."""
+
+    keep_ratio: float | None = None  # None: the kind's default (sttabt_edge/defaults.py)
+    nesting: Nesting = "union"
+    min_keep: int = DEFAULT_MIN_KEEP
+    num_layers: int | None = None  # the model's; LTP's untrained thresholds are one per layer
+
+    def ratio(self, kind: str) -> float:
+        return default_keep_ratio(kind) if self.keep_ratio is None else float(self.keep_ratio)
+
+
+@dataclass(frozen=True)
 class ReducerSpec:
     """Base of the specs. ``kind`` is the reducer's name (``Reducer.name``, metadata ``method``)."""
 
@@ -105,6 +121,11 @@ class ReducerSpec:
     def keep_schedule(self, num_layers: int) -> list[float] | None:
         """Per-layer keep ratios of a ratio-scheduled reducer (the export's ``keep_schedule``), else None."""
         return None
+
+    @classmethod
+    def from_options(cls: type[S], options: ReducerOptions) -> S:
+        """The spec a command's options describe (each kind takes the options it has)."""
+        return cls()
 
     def for_inference(self: S) -> S:
         """The spec of the reducer's inference form (LTP: hard masks); most kinds have one form."""
@@ -161,6 +182,10 @@ class SttabtSpec(ReducerSpec):
         self._set("p", float(self.p))
         self._set("temperature", None if self.temperature is None else float(self.temperature))
 
+    @classmethod
+    def from_options(cls, options: ReducerOptions) -> SttabtSpec:  # top-k; thresholds come trained
+        return cls(keep_ratio=options.ratio(cls.kind), nesting=options.nesting, min_keep=options.min_keep)
+
     def keep_schedule(self, num_layers: int) -> list[float] | None:
         return _schedule(self.keep_ratio, num_layers)
 
@@ -179,6 +204,10 @@ class TopkSpec(ReducerSpec):
         _fractions(self.keep_ratio)
         pl = as_counts(self.prune_layers)
         self._set("prune_layers", (pl,) if isinstance(pl, int) else pl)
+
+    @classmethod
+    def from_options(cls, options: ReducerOptions) -> TopkSpec:
+        return cls(keep_ratio=options.ratio(cls.kind))
 
     def keep_schedule(self, num_layers: int) -> list[float] | None:
         return _schedule(self.keep_ratio, num_layers)
@@ -202,6 +231,10 @@ class LtpSpec(ReducerSpec):
         self._set("temperature", float(self.temperature))
         self._set("min_keep", int(self.min_keep))
 
+    @classmethod
+    def from_options(cls, options: ReducerOptions) -> LtpSpec:  # thresholds 0 (keep all) until calibrated
+        return cls(num_layers=options.num_layers)
+
     def for_inference(self) -> LtpSpec:
         return self.replace(soft=False)
 
@@ -221,6 +254,10 @@ class TomeSpec(ReducerSpec):
         _fractions(self.keep_ratio)
         if (self.r is None) == (self.keep_ratio is None):
             raise ValueError("give exactly one of r or keep_ratio")
+
+    @classmethod
+    def from_options(cls, options: ReducerOptions) -> TomeSpec:
+        return cls(keep_ratio=options.ratio(cls.kind))
 
 
 SPECS: dict[str, type[ReducerSpec]] = {
@@ -242,6 +279,11 @@ def make_spec(name: str, **options: Any) -> ReducerSpec:
         return cls(**options)
     except TypeError as err:
         raise TypeError(f"bad arguments for reducer {name!r}: {err}") from err
+
+
+def spec_from_options(name: str, options: ReducerOptions) -> ReducerSpec:
+    """``spec_from_options("topk", ReducerOptions(keep_ratio=0.5))``: a command's options as a spec."""
+    return spec_class(name).from_options(options)
 
 
 def spec_from_metadata(meta: Mapping[str, Any]) -> ReducerSpec:
