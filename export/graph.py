@@ -27,19 +27,24 @@ from sttabt_edge.models.adapter import classify, embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import exportable_kinds
 from sttabt_edge.reducers.sttabt import AttentionSource, SttabtReducer
+from sttabt_edge.runtime.contract import FAMILY_IO, FamilyIO
+from sttabt_edge.runtime.contract import OUTPUT_NAMES as OUTPUT_NAMES
 from sttabt_edge.sparse_model import SparseClassifier, sparse_forward
 
-INPUT_NAMES: Mapping[str, tuple[str, ...]] = {
-    "vit": ("pixel_values",),
-    "bert": ("input_ids", "attention_mask", "token_type_ids"),
-}
-OUTPUT_NAMES = ("logits", "kept_counts")
 # Reducers whose token counts follow from shapes and per-sample lengths inside the graph.
 EXPORTABLE = exportable_kinds("onnx")
+DTYPES = {"float32": torch.float32, "int64": torch.long}
+
+
+def family_io(family: str) -> FamilyIO:
+    """The family's I/O description (the runtime's contract owns it)."""
+    if family not in FAMILY_IO:
+        raise ExportError(f"no I/O description for model family {family!r}; known: {', '.join(FAMILY_IO)}")
+    return FAMILY_IO[family]
 
 
 def input_names(family: str) -> tuple[str, ...]:
-    return INPUT_NAMES[family]
+    return family_io(family).input_names
 
 
 def check_exportable(parts: ModelParts, reducer: Reducer) -> None:
@@ -52,7 +57,7 @@ def check_exportable(parts: ModelParts, reducer: Reducer) -> None:
             "STTABT without an ApproxNet (the self-attention oracle) is not exportable: it runs the dense "
             "model first, so the graph would be slower than dense. Pass an ApproxNet (--approx DIR)."
         )
-    if name == "tome" and parts.family != "vit":
+    if name == "tome" and family_io(parts.family).variable_length:
         raise ExportError(
             f"{name} export is for fixed-size (ViT) inputs only: its per-layer schedule is computed from N "
             "in Python and would be frozen at the example length for text"
@@ -68,15 +73,20 @@ def as_inputs(family: str, tensors: tuple[torch.Tensor, ...]) -> dict[str, torch
 
 
 def example_args(family: str, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """The library's input mapping -> positional graph inputs; BERT's optional inputs filled in."""
-    if family == "vit":
-        return (inputs["pixel_values"].float(),)
-    ids = inputs["input_ids"].long()
-    mask = inputs.get("attention_mask")
-    types = inputs.get("token_type_ids")
-    mask = torch.ones_like(ids) if mask is None else mask.long()
-    types = torch.zeros_like(ids) if types is None else types.long()
-    return ids, mask, types
+    """The library's input mapping -> positional graph inputs in the contract's order and dtypes; an
+    input the mapping lacks takes its fill value (text: an all-real mask, type 0), shaped like the first."""
+    io = family_io(family)
+    first = inputs[io.inputs[0].name].to(DTYPES[io.inputs[0].dtype])
+    args = [first]
+    for t in io.inputs[1:]:
+        given = inputs.get(t.name)
+        if given is not None:
+            args.append(given.to(DTYPES[t.dtype]))
+        elif t.fill is not None:
+            args.append(torch.full_like(first, t.fill))
+        else:
+            raise ExportError(f"{family} inputs lack {t.name!r}")
+    return tuple(args)
 
 
 class ExportModule(nn.Module):

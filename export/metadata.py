@@ -28,7 +28,7 @@ from sttabt_edge.method.backtrack import ratio_schedule
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.spec import ReducerSpec, SttabtSpec, make_spec, spec_from_metadata
 from sttabt_edge.runtime import contract, modelfile, seal
-from sttabt_edge.runtime.contract import FORMAT_VERSION, METADATA_KEY, REQUIRED_KEYS, TASKS
+from sttabt_edge.runtime.contract import FAMILY_IO, FORMAT_VERSION, METADATA_KEY, REQUIRED_KEYS, TASKS
 
 __all__ = [
     "FORMAT_VERSION",
@@ -120,7 +120,7 @@ def reducer_spec(meta: Mapping[str, Any]) -> ReducerSpec:
 
 
 def default_preprocess(model: nn.Module, family: str, stem: str) -> dict[str, Any]:
-    if family == "vit":
+    if not FAMILY_IO[family].text:
         from sttabt_edge.data import image_preprocess_for
 
         return {"image": image_preprocess_for(model).to_dict()}
@@ -130,7 +130,7 @@ def default_preprocess(model: nn.Module, family: str, stem: str) -> dict[str, An
 
 def vocab_sizes(model: nn.Module, family: str) -> dict[str, int | None]:
     """Embedding table sizes: the runtime refuses token ids and types outside them."""
-    if family != "bert":
+    if not FAMILY_IO[family].text:
         return {"vocab_size": None, "type_vocab_size": None}
     cfg = hf_config(model)
     types = getattr(cfg, "type_vocab_size", None)

@@ -37,7 +37,7 @@ from torch import nn
 from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
-from sttabt_edge.export.graph import OUTPUT_NAMES, ExportModule, example_args, input_names
+from sttabt_edge.export.graph import OUTPUT_NAMES, ExportModule, example_args, family_io
 from sttabt_edge.export.metadata import build_metadata, check_saved_digest, copy_tokenizer, set_metadata
 from sttabt_edge.sparse_model import SparseClassifier
 
@@ -70,16 +70,15 @@ def trace_args(family: str, inputs: Mapping[str, torch.Tensor], batch: Batch) ->
 
 
 def dynamic_axes(names: tuple[str, ...], family: str, batch: Batch, outputs: tuple[str, ...]) -> dict:
-    """Legacy-exporter axes: batch (dim 0) unless fixed; text length (dim 1) always dynamic."""
+    """Legacy-exporter axes, from the family's I/O description: batch (dim 0) unless fixed; the
+    others (text length, dim 1) always dynamic."""
+    io = family_io(family)
     axes: dict[str, dict[int, str]] = {}
-    for name in names:
-        d = {0: "batch"} if batch == "dynamic" else {}
-        if family == "bert":
-            d[1] = "sequence"
-        if d:
-            axes[name] = d
-    for name in outputs if batch == "dynamic" else ():
-        axes[name] = {0: "batch"}
+    for t in io.inputs + io.outputs:
+        if t.name in names or t.name in outputs:
+            d = {dim: ax for dim, ax in t.axes if dim != 0 or batch == "dynamic"}
+            if d:
+                axes[t.name] = d
     return axes
 
 
@@ -135,6 +134,7 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
 
 def check_io_dims(proto: onnx.ModelProto, family: str, batch: Batch) -> dict[str, list[int | str]]:
     """Assert the batch axis (and the text length axis) are symbolic; a silent specialisation fails here."""
+    contract_inputs = {t.name: t for t in family_io(family).inputs}
     inputs = {vi.name for vi in proto.graph.input}
     ios = {vi.name: _dims(vi) for vi in [*proto.graph.input, *proto.graph.output]}
     bad = []
@@ -147,8 +147,12 @@ def check_io_dims(proto: onnx.ModelProto, family: str, batch: Batch) -> dict[str
             bad.append(
                 f"{name} batch dim is {dims[0]!r}, expected {'symbolic' if batch == 'dynamic' else batch}"
             )
-        if family == "bert" and name in input_names(family) and not isinstance(dims[1], str):
-            bad.append(f"{name} sequence dim is {dims[1]!r}, expected symbolic")
+        spec = contract_inputs.get(name)  # its other dynamic axes (text: the length) stay symbolic
+        bad += [
+            f"{name} {ax} dim is {dims[dim]!r}, expected symbolic"
+            for dim, ax in (spec.axes if spec else ())
+            if dim > 0 and not isinstance(dims[dim], str)
+        ]
     if bad:
         raise ExportError("exported graph was specialised: " + "; ".join(bad))
     return ios
@@ -233,7 +237,7 @@ def export_onnx(
             sc.model, sc.reducer, out_stem=out.stem, opset=opset, dynamo=dynamo, overrides=metadata
         )
         # the seal covers the tokenizer: it is copied beside tmp first, and moved with it
-        tok = copy_tokenizer(tokenizer_file, sc.model, tmp) if family == "bert" else None
+        tok = copy_tokenizer(tokenizer_file, sc.model, tmp) if family_io(family).text else None
         _save(_finish(onnx.load(str(raw)), family, batch, simplify, meta, tmp.parent), tmp)
         try:
             reports = verify_all(tmp, sc, example_inputs, batch, atol)

@@ -29,6 +29,7 @@ from torch import nn
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, KEEP_RATIO_DEFAULTS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
+from sttabt_edge.export.graph import family_io
 from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, OnnxOptions, export_onnx, first_sample
 from sttabt_edge.export.profile import model_feeds, pipeline_latency
@@ -105,7 +106,7 @@ def calibration_batch(
     from sttabt_edge.data import batches, glue_tsv, image_folder, image_preprocess_for
     from sttabt_edge.runtime import TextPreprocess
 
-    if family == "vit":
+    if not family_io(family).text:
         if not req.calib.is_dir():
             raise InputError(f"--calib for an image model must be an image folder, got {req.calib}")
         examples = image_folder(req.calib)[:n]
@@ -126,7 +127,7 @@ def synthetic_batch(model: nn.Module, family: str, n: int, seed: int = 0) -> dic
     """Random pixels, or random token ids with varied lengths (right padding, real first token)."""
     g = torch.Generator().manual_seed(seed)
     cfg = hf_config(model)
-    if family == "vit":
+    if not family_io(family).text:
         size = int(cfg.image_size)
         return {"pixel_values": torch.randn(n, 3, size, size, generator=g)}
     width = min(32, int(cfg.max_position_embeddings))
@@ -281,15 +282,15 @@ def run_export_tflite(
     from sttabt_edge.export.tflite import export_tflite, quantize_tflite, read_sidecar
 
     check_request(req)
-    family = sc.parts.family
-    if family == "bert":  # synthetic batches may exceed the static length; real ones are tokenized to it
+    io = family_io(sc.parts.family)
+    if io.variable_length:  # synthetic batches may exceed the static length; real ones are tokenized to it
         calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
     path = export_tflite(
         sc,
         fp32_sibling(req.out) if req.quantize else req.out,
         example_inputs=calib,
         metadata={"source_model": req.model, "approx": approx_record(req)},
-        seq_len=req.seq_len if family == "bert" else None,
+        seq_len=req.seq_len if io.variable_length else None,
         tokenizer_file=_tokenizer(req.model),
         slots=req.slots or "calibrated",
         slot_quantile=req.slot_quantile,
@@ -307,7 +308,7 @@ def run_export_tflite(
         report = quantize_tflite(path, req.out, sc=sc, inputs=calib)
         sizes = {"fp32_bytes": path.stat().st_size, "int8_bytes": req.out.stat().st_size}
         summary["quantization"] = {"mode": "dynamic-range", **report, **sizes}
-    summary.update(written_files(req.out, path, family == "bert", sidecar=True))
+    summary.update(written_files(req.out, path, io.text, sidecar=True))
     return summary
 
 

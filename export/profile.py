@@ -21,8 +21,17 @@ import torch
 
 from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
-from sttabt_edge.export.graph import ApproxStage, MaskStage, SparseStage, example_args, input_names
+from sttabt_edge.export.graph import (
+    ApproxStage,
+    MaskStage,
+    SparseStage,
+    as_inputs,
+    example_args,
+    family_io,
+    input_names,
+)
 from sttabt_edge.export.onnx import Batch, OnnxOptions, dynamic_axes, export_onnx, trace_to_onnx
+from sttabt_edge.runtime.contract import BATCH, SEQUENCE
 from sttabt_edge.sparse_model import SparseClassifier
 
 STAGES = ("approxnet", "masks", "sparse_model")
@@ -36,9 +45,10 @@ class Stage:
 
 
 def _axes(family: str, batch_dim: int | None, token_dims: tuple[int, ...]) -> dict[int, str]:
-    """Batch axis symbolic (None: fixed); token axes symbolic for text only (ViT's N is fixed)."""
-    batch = {} if batch_dim is None else {batch_dim: "batch"}
-    return {**batch, **({d: "sequence" for d in token_dims} if family == "bert" else {})}
+    """Batch axis symbolic (None: fixed); token axes symbolic where the family's length varies (text;
+    ViT's N is fixed)."""
+    batch = {} if batch_dim is None else {batch_dim: BATCH}
+    return {**batch, **({d: SEQUENCE for d in token_dims} if family_io(family).variable_length else {})}
 
 
 def _batch2(t: torch.Tensor, batch_dim: int) -> torch.Tensor:
@@ -67,9 +77,9 @@ def export_stages(
     args = example_args(family, sample)
     with torch.no_grad():
         maps = approx(*args)  # L x (B, H, R, N)
-        pad = (
-            args[1] if family == "bert" else torch.ones(maps[0].shape[0], maps[0].shape[-1], dtype=torch.long)
-        )
+        pad = as_inputs(family, args).get("attention_mask")  # images: every token is real
+        if pad is None:
+            pad = torch.ones(maps[0].shape[0], maps[0].shape[-1], dtype=torch.long)
         keep = masks(*maps, pad)  # (L+1, B, N) bool
         logits, kept = sparse(*args, keep)
     map_names = tuple(f"attentions_{i}" for i in range(len(maps)))

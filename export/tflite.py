@@ -67,7 +67,7 @@ from torch import nn
 
 from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
-from sttabt_edge.export.graph import ExportModule, example_args, input_names
+from sttabt_edge.export.graph import ExportModule, example_args, family_io, input_names
 from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name, write_sidecar
 from sttabt_edge.export.tflite_graph import (
     QUANT_MODES,
@@ -121,7 +121,7 @@ def samples(family: str, inputs: Mapping[str, torch.Tensor], seq_len: int | None
     out = []
     for i in range(args[0].shape[0]):
         one = {name: a[i : i + 1] for name, a in zip(names, args, strict=True)}
-        out.append(one if family == "vit" else _pad_text(one, seq_len or args[0].shape[1]))
+        out.append(_pad_text(one, seq_len or args[0].shape[1]) if family_io(family).variable_length else one)
     return out
 
 
@@ -204,7 +204,7 @@ def _check(report: dict[str, Any], path: Path, atol: float | None) -> dict[str, 
 def _static_len(path: Path, family: str) -> int | None:
     from ai_edge_litert.interpreter import Interpreter
 
-    if family == "vit":
+    if not family_io(family).variable_length:
         return None
     with quiet_litert():
         details = Interpreter(model_path=str(path)).get_signature_runner().get_input_details()
@@ -327,7 +327,7 @@ def export_tflite(
     ref = slot_reducer(reducer, record, static=False) if isinstance(reducer, SttabtReducer) else reducer
     with staging(out) as work:  # out, its sidecar and tokenizer appear only once verified and sealed
         tmp, names = work / out.name, [sidecar_path(out).name, out.name]
-        if family == "bert":  # before the (minutes-long) conversion: a missing tokenizer fails fast
+        if family_io(family).text:  # before the (minutes-long) conversion: a missing tokenizer fails fast
             names.insert(0, copy_tokenizer(tokenizer_file, model, tmp).name)
         tmp.write_bytes(convert(TfliteModule(sc.with_reducer(graph_reducer)), batch[0]))
         torch_out = run_torch(sc.with_reducer(ref), batch)
@@ -341,7 +341,7 @@ def export_tflite(
             model,
             reducer,
             out,
-            seq_len=n_tokens if family == "bert" else None,
+            seq_len=n_tokens if family_io(family).variable_length else None,
             slots=record,
             quantize=quantize,
             overrides=metadata,

@@ -15,18 +15,93 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Literal
 
 METADATA_KEY = "sttabt_edge"
 FORMAT_VERSION = 1
 DIGEST_KEY = "digest"
 DIGEST_PREFIX = "sha256:"
-TASKS = {"vit": "image-classification", "bert": "text-classification"}
-# graph inputs per family, in contract order; the first ones are required, token_type_ids is optional
-INPUT_NAMES = {"vit": ("pixel_values",), "bert": ("input_ids", "attention_mask", "token_type_ids")}
-REQUIRED_INPUTS = {"vit": ("pixel_values",), "bert": ("input_ids", "attention_mask")}
-OUTPUT_NAMES = ("logits", "kept_counts")  # kept_counts is optional
+
+
+# ---- what a graph of each family takes and returns ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorIO:
+    """One graph input or output: its contract name, element type and dynamic axes."""
+
+    name: str
+    dtype: Literal["float32", "int64"]  # as the ONNX graph carries it (TFLite: integers are int32)
+    axes: tuple[tuple[int, str], ...]  # (dim, name) of each axis that varies between runs, batch first
+    required: bool = True  # False: a graph (and a feed) may leave it out
+    fill: int | None = None  # the value it takes where a batch lacks it (exporter: an all-real mask)
+
+
+@dataclass(frozen=True)
+class FamilyIO:
+    """A model family's I/O, in the manner of Optimum's export configs: the one place that says what
+    differs between image (ViT, DeiT) and text (BERT) models. The runtime checks graphs and feeds
+    against it and the exporter builds its example inputs, dynamic axes, static lengths and files
+    from it (the exporter has no ``family ==`` of its own; tests/test_architecture.py)."""
+
+    family: str
+    task: str
+    preprocess: Literal["image", "text"]  # the metadata's preprocess entry (and the tokenizer file)
+    inputs: tuple[TensorIO, ...]  # in contract (positional) order
+    outputs: tuple[TensorIO, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs if t.required)
+
+    @property
+    def text(self) -> bool:
+        """Inputs are token ids from a tokenizer (its file travels with the model)."""
+        return self.preprocess == "text"
+
+    @property
+    def variable_length(self) -> bool:
+        """The token count varies between inputs (a ``sequence`` axis), as opposed to an image's
+        fixed number of patches: shapes derived from it cannot be frozen at the example's."""
+        return any(name == SEQUENCE for t in self.inputs for _, name in t.axes)
+
+
+BATCH, SEQUENCE = "batch", "sequence"  # the dynamic axes' names in exported graphs
+OUTPUTS = (
+    TensorIO("logits", "float32", ((0, BATCH),)),  # (B, labels)
+    TensorIO("kept_counts", "int64", ((0, BATCH),), required=False),  # (B, layers): tokens entering each
+)
+_TEXT_AXES = ((0, BATCH), (1, SEQUENCE))
+FAMILY_IO: dict[str, FamilyIO] = {
+    "vit": FamilyIO(
+        "vit",
+        "image-classification",
+        "image",
+        (TensorIO("pixel_values", "float32", ((0, BATCH),)),),  # (B, 3, H, W)
+        OUTPUTS,
+    ),
+    "bert": FamilyIO(
+        "bert",
+        "text-classification",
+        "text",
+        (  # each (B, N), right-padded
+            TensorIO("input_ids", "int64", _TEXT_AXES),
+            TensorIO("attention_mask", "int64", _TEXT_AXES, fill=1),
+            TensorIO("token_type_ids", "int64", _TEXT_AXES, required=False, fill=0),
+        ),
+        OUTPUTS,
+    ),
+}
+TASKS = {f: io.task for f, io in FAMILY_IO.items()}
+INPUT_NAMES = {f: io.input_names for f, io in FAMILY_IO.items()}  # contract order
+REQUIRED_INPUTS = {f: io.required_inputs for f, io in FAMILY_IO.items()}
+OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)  # kept_counts is optional
 REQUIRED_KEYS = (
     "format_version",
     "task",
@@ -180,7 +255,7 @@ def _image_problems(image: Any) -> list[str]:
 def _preprocess_problems(pre: Any, family: Any) -> list[str]:
     if not isinstance(pre, dict):
         return [f"preprocess {_object(pre)}"]
-    want = {"vit": "image", "bert": "text"}.get(family)
+    want = FAMILY_IO[family].preprocess if family in FAMILY_IO else None
     if want is not None and set(pre) != {want}:
         return [f"preprocess must hold exactly one entry '{want}' for family {family!r}, got {sorted(pre)}"]
     if "image" in pre:

@@ -1,8 +1,13 @@
-"""Package structure (#27): no import cycle, no source module over 450 lines.
+"""Package structure (#27): no import cycle, no source module over 450 lines, no family branches in
+the exporter.
 
 Imports in a module's body are edges, ``if TYPE_CHECKING:`` ones included: a type-only loop is
 still two modules that each need the other to be read. Lazy (function-local) imports are not: they
 run after every module involved has loaded, which is how the CLI keeps torch out of ``--help``.
+
+What differs between model families (input names, dtypes, dynamic axes, preprocessing) is
+described once, in the runtime's contract (``FAMILY_IO``); the exporter reads that description
+instead of testing ``family == "vit"``.
 """
 
 from __future__ import annotations
@@ -97,11 +102,54 @@ def test_type_only_imports_are_edges(tmp_path):
     assert _top_level_imports("pkg.a", path, {"pkg.a", "pkg.b"}) == {"pkg.b"}
 
 
+MAX_LINES = 450
+
+
 @pytest.mark.parametrize("tree", sorted(TREES))
 def test_no_source_module_over_450_lines(tree):
     long = {
         str(f.relative_to(ROOT)): n
         for f in TREES[tree].rglob("*.py")
-        if (n := len(f.read_text().splitlines())) > 450
+        if (n := len(f.read_text().splitlines())) > MAX_LINES
     }
     assert not long, long
+
+
+FAMILIES = ("vit", "bert")
+
+
+def _family_tests(tree: ast.AST) -> list[int]:
+    """Lines that branch on a family: ``family == x``, ``parts.family != y``, or any comparison with a
+    family's name (``kind in ("vit", ...)``). Looking a family up (``family in FAMILY_IO``) is fine."""
+
+    def is_family(e: ast.expr) -> bool:
+        return (isinstance(e, ast.Name) and e.id == "family") or (
+            isinstance(e, ast.Attribute) and e.attr == "family"
+        )
+
+    def is_name(e: ast.expr) -> bool:
+        return (isinstance(e, ast.Constant) and e.value in FAMILIES) or (
+            isinstance(e, (ast.Tuple, ast.List, ast.Set)) and any(map(is_name, e.elts))
+        )
+
+    def branches(node: ast.Compare) -> bool:
+        operands = [node.left, *node.comparators]
+        equality = any(isinstance(op, (ast.Eq, ast.NotEq)) for op in node.ops)
+        return any(map(is_name, operands)) or (equality and any(map(is_family, operands)))
+
+    return sorted(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare) and branches(node))
+
+
+def test_family_test_finder():
+    src = 'a = family == "vit"\nb = x.parts.family != y\nc = k in ("bert", "z")\nd = f("bert")\ne = family in IO\n'
+    assert _family_tests(ast.parse(src)) == [1, 2, 3]
+
+
+def test_no_family_branches_in_the_exporter():
+    """The exporter asks the family's I/O description (``runtime.contract.FAMILY_IO``), never the name."""
+    found = {
+        str(f.relative_to(ROOT)): lines
+        for f in sorted(TREES["sttabt_edge.export"].rglob("*.py"))
+        if (lines := _family_tests(ast.parse(f.read_text())))
+    }
+    assert not found, found

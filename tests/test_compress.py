@@ -290,3 +290,35 @@ def test_verdict_with_an_accuracy_budget_ships_the_fastest_file_within_it():
     # the pruned file faster and within the budget stays
     fast = demo | {"sttabt_int8": row(89.6, 4.0)}
     assert verdict(fast, max_drop=1.0)["deploy"] == "sttabt_int8"
+
+
+def test_verdict_compares_speed_by_per_round_ratios_not_p50s_of_different_pairs():
+    """p50s of different pairs drift with the machine; the per-round ratios decide (the DeiT smoke run:
+    STTABT INT8 0.57x dense fp32 but 1.16x dense INT8 in its own pair)."""
+
+    def row(acc: float, ms: float, x: float, **kw: float) -> dict:
+        return {"held_out_accuracy": acc, "p50_ms": ms, "x_dense_fp32": x, "file": f"{acc}", **kw}
+
+    table = {
+        "sttabt_int8": row(84.0, 39.3, 0.57, x_dense_int8=1.16),
+        "sttabt_fp32": row(84.0, 167.0, 2.33),
+        "dense_int8": row(82.0, 14.4, 0.51),
+        "dense_fp32": row(82.0, 73.2, 1.0),
+    }
+    v = verdict(table, max_drop=1.5)
+    assert v["deploy"] == "dense_int8" and v["dominated_by"] == ["dense_int8"]
+    # the direct pair decides against dense INT8 even when the fp32 ratios say otherwise
+    table["sttabt_int8"]["x_dense_int8"] = 0.9
+    assert verdict(table, max_drop=1.5)["deploy"] == "sttabt_int8"
+    # STTABT fp32's p50 (80 ms, its pair ran while the machine was busy) above dense fp32's first-pair 73 ms,
+    # yet 0.8x dense fp32 round by round: the pruned file stays
+    fp32 = {"sttabt_fp32": row(84.0, 80.0, 0.8), "dense_fp32": row(84.0, 73.2, 1.0)}
+    assert verdict(fp32, max_drop=1.5)["deploy"] == "sttabt_fp32"
+
+
+def test_report_warns_when_one_held_out_example_is_most_of_the_budget():
+    from sttabt_edge.compress.report import _resolution
+
+    assert "Caution: one held-out example is 2.00 points" in _resolution({"max_drop": 1.5}, {"held_out": 50})
+    assert _resolution({"max_drop": 1.5}, {"held_out": 200}) == ""
+    assert _resolution({"max_drop": None}, {"held_out": 10}) == ""

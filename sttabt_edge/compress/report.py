@@ -59,15 +59,38 @@ def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _cost(table: dict[str, dict[str, Any]], name: str) -> float | None:
+    """A file's latency for the verdict: its per-round ratio to dense fp32 when measured (robust to
+    the machine's drift across pairs), else its p50 ms, scaled by dense fp32's so both compare."""
+    row = table[name]
+    if row.get("x_dense_fp32") is not None:
+        return float(row["x_dense_fp32"])
+    dense = table.get("dense_fp32", {}).get("p50_ms")
+    if row["p50_ms"] is None or not dense:
+        return None
+    return float(row["p50_ms"]) / float(dense)
+
+
+def _faster(table: dict[str, dict[str, Any]], name: str, delivered: str) -> bool:
+    """Is ``name`` faster than the delivered file? STTABT INT8 against dense INT8 has its own pair:
+    that direct per-round ratio decides; otherwise the two ratios to dense fp32 do."""
+    direct = table[delivered].get("x_dense_int8")
+    if name == "dense_int8" and direct is not None:
+        return float(direct) > 1.0
+    mine, theirs = _cost(table, delivered), _cost(table, name)
+    return mine is not None and theirs is not None and theirs < mine
+
+
 def verdict(table: dict[str, dict[str, Any]], max_drop: float | None = None) -> dict[str, Any]:
     """Which file to ship. With an accuracy budget (``max_drop`` points below dense fp32 on the
     held-out split) the fastest file within it, since the user said that much accuracy may go:
     a dense INT8 file within the budget and faster beats a pruned one, even a slightly more
     accurate one (differences inside the budget are mostly held-out noise). Without a budget
-    (a retention target) a dense file must be at least as accurate *and* faster to win."""
+    (a retention target) a dense file must be at least as accurate *and* faster to win. Speed is
+    compared by per-round ratios (``_faster``), not by p50s taken in different pairs."""
     delivered = "sttabt_int8" if "sttabt_int8" in table else "sttabt_fp32"
     mine = table[delivered]
-    timed = {n: r for n, r in table.items() if r["p50_ms"] is not None}
+    timed = {n: r for n, r in table.items() if _cost(table, n) is not None}
     if max_drop is not None and "dense_fp32" in table:
         floor = table["dense_fp32"]["held_out_accuracy"] - max_drop
         ok = {n: r for n, r in timed.items() if r["held_out_accuracy"] >= floor}
@@ -75,12 +98,8 @@ def verdict(table: dict[str, dict[str, Any]], max_drop: float | None = None) -> 
     else:
         ok = {n: r for n, r in timed.items() if r["held_out_accuracy"] >= mine["held_out_accuracy"]}
         rule = f"a dense file wins only if at least as accurate as {LABELS[delivered]} and faster"
-    better = [
-        name
-        for name in ("dense_int8", "dense_fp32")
-        if name in ok and mine["p50_ms"] is not None and ok[name]["p50_ms"] < mine["p50_ms"]
-    ]
-    better.sort(key=lambda n: ok[n]["p50_ms"])
+    better = [name for name in ("dense_int8", "dense_fp32") if name in ok and _faster(table, name, delivered)]
+    better.sort(key=lambda n: _cost(table, n) or 0.0)
     deploy = better[0] if better else delivered
     return {
         "delivered": delivered,
@@ -113,6 +132,18 @@ def _inputs_note(inputs: dict[str, Any]) -> str:
     return note + ")"
 
 
+def _resolution(cfg: dict[str, Any], data: dict[str, Any]) -> str:
+    """A warning when one held-out example moves accuracy by more than half the budget: then the
+    within-budget test is decided by one or two examples, i.e. by noise."""
+    step = 100.0 / max(int(data["held_out"]), 1)
+    if cfg.get("max_drop") is None or step <= cfg["max_drop"] / 2:
+        return ""
+    return (
+        f" Caution: one held-out example is {step:.2f} points, so the {cfg['max_drop']:g}-point budget is"
+        f" decided by {cfg['max_drop'] / step:.1f} examples; raise --holdout (or pass --holdout-data)."
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg, chosen, dense, data = report["config"], report["chosen"], report["dense"], report["data"]
     goal = (
@@ -124,7 +155,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# compress: {cfg['model']}",
         "",
         f"Goal: {goal} on {data['held_out']} held-out training examples (selection); "
-        f"{'within' if report.get('within_budget', True) else 'NOT within'} the goal.",
+        f"{'within' if report.get('within_budget', True) else 'NOT within'} the goal.{_resolution(cfg, data)}",
         f"Chosen: **{chosen['kind']}**"
         + (f" (keep ratio {chosen['keep_ratio']:g})" if chosen["keep_ratio"] else "")
         + f", retention {chosen['retention']:.3f}, occupancy {chosen['occupancy']:.3f}, FLOPs "
