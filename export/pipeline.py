@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,8 +35,10 @@ from sttabt_edge.export.onnx import Batch, OnnxOptions, export_onnx, first_sampl
 from sttabt_edge.export.profile import model_feeds, pipeline_latency
 from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
 from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SLOT_SIZINGS, SlotSizing
+from sttabt_edge.method.backtrack import Nesting
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import ReducerOptions, ReducerSpec, spec_from_options
 from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
@@ -70,13 +72,18 @@ class ExportRequest:
     threads: int = 2
     fuse: bool = False  # com.microsoft contrib ops (export/fusion.py); off: some mobile ORT builds lack them
 
+    def spec(self) -> ReducerSpec:
+        """The reducer spec the request's options describe (validated there: reducers/spec.py)."""
+        options = ReducerOptions(self.keep_ratio, cast(Nesting, self.nesting), self.min_keep)
+        return spec_from_options(self.method, options)
+
 
 def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
-    from sttabt_edge.reducers.factory import make_reducer
+    from sttabt_edge.reducers.factory import build, takes_approx
 
-    if req.method != "sttabt":
-        options: dict[str, Any] = {} if req.method == "dense" else {"keep_ratio": req.keep_ratio}
-        return make_reducer(req.method, **options)
+    spec = req.spec()
+    if not takes_approx(spec):
+        return build(spec)
     from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 
     if req.approx is not None:
@@ -87,9 +94,7 @@ def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
             "token selection and accuracy are NOT. Distil one (`sttabt-edge train approx`), pass --approx DIR."
         )
         approx = build_approxnet(model, req.approx_factor, "interpolate", heads=req.approx_heads)
-    return make_reducer(
-        "sttabt", approx=approx.eval(), keep_ratio=req.keep_ratio, nesting=req.nesting, min_keep=req.min_keep
-    )
+    return build(spec, approx.eval())
 
 
 def calibration_batch(
@@ -156,13 +161,14 @@ def load_source(req: ExportRequest, warn: Warn) -> SparseClassifier:
 
 def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     """How `verify` can rebuild the export's ApproxNet: a saved dir, or the deterministic untrained init."""
+    from sttabt_edge.reducers.factory import takes_approx
     from sttabt_edge.train.artifacts import APPROX_DIR
 
     none = {"source": None, "init": None, "factor": None, "seed": None, "heads": None}
     if is_trained_dir(req.model):
         approx = Path(req.model) / APPROX_DIR
         return {**none, "source": str(approx.resolve())} if approx.is_dir() else None
-    if req.method != "sttabt":
+    if not takes_approx(req.spec()):
         return None
     if req.approx is not None:
         return {**none, "source": str(Path(req.approx).resolve())}
@@ -184,8 +190,11 @@ def check_request(req: ExportRequest) -> None:
         raise InputError(f"--calib-samples must be >= 1, got {req.calib_samples}")
     if req.calib is not None and not req.calib.exists():
         raise InputError(f"--calib {req.calib}: no such file or folder")
-    if req.method != "dense" and not 0.0 < req.keep_ratio <= 1.0:
-        raise InputError(f"--keep-ratio must be in (0, 1] (a fraction of the tokens), got {req.keep_ratio:g}")
+    if not is_trained_dir(req.model):  # a trained dir brings its own reducer
+        try:
+            req.spec()
+        except ValueError as e:  # the spec's own checks, e.g. a keep ratio out of (0, 1]
+            raise InputError(f"--method {req.method}: {e}") from e
     if req.slots is not None and (req.target != "tflite" or req.slots not in SLOT_SIZINGS):
         raise InputError(
             f"--slots {req.slots} applies to --target tflite, one of {', '.join(SLOT_SIZINGS)} "

@@ -206,7 +206,7 @@ def export_cmd(
     import sys
 
     from sttabt_edge.errors import SttabtError
-    from sttabt_edge.export.pipeline import ExportRequest, check_request, run_export
+    from sttabt_edge.export.pipeline import ExportRequest, run_export
 
     req = ExportRequest(
         model=model,
@@ -232,8 +232,7 @@ def export_cmd(
         seq_len=seq_len,
         fuse=fuse,
     )
-    try:
-        check_request(req)
+    try:  # run_export checks the request (check_request) before it loads anything
         with contextlib.redirect_stdout(sys.stderr):  # converters log to stdout; stdout is the summary
             summary = run_export(req, warn=lambda m: typer.secho(f"WARNING: {m}", fg="yellow", err=True))
     except (SttabtError, ValueError, FileNotFoundError) as e:

@@ -31,7 +31,6 @@ ALLOWED = {"export/metadata.py:reducer_spec"}  # export metadata written before 
 # Functions that still branch on a kind to build a reducer: training's own reducers (#27: the
 # training configs are to carry a spec). This list may only shrink.
 KNOWN = {
-    "export/pipeline.py:build_reducer",
     "sttabt_edge/train/baselines.py:build_baseline",
     "sttabt_edge/train/sweep.py:make",
 }
