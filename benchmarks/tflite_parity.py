@@ -53,7 +53,13 @@ from rich.progress import (
 from rich.table import Table
 
 from sttabt_edge.data import Example, glue_tsv, image_folder, model_class_names
-from sttabt_edge.export.pipeline import ExportRequest, build_reducer, calibration_batch, run_export_tflite
+from sttabt_edge.export.pipeline import (
+    ExportRequest,
+    build_reducer,
+    calibration_batch,
+    check_request,
+    run_export_tflite,
+)
 from sttabt_edge.export.tflite import quantize_tflite, read_sidecar
 from sttabt_edge.models.loading import load_model
 from sttabt_edge.runtime import TextPreprocess
@@ -155,6 +161,7 @@ def export_task(
             latency_runs=0,
             threads=args.threads,
         )
+        check_request(req)
         sc = SparseClassifier(model, build_reducer(model, req, warn))
         calib, source = calibration_batch(sc, req, warn)
         console.print(f"[cyan]converting {method} fp32 (litert-torch) ...")

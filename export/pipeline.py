@@ -287,10 +287,10 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> ExportSummary:
 def run_export_tflite(
     req: ExportRequest, sc: SparseClassifier, calib: Mapping[str, torch.Tensor], calib_src: str
 ) -> ExportSummary:
-    """Static batch-1 .tflite (fixed per-layer counts), verified in the LiteRT interpreter."""
+    """Static batch-1 .tflite (fixed per-layer counts), verified in the LiteRT interpreter; ``req``
+    already checked (:func:`check_request`, as :func:`run_export` does first)."""
     from sttabt_edge.export.tflite import export_tflite, quantize_tflite, read_sidecar
 
-    check_request(req)
     io = family_io(sc.parts.family)
     if io.variable_length:  # synthetic batches may exceed the static length; real ones are tokenized to it
         calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
