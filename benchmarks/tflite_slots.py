@@ -8,21 +8,26 @@ by the exporter) with its calibration images from the *training* half of imagene
 Files: dense TFLite fp32 / INT8 (dynamic-range weights); per keep ratio, union TFLite with slots
 calibrated at quantiles 0.9, 0.95 (the default) and 1.0 (64 calibration images), with the default
 quantile on the CLI's default 16 images (keep 0.15), at the union's upper bound, and the count rule;
-INT8 of the default file; ONNX fp32 of the same settings (dense, union, count). XNNPACK: the
-default keep-0.15 file rebuilt without each removal (one-head products as FULLY_CONNECTED;
-the per-element GATHER_ND of the hidden states), timed against it.
+INT8 of the default file (ApproxNet weights float32, the default) and with them float16
+("_int8_f16approx", beside its rebuilt fp32 twin "_rebuilt"; the exporter's kept-count check is
+recorded, not enforced: on DeiT-Tiny it fails); ONNX fp32 of the same settings (dense, union, count).
+XNNPACK: the default keep-0.15 file rebuilt without each removal (one-head products as
+FULLY_CONNECTED; the per-element GATHER_ND of the hidden states), timed against it.
 
-With ``--approx DIR`` (a ``train approx`` output), ``build`` also exports keep 0.15 with that
-distilled ApproxNet, to TFLite (default slots) and ONNX ("dist_" files).
-
-Stages (each writes ``<work>/<stage>.json``, every file and pair with its commit; ``report``
-refuses files built or timed at commits whose export/runtime/package code differs):
+``--approx DIR`` (``train approx``) adds keep 0.15 with that distilled ApproxNet, TFLite and ONNX
+("dist_"); ``--trained DIR`` (``train concrete``) adds that model as ``export --model DIR`` writes it,
+TFLite fp32 / INT8 and ONNX ("trained"). Stages write ``<work>/<stage>.json``, every file and pair
+with its commit (``report`` refuses commits whose export/runtime/package code differs):
 
     python benchmarks/tflite_slots.py build  --work /work/runs/tflite/bench   # exports + accuracy
     python benchmarks/tflite_slots.py build  --work ... --approx DIR --only dist onnx_dist
+    python benchmarks/tflite_slots.py build  --work ... --trained DIR --only trained onnx_trained
     /work/runs/quiet.sh python benchmarks/tflite_slots.py time --work ... --only k0.15   # < 5 min each
     /work/runs/quiet.sh python benchmarks/tflite_slots.py time --work ... --only k0.3 dense onnx xnn dist
     python benchmarks/tflite_slots.py report --work ... --out benchmarks/results/tflite_slots.json
+
+A subset (``--only dense onnx_dense onnx_k k0.15_q0.95 k0.3_q0.95 k0.15_rebuilt k0.3_rebuilt``)
+reports what it built (benchmarks/results/tflite_int8.json).
 
 Latency: ``sttabt-edge bench A --vs B --inputs DIR`` (runtime.bench: worker processes, LiteRT or
 ORT, 2 threads, batch 1, block alternation, first run of each block dropped), median of the
@@ -32,24 +37,21 @@ per-round ratios, p10-p90 beside it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
-from unittest import mock
+from typing import Any, Literal
 
 import numpy as np
 from common import SHARED, environment, quiet_third_party, write_json
+from tflite_variants import Undone, kept_check_reported, undone
 
+from sttabt_edge.export.tflite_graph import APPROX_WEIGHTS_DEFAULT, ApproxWeights
 from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SlotSizing
 from sttabt_edge.method.backtrack import Nesting
 from sttabt_edge.reducers.spec import Target
-
-Undone: TypeAlias = Literal["fc", "gathernd"]  # one-head products as FULLY_CONNECTED; per-element GATHER_ND
 
 MODEL = SHARED / "models" / "deit-tiny-imagenet"
 DATA = SHARED / "data" / "imagenet-sample"
@@ -68,14 +70,17 @@ class FileSpec:
     quantile: float = SLOT_QUANTILE
     calib_samples: Literal[16, 64] = 64  # from the training half: data/calib16 or data/calib64
     int8: str | None = None  # also --quantize int8: this name is the INT8 file, the spec's the fp32 beside it
+    approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT  # the INT8 file's ApproxNet weights
     variant: Undone | None = None  # an XNNPACK removal undone
     approx: str | None = None  # a distilled ApproxNet dir (None: the untrained ÷8 one-head one)
+    model: str = str(MODEL)  # or a trained STTABT dir (its own reducer: keep, slots rule, approx unused)
     onnx: str | None = None  # the ONNX file of the same settings (top-1 agreement)
     vs: tuple[str, ...] = field(default_factory=tuple)  # timed against these
 
 
-def specs(approx: Path | None = None) -> list[FileSpec]:
-    """Every file; with ``approx`` (a `train approx` dir) also keep 0.15 with that ApproxNet ("dist_")."""
+def specs(approx: Path | None = None, trained: Path | None = None) -> list[FileSpec]:
+    """Every file; with ``approx`` (a `train approx` dir) also keep 0.15 with that ApproxNet ("dist_"),
+    with ``trained`` (a `train concrete` dir) that model, fp32 and INT8, and its ONNX file."""
     out = [
         FileSpec("dense", method="dense", onnx="onnx_dense", int8="dense_int8"),
         FileSpec("onnx_dense", target="onnx", method="dense"),
@@ -100,6 +105,14 @@ def specs(approx: Path | None = None) -> list[FileSpec]:
             FileSpec(f"{p}_count", keep=k, nesting="count", onnx=f"onnx_{p}_count", vs=("dense",)),
             FileSpec(f"onnx_{p}", target="onnx", keep=k, vs=("onnx_dense",)),
             FileSpec(f"onnx_{p}_count", target="onnx", keep=k, nesting="count"),
+            FileSpec(  # the default file again, its INT8 with a float16 ApproxNet
+                f"{p}_rebuilt",
+                keep=k,
+                slots="calibrated",
+                onnx=f"onnx_{p}",
+                int8=f"{p}_int8_f16approx",
+                approx_weights="float16",
+            ),
         ]
     d = f"k0.15_q{SLOT_QUANTILE}"
     out += [
@@ -113,40 +126,31 @@ def specs(approx: Path | None = None) -> list[FileSpec]:
             FileSpec("dist_k0.15", approx=a, onnx="onnx_dist_k0.15", vs=("dense",)),
             FileSpec("onnx_dist_k0.15", target="onnx", approx=a, vs=("onnx_dense",)),
         ]
+    if trained is not None:
+        t = str(trained)
+        out += [
+            FileSpec(
+                "trained",
+                model=t,
+                slots="calibrated",
+                onnx="onnx_trained",
+                int8="trained_int8",
+                vs=("dense",),
+            ),
+            FileSpec("onnx_trained", target="onnx", model=t, vs=("onnx_dense",)),
+        ]
     return out
 
 
-def int8_pairs() -> dict[str, tuple[str, ...]]:
+def int8_pairs(trained: bool = False) -> dict[str, tuple[str, ...]]:
     """INT8 files (written with their fp32 twin) and what each is timed against."""
-    return {"dense_int8": ("dense",), **{f"k{k}_int8": ("dense_int8", "dense") for k in KEEPS}}
+    pairs = {"dense_int8": ("dense",), **{f"k{k}_int8": ("dense_int8", "dense") for k in KEEPS}}
+    pairs |= {"trained_int8": ("dense_int8", "dense")} if trained else {}
+    return pairs | {f"k{k}_int8_f16approx": ("dense_int8", f"k{k}_int8") for k in KEEPS}
 
 
 def suffix(s: FileSpec) -> str:
     return ".onnx" if s.target == "onnx" else ".tflite"
-
-
-@contextlib.contextmanager
-def undone(variant: Undone | None) -> Iterator[None]:
-    """Build a file without one XNNPACK removal, to time what the removal gains."""
-    if variant is None:
-        yield
-        return
-    if variant == "fc":  # one-head Q·Kᵀ left as FULLY_CONNECTED on a computed weight (not delegated)
-        import sttabt_edge.export.tflite as tfl
-        from sttabt_edge.export.tflite_graph import convert
-
-        with mock.patch.object(tfl, "convert", lambda m, s: convert(m, s, delegable=False)):
-            yield
-        return
-    import torch
-
-    import sttabt_edge.method.sparse as sparse
-
-    def per_element(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # the general gather at batch 1
-        return torch.gather(x, 1, idx[..., None].expand(-1, -1, *x.shape[2:]))
-
-    with mock.patch.object(sparse, "batched_gather", per_element):
-        yield
 
 
 def image_dirs(work: Path) -> dict[str, Any]:
@@ -179,7 +183,7 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
     out = work / "files" / f"{s.int8 or s.name}{suffix(s)}"
     out.parent.mkdir(parents=True, exist_ok=True)
     req = ExportRequest(
-        model=str(MODEL),
+        model=s.model,
         out=out,
         method=s.method,
         target=s.target,
@@ -188,13 +192,14 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
         slots=s.slots if s.target == "tflite" and s.method == "sttabt" else None,
         slot_quantile=s.quantile,
         quantize="int8" if s.int8 else None,
+        approx_weights=s.approx_weights,
         approx=None if s.approx is None else Path(s.approx),
         calib=work / "data" / f"calib{s.calib_samples}",
         calib_samples=s.calib_samples,
         latency_runs=0,
     )
     t0 = time.perf_counter()
-    with undone(s.variant):
+    with undone(s.variant), kept_check_reported(s.approx_weights):
         summary = dict(run_export(req, warn=log.append))
     paths = {s.name: fp32_sibling(out), s.int8: out} if s.int8 else {s.name: out}
     records = {}
@@ -206,6 +211,7 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
             "export_s": round(time.perf_counter() - t0, 1),
             "size_bytes": path.stat().st_size,
             "slots": side.get("slots"),
+            "approx_weights": side.get("approx_weights"),
             "xnnpack": side.get("xnnpack"),
             "self_check": summary.get("quantization") if name == s.int8 else summary.get("parity"),
             "commit": environment()["commit"],
@@ -233,16 +239,26 @@ def accuracy(path: Path, work: Path) -> dict[str, Any]:
         "accuracy": float((p == y).mean()),
         "labels": y.tolist(),
         "kept_per_layer_mean": np.concatenate(kept).mean(0).round(2).tolist() if kept else None,
+        "kept": np.concatenate(kept).astype(int).tolist() if kept else None,  # per image and layer
     }
 
 
-def stage_build(work: Path, only: list[str], approx: Path | None) -> None:
+def extra_dirs(build: dict[str, Any]) -> tuple[Path | None, Path | None]:
+    """The distilled ApproxNet and trained model dirs a build was given (``--approx``, ``--trained``)."""
+    a, t = (build.get(k, {}).get("dir") for k in ("approx", "trained"))
+    return (a and Path(a)), (t and Path(t))
+
+
+def stage_build(work: Path, only: list[str], approx: Path | None, trained: Path | None) -> None:
     state_path = work / "build.json"
     state = read(state_path) if state_path.is_file() else {"files": {}, "accuracy": {}, "log": []}
     state["images"] = image_dirs(work)
     if approx is not None:
         state["approx"] = {"dir": str(approx), "report": read(approx / "report.json")}
-    for s in specs(approx):
+    if trained is not None:  # its own held-out evaluation (PyTorch) and what it was trained to
+        rec = read(trained / "sttabt.json")
+        state["trained"] = {"dir": str(trained), **{k: rec.get(k) for k in ("eval", "step", "reducer")}}
+    for s in specs(*extra_dirs(state)):
         if only and not any(s.name.startswith(o) for o in only):
             continue
         if s.name not in state["files"]:
@@ -263,9 +279,9 @@ def stage_time(work: Path, only: list[str], runs: int, block: int, threads: int)
     build = read(work / "build.json")
     state_path = work / "time.json"
     state = read(state_path) if state_path.is_file() else {"pairs": {}}
-    approx = build.get("approx", {}).get("dir")
-    timed = [(s.name, b) for s in specs(approx and Path(approx)) for b in s.vs] + [
-        (a, b) for a, vs in int8_pairs().items() for b in vs
+    approx, trained = extra_dirs(build)
+    timed = [(s.name, b) for s in specs(approx, trained) for b in s.vs] + [
+        (a, b) for a, vs in int8_pairs(trained is not None).items() for b in vs
     ]
     for a, b in timed:
         if only and not any(a.startswith(o) for o in only):
@@ -312,18 +328,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/tflite_slots.json"))
     p.add_argument("--approx", type=Path, help="build: also keep 0.15 with this distilled ApproxNet dir")
+    p.add_argument("--trained", type=Path, help="build: also this trained STTABT dir (train concrete)")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "build":
-        stage_build(args.work, args.only, args.approx)
+        stage_build(args.work, args.only, args.approx, args.trained)
     elif args.stage == "time":
         stage_time(args.work, args.only, args.runs, args.block, args.threads)
     else:
         from tflite_slots_report import report
 
-        build = read(args.work / "build.json")
-        approx = build.get("approx", {}).get("dir")
-        report(args.work, args.out, specs(approx and Path(approx)))
+        approx, trained = extra_dirs(read(args.work / "build.json"))
+        report(args.work, args.out, specs(approx, trained), int8_pairs(trained is not None))
 
 
 if __name__ == "__main__":

@@ -36,11 +36,12 @@ def ratio(pairs: dict[str, Any], a: str, b: str) -> dict[str, float] | None:
     }
 
 
-def file_rows(build: dict[str, Any], pairs: dict[str, Any], specs: list[Any]) -> dict[str, Any]:
+def file_rows(
+    build: dict[str, Any], pairs: dict[str, Any], specs: list[Any], int8_vs: dict[str, tuple[str, ...]]
+) -> dict[str, Any]:
     acc = build["accuracy"]
-    vs = {s.name: s.vs for s in specs} | {"dense_int8": ("dense",), "k0.15_int8": ("dense_int8", "dense")}
-    vs |= {"k0.3_int8": ("dense_int8", "dense")}
-    onnx_of = {s.name: s.onnx for s in specs} | {f"k{k}_int8": f"onnx_k{k}" for k in (0.15, 0.3)}
+    vs = {s.name: s.vs for s in specs} | int8_vs
+    onnx_of = {s.name: s.onnx for s in specs} | {s.int8: s.onnx for s in specs if s.int8}
     rows = {}
     for name, f in build["files"].items():
         a = acc.get(name, {})
@@ -64,12 +65,13 @@ def file_rows(build: dict[str, Any], pairs: dict[str, Any], specs: list[Any]) ->
             "quantile": slots.get("quantile"),
             "calibration_samples": slots.get("calibration_samples"),
             "xnnpack": f.get("xnnpack"),
+            "approx_weights": f.get("approx_weights"),
             "ratios": {b: ratio(pairs, name, b) for b in vs.get(name, ())},
         }
     return rows
 
 
-def targets(rows: dict[str, Any]) -> dict[str, Any]:
+def targets(rows: dict[str, Any], build: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in (0.15, 0.3):
         cal, onnx = rows[f"k{k}_q{SLOT_QUANTILE}"], rows[f"onnx_k{k}"]
@@ -93,7 +95,10 @@ def targets(rows: dict[str, Any]) -> dict[str, Any]:
             "int8_accuracy_pts_vs_dense_int8": round(
                 100 * (int8["accuracy"] - rows["dense_int8"]["accuracy"]), 1
             ),
+            "int8_approx_weights": int8["approx_weights"],
         }
+        if f"k{k}_int8_f16approx" in rows:
+            out[f"keep {k}"] |= approx_weights_rows(build, rows, k)
     if "dist_k0.15" in rows:  # a distilled ApproxNet: accuracy within 0.5 pt of its ONNX file
         t, o = rows["dist_k0.15"], rows["onnx_dist_k0.15"]
         tr, orat = (
@@ -109,12 +114,65 @@ def targets(rows: dict[str, Any]) -> dict[str, Any]:
             "onnx_ratio_vs_dense_onnx": orat,
             "ratio_met": None if tr is None or orat is None else tr <= orat + TARGET_RATIO_MARGIN,
         }
+    if "trained" in rows:
+        out["trained"] = trained_rows(build, rows)
     d, q = rows["dense"], rows["dense_int8"]
     out["dense int8"] = {
         "size_shrink": round(d["size_mb"] / q["size_mb"], 2),
         "accuracy_pts_vs_fp32": round(100 * (q["accuracy"] - d["accuracy"]), 1),
     }
     return out
+
+
+def approx_weights_rows(build: dict[str, Any], rows: dict[str, Any], k: float) -> dict[str, Any]:
+    """The INT8 file with a float16 ApproxNet against the default (float32 ApproxNet): size, accuracy,
+    top-1 and kept-count agreement on the held-out images, the exporter's kept-count check."""
+    name, f16 = f"k{k}_int8", f"k{k}_int8_f16approx"
+    cal, h = rows[f"k{k}_q{SLOT_QUANTILE}"], rows[f16]
+    acc = build["accuracy"]
+    top1 = {n: np.array(acc[n]["top1"]) for n in (name, f16)}
+    kept = {n: np.array(acc[n]["kept"]) for n in (name, f16)}
+    return {
+        "int8_f16approx_size_shrink": round(cal["size_mb"] / h["size_mb"], 2),
+        "int8_f16approx_size_met": cal["size_mb"] / h["size_mb"] >= TARGET_INT8_SHRINK,
+        "int8_f16approx_bytes_saved": build["files"][name]["size_bytes"] - build["files"][f16]["size_bytes"],
+        "int8_f16approx_accuracy_pts_vs_fp32": round(100 * (h["accuracy"] - cal["accuracy"]), 1),
+        "int8_f16approx_top1_agreement_with_int8": float(np.mean(top1[name] == top1[f16])),
+        "int8_f16approx_images_with_other_kept_counts": int((kept[name] != kept[f16]).any(1).sum()),
+        "int8_f16approx_max_kept_count_change": int(np.abs(kept[name] - kept[f16]).max()),
+        "int8_f16approx_export_kept_counts_equal": (build["files"][f16]["self_check"] or {}).get(
+            "kept_counts_equal"
+        ),
+        "int8_f16approx_latency_over_int8": (h["ratios"].get(name) or {}).get("p50"),
+    }
+
+
+def trained_rows(build: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
+    """A trained STTABT dir as `export --target tflite` writes it (fp32, INT8) against dense TFLite
+    of the same precision; its own PyTorch held-out evaluation and its ONNX file beside it."""
+    t, q, d, dq = rows["trained"], rows["trained_int8"], rows["dense"], rows["dense_int8"]
+
+    def p50(row: dict[str, Any], vs: str) -> float | None:
+        return (row["ratios"].get(vs) or {}).get("p50")
+
+    return {
+        "dir": build["trained"]["dir"],
+        "pytorch_eval": build["trained"]["eval"],
+        "onnx_accuracy": rows.get("onnx_trained", {}).get("accuracy"),
+        "tflite_accuracy": t["accuracy"],
+        "tflite_top1_agreement_with_onnx": t["top1_agreement_with_onnx"],
+        "tflite_accuracy_pts_vs_dense_tflite": round(100 * (t["accuracy"] - d["accuracy"]), 1),
+        "tflite_ratio_vs_dense_tflite": p50(t, "dense"),
+        "int8_accuracy": q["accuracy"],
+        "int8_accuracy_pts_vs_fp32": round(100 * (q["accuracy"] - t["accuracy"]), 1),
+        "int8_accuracy_pts_vs_dense_int8": round(100 * (q["accuracy"] - dq["accuracy"]), 1),
+        "int8_size_shrink": round(t["size_mb"] / q["size_mb"], 2),
+        "int8_ratio_vs_dense_int8": p50(q, "dense_int8"),
+        "int8_ratio_vs_dense_fp32": p50(q, "dense"),
+        "onnx_ratio_vs_dense_onnx": p50(rows["onnx_trained"], "onnx_dense")
+        if "onnx_trained" in rows
+        else None,
+    }
 
 
 def measured_commits(build: dict[str, Any], timed: dict[str, Any]) -> list[str]:
@@ -132,16 +190,17 @@ def measured_commits(build: dict[str, Any], timed: dict[str, Any]) -> list[str]:
     return sorted(commits)
 
 
-def report(work: Path, out: Path, specs: list[Any]) -> dict[str, Any]:
+def report(work: Path, out: Path, specs: list[Any], int8_vs: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     build, timed = _read(work / "build.json"), _read(work / "time.json")
     commits = measured_commits(build, timed)
-    rows = file_rows(build, timed["pairs"], specs)
+    rows = file_rows(build, timed["pairs"], specs, int8_vs)
     payload = {
         "benchmark": "benchmarks/tflite_slots.py (issue #26)",
         "environment": build["environment"],
         "measured_at_commits": commits,
         "report_commit": environment()["commit"],
         "distilled_approx": build.get("approx"),
+        "trained": build.get("trained"),
         "dirty_files_at_build": build.get("dirty"),
         "dirty_files_at_time": timed.get("dirty"),
         "images": build["images"],
@@ -149,7 +208,7 @@ def report(work: Path, out: Path, specs: list[Any]) -> dict[str, Any]:
         "2 threads, batch 1, block alternation (first run of each block dropped), median of per-round ratios",
         "default_quantile": SLOT_QUANTILE,
         "files": rows,
-        "targets": targets(rows),
+        "targets": targets(rows, build),
         "export_warnings": sorted(set(build.get("log", []))),
     }
     write_json(out, payload)

@@ -34,6 +34,7 @@ from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, OnnxOptions, export_onnx, first_sample
 from sttabt_edge.export.profile import model_feeds, pipeline_latency
 from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
+from sttabt_edge.export.tflite_graph import APPROX_WEIGHTS_DEFAULT, ApproxWeights
 from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SLOT_SIZINGS, SlotSizing
 from sttabt_edge.method.backtrack import Nesting
 from sttabt_edge.model_info import is_trained_dir, model_files
@@ -62,6 +63,7 @@ class ExportRequest:
     slot_quantile: float = SLOT_QUANTILE  # "calibrated": the quantile of the rule's sizes on --calib
     min_keep: int = 4  # STTABT: tokens every layer keeps at least, CLS included
     quantize: str | None = None  # "int8" (= dynamic) | "int8-static"
+    approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT  # tflite int8: the ApproxNet's stored weights
     batch: Batch = "dynamic"
     calib: Path | None = None
     calib_samples: int = 16
@@ -314,9 +316,10 @@ def run_export_tflite(
         "parity": side["tflite"].get("verification"),
     }
     if req.quantize:
-        report = quantize_tflite(path, req.out, sc=sc, inputs=calib)
+        report = quantize_tflite(path, req.out, sc=sc, inputs=calib, approx_weights=req.approx_weights)
         sizes = {"fp32_bytes": path.stat().st_size, "int8_bytes": req.out.stat().st_size}
         summary["quantization"] = {"mode": "dynamic-range", **report, **sizes}
+        summary["quantization"]["approx_weights"] = read_sidecar(req.out)["tflite"]["approx_weights"]
     summary.update(written_files(req.out, path, io.text, sidecar=True))
     return summary
 

@@ -44,13 +44,13 @@ What does not, and how it is handled:
 * ``topk`` / ``tome`` / ``ltp`` reducers (float64 ceil or data-dependent counts inside
   the online loop): refused with an ExportError; use ONNX.
 
-INT8: ``quantize="int8"`` is ai-edge-quantizer dynamic-range quantization (int8
-per-channel weights, float activations quantized on the fly) of FULLY_CONNECTED, CONV_2D
-and EMBEDDING_LOOKUP only. Not BATCH_MATMUL: in the back-tracking one operand can be a
-folded constant (the fixed prefix rows of a ViT), which the kernel cannot take as int8
-(it fails at allocation), and that float precision decides which tokens survive. The
-ApproxNet stays float (as in ONNX INT8), so the file keeps PyTorch's tokens (kept counts are
-checked); its logits are reported, not held to ``atol``.
+INT8: ``quantize="int8"`` is ai-edge-quantizer dynamic-range quantization (int8 per-channel weights,
+float activations quantized on the fly) of FULLY_CONNECTED, CONV_2D and EMBEDDING_LOOKUP only. Not
+BATCH_MATMUL: in the back-tracking one operand can be a folded constant (the fixed prefix rows of a ViT),
+which the kernel cannot take as int8 (it fails at allocation), and that float precision decides which
+tokens survive. The ApproxNet stays float32 as in ONNX INT8 (``approx_weights="float16"`` stores it
+half size, checked the same way), so the file keeps PyTorch's tokens (kept counts are checked); its
+logits are reported, not held to ``atol``.
 """
 
 from __future__ import annotations
@@ -70,10 +70,13 @@ from sttabt_edge.errors import ExportError
 from sttabt_edge.export.graph import ExportModule, example_args, family_io, input_names
 from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name, write_sidecar
 from sttabt_edge.export.tflite_graph import (
-    QUANT_MODES,
+    APPROX_WEIGHTS_DEFAULT,
+    ApproxWeights,
     Sample,
     StaticTopkReducer,
     TfliteModule,
+    approx_weights_record,
+    check_quantize,
     check_supported,
     convert,
     litert_torch_module,
@@ -288,6 +291,7 @@ def export_tflite(
     example_inputs: Mapping[str, torch.Tensor],
     metadata: Mapping[str, Any] | None = None,
     quantize: str | None = None,
+    approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT,
     seq_len: int | None = None,
     tokenizer_file: str | Path | None = None,
     atol: float = 1e-4,
@@ -308,8 +312,7 @@ def export_tflite(
     error or an interrupt leaves an older file there whole. ``metadata`` entries override the
     generated JSON.
     """
-    if quantize is not None and quantize not in QUANT_MODES:
-        raise ExportError(f"quantize must be one of {QUANT_MODES} or None, got {quantize!r}")
+    check_quantize(quantize, approx_weights)
     model, reducer = sc.model, sc.reducer
     model.eval()  # as ExportModule(...).eval() does for ONNX: no dropout, no concrete-mask noise
     reducer.eval()
@@ -335,7 +338,7 @@ def export_tflite(
             record["agreement_with_rule"] = compare(torch_out, run_torch(sc, batch))
         reports = {"float": _check(compare(run_tflite(tmp, batch), torch_out), out, atol)}
         if quantize is not None:
-            tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize))
+            tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize, approx_weights))
             reports[quantize] = _check(compare(run_tflite(tmp, batch), torch_out), out, None)
         meta = tflite_metadata(
             model,
@@ -346,6 +349,7 @@ def export_tflite(
             quantize=quantize,
             overrides=metadata,
         )
+        meta["tflite"]["approx_weights"] = approx_weights_record(reducer, quantize, approx_weights)
         meta["tflite"].update(
             verification=reports, size_bytes=tmp.stat().st_size, xnnpack=xnnpack_coverage(tmp)
         )
@@ -361,6 +365,7 @@ def quantize_tflite(
     sc: SparseClassifier,
     inputs: Mapping[str, torch.Tensor],
     mode: str = "int8",
+    approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT,
 ) -> dict[str, Any]:
     """Quantize an exported float .tflite without reconverting; sidecar (+ tokenizer) follow it.
 
@@ -370,6 +375,7 @@ def quantize_tflite(
     src, out = Path(float_path), Path(out_path)
     meta = read_sidecar(src)
     meta["exporter"]["quantize"] = meta["tflite"]["quantize"] = mode
+    meta["tflite"]["approx_weights"] = approx_weights_record(sc.reducer, mode, approx_weights)
     text = (meta.get("preprocess") or {}).get("text")
     with staging(out) as work:  # nothing at out (nor beside it) unless verified
         tmp, names = work / out.name, [sidecar_path(out).name, out.name]
@@ -378,7 +384,7 @@ def quantize_tflite(
             shutil.copyfile(src.parent / text["tokenizer_file"], tok)
             text["tokenizer_file"] = tok.name
             names.insert(0, tok.name)
-        tmp.write_bytes(quantize_bytes(src.read_bytes(), mode))
+        tmp.write_bytes(quantize_bytes(src.read_bytes(), mode, approx_weights))
         meta["tflite"].update(size_bytes=tmp.stat().st_size, xnnpack=xnnpack_coverage(tmp))
         write_sidecar(sidecar_path(tmp), meta, tmp.read_bytes())  # verify_tflite reads it
         report = verify_tflite(tmp, sc, inputs, atol=None)

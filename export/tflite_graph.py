@@ -20,7 +20,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, TypeAlias, get_args
 
 import torch
 from torch import nn
@@ -49,6 +49,12 @@ QUANT_OPS = ("FULLY_CONNECTED", "CONV_2D", "EMBEDDING_LOOKUP")  # weights only; 
 # INT8: its maps decide which tokens survive, so an int8 ApproxNet would change the kept sets (and,
 # with the union rule, their sizes); it holds about 1/64 of the weights at widths / 8.
 APPROX_SCOPE = r"sttabt_edge\.method\.approxnet\."
+# How an INT8 file stores the ApproxNet's weights. float16 (computed in float32 behind a DEQUANTIZE,
+# which XNNPACK takes) saves 0.17 MB of DeiT-Tiny's 6.8 MB but moves near-tied tokens: its kept
+# counts left PyTorch's, so the exporter refuses it there; float32 is the default (docs/export.md)
+ApproxWeights: TypeAlias = Literal["float32", "float16"]
+APPROX_WEIGHTS: tuple[ApproxWeights, ...] = get_args(ApproxWeights)
+APPROX_WEIGHTS_DEFAULT: ApproxWeights = "float32"
 Sample = dict[str, torch.Tensor]  # one static-shape input: (1, ...) per contract name
 log = logging.getLogger(__name__)
 # litert-torch prints a "[START] ... [ DONE]" line per conversion step unless this is off
@@ -269,11 +275,21 @@ def convert(module: nn.Module, sample: Sample, delegable: bool = True) -> bytes:
     return delegable_matmuls(flat)[0] if delegable else flat
 
 
-def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:
-    """Dynamic-range int8 (per-channel weights) of the QUANT_OPS via ai-edge-quantizer, except the
-    ApproxNet's (:data:`APPROX_SCOPE`); the rest stays float."""
-    if mode not in QUANT_MODES:
+def check_quantize(mode: str | None, approx_weights: str) -> None:
+    """Refuse an unknown quantization or ApproxNet storage before the (minutes-long) conversion."""
+    if mode is not None and mode not in QUANT_MODES:
         raise ExportError(f"quantize must be one of {QUANT_MODES} or None, got {mode!r}")
+    if approx_weights not in APPROX_WEIGHTS:
+        raise ExportError(f"approx_weights must be one of {APPROX_WEIGHTS}, got {approx_weights!r}")
+
+
+def quantize_bytes(
+    flatbuffer: bytes, mode: str = "int8", approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT
+) -> bytes:
+    """Dynamic-range int8 (per-channel weights) of the QUANT_OPS via ai-edge-quantizer, except the
+    ApproxNet's (:data:`APPROX_SCOPE`): its weights stay float32 or are stored as float16
+    (``approx_weights``; weight-only, computed in float32); the rest stays float."""
+    check_quantize(mode, approx_weights)
     from ai_edge_quantizer import quantizer, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -281,7 +297,11 @@ def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:
     for op in QUANT_OPS:
         manager.add_dynamic_config(regex=".*", operation_name=op, num_bits=8)
     for op in QUANT_OPS:  # the later, narrower scope wins
-        manager.add_quantization_config(APPROX_SCOPE, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        if approx_weights == "float16":
+            cast = AlgorithmName.FLOAT_CASTING
+            manager.add_weight_only_config(APPROX_SCOPE, op, num_bits=16, algorithm_key=cast)
+        else:
+            manager.add_quantization_config(APPROX_SCOPE, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
     q = quantizer.Quantizer(bytearray(flatbuffer), manager.get_quantization_recipe())
     # ai-edge-quantizer 0.10 drops enable_progress_bar on its way to the model modifier, whose tqdm bar
     # then shows for any model with 100+ tensors: its stderr is held back (and shown if it fails)
@@ -296,3 +316,12 @@ def quantize_bytes(flatbuffer: bytes, mode: str = "int8") -> bytes:
             sys.stderr.write(held.getvalue())
         raise
     return bytes(result.quantized_model)
+
+
+def approx_weights_record(
+    reducer: Reducer, quantize: str | None, approx_weights: ApproxWeights
+) -> ApproxWeights | None:
+    """What the sidecar says the ApproxNet's weights are: None without one, float32 unquantized."""
+    if not isinstance(reducer, SttabtReducer) or reducer.approx is None:
+        return None
+    return approx_weights if quantize is not None else "float32"

@@ -243,29 +243,59 @@ def test_dense_parity(tmp_path, vit, pixels):
     )
     report = read_sidecar(path)["tflite"]["verification"]["float"]
     assert report["max_abs_diff"] <= 1e-4 and report["kept_counts_mean"] == [17.0] * 3
-    assert read_sidecar(path)["keep_schedule"] is None
+    side = read_sidecar(path)
+    assert side["keep_schedule"] is None and side["tflite"]["approx_weights"] is None  # no ApproxNet
     assert softmax_widths(path) == [17, 17, 17]
 
 
+def stored_weights(path: Path) -> set[tuple[bool, str]]:
+    """(is it the ApproxNet's, the stored weight dtype) of every FULLY_CONNECTED and CONV_2D; a weight
+    behind a DEQUANTIZE (float16 storage) counts as its stored constant."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    made_by = {i: op for op in ops for i in op["outputs"]}
+    out = set()
+    for op in ops:
+        if op["op_name"] in ("FULLY_CONNECTED", "CONV_2D"):
+            w = op["inputs"][1]
+            if w in made_by and made_by[w]["op_name"] == "DEQUANTIZE":
+                w = made_by[w]["inputs"][0]
+            out.add(("approxnet" in tensors[op["outputs"][0]]["name"], tensors[w]["dtype"].__name__))
+    return out
+
+
 @same_vit_file
-def test_int8_dynamic_range(tmp_path, vit_file, vit, vit_reducer, pixels):
+@pytest.mark.parametrize("approx_weights", ["float16", "float32"])
+def test_int8_dynamic_range(tmp_path, vit_file, vit, vit_reducer, pixels, approx_weights):
+    """Main weights int8; the ApproxNet's (they pick the tokens) float16 or float32, computed in float:
+    either way the file keeps PyTorch's kept counts."""
     out = tmp_path / "vit_int8.tflite"
-    report = quantize_tflite(vit_file, out, sc=SparseClassifier(vit, vit_reducer), inputs=pixels)
+    sc = SparseClassifier(vit, vit_reducer)
+    report = quantize_tflite(vit_file, out, sc=sc, inputs=pixels, approx_weights=approx_weights)
     assert report["kept_counts_equal"] and report["top1_agreement"] >= 0.75
     assert out.stat().st_size < vit_file.stat().st_size
     side = read_sidecar(out)
     assert side["tflite"]["quantize"] == "int8" and side["tflite"]["verification"]["int8"] == report
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(out))
-    tensors = {t["index"]: t for t in it.get_tensor_details()}
-    weights = {  # FULLY_CONNECTED weight dtype, by whether the op is the ApproxNet's
-        ("approxnet" in tensors[op["outputs"][0]]["name"], tensors[op["inputs"][1]]["dtype"].__name__)
-        for op in it._get_ops_details()
-        if op["op_name"] == "FULLY_CONNECTED"
-    }
-    assert weights == {(True, "float32"), (False, "int8")}  # the ApproxNet stays float: it picks the tokens
+    assert side["tflite"]["approx_weights"] == approx_weights
+    assert read_sidecar(vit_file)["tflite"]["approx_weights"] == "float32"
+    assert stored_weights(vit_file) == {(True, "float32"), (False, "float32")}
+    assert stored_weights(out) == {(True, approx_weights), (False, "int8")}
+    assert verify_tflite(out, sc, pixels, atol=None)["kept_counts_equal"]  # the runtime's check, again
     assert load(out).run({"pixel_values": pixels["pixel_values"][:2].numpy()})["logits"].shape == (2, 5)
+
+
+@same_vit_file
+def test_int8_approx_weights_float32_by_default(tmp_path, vit_file, vit, vit_reducer, pixels):
+    """float32 unless asked (float16 moved DeiT-Tiny's kept sets); an unknown storage fails, no file."""
+    sc = SparseClassifier(vit, vit_reducer)
+    quantize_tflite(vit_file, tmp_path / "int8.tflite", sc=sc, inputs=pixels)
+    assert read_sidecar(tmp_path / "int8.tflite")["tflite"]["approx_weights"] == "float32"
+    with pytest.raises(ExportError, match="approx_weights must be one of"):
+        quantize_tflite(vit_file, tmp_path / "bad.tflite", sc=sc, inputs=pixels, approx_weights="int4")
+    assert not (tmp_path / "bad.tflite").exists()
 
 
 def test_thresholds_export_as_trained_inside_calibrated_slots(tmp_path, vit, vit_reducer, pixels):
