@@ -47,14 +47,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
+from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.fusion_attention import fuse_attention
 from sttabt_edge.export.fusion_graph import Graph, attr, op_counts
 from sttabt_edge.export.metadata import check_saved_digest, set_metadata
+from sttabt_edge.export.validate import (
+    FUSION_FIELDS,
+    as_batches,
+    ort_run,
+    static_batch,
+    validate_model_outputs,
+)
 from sttabt_edge.runtime.contract import METADATA_KEY
 
 __all__ = [  # fuse_attention and op_counts live in their own modules; imported from here too
@@ -260,35 +267,16 @@ def check_parity(
     """ORT on both files: max abs logit difference <= atol and identical kept counts, else ExportError.
 
     A fixed-batch graph (``--batch N``) gets the inputs in batches of exactly N rows."""
-    from sttabt_edge.export import ort as ort_utils
-
     a, b = ort_utils.open_session(Path(reference)), ort_utils.open_session(Path(fused))
     names = tuple(i.name for i in a.get_inputs())
-    dim = a.get_inputs()[0].shape[0]
-    diff, equal, n = 0.0, True, 0
-    for batch in [inputs] if isinstance(inputs, Mapping) else list(inputs):
-        for feeds, real in _fixed_batches(
-            ort_utils.to_feeds(names, batch), dim if isinstance(dim, int) else None
-        ):
-            ref, got = ort_utils.run(a, feeds), ort_utils.run(b, feeds)
-            diff = max(diff, float(np.abs(ref[0] - got[0]).max()))
-            equal &= len(ref) < 2 or bool(np.array_equal(ref[1], got[1]))
-            n += real
-    if not diff <= atol:
-        raise ExportError(f"{fused}: fused logits differ from {reference} by {diff:.3g} > atol {atol:g}")
-    if not equal:
-        raise ExportError(f"{fused}: fused kept counts differ from {reference}")
-    return {"max_abs_diff": diff, "kept_counts_equal": equal, "num_samples": n}
-
-
-def _fixed_batches(
-    feeds: Mapping[str, np.ndarray], rows: int | None
-) -> list[tuple[dict[str, np.ndarray], int]]:
-    """Batches of exactly ``rows`` (the last one cycled) with their real row counts; None: as given."""
-    total = len(next(iter(feeds.values())))
-    size = rows or total
-    out = []
-    for start in range(0, total, size):
-        real = min(total, start + size) - start
-        out.append(({k: v[np.arange(size) % real + start] for k, v in feeds.items()}, real))
-    return out
+    report = validate_model_outputs(
+        ort_run(b),
+        ort_run(a),
+        [ort_utils.to_feeds(names, batch) for batch in as_batches(inputs)],
+        rows=static_batch(a),
+        atol=atol,
+        what="fused",
+        against=str(reference),
+        path=fused,
+    )
+    return report.to_dict(FUSION_FIELDS)

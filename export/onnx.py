@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -39,6 +38,14 @@ from sttabt_edge.errors import ExportError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import OUTPUT_NAMES, ExportModule, example_args, family_io
 from sttabt_edge.export.metadata import build_metadata, check_saved_digest, copy_tokenizer, set_metadata
+from sttabt_edge.export.validate import (
+    Outputs,
+    ParityReport,
+    Run,
+    ort_run,
+    static_batch,
+    validate_model_outputs,
+)
 from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
@@ -169,27 +176,6 @@ def slim(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @dataclass(frozen=True)
-class ParityReport:
-    """onnxruntime vs PyTorch on one input set (what :func:`compare` measured)."""
-
-    max_abs_diff: float
-    kept_counts_equal: bool
-    top1_agreement: float
-    num_samples: int
-    kept_counts: list[list[int]]  # the ONNX graph's per-sample kept counts
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form written in export summaries (same keys and values as the fields)."""
-        return {
-            "max_abs_diff": self.max_abs_diff,
-            "kept_counts_equal": self.kept_counts_equal,
-            "top1_agreement": self.top1_agreement,
-            "num_samples": self.num_samples,
-            "kept_counts": self.kept_counts,
-        }
-
-
-@dataclass(frozen=True)
 class ExportResult:
     """A verified export: the file, the calibration batch's report, and every verified set's report."""
 
@@ -295,28 +281,18 @@ def first_sample(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :n] for k, v in one.items()}
 
 
-# ---- verification ------------------------------------------------------------------------------
+# ---- verification (export/validate.py) ---------------------------------------------------------
 
 
-def _static_batch(session: Any) -> int | None:
-    dim = session.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) else None
+def torch_run(module: ExportModule) -> Run:
+    """The eager library (the graph's module) as the reference :data:`Run` of the validation."""
 
+    def run(inputs: Mapping[str, torch.Tensor]) -> Outputs:
+        with torch.no_grad():
+            logits, kept = module(*example_args(module.parts.family, inputs))
+        return logits.numpy(), kept.numpy()
 
-def _chunks(inputs: Mapping[str, torch.Tensor], n: int | None) -> list[tuple[dict[str, torch.Tensor], int]]:
-    """Split into batches of exactly n (the last one cycled up to n), each with its real sample count.
-
-    n=None (dynamic batch): one batch.
-    """
-    total = next(iter(inputs.values())).shape[0]
-    if n is None:
-        return [(dict(inputs), total)]
-    out = []
-    for start in range(0, total, n):
-        real = min(total, start + n) - start
-        idx = torch.arange(n) % real + start
-        out.append(({k: v[idx] for k, v in inputs.items()}, real))
-    return out
+    return run
 
 
 def verify_onnx(
@@ -335,31 +311,14 @@ def verify_onnx(
 def compare(
     session: Any, module: ExportModule, inputs: Mapping[str, torch.Tensor], atol: float, path: str | Path
 ) -> ParityReport:
-    names = tuple(i.name for i in session.get_inputs())
-    got_l, got_k, ref_l, ref_k = [], [], [], []
-    for chunk, real in _chunks(inputs, _static_batch(session)):
-        logits, kept = ort_utils.run(session, ort_utils.to_feeds(names, chunk))[:2]
-        with torch.no_grad():
-            r_logits, r_kept = module(*example_args(module.parts.family, chunk))
-        got_l.append(logits[:real])
-        got_k.append(kept[:real])
-        ref_l.append(r_logits.numpy()[:real])
-        ref_k.append(r_kept.numpy()[:real])
-    got, ref = np.concatenate(got_l), np.concatenate(ref_l)
-    kept, kept_ref = np.concatenate(got_k), np.concatenate(ref_k)
-    same_shape = got.shape == ref.shape
-    diff = float(np.abs(got - ref).max()) if same_shape else float("inf")
-    report = ParityReport(
-        max_abs_diff=diff,
-        kept_counts_equal=bool(kept.shape == kept_ref.shape and np.array_equal(kept, kept_ref)),
-        top1_agreement=float((got.argmax(-1) == ref.argmax(-1)).mean()) if same_shape else 0.0,
-        num_samples=int(ref.shape[0]),
-        kept_counts=kept.tolist(),
+    """The session against the eager module on ``inputs``, in the graph's batch size when it is fixed."""
+    return validate_model_outputs(
+        ort_run(session),
+        torch_run(module),
+        inputs,
+        rows=static_batch(session),
+        atol=atol,
+        what="ONNX",
+        against="PyTorch",
+        path=path,
     )
-    if not diff <= atol:
-        raise ExportError(f"{path}: ONNX logits differ from PyTorch by {diff:.3g} > atol {atol:g}")
-    if not report.kept_counts_equal:
-        raise ExportError(
-            f"{path}: kept token counts differ: onnx {kept.tolist()} vs torch {kept_ref.tolist()}"
-        )
-    return report

@@ -67,7 +67,7 @@ from torch import nn
 
 from sttabt_edge.atomic import publish, staging
 from sttabt_edge.errors import ExportError
-from sttabt_edge.export.graph import ExportModule, example_args, family_io, input_names
+from sttabt_edge.export.graph import ExportModule, example_args, family_io
 from sttabt_edge.export.metadata import build_metadata, copy_tokenizer, tokenizer_name, write_sidecar
 from sttabt_edge.export.tflite_graph import (
     APPROX_WEIGHTS_DEFAULT,
@@ -93,6 +93,7 @@ from sttabt_edge.export.tflite_slots import (
     slot_reducer,
 )
 from sttabt_edge.export.tflite_xnnpack import xnnpack_coverage
+from sttabt_edge.export.validate import SIDECAR_FIELDS, Outputs, compare_outputs, fixed_batches, judge
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.reducers.sttabt import SttabtReducer
@@ -120,11 +121,10 @@ def token_count(sc: SparseClassifier, sample: Sample) -> int:
 def samples(family: str, inputs: Mapping[str, torch.Tensor], seq_len: int | None) -> list[Sample]:
     """Split a batch into batch-1 contract inputs; text right-padded (id/mask/type 0) to seq_len."""
     args = example_args(family, inputs)
-    names = input_names(family)
+    io = family_io(family)
     out = []
-    for i in range(args[0].shape[0]):
-        one = {name: a[i : i + 1] for name, a in zip(names, args, strict=True)}
-        out.append(_pad_text(one, seq_len or args[0].shape[1]) if family_io(family).variable_length else one)
+    for one, _ in fixed_batches(dict(zip(io.input_names, args, strict=True)), 1):
+        out.append(_pad_text(one, seq_len or args[0].shape[1]) if io.variable_length else one)
     return out
 
 
@@ -179,29 +179,15 @@ def run_torch(sc: SparseClassifier, batch: Sequence[Sample]) -> tuple[np.ndarray
     return torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy()
 
 
-def compare(got: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    (logits, kept), (r_logits, r_kept) = got, ref
-    diff = np.abs(logits - r_logits) if logits.shape == r_logits.shape else np.array([np.inf])
-    return {
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "top1_agreement": float((logits.argmax(-1) == r_logits.argmax(-1)).mean())
-        if np.isfinite(diff).all()
-        else 0.0,
-        "kept_counts_equal": bool(kept.shape == r_kept.shape and np.array_equal(kept, r_kept)),
-        "kept_counts_mean": [float(v) for v in kept.mean(axis=0)],
-        "num_samples": int(r_logits.shape[0]),
-    }
+def compare(got: Outputs, ref: Outputs) -> dict[str, Any]:
+    """The one comparer (export/validate.py), in the sidecar's JSON form."""
+    return compare_outputs(got, ref).to_dict(SIDECAR_FIELDS)
 
 
-def _check(report: dict[str, Any], path: Path, atol: float | None) -> dict[str, Any]:
-    if atol is not None and not report["max_abs_diff"] <= atol:
-        raise ExportError(
-            f"{path}: TFLite logits differ from PyTorch by {report['max_abs_diff']:.3g} > atol {atol:g}"
-        )
-    if not report["kept_counts_equal"]:
-        raise ExportError(f"{path}: TFLite kept token counts differ from PyTorch")
-    return report
+def _check(got: Outputs, ref: Outputs, path: Path, atol: float | None) -> dict[str, Any]:
+    """LiteRT against PyTorch: logits within ``atol`` (None: reported only) and the same kept counts."""
+    report = judge(got, ref, atol=atol, what="TFLite", against="PyTorch", path=path)
+    return report.to_dict(SIDECAR_FIELDS)
 
 
 def _static_len(path: Path, family: str) -> int | None:
@@ -230,7 +216,7 @@ def verify_tflite(
     family = sc.parts.family
     ref_reducer = sidecar_reference(read_sidecar(p), sc.reducer)
     batch = samples(family, inputs, _static_len(p, family))
-    return _check(compare(run_tflite(p, batch), run_torch(sc.with_reducer(ref_reducer), batch)), p, atol)
+    return _check(run_tflite(p, batch), run_torch(sc.with_reducer(ref_reducer), batch), p, atol)
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -336,10 +322,10 @@ def export_tflite(
         torch_out = run_torch(sc.with_reducer(ref), batch)
         if record is not None and ref is not reducer:  # what the cut costs on these inputs, in PyTorch
             record["agreement_with_rule"] = compare(torch_out, run_torch(sc, batch))
-        reports = {"float": _check(compare(run_tflite(tmp, batch), torch_out), out, atol)}
+        reports = {"float": _check(run_tflite(tmp, batch), torch_out, out, atol)}
         if quantize is not None:
             tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize, approx_weights))
-            reports[quantize] = _check(compare(run_tflite(tmp, batch), torch_out), out, None)
+            reports[quantize] = _check(run_tflite(tmp, batch), torch_out, out, None)
         meta = tflite_metadata(
             model,
             reducer,
