@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sttabt_edge.cli_common import fail
@@ -70,8 +70,24 @@ def _check_folder(option: str, path: Path, itself: bool = False) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         fail(f"{option} {path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    if not _can_create_in(ancestor):
         fail(f"{option} {path}: folder {ancestor} is not writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``, tried with a hidden temp file removed at once:
+    access(2) tells root yes on /proc, /sys and other file systems that refuse new files (a
+    ``--json /proc/x.json`` used to fail with a traceback after the work)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".sttabt-edge-write-check.", suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    with suppress(OSError):
+        os.unlink(name)
+    return True
 
 
 def check_output_file(
@@ -122,14 +138,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temp path beside ``path`` with the same suffix (writers that pick a format by suffix:
     matplotlib, Pillow); on success it replaces ``path``, on failure it is removed. Missing folders
     above ``path`` are created (:func:`check_output_file` made sure they can be)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    except OSError as e:  # checked up front; a folder that changed since is still one line
+        fail(f"cannot write {path}: {e.strerror or e}")
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, _mode(path))  # mkstemp's 0600 would make a report unreadable to others
-        os.replace(tmp, path)
+        try:
+            os.chmod(tmp, _mode(path))  # mkstemp's 0600 would make a report unreadable to others
+            os.replace(tmp, path)
+        except OSError as e:  # the target replaced by a folder since the check, say
+            fail(f"cannot write {path}: {e.strerror or e}")
     finally:
         if tmp.exists():
             tmp.unlink()

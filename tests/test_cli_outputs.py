@@ -199,3 +199,32 @@ def test_writes_are_atomic(tmp_path):
     write_output(png, lambda tmp: Image.new("RGB", (4, 4)).save(tmp))
     with Image.open(png) as im:
         assert im.format == "PNG"
+
+
+def test_folders_that_refuse_new_files_are_refused_up_front(files, nothing_loads, tmp_path):
+    """/proc takes no new file, yet access(2) tells root it is writable: `--json /proc/x.json` used to
+    fail after the work with a traceback. The check now creates (and removes) a file to be sure."""
+    from sttabt_edge.cli_outputs import _can_create_in
+
+    refused(["bench", files / "m.onnx", "--json", "/proc/sttabt-test/r.json"], "folder /proc is not writable")
+    refused(["eval", "--model", files / "vit", "--data", files / "images", "--json", "/proc/r.json"], "/proc")
+    args = ["train", "approx", "--model", files / "vit", "--data", files / "images", "--out", "/proc/run"]
+    refused(args, "folder /proc is not writable")
+    assert _can_create_in(tmp_path) and list(tmp_path.iterdir()) == []  # the probe leaves nothing
+
+
+def test_a_write_that_fails_late_is_one_line(tmp_path, monkeypatch):
+    """A folder that turns unwritable between the check and the write: one error line, no traceback."""
+    import typer
+
+    target = tmp_path / "gone" / "r.json"
+    (tmp_path / "gone").write_text("a file where the folder was")
+    with pytest.raises(typer.Exit) as err:
+        write_text_output(target, "{}")
+    assert err.value.exit_code == 2
+    monkeypatch.setattr(
+        os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    )
+    with pytest.raises(typer.Exit):
+        write_text_output(tmp_path / "r.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]  # no temp file left
