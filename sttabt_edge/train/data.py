@@ -8,7 +8,7 @@ workers, and DDP ranks take disjoint batches of the same plan (rank r gets batch
 r, r+W, r+2W, ... like ``DistributedSampler``). The strong recipe (train/augment.py:
 RandAugment, erasing, mixup / cutmix) keeps this: per-image draws continue the example's
 generator, and a batch's mixup draws from one seeded with (seed, epoch, its indices).
-Where examples come from: sources.py.
+Where examples come from: sources.py; the batch plans: plans.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from sttabt_edge.data import Example, text_batch
 from sttabt_edge.errors import InputError
 from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
 from sttabt_edge.train.augment import AugmentConfig, mix_batch, rand_augment, random_erasing
+from sttabt_edge.train.plans import bucketed_batches, shard, shuffled_batches
 from sttabt_edge.train.sources import HFImage, load_splits, open_image, split_half
 
 __all__ = [
@@ -98,41 +99,6 @@ def augment_image(
     std = np.asarray(pre.std, dtype=np.float32)[:, None, None]
     x = ((x - mean) / std).astype(np.float32, copy=False)  # (3, S, S)
     return x if recipe is None else random_erasing(x, recipe.erasing, rng)
-
-
-# ---- batch plans -------------------------------------------------------------------------------
-
-
-def shuffled_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """A permutation of range(n) cut into batches (the last one may be smaller)."""
-    perm = rng.permutation(n)
-    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
-def bucketed_batches(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, chunk_batches: int = 50
-) -> list[np.ndarray]:
-    """Length bucketing: shuffle, sort by length within chunks of ``chunk_batches`` batches,
-    cut into batches, shuffle the batches. Padding shrinks, randomness stays."""
-    perm = rng.permutation(len(lengths))
-    chunk = batch_size * max(1, chunk_batches)
-    out: list[np.ndarray] = []
-    for i in range(0, len(perm), chunk):
-        part = perm[i : i + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        out.extend(part[j : j + batch_size] for j in range(0, len(part), batch_size))
-    order = rng.permutation(len(out))
-    return [out[i] for i in order]
-
-
-def shard(plan: Sequence[np.ndarray], rank: int, world: int) -> list[np.ndarray]:
-    """Rank r's batches r, r+W, ...; the tail is dropped so every rank gets the same count."""
-    usable = len(plan) // world * world
-    if usable == 0:
-        raise InputError(
-            f"{len(plan)} batches cannot be shared by {world} processes; use a smaller batch size"
-        )
-    return list(plan[rank:usable:world])
 
 
 class BatchSource:
