@@ -93,6 +93,7 @@ from sttabt_edge.export.tflite_slots import (
     slot_reducer,
 )
 from sttabt_edge.export.tflite_xnnpack import xnnpack_coverage
+from sttabt_edge.export.threshold_ties import Ties, reference_ties, split_ties
 from sttabt_edge.export.validate import SIDECAR_FIELDS, Outputs, compare_outputs, fixed_batches, judge
 from sttabt_edge.models.adapter import embed
 from sttabt_edge.reducers.base import Reducer
@@ -184,10 +185,14 @@ def compare(got: Outputs, ref: Outputs) -> dict[str, Any]:
     return compare_outputs(got, ref).to_dict(SIDECAR_FIELDS)
 
 
-def _check(got: Outputs, ref: Outputs, path: Path, atol: float | None) -> dict[str, Any]:
-    """LiteRT against PyTorch: logits within ``atol`` (None: reported only) and the same kept counts."""
+def _check(
+    got: Outputs, ref: Outputs, path: Path, atol: float | None, ties: Ties | None = None
+) -> dict[str, Any]:
+    """LiteRT against PyTorch: logits within ``atol`` (None: reported only) and the same kept counts,
+    but for samples forgiven as threshold ties (export/threshold_ties.py), listed in the report."""
+    got, ref, tied = split_ties(got, ref, atol, ties) if ties is not None else (got, ref, [])
     report = judge(got, ref, atol=atol, what="TFLite", against="PyTorch", path=path)
-    return report.to_dict(SIDECAR_FIELDS)
+    return report.to_dict(SIDECAR_FIELDS) | ({"threshold_ties": tied} if tied else {})
 
 
 def _static_len(path: Path, family: str) -> int | None:
@@ -216,7 +221,9 @@ def verify_tflite(
     family = sc.parts.family
     ref_reducer = sidecar_reference(read_sidecar(p), sc.reducer)
     batch = samples(family, inputs, _static_len(p, family))
-    return _check(run_tflite(p, batch), run_torch(sc.with_reducer(ref_reducer), batch), p, atol)
+    ref = sc.with_reducer(ref_reducer)
+    ties = reference_ties(ref.reducer, lambda: run_torch(ref, batch)[1])
+    return _check(run_tflite(p, batch), run_torch(ref, batch), p, atol, ties)
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -322,10 +329,11 @@ def export_tflite(
         torch_out = run_torch(sc.with_reducer(ref), batch)
         if record is not None and ref is not reducer:  # what the cut costs on these inputs, in PyTorch
             record["agreement_with_rule"] = compare(torch_out, run_torch(sc, batch))
-        reports = {"float": _check(run_tflite(tmp, batch), torch_out, out, atol)}
+        ties = reference_ties(ref, lambda: run_torch(sc.with_reducer(ref), batch)[1])
+        reports = {"float": _check(run_tflite(tmp, batch), torch_out, out, atol, ties)}
         if quantize is not None:
             tmp.write_bytes(quantize_bytes(tmp.read_bytes(), quantize, approx_weights))
-            reports[quantize] = _check(run_tflite(tmp, batch), torch_out, out, None)
+            reports[quantize] = _check(run_tflite(tmp, batch), torch_out, out, None, ties)
         meta = tflite_metadata(
             model,
             reducer,
