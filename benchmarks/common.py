@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -14,11 +15,12 @@ from pathlib import Path
 import torch
 
 from sttabt_edge.atomic import atomic_write_text
+from sttabt_edge.bisection import bisect
 from sttabt_edge.cli_common import NOISY_LOGGERS, NOISY_MODULES
 from sttabt_edge.provenance import git_commit
 from sttabt_edge.reducers.base import Reducer
 from sttabt_edge.runtime.sessions import interleaved_times_ms
-from sttabt_edge.sparse_model import SparseClassifier
+from sttabt_edge.sparse_model import SparseClassifier, mean_retention
 
 
 def quiet_third_party() -> None:
@@ -42,11 +44,6 @@ def quiet_third_party() -> None:
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-@torch.no_grad()
-def mean_retention(model: torch.nn.Module, reducer: Reducer, inputs: Mapping[str, torch.Tensor]) -> float:
-    return float(SparseClassifier(model, reducer)(**inputs).retention.mean(1).mean())
-
-
 def calibrate(
     model: torch.nn.Module,
     make: Callable[[float], Reducer],
@@ -64,24 +61,21 @@ def calibrate(
     compared at the same average retention or cost instead of the same nominal knob.
     """
     fn = {"retention": mean_retention, "flops": mean_flops_ratio}[measure]
-    best, best_gap = hi, float("inf")
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        r = fn(model, make(mid), inputs)
-        if abs(r - target) < best_gap:
-            best, best_gap = mid, abs(r - target)
-        if r > target:
-            hi = mid
-        else:
-            lo = mid
-    return best
+    gaps: list[tuple[float, float]] = []  # (knob, |measure - target|) of each midpoint probed
+
+    def below(k: float) -> bool:
+        r = fn(model, make(k), inputs)
+        gaps.append((k, abs(r - target)))
+        return not r > target
+
+    bisect(below, lo, hi, steps)
+    return min((g for g in gaps if g[1] < math.inf), key=lambda g: g[1], default=(hi, 0.0))[0]
 
 
 @torch.no_grad()
 def mean_flops_ratio(model: torch.nn.Module, reducer: Reducer, inputs: Mapping[str, torch.Tensor]) -> float:
     """Mean analytic FLOPs of ``model`` under ``reducer`` over the dense model's, on ``inputs``."""
     from sttabt_edge.method.flops import dense_flops, output_flops
-    from sttabt_edge.sparse_model import SparseClassifier
 
     sc = SparseClassifier(model, reducer).eval()
     out = sc(**inputs)

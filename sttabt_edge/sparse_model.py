@@ -70,6 +70,12 @@ class SparseClassifier(nn.Module):
         return SparseClassifier(self.model, reducer, self.mode, self.parts)
 
 
+@torch.no_grad()
+def mean_retention(model: nn.Module, reducer: Reducer, inputs: Mapping[str, torch.Tensor]) -> float:
+    """Mean fraction of tokens entering the layers, over layers and samples, in eval mode."""
+    return float(SparseClassifier(model, reducer).eval()(**inputs).retention.mean())
+
+
 class PatchHandle:
     """Undo token for :func:`patch`."""
 

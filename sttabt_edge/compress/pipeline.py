@@ -184,7 +184,8 @@ def _search(cfg: CompressConfig, net: Any, approx: Any, split: stages.Split, den
         return search_keep_ratio(at, dense.accuracy, cfg.max_drop, steps=cfg.search_steps)
     batch = stages.calibration_batch(split, cfg)
     assert cfg.target_retention is not None
-    from sttabt_edge.train.sweep import bisect_knob, mean_retention
+    from sttabt_edge.sparse_model import mean_retention
+    from sttabt_edge.train.sweep import bisect_knob
 
     r, _ = bisect_knob(
         lambda k: mean_retention(net, stages.topk_reducer(approx, k), batch),

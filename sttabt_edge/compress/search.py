@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from sttabt_edge.bisection import bisect
 from sttabt_edge.errors import InputError
 
 
@@ -78,11 +79,12 @@ def search_keep_ratio(
     of dense. Accuracy is nearly but not exactly monotone in the ratio, so every probe is kept
     and :func:`best_point` picks among all measured ones. -> the probes, in order."""
     probes = []
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        point = measure(mid)
-        probes.append(point)
-        lo, hi = (lo, mid) if within(point, dense_accuracy, max_drop) else (mid, hi)
+
+    def over_budget(ratio: float) -> bool:  # then the lowest ratio within budget is higher
+        probes.append(measure(ratio))
+        return not within(probes[-1], dense_accuracy, max_drop)
+
+    bisect(over_budget, lo, hi, steps)
     return probes
 
 

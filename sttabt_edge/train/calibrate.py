@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sttabt_edge import compat
+from sttabt_edge.bisection import bisect_to
 from sttabt_edge.method.backtrack import retention
 from sttabt_edge.method.sparse import dense_forward
 from sttabt_edge.models.adapter import embed
@@ -210,11 +211,7 @@ def union_thresholds(
         _top_down(logits, own, q, span, iters=16)
         return float(per_layer(logits).mean())
 
-    lo, hi = 1e-3, 1.0
-    for _ in range(12):  # retention grows with q
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if shape(mid) < target else (lo, mid)
-    shape((lo + hi) / 2)
+    shape(bisect_to(shape, target, 1e-3, 1.0, iters=12))  # retention grows with q; logits at the result
     th.logits.copy_(logits)
     _snap(reducer, per_layer, target, span, strict)
     return [float(v) for v in per_layer(th.logits.detach())]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sttabt_edge.bisection import bisect_to
 from sttabt_edge.compat import ModelParts, model_parts
 from sttabt_edge.errors import InputError
 from sttabt_edge.method.distill import logits_kd
@@ -86,11 +87,7 @@ def geometric_schedule(target: float, num_layers: int) -> list[float]:
     def mean_retention(q: float) -> float:
         return 1.0 if q >= 1.0 else (1 - q**num_layers) / (num_layers * (1 - q))
 
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mean_retention(mid) < target else (lo, mid)
-    q = (lo + hi) / 2
+    q = bisect_to(mean_retention, target, 0.0, 1.0, iters=60)
     return [max(q ** (layer + 1), 1e-6) for layer in range(num_layers)]
 
 
@@ -112,10 +109,7 @@ def bisect_offset(
     A target outside [measure(hi), measure(lo)] silently ends at an end of the span; use
     :func:`calibrate_offset`, which checks that first.
     """
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if measure(mid) > target else (lo, mid)
-    return (lo + hi) / 2
+    return bisect_to(measure, target, lo, hi, iters, increasing=False)
 
 
 REACH_TOL = 0.02  # a target this far outside the reachable retention range still counts as reached

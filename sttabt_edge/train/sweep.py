@@ -20,13 +20,14 @@ from typing import Any
 
 import torch
 
+from sttabt_edge.bisection import bisect_to
 from sttabt_edge.data import Example, longest_length, model_class_names
 from sttabt_edge.evaluate import evaluate
 from sttabt_edge.method.approxnet import ApproxNet
 from sttabt_edge.models.loading import load_model
 from sttabt_edge.reducers import DenseReducer, SttabtReducer, TomeReducer
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.sparse_model import SparseClassifier
+from sttabt_edge.sparse_model import SparseClassifier, mean_retention
 from sttabt_edge.train.approx import REPORT_FILE, train_approx
 from sttabt_edge.train.baselines import merge_batches, train_baseline
 from sttabt_edge.train.concrete import train_concrete
@@ -94,21 +95,18 @@ def bisect_knob(
     measure: Callable[[float], float], target: float, lo: float, hi: float, iters: int = 14
 ) -> tuple[float, float]:
     """(knob, measure(knob)): the knob in [lo, hi] whose ``measure`` (increasing in the knob) is
-    closest to ``target``. Both ends are probed, so an unreachable target ends at the closer end."""
-    best, best_r = hi, measure(hi)
-    for k in (lo, *[None] * iters):
-        mid = (lo + hi) / 2 if k is None else k
-        r = measure(mid)
-        if abs(r - target) < abs(best_r - target):
-            best, best_r = mid, r
-        if k is None:
-            lo, hi = (mid, hi) if r < target else (lo, mid)
-    return best, best_r
+    closest to ``target``. Both ends are probed, so an unreachable target ends at the closer end;
+    of equally close probes, the first (hi, lo, then the bisection's midpoints)."""
+    probes: list[tuple[float, float]] = []
 
+    def probe(k: float) -> float:
+        probes.append((k, measure(k)))
+        return probes[-1][1]
 
-@torch.no_grad()
-def mean_retention(model: torch.nn.Module, reducer: Reducer, inputs: dict[str, torch.Tensor]) -> float:
-    return float(SparseClassifier(model, reducer).eval()(**inputs).retention.mean())
+    probe(hi)
+    probe(lo)
+    bisect_to(probe, target, lo, hi, iters)
+    return min(probes, key=lambda p: abs(p[1] - target))
 
 
 def training_free(
