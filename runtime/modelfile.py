@@ -194,3 +194,29 @@ def graph_problems(
             f"preprocess.text.max_length {max_length} exceeds the graph's {position_table} position embeddings"
         )
     return problems
+
+
+def companion_files(path: Path) -> list[tuple[str, Path]]:
+    """The files beside an exported model that the runtime reads with it, as (what, path): the TFLite
+    sidecar, the tokenizer and external-data files its metadata and graph name (plain names only).
+    Best effort and unchecked (``load`` checks them): for callers that must never write onto one of
+    them (``bench m.tflite --json m.tflite.json`` replaced the sidecar). Never raises."""
+    found: list[tuple[str, str]] = []
+    try:
+        if path.suffix.lower() == ".tflite":
+            side = sidecar_path(path)
+            found.append(("sidecar", side.name))
+            with open(side, "rb") as f:
+                raw: bytes = f.read(contract.MAX_METADATA_BYTES + 1)
+        else:
+            data = path.read_bytes()
+            layout = seal.onnx_layout(data)
+            found += [("external data", name) for name in layout.external]
+            raw = data[layout.entries[0].value[0] : layout.entries[0].value[1]] if layout.entries else b"{}"
+        meta, _ = contract.parse_metadata(_decode(raw, path))
+        tokenizer = seal.tokenizer_name(meta) if isinstance(meta, Mapping) else None
+        if tokenizer is not None:
+            found.append(("tokenizer", tokenizer))
+    except (OSError, ValueError, ModelFileError):
+        pass
+    return [(what, path.parent / name) for what, name in found if contract.plain_file_name(name) is None]

@@ -106,6 +106,16 @@ def check_output_file(
     _clash(option, path, _existing(inputs))
 
 
+def with_companions(name: str, model: Path | None) -> list[tuple[str, InputPath]]:
+    """An exported model as a command's input, with the files the runtime reads beside it (sidecar,
+    tokenizer, external data): an output onto one of those would break the model as surely."""
+    if model is None:
+        return [(name, None)]
+    from sttabt_edge.runtime.modelfile import companion_files
+
+    return [(name, model), *((f"{name}'s {what}", path) for what, path in companion_files(Path(model)))]
+
+
 def check_not_input(option: str, path: Path, inputs: Inputs) -> None:
     """A file a command writes beside its main output (a sidecar) is none of the inputs."""
     _clash(option, path, _existing(inputs))

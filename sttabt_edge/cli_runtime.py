@@ -25,7 +25,13 @@ from sttabt_edge.cli_common import (
 )
 from sttabt_edge.cli_inputs import KIND, check_input_kind, check_texts, predictor_family
 from sttabt_edge.cli_options import NoVerifyDigest
-from sttabt_edge.cli_outputs import check_distinct, check_output_file, write_output, write_text_output
+from sttabt_edge.cli_outputs import (
+    check_distinct,
+    check_output_file,
+    with_companions,
+    write_output,
+    write_text_output,
+)
 from sttabt_edge.cli_stderr import quiet_litert
 
 if TYPE_CHECKING:
@@ -228,7 +234,7 @@ def _check_bench_outputs(
 ) -> None:
     """--json and --plot: writable, none of the models or inputs, not one file; --plot's suffix and
     matplotlib (the benchmark itself does not need it) before minutes of timing."""
-    sources = [("model", model), ("--vs", vs), ("--inputs", inputs)]
+    sources = [*with_companions("model", model), *with_companions("--vs", vs), ("--inputs", inputs)]
     if json_out is not None:
         check_output_file("--json", json_out, sources)
     if plot_out is not None:

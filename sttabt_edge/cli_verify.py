@@ -31,7 +31,7 @@ from sttabt_edge.cli_inputs import (
     predictor_family,
 )
 from sttabt_edge.cli_options import NoVerifyDigest
-from sttabt_edge.cli_outputs import InputPath, check_output_file, write_text_output
+from sttabt_edge.cli_outputs import InputPath, check_output_file, with_companions, write_text_output
 from sttabt_edge.cli_stderr import quiet_litert
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def verify_cmd(
     family = model_family(reference)
     check_data_kind(family, data)
     inputs: list[tuple[str, InputPath]] = [
-        ("model", model),
+        *with_companions("model", model),
         ("--reference", reference),
         ("--data", data),
         ("--approx", approx),

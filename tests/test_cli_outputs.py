@@ -228,3 +228,37 @@ def test_a_write_that_fails_late_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(typer.Exit):
         write_text_output(tmp_path / "r.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone"]  # no temp file left
+
+
+def test_outputs_never_replace_the_files_a_model_reads(tmp_path):
+    """`bench m.onnx --json m.tokenizer.json` replaced the text model's tokenizer, `bench m.tflite --json
+    m.tflite.json` would replace the sidecar: the files the runtime reads beside a model (tokenizer,
+    sidecar, external data) are the command's inputs too, for bench and verify alike."""
+    from handmade import save_sealed, text_graph, text_meta, word_tokenizer
+
+    from sttabt_edge.runtime.modelfile import companion_files
+
+    model = tmp_path / "m.onnx"
+    word_tokenizer(tmp_path / "m.tokenizer.json")
+    save_sealed(text_graph(), model, text_meta("m.tokenizer.json"))
+    tfl = tmp_path / "m.tflite"
+    tfl.write_bytes(b"TFL3")
+    (tmp_path / "m.tflite.json").write_text(json.dumps(text_meta("m.tokenizer.json")))
+    assert companion_files(model) == [("tokenizer", tmp_path / "m.tokenizer.json")]
+    assert companion_files(tfl) == [
+        ("sidecar", tmp_path / "m.tflite.json"),
+        ("tokenizer", tmp_path / "m.tokenizer.json"),
+    ]
+    assert companion_files(tmp_path / "missing.onnx") == []  # best effort: never raises
+    before = snapshot(tmp_path)
+    refused(["bench", model, "--json", tmp_path / "m.tokenizer.json"], "model's tokenizer")
+    refused(["bench", tfl, "--json", tmp_path / "m.tflite.json"], "model's sidecar")
+    refused(
+        ["bench", tfl, "--vs", model, "--plot", tmp_path / "x.png", "--json", tmp_path / "m.tokenizer.json"],
+        "tokenizer",
+    )
+    refused(
+        ["verify", tfl, "--reference", "x", "--data", tmp_path, "--json", tmp_path / "m.tflite.json"],
+        "sidecar",
+    )
+    assert snapshot(tmp_path) == before
