@@ -25,7 +25,7 @@ from sttabt_edge.cli_common import (
     fail,
     quiet_third_party,
 )
-from sttabt_edge.cli_export_checks import check_export
+from sttabt_edge.cli_export_checks import check_combination, check_export
 from sttabt_edge.cli_inputs import check_model
 from sttabt_edge.cli_options import KEEP_RATIO_HELP, MinKeepOpt, Nesting, NestingOpt
 from sttabt_edge.cli_summary import print_export_summary
@@ -187,6 +187,9 @@ def export_cmd(
     quantized = quantize is not None
     check_export(
         model, out, json_out, target.value, quantized, inputs, calib, opset, seq_len, calib_samples, threads
+    )
+    check_combination(
+        target.value, quantize.value if quantize else None, fuse, fixed_batch, slots.value if slots else None
     )
     _check_untrained_shape(approx, approx_factor, approx_heads)
     check_exists("--calib", calib)

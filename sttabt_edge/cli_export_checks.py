@@ -64,3 +64,21 @@ def check_export(
     if json_out is not None and str(json_out) != "-":
         check_output_file("--json", json_out, sources)
         check_distinct([*files, ("--json", json_out)])
+
+
+def check_combination(
+    target: str, quantize: str | None, fuse: bool, batch: int | str, slots: str | None
+) -> None:
+    """Options that exclude each other, refused before torch loads (the request's own check,
+    ``export.pipeline.check_request``, ran only after the ~10 s import)."""
+    if target == "tflite":
+        if fuse:
+            fail("--fuse is ONNX-only (it writes ONNX Runtime contrib ops)")
+        if batch not in ("dynamic", 1):
+            fail("TFLite exports have a static batch of 1 (the runtime runs a batch row by row)")
+        if quantize == "int8-static":
+            fail("TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only")
+    elif slots is not None:
+        fail(
+            f"--slots {slots} applies to --target tflite (ONNX runs every layer on its data-dependent count)"
+        )

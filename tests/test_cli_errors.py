@@ -346,3 +346,27 @@ def test_help_still_prints_help():
     assert res.exit_code == 0 and "Usage" in res.output and "error:" not in res.output
     res = runner.invoke(app, ["train"])  # no_args_is_help: click's own exit 2, help and nothing else
     assert res.exit_code == 2 and "approx" in res.output and "error:" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ("--target tflite --fuse", "--fuse is ONNX-only"),
+        ("--target tflite --batch 2", "static batch of 1"),
+        ("--target tflite --quantize int8-static", "int8-static is ONNX-only"),
+        ("--slots bound", "--slots bound applies to --target tflite"),
+    ],
+)
+def test_export_options_that_exclude_each_other_are_refused_before_torch(files, monkeypatch, options, needle):
+    """These were refused by the request's own check inside run_export, after the ~10 s torch import
+    (found by scripts/audit_hardening.py); the CLI now refuses them with the other values."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("run_export was reached")
+
+    monkeypatch.setattr("sttabt_edge.export.pipeline.run_export", refuse)
+    suffix = "tflite" if "tflite" in options else "onnx"
+    args = f"export --model {files['vit']} --out {files['root']}/c.{suffix} --method dense {options}"
+    res = runner.invoke(app, shlex.split(args))
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.output
