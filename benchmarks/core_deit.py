@@ -112,12 +112,14 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=30, help="latency rounds (0: accuracy only)")
     ap.add_argument(
         "--out", type=Path, default=None, help="default benchmarks/results/core_deit[_flops].json"
     )
     ap.add_argument("--replot", type=Path, default=None, help="only redraw the figure of this results JSON")
     args = ap.parse_args()
+    if args.runs < 0:
+        ap.error(f"--runs must be >= 0, got {args.runs}")
     if args.replot is not None:
         replot(args.replot)
         return
@@ -180,11 +182,12 @@ def main() -> None:
             reducer = FixedPlan(reducer.keep_plan(parts, reducer.backtrack(parts, one, *_embed(model, one))))
         sc = SparseClassifier(model, reducer).eval()
         fns[label] = lambda sc=sc: sc(**one)
-    with torch.inference_mode():
-        lat = interleaved_latency(fns, runs=args.runs)
-    for r in results:
-        key = "dense" if r.method == "dense" else r.method
-        r.extra.update({f"latency_{k}": v for k, v in lat[key].items()})
+    if args.runs > 0:  # --runs 0: accuracy only (a busy machine's timings would mislead)
+        with torch.inference_mode():
+            lat = interleaved_latency(fns, runs=args.runs)
+        for r in results:
+            key = "dense" if r.method == "dense" else r.method
+            r.extra.update({f"latency_{k}": v for k, v in lat[key].items()})
 
     table = Table(title=f"DeiT-Tiny, {len(examples)} images, batch-1 latency on {args.threads} threads")
     for col in (
@@ -206,8 +209,8 @@ def main() -> None:
             f"{r.occupancy:.3f}",
             f"{r.gflops:.3f}",
             f"{r.flops_ratio:.3f}",
-            f"{r.extra['latency_median_ms']:.1f}",
-            f"{r.extra['latency_ratio_vs_ref']:.3f}",
+            f"{r.extra['latency_median_ms']:.1f}" if "latency_median_ms" in r.extra else "-",
+            f"{r.extra['latency_ratio_vs_ref']:.3f}" if "latency_ratio_vs_ref" in r.extra else "-",
         )
     console.print(table)
     payload = {
@@ -237,8 +240,8 @@ def _embed(model, inputs):
 LABELS = {
     "sttabt": "STTABT union (own attention)",
     "sttabt-count": "STTABT count (own attention)",
-    "sttabt-approx": "STTABT union (untrained ÷4 ApproxNet)",
-    "sttabt-approx-count": "STTABT count (untrained ÷4 ApproxNet)",
+    "sttabt-approx": "STTABT union (ApproxNet: --approx, else untrained ÷4)",
+    "sttabt-approx-count": "STTABT count (ApproxNet: --approx, else untrained ÷4)",
     "sttabt-geo": "STTABT count, geometric (own attention)",
     "topk": "EViT top-k",
     "tome": "ToMe",
@@ -268,7 +271,9 @@ def _plot(results, path: Path) -> None:
         by_method: dict[str, list] = {}
         for r in results:
             base = r.method.split("@")[0]
-            x = r.flops_ratio if key == "flops_ratio" else r.extra["latency_ratio_vs_ref"]
+            x = r.flops_ratio if key == "flops_ratio" else r.extra.get("latency_ratio_vs_ref")
+            if x is None:  # --runs 0: no latency panel points
+                continue
             by_method.setdefault(base, []).append((x, 100 * r.metrics["accuracy"], r.retention))
         for base, pts in by_method.items():
             pts.sort()

@@ -72,6 +72,23 @@ def curve(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def add_start(run: dict[str, Any], init: dict[str, Any]) -> None:
+    """Prepend minute 0: the calibrated start of ``init`` (a ``benchmarks/init_schedule_deit.py`` JSON of
+    the same ApproxNet) at the run's target, ``constant`` schedule (the recipe's), before any step."""
+    rows = [
+        r
+        for r in init["rows"]
+        if r["schedule"] == "constant" and run["target_retention"] is not None
+        and abs(r["target"] - run["target_retention"]) < 1e-6
+    ]  # fmt: skip
+    if rows:
+        r = rows[0]
+        start = {"step": 0, "minutes": 0.0, "accuracy": r["accuracy"], "retention": r["retention"]}
+        run["points"] = [{**start, "flops_ratio": r.get("flops_ratio"), "source": init.get("commit")}] + run[
+            "points"
+        ]
+
+
 def plot(runs: dict[str, dict[str, Any]], dense: float | None, path: Path) -> None:
     import matplotlib
 
@@ -108,14 +125,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="NAME=DIR of a training run")
     ap.add_argument("--dense", type=float, default=None, help="the dense model's held-out top-1 %%")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="init_schedule_deit.py JSON of the runs' ApproxNet: its calibrated start is minute 0",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train_curve.json"))
     args = ap.parse_args()
+    init = json.loads(args.init.read_text()) if args.init else None
     runs = {}
     for spec in args.run:
         name, sep, d = spec.partition("=")
         if not sep or not (Path(d) / METRICS_FILE).is_file():
             ap.error(f"--run takes NAME=DIR with a {METRICS_FILE}, got {spec!r}")
         runs[name] = curve(Path(d))
+        if init is not None:
+            add_start(runs[name], init)
     for name, r in runs.items():
         last = r["points"][-1] if r["points"] else {}
         print(
