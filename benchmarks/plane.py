@@ -35,6 +35,8 @@ from rich.table import Table
 from sttabt_edge.compress.stages import runtime_accuracy
 from sttabt_edge.data import Example, glue_tsv, image_folder, model_class_names
 from sttabt_edge.export.pipeline import ExportRequest, fp32_sibling, run_export
+from sttabt_edge.model_info import is_trained_dir
+from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
 from sttabt_edge.runtime.bench import bench
 from sttabt_edge.runtime.bench_inputs import write_text_inputs
 
@@ -70,11 +72,13 @@ def points(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def export_point(p: dict[str, Any], work: Path, args: argparse.Namespace, calib: Path) -> dict[str, Any]:
     dst = work / f"{p['name'].replace('@', '_')}.onnx"
-    options = {k: p[k] for k in ("keep_ratio", "approx") if k in p}
+    options = {k: p[k] for k in ("approx",) if k in p}
+    trained = is_trained_dir(p["model"])  # its own reducer
+    spec = None if trained else spec_from_options(p["method"], ReducerOptions(keep_ratio=p.get("keep_ratio")))
     req = ExportRequest(
         model=p["model"],
         out=dst,
-        method=p["method"],
+        reducer=spec,
         quantize=args.quantize,
         calib=calib,
         calib_samples=16,

@@ -23,6 +23,7 @@ from sttabt_edge.export.quantize import quantize_onnx
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 from sttabt_edge.method.metrics import occupancy
 from sttabt_edge.reducers import SttabtReducer
+from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
 from sttabt_edge.runtime.bench import bench_pairs
 from sttabt_edge.runtime.predictor import Predictor
 from sttabt_edge.sparse_model import SparseClassifier
@@ -135,9 +136,8 @@ def export_models(
         req = ExportRequest(
             model=str(args.model),
             out=fp32,
-            method=method,
+            reducer=spec_from_options(method, ReducerOptions(keep_ratio=keep_ratio)),
             approx=approx_dir if method == "sttabt" else None,
-            keep_ratio=keep_ratio,
             calib=args.export_calib,
             calib_samples=args.export_samples,
             latency_runs=0,

@@ -62,6 +62,7 @@ from sttabt_edge.export.pipeline import (
 )
 from sttabt_edge.export.tflite import quantize_tflite, read_sidecar
 from sttabt_edge.models.loading import load_model
+from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
 from sttabt_edge.runtime import TextPreprocess
 from sttabt_edge.runtime.predictor import TflitePredictor
 from sttabt_edge.sparse_model import SparseClassifier
@@ -151,9 +152,8 @@ def export_task(
         req = ExportRequest(
             model=str(model_dir),
             out=work / f"{method}.tflite",
-            method=method,
+            reducer=spec_from_options(method, ReducerOptions(keep_ratio=args.keep_ratio)),
             approx=args.approx,
-            keep_ratio=args.keep_ratio,
             target="tflite",
             seq_len=seq_len,
             calib=data,

@@ -179,16 +179,17 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
     """The spec's file(s) through the CLI's export path: {name: record} (with ``int8``: both files)."""
     from sttabt_edge.export.pipeline import ExportRequest, fp32_sibling, run_export
     from sttabt_edge.export.tflite import read_sidecar
+    from sttabt_edge.model_info import is_trained_dir
+    from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
 
     out = work / "files" / f"{s.int8 or s.name}{suffix(s)}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    options = ReducerOptions(keep_ratio=s.keep, nesting=s.nesting)
     req = ExportRequest(
         model=s.model,
         out=out,
-        method=s.method,
+        reducer=None if is_trained_dir(s.model) else spec_from_options(s.method, options),  # trained: its own
         target=s.target,
-        keep_ratio=s.keep,
-        nesting=s.nesting,
         slots=s.slots if s.target == "tflite" and s.method == "sttabt" else None,
         slot_quantile=s.quantile,
         quantize="int8" if s.int8 else None,

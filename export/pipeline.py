@@ -20,13 +20,13 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, KEEP_RATIO_DEFAULTS
+from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import family_io
@@ -36,10 +36,9 @@ from sttabt_edge.export.profile import model_feeds, pipeline_latency
 from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
 from sttabt_edge.export.tflite_graph import APPROX_WEIGHTS_DEFAULT, ApproxWeights
 from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SLOT_SIZINGS, SlotSizing
-from sttabt_edge.method.backtrack import Nesting
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.reducers.spec import ReducerOptions, ReducerSpec, spec_from_options
+from sttabt_edge.reducers.spec import ReducerSpec
 from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
@@ -51,17 +50,17 @@ QUANTIZE = {"int8": "dynamic", "int8-dynamic": "dynamic", "int8-static": "static
 class ExportRequest:
     model: str
     out: Path
-    method: str = "sttabt"
-    approx: Path | None = None
+    # the reducer, built once where the input enters (the CLI's options via spec_from_options, a
+    # trained dir's metadata, compress's choice); None: a trained dir's own
+    reducer: ReducerSpec | None = None
+    approx: Path | None = None  # STTABT's ApproxNet dir (loaded from there unless approx_net; recorded)
+    approx_net: nn.Module | None = None  # the ApproxNet already loaded from ``approx`` (compress)
     approx_factor: int = APPROX_FACTOR  # only for the untrained fallback
     approx_heads: int | None = APPROX_HEADS  # only for the untrained fallback (None: the model's)
     target: str = "onnx"  # "onnx" | "tflite"
     seq_len: int = 128  # tflite text models: the static sequence length
-    keep_ratio: float = KEEP_RATIO_DEFAULTS["sttabt"]  # see sttabt_edge/defaults.py
-    nesting: str = "union"  # STTABT back-tracking: "union" (official) | "count" (earlier rule)
     slots: SlotSizing | None = None  # tflite STTABT static sizes; None: "calibrated" (export/tflite_slots.py)
     slot_quantile: float = SLOT_QUANTILE  # "calibrated": the quantile of the rule's sizes on --calib
-    min_keep: int = 4  # STTABT: tokens every layer keeps at least, CLS included
     quantize: str | None = None  # "int8" (= dynamic) | "int8-static"
     approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT  # tflite int8: the ApproxNet's stored weights
     batch: Batch = "dynamic"
@@ -74,21 +73,21 @@ class ExportRequest:
     threads: int = 2
     fuse: bool = False  # com.microsoft contrib ops (export/fusion.py); off: some mobile ORT builds lack them
 
-    def spec(self) -> ReducerSpec:
-        """The reducer spec the request's options describe (validated there: reducers/spec.py)."""
-        options = ReducerOptions(self.keep_ratio, cast(Nesting, self.nesting), self.min_keep)
-        return spec_from_options(self.method, options)
-
 
 def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
+    """The request's reducer for ``model`` (a plain model: the request carries its spec)."""
     from sttabt_edge.reducers.factory import build, takes_approx
 
-    spec = req.spec()
+    spec = req.reducer
+    if spec is None:
+        raise InputError(f"--model {req.model} is no trained dir: the request needs a reducer spec")
     if not takes_approx(spec):
         return build(spec)
     from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 
-    if req.approx is not None:
+    if req.approx_net is not None:
+        approx = req.approx_net
+    elif req.approx is not None:
         approx = ApproxNet.load(req.approx, model.config)
     else:
         warn(
@@ -156,7 +155,10 @@ def load_source(req: ExportRequest, warn: Warn) -> SparseClassifier:
             raise InputError(
                 f"--model {req.model} is a trained STTABT dir with its own ApproxNet; drop --approx"
             )
-        return load_sttabt(req.model)
+        sc = load_sttabt(req.model)
+        if req.reducer is not None and sc.reducer.spec() != req.reducer:
+            raise InputError(f"--model {req.model}: the request's reducer is not the trained dir's own")
+        return sc
     model = load_model(req.model)
     return SparseClassifier(model, build_reducer(model, req, warn))
 
@@ -170,7 +172,7 @@ def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     if is_trained_dir(req.model):
         approx = Path(req.model) / APPROX_DIR
         return {**none, "source": str(approx.resolve())} if approx.is_dir() else None
-    if not takes_approx(req.spec()):
+    if req.reducer is None or not takes_approx(req.reducer):
         return None
     if req.approx is not None:
         return {**none, "source": str(Path(req.approx).resolve())}
@@ -192,11 +194,10 @@ def check_request(req: ExportRequest) -> None:
         raise InputError(f"--calib-samples must be >= 1, got {req.calib_samples}")
     if req.calib is not None and not req.calib.exists():
         raise InputError(f"--calib {req.calib}: no such file or folder")
-    if not is_trained_dir(req.model):  # a trained dir brings its own reducer
-        try:
-            req.spec()
-        except ValueError as e:  # the spec's own checks, e.g. a keep ratio out of (0, 1]
-            raise InputError(f"--method {req.method}: {e}") from e
+    if req.reducer is None and not is_trained_dir(req.model):  # a trained dir brings its own reducer
+        raise InputError(f"--model {req.model} is no trained dir: the request needs a reducer spec")
+    if req.approx_net is not None and req.approx is None:
+        raise InputError("a loaded ApproxNet (approx_net) needs the dir it was loaded from (approx)")
     if req.slots is not None and (req.target != "tflite" or req.slots not in SLOT_SIZINGS):
         raise InputError(
             f"--slots {req.slots} applies to --target tflite, one of {', '.join(SLOT_SIZINGS)} "

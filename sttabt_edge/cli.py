@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -31,6 +31,9 @@ from sttabt_edge.cli_options import KEEP_RATIO_HELP, MinKeepOpt, Nesting, Nestin
 from sttabt_edge.cli_summary import print_export_summary
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, default_keep_ratio
 from sttabt_edge.model_info import is_trained_dir
+
+if TYPE_CHECKING:
+    from sttabt_edge.reducers.spec import ReducerSpec
 
 app = typer.Typer(
     cls=ErrorHandlingGroup,
@@ -211,36 +214,49 @@ def export_cmd(
     from sttabt_edge.errors import SttabtError
     from sttabt_edge.export.pipeline import ExportRequest, run_export
 
-    req = ExportRequest(
-        model=model,
-        out=out,
-        method=method.value,
-        approx=approx_dir,
-        approx_factor=UNTRAINED_FACTOR if approx_factor is None else approx_factor,
-        approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),
-        keep_ratio=keep_ratio,
-        nesting=nesting.value,
-        slots=slots.value if slots else None,
-        min_keep=min_keep,
-        quantize=quantize.value if quantize else None,
-        batch=fixed_batch,
-        calib=calib,
-        calib_samples=calib_samples,
-        opset=opset,
-        dynamo=dynamo,
-        simplify=simplify,
-        latency_runs=latency_runs,
-        threads=threads,
-        target=target.value,
-        seq_len=seq_len,
-        fuse=fuse,
-    )
     try:  # run_export checks the request (check_request) before it loads anything
+        req = ExportRequest(
+            model=model,
+            out=out,
+            reducer=_export_spec(model, trained, method, keep_ratio, nesting, min_keep),
+            approx=approx_dir,
+            approx_factor=UNTRAINED_FACTOR if approx_factor is None else approx_factor,
+            approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),
+            slots=slots.value if slots else None,
+            quantize=quantize.value if quantize else None,
+            batch=fixed_batch,
+            calib=calib,
+            calib_samples=calib_samples,
+            opset=opset,
+            dynamo=dynamo,
+            simplify=simplify,
+            latency_runs=latency_runs,
+            threads=threads,
+            target=target.value,
+            seq_len=seq_len,
+            fuse=fuse,
+        )
         with contextlib.redirect_stdout(sys.stderr):  # converters log to stdout; stdout is the summary
             summary = run_export(req, warn=lambda m: typer.secho(f"WARNING: {m}", fg="yellow", err=True))
     except (SttabtError, ValueError, FileNotFoundError) as e:
         fail(error_line(str(e)))
     print_export_summary(summary, json_out)
+
+
+def _export_spec(
+    model: str, trained: bool, method: ExportMethod, keep_ratio: float, nesting: Nesting, min_keep: int
+) -> ReducerSpec:
+    """The export's reducer spec, built once here: a trained dir's own (its metadata), else the options'."""
+    from sttabt_edge.errors import InputError
+    from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
+    from sttabt_edge.train.artifacts import trained_spec
+
+    if trained:
+        return trained_spec(model)
+    try:
+        return spec_from_options(method.value, ReducerOptions(keep_ratio, nesting.value, min_keep))
+    except ValueError as e:  # the spec's own checks, e.g. a keep ratio out of (0, 1]
+        raise InputError(f"--method {method.value}: {e}") from e
 
 
 def _export_approx(approx: str | None, method: ExportMethod) -> Path | None:

@@ -23,6 +23,7 @@ from sttabt_edge import compat
 from sttabt_edge.errors import CheckpointMismatchError
 from sttabt_edge.model_info import MODEL_DIR, TRAINED_FILE, is_trained_dir  # noqa: F401 (the layout, re-exported)
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.spec import ReducerSpec
 from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.checkpoint import atomic_dir, atomic_write_text
 from sttabt_edge.train.hf import hf_config, hf_model
@@ -48,15 +49,26 @@ def reducer_meta(reducer: Reducer) -> dict[str, Any]:
     return {**meta, "approx": APPROX_DIR} if reducer.takes_approx else meta
 
 
-def build_reducer(meta: Mapping[str, Any], approx: nn.Module | None) -> Reducer:
-    """Inverse of :func:`reducer_meta` (inference form: hard thresholds). Runs saved before the
-    "concrete" key are the straight-through variant (the spec's default)."""
-    from sttabt_edge.reducers.factory import build, takes_approx
+def reducer_spec(meta: Mapping[str, Any]) -> ReducerSpec:
+    """The spec of :func:`reducer_meta`'s output, in inference form (hard thresholds). Runs saved
+    before the "concrete" key are the straight-through variant (the spec's default)."""
     from sttabt_edge.reducers.spec import spec_from_metadata
 
     if meta.get("name") not in SAVABLE:
         raise CheckpointMismatchError(f"unknown reducer {meta.get('name')!r} in {TRAINED_FILE}")
-    spec = spec_from_metadata(meta).for_inference()
+    return spec_from_metadata(meta).for_inference()
+
+
+def trained_spec(path: str | Path) -> ReducerSpec:
+    """A trained dir's reducer spec, from its ``sttabt.json`` alone (nothing loaded)."""
+    return reducer_spec(read_meta(path)["reducer"])
+
+
+def build_reducer(meta: Mapping[str, Any], approx: nn.Module | None) -> Reducer:
+    """Inverse of :func:`reducer_meta` (inference form: hard thresholds)."""
+    from sttabt_edge.reducers.factory import build, takes_approx
+
+    spec = reducer_spec(meta)
     return build(spec, approx if takes_approx(spec) else None).eval()
 
 
