@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sttabt_edge.compress import stages
 from sttabt_edge.compress.config import CompressConfig
 from sttabt_edge.compress.search import Point
 from sttabt_edge.export.summary import ExportSummary
 from sttabt_edge.verify import Tolerance
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sttabt_edge.reducers.spec import ReducerSpec
 
 log = logging.getLogger("sttabt_edge.compress")
 # INT8 cannot equal fp32 logits: it must agree on the answers. Its ApproxNet embeddings are 8-bit too
@@ -35,16 +40,23 @@ def calib_path(cfg: CompressConfig) -> Path:
 
 
 def _export(
-    cfg: CompressConfig, model: str, out: Path, method: str, approx: Path | None, keep_ratio: float | None
+    cfg: CompressConfig,
+    model: str,
+    out: Path,
+    reducer: ReducerSpec | None,
+    approx: Path | None = None,
+    approx_net: nn.Module | None = None,
 ) -> ExportSummary:
+    """One export of the chosen reducer (None: the trained dir's own), with the ApproxNet compress
+    already holds (``approx_net``, loaded from ``approx``, the dir the export records)."""
     from sttabt_edge.export.pipeline import ExportRequest, run_export
 
-    kwargs: dict[str, Any] = {} if keep_ratio is None else {"keep_ratio": keep_ratio}
     req = ExportRequest(
         model=model,
         out=out,
-        method=method,
+        reducer=reducer,
         approx=approx,
+        approx_net=approx_net,
         target=cfg.target,
         seq_len=cfg.max_length,
         quantize=cfg.quantize,
@@ -53,7 +65,6 @@ def _export(
         latency_runs=0,
         threads=cfg.threads,
         fuse=cfg.fuse,
-        **kwargs,
     )
     return run_export(req, warn=log.warning)
 
@@ -66,26 +77,33 @@ def files_of(cfg: CompressConfig, out: Path) -> dict[str, Path]:
 
 
 def deliver(
-    cfg: CompressConfig, net: Any, chosen: Point, split: stages.Split, report: dict[str, Any]
+    cfg: CompressConfig,
+    net: Any,
+    approx: nn.Module,
+    chosen: Point,
+    split: stages.Split,
+    report: dict[str, Any],
 ) -> dict[str, Any]:
+    """Export ``chosen`` (with ``approx``, the ApproxNet of ``report["approx"]["dir"]``) and the dense
+    model, verify both files against PyTorch and measure their accuracy through the runtime."""
+    from sttabt_edge.reducers.spec import DenseSpec, SttabtSpec
     from sttabt_edge.runtime import load
     from sttabt_edge.sparse_model import SparseClassifier
-    from sttabt_edge.train.artifacts import load_sttabt
+    from sttabt_edge.train.artifacts import load_sttabt, trained_spec
     from sttabt_edge.verify import reference_reducer, verify
 
     suffix = ".onnx" if cfg.target == "onnx" else ".tflite"
     model_out, dense_out = cfg.out / f"model{suffix}", cfg.out / "baseline" / f"dense{suffix}"
     dense_out.parent.mkdir(parents=True, exist_ok=True)
-    if chosen.kind == "concrete":
-        source, approx, ratio = str(cfg.out / "sttabt"), None, None
-        ref_model = load_sttabt(cfg.out / "sttabt").model
-    else:
-        source, approx, ratio = cfg.model, Path(report["approx"]["dir"]), chosen.keep_ratio
+    if chosen.kind == "concrete":  # the trained dir: its model, thresholds and ApproxNet
+        trained = cfg.out / "sttabt"
+        ref_model = load_sttabt(trained).model
+        sttabt = _export(cfg, str(trained), model_out, trained_spec(trained))
+    else:  # the searched keep ratio, on the ApproxNet compress distilled (or was given)
         ref_model = net
-    exports = {
-        "sttabt": _export(cfg, source, model_out, "sttabt", approx, ratio),
-        "dense": _export(cfg, cfg.model, dense_out, "dense", None, None),
-    }
+        spec = SttabtSpec(keep_ratio=chosen.keep_ratio)
+        sttabt = _export(cfg, cfg.model, model_out, spec, Path(report["approx"]["dir"]), approx)
+    exports = {"sttabt": sttabt, "dense": _export(cfg, cfg.model, dense_out, DenseSpec())}
     held = split.held[:VERIFY_EXAMPLES]
     out: dict[str, Any] = {"export": {k: _brief(v) for k, v in exports.items()}, "verify": {}, "accuracy": {}}
     paths = {

@@ -130,7 +130,7 @@ def run_compress(cfg: CompressConfig, console: Console | None = None, resume: bo
     with ph("export", "export, verify, runtime accuracy"):
         from sttabt_edge.compress.deliver import deliver
 
-        report["files"] = deliver(cfg, net, chosen, split, report)
+        report["files"] = deliver(cfg, net, approx, chosen, split, report)
     with ph("bench", "latency against the dense export"):
         from sttabt_edge.compress.deliver import benchmark
 
