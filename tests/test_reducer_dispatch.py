@@ -28,12 +28,9 @@ BUILDERS = {"build", "make_reducer", "make_spec", "from_spec"}
 
 # Readers of formats that name the kind in their own keys: they build the spec, once.
 ALLOWED = {"export/metadata.py:reducer_spec"}  # export metadata written before "reducer_spec"
-# Functions that still branch on a kind to build a reducer: training's own reducers (#27: the
-# training configs are to carry a spec). This list may only shrink.
-KNOWN = {
-    "sttabt_edge/train/baselines.py:build_baseline",
-    "sttabt_edge/train/sweep.py:make",
-}
+# Functions that still branch on a kind to build a reducer. This list may only shrink (empty
+# since #27 moved training's baselines and sweep onto spec_from_options / REDUCERS).
+KNOWN: set[str] = set()
 
 
 def _reducer_names(tree: ast.Module) -> set[str]:

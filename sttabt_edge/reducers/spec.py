@@ -77,13 +77,13 @@ class ReducerOptions:
     before its kind takes those that apply to it (:func:`spec_from_options`): the one place
     where options become a spec, so no caller assembles per-kind arguments."""
 
-    keep_ratio: float | None = None  # None: the kind's default (sttabt_edge/defaults.py)
+    keep_ratio: Ratio | None = None  # one or one per layer (training's schedules); None: the kind's default
     nesting: Nesting = "union"
     min_keep: int = DEFAULT_MIN_KEEP
     num_layers: int | None = None  # the model's; LTP's untrained thresholds are one per layer
 
-    def ratio(self, kind: str) -> float:
-        return default_keep_ratio(kind) if self.keep_ratio is None else float(self.keep_ratio)
+    def ratio(self, kind: str) -> Ratio:
+        return default_keep_ratio(kind) if self.keep_ratio is None else as_ratio(self.keep_ratio)
 
 
 @dataclass(frozen=True)

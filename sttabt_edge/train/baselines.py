@@ -14,15 +14,17 @@ Same output layout and loader as concrete (train/artifacts.py).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from sttabt_edge.reducers import LtpReducer, TopkReducer
+from sttabt_edge.reducers import LtpReducer
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.factory import build
+from sttabt_edge.reducers.spec import ReducerOptions, ReducerSpec, spec_from_options
 from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.artifacts import save_trained
 from sttabt_edge.train.checkpoint import model_fingerprint
@@ -92,23 +94,45 @@ def build_baseline(
     scfg: SparseTrainConfig,
     calib: Sequence[dict[str, torch.Tensor]] = (),
 ) -> SparseObjective:
-    """Objective for ``method`` (reducer, its phases, parameter groups and hard-phase snap)."""
+    """Objective for ``method`` (reducer, its phases, parameter groups and hard-phase snap): the
+    spec its options describe (``spec_from_options``: the keep schedule, one threshold per layer),
+    trained by the method's own objective (:data:`OBJECTIVES`)."""
+    objective = OBJECTIVES.get(method)
+    if objective is None:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     num_layers = int(hf_config(model).num_hidden_layers)
     schedule = keep_schedule(scfg.target_retention, num_layers, scfg.schedule)
     for p in model.parameters():
         p.requires_grad_(not scfg.freeze_main)
     teacher = copy.deepcopy(model)
-    if method == "topk":
-        if scfg.freeze_main:
-            raise ValueError("topk has no learnable parameters: freeze_main=True leaves nothing to train")
-        reducer: Reducer = TopkReducer(keep_ratio=schedule)
-        fixed = scfg.replace(retention_weight=0.0, hard_frac=0.0)  # retention is fixed by the schedule
-        return SparseObjective(model, reducer, teacher, fixed)
-    if method != "ltp":
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    ltp = LtpReducer(
-        0.0, num_layers=num_layers, temperature=scfg.ltp_temperature, min_keep=scfg.ltp_min_keep, soft=True
-    )
+    spec = spec_from_options(method, ReducerOptions(keep_ratio=tuple(schedule), num_layers=num_layers))
+    return objective(spec, model, teacher, scfg, calib)
+
+
+def _topk_objective(
+    spec: ReducerSpec,
+    model: nn.Module,
+    teacher: nn.Module,
+    scfg: SparseTrainConfig,
+    calib: Sequence[dict[str, torch.Tensor]],
+) -> SparseObjective:
+    """EViT top-k at the schedule: only the model trains."""
+    if scfg.freeze_main:
+        raise ValueError("topk has no learnable parameters: freeze_main=True leaves nothing to train")
+    fixed = scfg.replace(retention_weight=0.0, hard_frac=0.0)  # retention is fixed by the schedule
+    return SparseObjective(model, build(spec), teacher, fixed)
+
+
+def _ltp_objective(
+    spec: ReducerSpec,
+    model: nn.Module,
+    teacher: nn.Module,
+    scfg: SparseTrainConfig,
+    calib: Sequence[dict[str, torch.Tensor]],
+) -> SparseObjective:
+    """LTP: soft masks, then hard; its thresholds train at ``threshold_lr``."""
+    train_spec = spec.replace(temperature=scfg.ltp_temperature, min_keep=scfg.ltp_min_keep, soft=True)
+    ltp = cast(LtpReducer, build(train_spec))  # OBJECTIVES: an LtpSpec
 
     def set_phase(red: nn.Module, hard: bool) -> None:  # red is ``ltp``
         ltp.soft = not hard
@@ -129,6 +153,12 @@ def build_baseline(
         {"thresholds": ltp},
         snap if scfg.snap and calib else None,
     )
+
+
+Objective = Callable[
+    [ReducerSpec, nn.Module, nn.Module, SparseTrainConfig, Sequence[dict[str, torch.Tensor]]], SparseObjective
+]
+OBJECTIVES: dict[str, Objective] = {"ltp": _ltp_objective, "topk": _topk_objective}  # keys: METHODS
 
 
 def baseline_fingerprint(method: str, model: nn.Module, scfg: SparseTrainConfig) -> dict[str, Any]:

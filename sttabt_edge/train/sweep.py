@@ -25,8 +25,10 @@ from sttabt_edge.data import Example, longest_length, model_class_names
 from sttabt_edge.evaluate import evaluate
 from sttabt_edge.method.approxnet import ApproxNet
 from sttabt_edge.models.loading import load_model
-from sttabt_edge.reducers import DenseReducer, SttabtReducer, TomeReducer
+from sttabt_edge.reducers import DenseReducer, SttabtReducer
 from sttabt_edge.reducers.base import Reducer
+from sttabt_edge.reducers.factory import build, takes_approx
+from sttabt_edge.reducers.spec import Ratio, ReducerOptions, spec_from_options
 from sttabt_edge.sparse_model import SparseClassifier, mean_retention
 from sttabt_edge.train.approx import REPORT_FILE, train_approx
 from sttabt_edge.train.baselines import merge_batches, train_baseline
@@ -39,6 +41,11 @@ from sttabt_edge.train.losses import REACH_TOL, UnreachableTargetError
 
 TRAINED = ("concrete", "ltp", "topk")
 TRAINING_FREE = ("tome", "sttabt-topk")
+# each training-free method's reducer kind and its knob q as keep ratios (see training_free)
+KNOBS: dict[str, tuple[str, Callable[[float, int], Ratio]]] = {
+    "tome": ("tome", lambda q, n: tuple(q ** (layer + 1) for layer in range(n))),  # geometric
+    "sttabt-topk": ("sttabt", lambda q, n: q),  # one ratio for every layer
+}
 
 
 @dataclass
@@ -129,10 +136,11 @@ def training_free(
     """
     num_layers = int(hf_config(model).num_hidden_layers)
 
+    kind, knob = KNOBS[method]
+
     def make(q: float) -> Reducer:
-        if method == "tome":
-            return TomeReducer(keep_ratio=[q ** (layer + 1) for layer in range(num_layers)])
-        return SttabtReducer(approx, keep_ratio=q)
+        spec = spec_from_options(kind, ReducerOptions(keep_ratio=knob(q, num_layers)))
+        return build(spec, approx if takes_approx(spec) else None)
 
     q, reached = bisect_knob(lambda k: mean_retention(model, make(k), inputs), target, 0.02, 1.0)
     return make(q), reached
