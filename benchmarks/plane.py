@@ -35,7 +35,7 @@ from rich.table import Table
 from sttabt_edge.compress.stages import runtime_accuracy
 from sttabt_edge.data import Example, glue_tsv, image_folder, model_class_names
 from sttabt_edge.export.pipeline import ExportRequest, fp32_sibling, run_export
-from sttabt_edge.model_info import is_trained_dir
+from sttabt_edge.model_info import config_file, describe, is_trained_dir, read_config
 from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
 from sttabt_edge.runtime.bench import bench
 from sttabt_edge.runtime.bench_inputs import write_text_inputs
@@ -130,6 +130,9 @@ def main() -> None:
     t0 = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     examples = eval_examples(args)
+    num_tokens = None  # images: patches + prefix, for the runtime's retention (text uses its masks)
+    if config_file(args.model) is not None and not (args.data / "dev.tsv").is_file():
+        num_tokens = describe(read_config(config_file(args.model))).get("tokens")  # type: ignore[arg-type]
     inputs = write_text_inputs([e.inputs for e in examples], args.work / "eval_inputs.txt")
     calib = (
         args.data / "train.tsv" if (args.data / "train.tsv").is_file() else args.data
@@ -142,7 +145,7 @@ def main() -> None:
         dense = exported["dense"]["files"]["fp32"]
         for p in todo:
             for kind, path in exported[p["name"]]["files"].items():
-                acc = runtime_accuracy(path, examples)
+                acc = runtime_accuracy(path, examples, num_tokens=num_tokens)
                 lat = bench(
                     path,
                     vs=dense,

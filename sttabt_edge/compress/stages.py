@@ -254,8 +254,13 @@ def topk_reducer(approx: ApproxNet, keep_ratio: float) -> SttabtReducer:
     return SttabtReducer(approx, keep_ratio=keep_ratio).eval()
 
 
-def runtime_accuracy(path: Path, examples: Sequence[Example], batch_size: int = 32) -> dict[str, Any]:
-    """Accuracy and real-token retention of an exported file through the torch-free runtime."""
+def runtime_accuracy(
+    path: Path, examples: Sequence[Example], batch_size: int = 32, num_tokens: int | None = None
+) -> dict[str, Any]:
+    """Accuracy and real-token retention of an exported file through the torch-free runtime.
+
+    Text counts a sample's real tokens from its attention mask; images have ``num_tokens`` tokens
+    (patches + prefix; the file does not record the patch size), so pass it for their retention."""
     from sttabt_edge.runtime import load
 
     pred = load(path)
@@ -267,6 +272,8 @@ def runtime_accuracy(path: Path, examples: Sequence[Example], batch_size: int = 
         if "kept_counts" in out and "attention_mask" in x:  # text: real tokens entering each layer
             k = np.asarray(out["kept_counts"], dtype=np.float64)  # (B, L)
             kept.append(k / x["attention_mask"].sum(1)[:, None])
+        elif "kept_counts" in out and num_tokens:  # images: every token is real
+            kept.append(np.asarray(out["kept_counts"], dtype=np.float64) / num_tokens)
     res: dict[str, Any] = {"file": str(path), "examples": n, "accuracy": 100.0 * hits / max(n, 1)}
     if kept:
         res["retention"] = float(np.concatenate(kept).mean())
