@@ -26,7 +26,7 @@ from sttabt_edge.cli_common import (
     quiet_third_party,
 )
 from sttabt_edge.cli_export_checks import check_combination, check_export
-from sttabt_edge.cli_inputs import check_model
+from sttabt_edge.cli_inputs import check_approx_shape, check_model
 from sttabt_edge.cli_options import KEEP_RATIO_HELP, MinKeepOpt, Nesting, NestingOpt
 from sttabt_edge.cli_summary import print_export_summary
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS, default_keep_ratio
@@ -195,6 +195,10 @@ def export_cmd(
         target.value, quantize.value if quantize else None, fuse, fixed_batch, slots.value if slots else None
     )
     _check_untrained_shape(approx, approx_factor, approx_heads)
+    if approx == "untrained" and method == ExportMethod.sttabt and not trained:
+        heads = APPROX_HEADS if approx_heads is None else (approx_heads or None)
+        factor = UNTRAINED_FACTOR if approx_factor is None else approx_factor
+        check_approx_shape(model, factor, heads, "--approx-factor / --approx-heads")
     check_exists("--calib", calib)
     for name, value, low in (
         ("--calib-samples", calib_samples, 1),

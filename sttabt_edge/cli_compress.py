@@ -18,7 +18,13 @@ from sttabt_edge.cli_common import (
     check_range,
     fail,
 )
-from sttabt_edge.cli_inputs import check_training_data, model_family, model_positions
+from sttabt_edge.cli_inputs import (
+    check_approx_dir,
+    check_approx_shape,
+    check_training_data,
+    model_family,
+    model_positions,
+)
 from sttabt_edge.cli_outputs import InputPath, check_output_dir
 from sttabt_edge.cli_stderr import quiet_litert
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
@@ -138,6 +144,10 @@ def compress_cmd(
     except SttabtError as e:
         fail(str(e))
     max_length = _max_length(max_length, positions)
+    check_approx_dir("--approx", approx)
+    if approx is None:  # distilled here: its shape must fit the model
+        heads = APPROX_HEADS if approx_heads is None else (approx_heads or None)
+        check_approx_shape(model, approx_factor, heads, "--approx-factor / --approx-heads")
     inputs: list[tuple[str, InputPath]] = [("--model", model), ("--data", data), ("--approx", approx)]
     inputs += [("--eval-data", eval_data), ("--holdout-data", holdout_data)]
     check_output_dir("--out", out, inputs)

@@ -106,3 +106,29 @@ def check_training_data(model: str, data: Path | None, option: str = "--data") -
     what = "an image folder" if kind == "vit" else "text data"
     wanted = "an image folder" if family == "vit" else "a GLUE task folder, a .tsv or a .txt file"
     fail(f"{option} {data} is {what} but the model is {KIND[family]}; give {wanted}")
+
+
+def check_approx_shape(model: str, factor: int, heads: int | None, options: str) -> None:
+    """The ApproxNet a command will build (widths / ``factor``, ``heads`` heads; None: the model's)
+    fits the model of config.json: refused here, not after the ~10 s torch import and the load.
+    ``options``: the options that set them, for the message. A model without config.json passes."""
+    from sttabt_edge.model_info import approx_shape_problem, config_file, read_config
+
+    cfg_path = config_file(model)
+    if cfg_path is None:
+        return
+    cfg = read_config(cfg_path)
+    try:
+        sizes = [int(cfg[k]) for k in ("hidden_size", "num_attention_heads", "intermediate_size")]
+    except (KeyError, TypeError, ValueError):
+        return  # the loader words a broken config.json
+    if problem := approx_shape_problem(*sizes, factor, heads):
+        fail(f"{options}: {problem}")
+
+
+def check_approx_dir(option: str, path: Path | None) -> None:
+    """An ApproxNet folder to load: one `train approx` wrote (its approxnet.json), checked up front."""
+    if path is not None and not (path / "approxnet.json").is_file():
+        fail(
+            f"{option} {path}: not an ApproxNet folder (no approxnet.json); pass DIR from `sttabt-edge train approx`"
+        )

@@ -3,8 +3,9 @@
 The verbs build a TrainConfig from ``--config`` and their options (``cli_train._train_config``);
 this checks what NaN or an infinity would slip past (``--epochs inf`` reached the scheduler,
 ``--lr nan`` trains on NaN) and what only exhausts memory later (``--batch-size 100000``), that the
-data is of the model's kind (images for an image model), and that ``--out`` is a folder that can
-be written and holds none of the inputs. Torch-free.
+data is of the model's kind (images for an image model), that an ApproxNet to build fits the
+model (config.json) and one to load is an ApproxNet folder, and that ``--out`` is a folder that can
+be written and holds none of the inputs. Torch-free, but for ``--amp fp16`` (is there CUDA?).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sttabt_edge.cli_common import MAX_BATCH, check_at_least, check_range
-from sttabt_edge.cli_inputs import check_training_data
+from sttabt_edge.cli_common import MAX_BATCH, check_at_least, check_range, fail
+from sttabt_edge.cli_inputs import check_approx_dir, check_approx_shape, check_training_data
 from sttabt_edge.cli_outputs import check_output_dir
 
 MAX_EPOCHS = 10_000.0
@@ -47,6 +48,16 @@ def check_train_run(cfg: Any, options: Mapping[str, Any]) -> None:
     for name in ("warmup", "weight_decay", "grad_clip"):
         check_range(name, getattr(cfg, name), 0.0, float(MAX_STEPS))
     check_range("--track-weight", options.get("track_weight"), 0.0, 1e6)
+    if options.get("factor") is not None:  # `train approx` builds an ApproxNet of the model
+        check_approx_shape(
+            options["model"], options["factor"], options.get("heads") or None, "--factor / --heads"
+        )
+    check_approx_dir("--approx", options.get("approx"))
+    if cfg.amp == "fp16":  # the engine refused it only after the load, below a GradScaler warning
+        import torch
+
+        if cfg.device in ("cpu", "mps") or not torch.cuda.is_available():
+            fail("--amp fp16 needs a CUDA device (none here); use --amp bf16 on CPU")
     check_training_data(options["model"], options["data"])
     check_training_data(options["model"], options.get("eval_data"), "--eval-data")
     check_output_dir("--out", options["out"], [(f"--{k.replace('_', '-')}", options.get(k)) for k in INPUTS])

@@ -104,3 +104,25 @@ def _tokens(config: Mapping[str, Any], family: str, prefix: int) -> int | None:
     if not (isinstance(size, int) and isinstance(patch, int) and patch > 0):
         return None
     return (size // patch) ** 2 + prefix
+
+
+def approx_shape_problem(
+    hidden: int, teacher_heads: int, intermediate: int, factor: int, heads: int | None
+) -> str | None:
+    """Why an ApproxNet of widths / ``factor`` with ``heads`` heads (None: the teacher's) cannot be built for
+    a model of these sizes, or None. The one rule (``method.approxnet.approx_config`` raises it; the CLI
+    checks it from config.json before torch loads)."""
+    if not isinstance(factor, int) or factor < 1:
+        return f"factor must be a positive int, got {factor!r}"
+    heads = teacher_heads if heads is None else heads
+    if not isinstance(heads, int) or heads < 1 or teacher_heads % heads:
+        return f"heads must divide the teacher's {teacher_heads} attention heads, got {heads!r}"
+    if hidden % factor or (hidden // factor) % heads:
+        return (
+            f"factor {factor} does not fit hidden_size {hidden} with {heads} heads: hidden_size / factor "
+            f"= {hidden / factor:g} must be an integer divisible by the head count; pick a factor dividing "
+            f"{hidden // heads} (the per-head width)"
+        )
+    if intermediate // factor < 1:
+        return f"factor {factor} leaves no FFN width (intermediate_size {intermediate})"
+    return None

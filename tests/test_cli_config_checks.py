@@ -34,6 +34,8 @@ def root(tmp_path_factory):
     """A tiny BERT (64 positions) saved as a model dir, and SST-2 rows it can read."""
     root = tmp_path_factory.mktemp("cfg")
     save_tiny_text_model(root / "bert", WORDS)
+    (root / "approx").mkdir()
+    (root / "approx" / "approxnet.json").write_text("{}")  # an ApproxNet folder as the CLI recognises one
     write_sst2_dir(root / "SST-2", n_train=4, n_dev=2, seed=0)
     return root
 
@@ -173,7 +175,7 @@ def test_bad_sparse_config_is_one_line_before_any_work(root, tmp_path, stub, con
     ],
 )
 def test_sparse_options_are_checked_by_the_same_rules(root, tmp_path, stub, option, value, needle):
-    args = ["train", "concrete", "--model", str(root / "bert"), "--approx", str(root)]
+    args = ["train", "concrete", "--model", str(root / "bert"), "--approx", str(root / "approx")]
     args += ["--data", str(root / "SST-2" / "train.tsv"), "--out", str(tmp_path / "o")]
     one_error(runner.invoke(app, [*args, option, value]), needle)
 

@@ -370,3 +370,66 @@ def test_export_options_that_exclude_each_other_are_refused_before_torch(files, 
     res = runner.invoke(app, shlex.split(args))
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.output
+
+
+STUBS = (
+    "sttabt_edge.models.loading.load_model",
+    "sttabt_edge.export.pipeline.run_export",
+    "sttabt_edge.compress.run_compress",
+    "sttabt_edge.cli_train._load_training",
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        (
+            "export --model {vit} --out {out} --approx untrained --approx-heads 3",
+            "heads must divide the teacher's 4",
+        ),
+        (
+            "export --model {vit} --out {out} --approx untrained --approx-factor 1000",
+            "factor 1000 does not fit",
+        ),
+        (
+            "compress --model {vit} --data {img} --out {root}/c --max-drop 1 --approx-heads 3",
+            "heads must divide",
+        ),
+        (
+            "compress --model {vit} --data {img} --out {root}/c --max-drop 1 --approx {img}",
+            "not an ApproxNet folder",
+        ),
+        ("train approx --model {vit} --data {img} --out {root}/t --heads 3", "heads must divide"),
+        ("train approx --model {vit} --data {img} --out {root}/t --factor 64", "factor 64 does not fit"),
+        (
+            "train concrete --model {vit} --data {img} --out {root}/t --approx {img}",
+            "not an ApproxNet folder",
+        ),
+    ],
+)
+def test_approxnet_shape_and_folder_are_checked_before_torch(files, monkeypatch, line, needle):
+    """An ApproxNet that cannot fit the model (config.json) or a folder that holds none was refused
+    only after the model loaded (found by scripts/audit_hardening.py): now with the other values."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    for target in STUBS:
+        monkeypatch.setattr(target, refuse)
+    res = runner.invoke(app, [a.format(**files) for a in shlex.split(line)])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.output
+
+
+def test_amp_fp16_without_cuda_is_one_line_up_front(files, monkeypatch):
+    """It used to fail after the load, below torch's GradScaler warning."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here: fp16 is allowed")
+    monkeypatch.setattr("sttabt_edge.cli_train._load_training", lambda *a, **k: pytest.fail("loaded"))
+    line = "train approx --model {vit} --data {img} --out {root}/t --amp fp16"
+    res = runner.invoke(app, [a.format(**files) for a in shlex.split(line)])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and lines == [
+        "error: --amp fp16 needs a CUDA device (none here); use --amp bf16 on CPU"
+    ]

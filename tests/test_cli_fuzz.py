@@ -191,7 +191,19 @@ def cases(draw, command: str) -> tuple[str, str, bool | None]:
         return opt.name, draw(junk), None
     v = draw(number(opt))
     typed = str(int(v)) if opt.kind == "int" else repr(float(v))
-    return opt.name, typed, opt.valid(v)
+    return opt.name, typed, opt.valid(v) and (opt.name not in SHAPE or fits(opt.name, int(v)))
+
+
+SHAPE = ("--approx-factor", "--factor", "--approx-heads", "--heads")  # the ApproxNet built must fit the model
+
+
+def fits(name: str, v: int) -> bool:
+    """The tiny ViT (hidden 32, 4 heads, FFN 64) takes this ApproxNet, the other value at its default
+    (factor 8, 1 head; heads 0: the model's)."""
+    from sttabt_edge.model_info import approx_shape_problem
+
+    factor, heads = (v, 1) if name.endswith("factor") else (8, v or None)
+    return approx_shape_problem(32, 4, 64, factor, heads) is None
 
 
 def one_error_line(res) -> bool:

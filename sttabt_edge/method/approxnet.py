@@ -26,6 +26,7 @@ from sttabt_edge.errors import InputError
 from sttabt_edge.method.approx_init import area_resize, interpolate_init, upsample_transfers
 from sttabt_edge.method.flops import model_flops
 from sttabt_edge.method.sparse import dense_counts, dense_forward
+from sttabt_edge.model_info import approx_shape_problem
 from sttabt_edge.models.adapter import classify, embed
 
 INITS = ("random", "interpolate")
@@ -43,26 +44,14 @@ def approx_config(teacher_config: Any, factor: int, heads: int | None = None) ->
     [j g, (j+1) g), g = H / heads. Back-tracking averages heads anyway, so fewer heads
     predict the same mean map with an H/heads times cheaper softmax.
     """
-    if not isinstance(factor, int) or factor < 1:
-        raise InputError(f"factor must be a positive int, got {factor!r}")
     hidden, teacher_heads = int(teacher_config.hidden_size), int(teacher_config.num_attention_heads)
+    inter = int(teacher_config.intermediate_size)
+    if problem := approx_shape_problem(hidden, teacher_heads, inter, factor, heads):
+        raise InputError(problem)
     heads = teacher_heads if heads is None else heads
-    if not isinstance(heads, int) or heads < 1 or teacher_heads % heads:
-        raise InputError(f"heads must divide the teacher's {teacher_heads} attention heads, got {heads!r}")
-    if hidden % factor or (hidden // factor) % heads:
-        raise InputError(
-            f"factor {factor} does not fit hidden_size {hidden} with {heads} heads: hidden_size / factor "
-            f"= {hidden / factor:g} must be an integer divisible by the head count; pick a factor dividing "
-            f"{hidden // heads} (the per-head width)"
-        )
-    inter = int(teacher_config.intermediate_size) // factor
-    if inter < 1:
-        raise InputError(
-            f"factor {factor} leaves no FFN width (intermediate_size {teacher_config.intermediate_size})"
-        )
     cfg = copy.deepcopy(teacher_config)
     cfg.hidden_size = hidden // factor
-    cfg.intermediate_size = inter
+    cfg.intermediate_size = inter // factor
     cfg.num_attention_heads = heads
     cfg._attn_implementation = "eager"
     return cfg
