@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,12 +38,13 @@ from sttabt_edge.export.tflite_graph import APPROX_WEIGHTS_DEFAULT, ApproxWeight
 from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SLOT_SIZINGS, SlotSizing
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.reducers.spec import ReducerSpec
+from sttabt_edge.reducers.spec import ReducerSpec, Target
 from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
 Warn = Callable[[str], None]
-QUANTIZE = {"int8": "dynamic", "int8-dynamic": "dynamic", "int8-static": "static"}
+QuantizeMode = Literal["int8", "int8-dynamic", "int8-static"]
+QUANTIZE: dict[QuantizeMode, str] = {"int8": "dynamic", "int8-dynamic": "dynamic", "int8-static": "static"}
 
 
 @dataclass
@@ -57,11 +58,11 @@ class ExportRequest:
     approx_net: nn.Module | None = None  # the ApproxNet already loaded from ``approx`` (compress)
     approx_factor: int = APPROX_FACTOR  # only for the untrained fallback
     approx_heads: int | None = APPROX_HEADS  # only for the untrained fallback (None: the model's)
-    target: str = "onnx"  # "onnx" | "tflite"
+    target: Target = "onnx"
     seq_len: int = 128  # tflite text models: the static sequence length
     slots: SlotSizing | None = None  # tflite STTABT static sizes; None: "calibrated" (export/tflite_slots.py)
     slot_quantile: float = SLOT_QUANTILE  # "calibrated": the quantile of the rule's sizes on --calib
-    quantize: str | None = None  # "int8" (= dynamic) | "int8-static"
+    quantize: QuantizeMode | None = None  # "int8" = "int8-dynamic"
     approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT  # tflite int8: the ApproxNet's stored weights
     batch: Batch = "dynamic"
     calib: Path | None = None

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 from sttabt_edge.errors import InputError
 
-TARGETS = ("onnx", "tflite")
-QUANTIZE = (None, "int8")
+if TYPE_CHECKING:  # annotations only: this module stays torch-free
+    from sttabt_edge.reducers.spec import Target
+
+Quantize = Literal["int8"]  # dynamic-range INT8 (the delivered file and the dense baseline alike)
+TARGETS: tuple[Target, ...] = ("onnx", "tflite")
+QUANTIZE: tuple[Quantize | None, ...] = (None, *get_args(Quantize))
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,8 @@ class CompressConfig:
     budget_minutes: float = 30.0  # training time (distillation + threshold training), approximate
     approx_steps: int | None = None  # distillation steps, instead of the budget's share (reproducible runs)
     threshold_steps: int | None = None  # threshold-training steps, instead of what the budget leaves
-    target: str = "onnx"  # "onnx" | "tflite"
-    quantize: str | None = None  # None | "int8"
+    target: Target = "onnx"
+    quantize: Quantize | None = None
     fuse: bool = False  # ONNX: fused attention kernels for the delivered file and the dense baseline alike
     approx: Path | None = None  # a distilled ApproxNet dir to reuse (skips distillation)
     approx_factor: int = APPROX_FACTOR  # ApproxNet widths / this, when distilling here

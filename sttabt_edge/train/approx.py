@@ -26,7 +26,7 @@ from sttabt_edge.defaults import APPROX_FACTOR
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet, teacher_targets
 from sttabt_edge.method.distill import DistillWeights, approx_distill_loss, attention_kl
 from sttabt_edge.train.checkpoint import atomic_write_text, model_fingerprint
-from sttabt_edge.train.config import ApproxConfig, TrainConfig
+from sttabt_edge.train.config import ApproxConfig, ApproxInit, TrainConfig
 from sttabt_edge.train.data import Batch, TrainData
 from sttabt_edge.train.distributed import Dist, distributed
 from sttabt_edge.train.engine import Objective, StepLogs, decay_groups, fit
@@ -123,7 +123,7 @@ def train_approx(
     teacher: nn.Module,
     data: TrainData,
     factor: int = APPROX_FACTOR,
-    init: str = "interpolate",
+    init: ApproxInit = "interpolate",
     cfg: TrainConfig | None = None,
     out: str | Path | None = None,
     acfg: ApproxConfig | None = None,

@@ -20,10 +20,17 @@ if TYPE_CHECKING:  # annotations only: this module stays torch-free
     from sttabt_edge.method.backtrack import HeadReduce
     from sttabt_edge.train.augment import AugmentConfig
 
-AMP_MODES = ("none", "bf16", "fp16")
-INITS = ("interpolate", "random")
-INIT_SCHEDULES = ("constant", "union", "shared")
-CONCRETE_VARIANTS = ("ste", "official")
+AmpMode = Literal["none", "bf16", "fp16"]
+ApproxInit = Literal["interpolate", "random"]
+# calibrated threshold init's keep schedule (see SparseTrainConfig.init_schedule)
+InitSchedule = Literal["constant", "union", "shared"]
+ConcreteVariant = Literal["ste", "official"]  # = reducers.spec.ConcreteKind (this module stays torch-free)
+KeepSchedule = Literal["geometric", "constant"]  # the top-k baseline's per-layer keep ratios
+AMP_MODES: tuple[AmpMode, ...] = get_args(AmpMode)
+INITS: tuple[ApproxInit, ...] = get_args(ApproxInit)
+INIT_SCHEDULES: tuple[InitSchedule, ...] = get_args(InitSchedule)
+CONCRETE_VARIANTS: tuple[ConcreteVariant, ...] = get_args(ConcreteVariant)
+KEEP_SCHEDULES: tuple[KeepSchedule, ...] = get_args(KeepSchedule)
 # the soft phase's retention term (train/retention.py): the official squared penalty, or a multiplier raised
 # by dual ascent that holds the target against the KD loss's pull toward keeping more tokens
 RetentionControl = Literal["penalty", "lagrangian"]
@@ -76,7 +83,7 @@ class TrainConfig(JsonConfig):
     weight_decay: float = 0.01  # AdamW; never applied to biases, norms, thresholds (params with dim < 2)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     seed: int = 0  # data order, dropout and concrete noise all derive from (seed, step)
-    amp: str = "none"  # "none" | "bf16" (CPU or GPU autocast) | "fp16" (CUDA, with GradScaler)
+    amp: AmpMode = "none"  # "none" | "bf16" (CPU or GPU autocast) | "fp16" (CUDA, with GradScaler)
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
     eval_every: int = 0  # optimizer steps between evaluations; 0 = only at the end
     save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
@@ -131,7 +138,9 @@ class ApproxConfig(JsonConfig):
     """ApproxNet distillation (approx.py)."""
 
     factor: int = APPROX_FACTOR  # hidden and FFN widths are divided by this (sttabt_edge/defaults.py)
-    init: str = "interpolate"  # "interpolate" (area-resized teacher weights; ViT) or "random" (text OK)
+    init: ApproxInit = (
+        "interpolate"  # "interpolate" (area-resized teacher weights; ViT) or "random" (text OK)
+    )
     # attention heads; None = the teacher's (fewer: a cheaper mean-map predictor)
     heads: int | None = APPROX_HEADS
     attn_weight: float = 1.0  # attention KL: what back-tracking consumes
@@ -170,18 +179,18 @@ class SparseTrainConfig(JsonConfig):
     # calibrated init's keep schedule: "constant" (every layer keeps ~target; train/concrete.shape_thresholds),
     # "union" (each layer's own selection keeps one fraction, sets grow toward the input; union_thresholds)
     # or "shared" (one offset for all layers: the importance profile decides, early layers keep everything)
-    init_schedule: str = "constant"
+    init_schedule: InitSchedule = "constant"
     calib_samples: int = 64  # random training examples the thresholds are calibrated / snapped on
     temperature: float = 0.5  # concrete relaxation temperature ("ste"; "official" uses 0.1)
     # concrete variant: "ste" (this project's: logistic noise, straight-through hard masks) or
     # "official" (run_bert_with_concrete: Φ(z-scored scores), T = 0.1, soft masks, method/concrete_official.py)
-    concrete: str = "ste"
+    concrete: ConcreteVariant = "ste"
     ltp_temperature: float = 0.1  # LTP's sigmoid temperature (importances are O(1))
     min_keep: int = 4  # STTABT: tokens always kept per layer, prefix included (short inputs keep their words)
     ltp_min_keep: int = 1  # LTP: real tokens always kept per layer beyond the prefix
     p: float = 0.1  # back-tracking propagation weight (see method/backtrack.py)
     head_reduce: HeadReduce = "mean"
-    schedule: str = "geometric"  # top-k baseline: "geometric" (q**l per layer) or "constant"
+    schedule: KeepSchedule = "geometric"  # top-k baseline: "geometric" (q**l per layer) or "constant"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
 
     def __post_init__(self) -> None:
@@ -193,7 +202,11 @@ class SparseTrainConfig(JsonConfig):
             float(self.init)  # raises ValueError for anything else
         if self.concrete not in CONCRETE_VARIANTS:
             raise ValueError(f"concrete must be one of {CONCRETE_VARIANTS}, got {self.concrete!r}")
-        for name, choices in (("retention_control", RetentionControl), ("main_params", MainParams)):
+        for name, choices in (
+            ("retention_control", RetentionControl),
+            ("main_params", MainParams),
+            ("schedule", KeepSchedule),
+        ):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {get_args(choices)}, got {getattr(self, name)!r}")
         weights = ("task_weight", "kd_weight", "kd_temperature", "retention_weight", "retention_dual_lr")
