@@ -8,7 +8,7 @@ would, and checks the outcome: one ``error:`` line on stderr, nothing on stdout,
 (and nothing written or touched), or a correct result (a wrong file fails ``verify``, threads get
 their own answers, a missing output folder is created, no third-party noise). Prints a table and
 writes a JSON summary: cases, held, failed, the commit and every case with its detail and time.
-Exit status 1 if a case failed. About 5 minutes on 2 busy cores (the cases that must succeed
+Exit status 1 if a case failed. About 6 minutes on 2 busy cores, 2 cases at a time (the cases that must succeed
 run whole commands; everything refused is refused in about a second).
 
 Read-only folders: as root (whom permission bits do not stop) a folder made immutable with
