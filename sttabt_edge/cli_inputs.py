@@ -119,10 +119,12 @@ def check_approx_shape(model: str, factor: int, heads: int | None, options: str)
         return
     cfg = read_config(cfg_path)
     try:
-        sizes = [int(cfg[k]) for k in ("hidden_size", "num_attention_heads", "intermediate_size")]
+        hidden, teacher_heads, intermediate = (
+            int(cfg[k]) for k in ("hidden_size", "num_attention_heads", "intermediate_size")
+        )
     except (KeyError, TypeError, ValueError):
         return  # the loader words a broken config.json
-    if problem := approx_shape_problem(*sizes, factor, heads):
+    if problem := approx_shape_problem(hidden, teacher_heads, intermediate, factor, heads):
         fail(f"{options}: {problem}")
 
 
