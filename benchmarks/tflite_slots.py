@@ -285,8 +285,8 @@ def stage_time(work: Path, only: list[str], runs: int, block: int, threads: int)
         (a, b) for a, vs in int8_pairs(trained is not None).items() for b in vs
     ]
     for a, b in timed:
-        if only and not any(a.startswith(o) for o in only):
-            continue
+        if only and not any(a.startswith(o) for o in only) or not {a, b} <= build["files"].keys():
+            continue  # not asked for, or a subset build without one of the two files
         r = bench(
             build["files"][a]["path"],
             vs=build["files"][b]["path"],
