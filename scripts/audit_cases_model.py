@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from audit_hardening import Ctx, Outcome, Run, cli, exited, refused
+from onnx_metadata import field, metadata_entry, metadata_of, varint, with_metadata
 
 from sttabt_edge.runtime import contract, seal
 
@@ -26,37 +27,16 @@ def case(section: str, name: str) -> Callable[[Callable[[Ctx], Outcome]], Callab
     return register
 
 
-# ---- the metadata entry, edited at the protobuf level (as test_seal.py does) ---------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _entry(value: bytes) -> bytes:
-    return _field(14, _field(1, contract.METADATA_KEY.encode()) + _field(2, value))
+# ---- the metadata entry, edited at the protobuf level (tests/onnx_metadata.py, as test_seal.py does) ----
 
 
 def metadata_text(path: Path) -> str:
-    data = path.read_bytes()
-    start, end = seal.onnx_layout(data).entries[0].value
-    return data[start:end].decode()
+    return metadata_of(path.read_bytes()).decode()
 
 
 def write_metadata(path: Path, text: str) -> None:
     """Replace the one sttabt_edge entry's text (nothing resealed)."""
-    data = path.read_bytes()
-    start, end = seal.onnx_layout(data).entries[0].record
-    path.write_bytes(data[:start] + _entry(text.encode()) + data[end:])
+    path.write_bytes(with_metadata(path.read_bytes(), text.encode()))
 
 
 def reseal(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
@@ -130,7 +110,7 @@ def second_entry(ctx: Ctx) -> Outcome:
     path = ctx.copy_export("vit.onnx", "second")
     forged = json.loads(metadata_text(path))
     forged["labels"] = ["cucumber"] * len(forged["labels"])
-    path.write_bytes(path.read_bytes() + _entry(json.dumps(forged).encode()))
+    path.write_bytes(path.read_bytes() + metadata_entry(json.dumps(forged).encode()))
     a, b = refused(run_image(ctx, path)), refused(run_image(ctx, path, "--no-verify-digest"))
     return Outcome(a.held and b.held, f"{a.detail} | {b.detail}")
 
@@ -253,12 +233,12 @@ def _huge(ctx: Ctx, tflite: bool) -> Outcome:
     else:
         data = path.read_bytes()
         start, end = seal.onnx_layout(data).entries[0].record
-        key = _field(1, contract.METADATA_KEY.encode())
+        key = field(1, contract.METADATA_KEY.encode())
         value_len = len(head) + pad + 2
-        inner_len = len(key) + len(_varint(2 << 3 | 2)) + len(_varint(value_len)) + value_len
+        inner_len = len(key) + len(varint(2 << 3 | 2)) + len(varint(value_len)) + value_len
         with open(path, "wb") as f:
-            f.write(data[:start] + _varint(14 << 3 | 2) + _varint(inner_len) + key)
-            f.write(_varint(2 << 3 | 2) + _varint(value_len) + head)
+            f.write(data[:start] + varint(14 << 3 | 2) + varint(inner_len) + key)
+            f.write(varint(2 << 3 | 2) + varint(value_len) + head)
             for _ in range(pad >> 20):
                 f.write(chunk)
             f.write(b'"}' + data[end:])

@@ -21,6 +21,7 @@ from fuzz import FUZZ
 from handmade import image_meta, word_tokenizer
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from onnx_metadata import metadata_entry, metadata_of, with_metadata
 from tiny import text_batch, tiny_bert, tiny_vit
 
 from sttabt_edge.errors import ModelFileError
@@ -72,37 +73,6 @@ def one_line(err: pytest.ExceptionInfo) -> str:
     msg = str(err.value)
     assert "\n" not in msg and "Traceback" not in msg, msg
     return msg
-
-
-# ---- editing the metadata entry at the protobuf level (any bytes, even invalid UTF-8) -----------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _entry(value: bytes, key: bytes = contract.METADATA_KEY.encode()) -> bytes:
-    return _field(14, _field(1, key) + _field(2, value))
-
-
-def metadata_of(data: bytes) -> bytes:
-    entry = seal.onnx_layout(data).entries[0]
-    return data[entry.value[0] : entry.value[1]]
-
-
-def with_metadata(data: bytes, value: bytes) -> bytes:
-    """The file with its one sttabt_edge entry's text replaced by ``value`` (nothing resealed)."""
-    entry = seal.onnx_layout(data).entries[0]
-    return data[: entry.record[0]] + _entry(value) + data[entry.record[1] :]
 
 
 def edited(path: Path, edit) -> Path:
@@ -171,7 +141,7 @@ def test_a_second_metadata_entry_is_refused(exported, tmp_path):
     data = path.read_bytes()
     forged = json.loads(metadata_of(data))
     forged["labels"] = ["cucumber"] * len(forged["labels"])
-    path.write_bytes(data + _entry(json.dumps(forged).encode()))
+    path.write_bytes(data + metadata_entry(json.dumps(forged).encode()))
     for verify in (True, False):
         with pytest.raises(ModelFileError, match="2 'sttabt_edge' metadata entries") as err:
             load(path, verify_digest=verify)
