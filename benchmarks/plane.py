@@ -130,9 +130,9 @@ def main() -> None:
     t0 = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     examples = eval_examples(args)
-    num_tokens = None  # images: patches + prefix, for the runtime's retention (text uses its masks)
-    if config_file(args.model) is not None and not (args.data / "dev.tsv").is_file():
-        num_tokens = describe(read_config(config_file(args.model))).get("tokens")  # type: ignore[arg-type]
+    # images: patches + prefix, for the runtime's retention (text counts its masks and ignores this)
+    cfg_path = config_file(args.model)
+    num_tokens = describe(read_config(cfg_path)).get("tokens") if cfg_path is not None else None
     inputs = write_text_inputs([e.inputs for e in examples], args.work / "eval_inputs.txt")
     calib = (
         args.data / "train.tsv" if (args.data / "train.tsv").is_file() else args.data

@@ -75,18 +75,24 @@ def curve(run_dir: Path) -> dict[str, Any]:
 def add_start(run: dict[str, Any], init: dict[str, Any]) -> None:
     """Prepend minute 0: the calibrated start of ``init`` (a ``benchmarks/init_schedule_deit.py`` JSON of
     the same ApproxNet) at the run's target, ``constant`` schedule (the recipe's), before any step."""
-    rows = [
-        r
-        for r in init["rows"]
-        if r["schedule"] == "constant" and run["target_retention"] is not None
-        and abs(r["target"] - run["target_retention"]) < 1e-6
-    ]  # fmt: skip
-    if rows:
-        r = rows[0]
-        start = {"step": 0, "minutes": 0.0, "accuracy": r["accuracy"], "retention": r["retention"]}
-        run["points"] = [{**start, "flops_ratio": r.get("flops_ratio"), "source": init.get("commit")}] + run[
-            "points"
-        ]
+    target = run["target_retention"]
+    if target is None:
+        return
+    row = next(
+        (r for r in init["rows"] if r["schedule"] == "constant" and abs(r["target"] - target) < 1e-6), None
+    )
+    if row is not None:
+        run["points"].insert(
+            0,
+            {
+                "step": 0,
+                "minutes": 0.0,
+                "accuracy": row["accuracy"],
+                "retention": row["retention"],
+                "flops_ratio": row.get("flops_ratio"),
+                "source": init.get("commit"),
+            },
+        )
 
 
 def plot(runs: dict[str, dict[str, Any]], dense: float | None, path: Path) -> None:

@@ -264,20 +264,18 @@ def plot(report: dict[str, Any], path: Path) -> None:
     a.set_ylabel("held-out accuracy %")
     a.legend(fontsize=8)
     table = rows(report)
+    cost = {name: _cost(table, name) for name in table}
     for name, r in table.items():
-        if _cost(table, name) is not None:
-            b.scatter(
-                _cost(table, name), r["held_out_accuracy"], s=70, color=COLORS[name], label=LABELS[name]
-            )
+        if cost[name] is not None:
+            b.scatter(cost[name], r["held_out_accuracy"], s=70, color=COLORS[name], label=LABELS[name])
     if cfg["max_drop"] is not None and "dense_fp32" in table:
         floor = table["dense_fp32"]["held_out_accuracy"] - cfg["max_drop"]
         b.axhline(floor, ls=":", color="tab:green", label=f"budget floor ({floor:.1f})")
     v = report["verdict"]
-    if _cost(table, v["deploy"]) is not None:
-        d = table[v["deploy"]]
+    if cost[v["deploy"]] is not None:
         b.scatter(
-            [_cost(table, v["deploy"])],
-            [d["held_out_accuracy"]],
+            [cost[v["deploy"]]],
+            [table[v["deploy"]]["held_out_accuracy"]],
             s=220,
             facecolors="none",
             edgecolors="black",
