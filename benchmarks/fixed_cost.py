@@ -89,13 +89,19 @@ def mean_kept(path: Path, feeds: dict[str, np.ndarray], threads: int) -> float:
 
 
 def time_parts(
-    files: dict[str, Path], feeds: dict[str, dict[str, np.ndarray]], threads: int, runs: int
+    files: dict[str, Path],
+    feeds: dict[str, dict[str, np.ndarray]],
+    threads: int,
+    runs: int,
+    spinning: bool = False,
 ) -> dict[str, dict]:
     import onnxruntime as ort
 
     sessions = {
         k: ort.InferenceSession(
-            str(p), session_options(threads, quiet=True), providers=["CPUExecutionProvider"]
+            str(p),
+            session_options(threads, spinning=spinning, quiet=True),
+            providers=["CPUExecutionProvider"],
         )
         for k, p in files.items()
     }
@@ -122,6 +128,7 @@ def main() -> None:
     p.add_argument("--dense", type=Path, required=True, help="the dense export to compare with")
     p.add_argument("--lengths", type=int, nargs="+", default=[8, 24, 64, 128], help="text lengths (tokens)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--spinning", action="store_true", help="ORT's intra-op spinning, inside a run only")
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -141,7 +148,7 @@ def main() -> None:
             if real is not None:  # text: the dense file on the mean kept count (images have one size)
                 timed["dense_at_kept"] = args.dense
                 given["dense_at_kept"] = synthetic_inputs(pred, 1, max(round(kept), 1))
-            parts = time_parts(timed, given, args.threads, args.runs)
+            parts = time_parts(timed, given, args.threads, args.runs, args.spinning)
             parts["masks"] = {
                 k: parts["approxnet+masks"][k] - parts["approxnet"][k] for k in ("p50_ms", "x_dense")
             }
@@ -171,6 +178,7 @@ def main() -> None:
             "file": str(args.file),
             "dense": str(args.dense),
             "threads": args.threads,
+            "spinning": args.spinning,
             "runs": args.runs,
             "ort_nodes": nodes,
             "rows": rows,

@@ -119,6 +119,11 @@ def main() -> None:
         "--fuse", action="store_true", help="fused attention kernels (docs/export.md), every file"
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--spinning",
+        action="store_true",
+        help="ORT's default intra-op spinning, inside a run only (docs/results.md: latency settings)",
+    )
     ap.add_argument("--runs", type=int, default=20, help="latency rounds per file")
     ap.add_argument("--block", type=int, default=5)
     ap.add_argument("--max-eval", type=int, default=0, help="evaluate only the first N (0: all)")
@@ -155,6 +160,7 @@ def main() -> None:
                     block=args.block,
                     inputs=inputs,
                     progress=False,
+                    spinning=args.spinning,
                 )
                 rows.append(
                     {
@@ -177,7 +183,8 @@ def main() -> None:
         for r in rows:
             r["x_dense_int8"] = r["x_dense_fp32"] / by[("dense", "int8")]["x_dense_fp32"]
     wall = time.time() - t0
-    table = Table(title=f"{len(examples)} evaluation examples; batch 1, {args.threads} threads")
+    spin = "spinning on" if args.spinning else "spinning off"
+    table = Table(title=f"{len(examples)} evaluation examples; batch 1, {args.threads} threads, {spin}")
     for col in (
         "point",
         "file",
@@ -210,6 +217,7 @@ def main() -> None:
         "data": str(args.data),
         "eval_examples": len(examples),
         "threads": args.threads,
+        "spinning": args.spinning,
         "runs": args.runs,
         "block": args.block,
         "fuse": args.fuse,
