@@ -18,8 +18,7 @@ import onnxruntime as ort
 
 from sttabt_edge.errors import ExportError
 from sttabt_edge.runtime import sessions
-
-INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from sttabt_edge.runtime.contract import CONTRACT_INPUTS
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -40,26 +39,26 @@ def open_session(path: str | Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def to_feeds(names: Sequence[str], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Torch tensors or arrays -> the graph's numpy feeds (int64 ids/masks, float32 pixels).
+    """Torch tensors or arrays -> the graph's numpy feeds, each in its contract dtype (runtime
+    ``FAMILY_IO``; a name outside the contract, such as a profiled stage's input, is float32).
 
-    BERT's optional inputs default as in the library: mask = ones, token types = zeros.
+    An input with a contract ``fill`` (text: mask = ones, token types = zeros, as in the library)
+    may be left out: it is filled in the shape of its family's first input.
     """
     arrays = {
         k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in inputs.items()
     }
     feeds: dict[str, np.ndarray] = {}
     for name in names:
+        family, tensor = CONTRACT_INPUTS.get(name, (None, None))
         if name in arrays:
             a = arrays[name]
-        elif name == "attention_mask":
-            a = np.ones_like(arrays["input_ids"])
-        elif name == "token_type_ids":
-            a = np.zeros_like(arrays["input_ids"])
+        elif family is not None and tensor is not None and tensor.fill is not None:
+            a = np.full_like(arrays[family.inputs[0].name], tensor.fill)
         else:
             raise ExportError(f"input {name!r} missing; the graph needs {list(names)}")
-        feeds[name] = np.ascontiguousarray(
-            a.astype(np.int64 if name in INT_INPUTS else np.float32, copy=False)
-        )
+        dtype = np.int64 if tensor is not None and tensor.dtype == "int64" else np.float32
+        feeds[name] = np.ascontiguousarray(a.astype(dtype, copy=False))
     return feeds
 
 

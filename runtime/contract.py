@@ -99,6 +99,8 @@ FAMILY_IO: dict[str, FamilyIO] = {
     ),
 }
 TASKS = {f: io.task for f, io in FAMILY_IO.items()}
+# every contract input by name (names are unique across families): its family and description
+CONTRACT_INPUTS = {t.name: (io, t) for io in FAMILY_IO.values() for t in io.inputs}
 INPUT_NAMES = {f: io.input_names for f, io in FAMILY_IO.items()}  # contract order
 REQUIRED_INPUTS = {f: io.required_inputs for f, io in FAMILY_IO.items()}
 OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)  # kept_counts is optional
@@ -132,6 +134,12 @@ MAX_METADATA_BYTES = 1 << 20  # checked before the JSON is decoded (a 300 MB str
 _SHOWN_PROBLEMS = 4
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
+
+
+def family_io(family: object) -> FamilyIO | None:
+    """``FAMILY_IO[family]``, or None for an unknown family or a non-string (a damaged file's
+    ``family`` can be a list, which ``family in FAMILY_IO`` would raise TypeError on)."""
+    return FAMILY_IO.get(family) if isinstance(family, str) else None
 
 
 # ---- small validators ---------------------------------------------------------------------------
@@ -255,7 +263,8 @@ def _image_problems(image: Any) -> list[str]:
 def _preprocess_problems(pre: Any, family: Any) -> list[str]:
     if not isinstance(pre, dict):
         return [f"preprocess {_object(pre)}"]
-    want = FAMILY_IO[family].preprocess if family in FAMILY_IO else None
+    io = family_io(family)
+    want = io.preprocess if io is not None else None
     if want is not None and set(pre) != {want}:
         return [f"preprocess must hold exactly one entry '{want}' for family {family!r}, got {sorted(pre)}"]
     if "image" in pre:
@@ -300,8 +309,9 @@ def metadata_problems(meta: Any) -> list[str]:
         ]
     problems = [f"{k} is missing" for k in REQUIRED_KEYS if k not in meta]
     problems += [f"{k} {p}" for k, c in _TOP_LEVEL.items() if k in meta and (p := c(meta[k])) is not None]
-    family = meta.get("family")
-    if family in TASKS and meta.get("task") in TASKS.values() and meta["task"] != TASKS[family]:
+    family = meta.get("family")  # any JSON value: checked as a string above, looked up safely here
+    io = family_io(family)
+    if io is not None and meta.get("task") in TASKS.values() and meta["task"] != io.task:
         problems.append(f"task {meta['task']!r} does not match family {family!r}")
     if "preprocess" in meta:
         problems += _preprocess_problems(meta["preprocess"], family)

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sttabt_edge.errors import InputError
-from sttabt_edge.runtime.contract import INPUT_NAMES
+from sttabt_edge.runtime.contract import FAMILY_IO
 
 _SHOWN_ROWS = 5
 Shape = tuple[int | None, ...]  # None: a dynamic axis
@@ -65,7 +65,7 @@ def _check_names(spec: InputSpec, inputs: Any) -> dict[str, Any]:
     """Every graph input present; contract inputs the graph does not take are dropped."""
     if not isinstance(inputs, Mapping):
         raise InputError(f"run() takes a dict of input name -> array, got {type(inputs).__name__}")
-    known = set(INPUT_NAMES[spec.family])
+    known = set(FAMILY_IO[spec.family].input_names)
     unknown = sorted(str(k) for k in inputs if k not in spec.names and k not in known)
     if unknown:
         raise InputError(f"unknown input(s) {unknown}; this model takes {list(spec.names)}")
@@ -145,13 +145,17 @@ def _check_text(spec: InputSpec, feed: Mapping[str, np.ndarray]) -> None:
 
 
 def check_inputs(spec: InputSpec, inputs: Any) -> dict[str, np.ndarray]:
-    """The model's feed (contract names -> arrays, dtypes untouched) or one InputError line."""
+    """The model's feed (contract names -> arrays, dtypes untouched) or one InputError line. What
+    each input holds (floats or integers) and which checks apply come from the family's
+    ``FAMILY_IO`` description."""
+    io = FAMILY_IO[spec.family]
     raw = _check_names(spec, inputs)
-    kinds = "f" if spec.family == "vit" else "iub"
-    feed = {name: _as_array(name, value, kinds) for name, value in raw.items()}
+    dtypes = {t.name: t.dtype for t in io.inputs}
+    kinds = {"float32": "f", "int64": "iub"}
+    feed = {name: _as_array(name, value, kinds[dtypes[name]]) for name, value in raw.items()}
     _check_shapes(spec, feed)
-    if spec.family == "vit":
-        _check_pixels(spec, feed["pixel_values"])
-    else:
+    if io.text:
         _check_text(spec, feed)
+    else:
+        _check_pixels(spec, feed[io.inputs[0].name])
     return feed

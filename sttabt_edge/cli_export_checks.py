@@ -12,6 +12,7 @@ from pathlib import Path
 from sttabt_edge.cli_common import MAX_BATCH, MAX_SEQ_LEN, MAX_THREADS, check_at_least, fail
 from sttabt_edge.cli_inputs import check_data_kind, model_family, model_positions
 from sttabt_edge.cli_outputs import Inputs, check_distinct, check_not_input, check_output_file
+from sttabt_edge.runtime.contract import family_io
 
 # Opsets every export kind was checked at (legacy and dynamo exporters, INT8, --fuse): 14 is the first
 # with scaled_dot_product_attention, 23 the newest torch 2.13's exporter and onnxruntime 1.32 share.
@@ -51,7 +52,8 @@ def check_export(
     check_at_least("--calib-samples", calib_samples, 1, MAX_BATCH)  # one batch
     check_at_least("--threads", threads, 1, MAX_THREADS)
     family = model_family(model)
-    positions = model_positions(model) if family == "bert" else None
+    io = family_io(family)
+    positions = model_positions(model) if io is not None and io.variable_length else None
     if target == "tflite" and positions is not None and seq_len > positions:
         fail(f"--seq-len {seq_len} is over the model's {positions} positions (max_position_embeddings)")
     if calib is not None:

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from sttabt_edge.cli_common import fail
+from sttabt_edge.runtime.contract import FAMILY_IO, family_io
 
 if TYPE_CHECKING:
     from sttabt_edge.runtime import Predictor
 
 Family = Literal["vit", "bert"]
-KIND = {"vit": "an image model", "bert": "a text model"}
+# what a family's model is called in messages; images or text from the contract's FAMILY_IO
+KIND = {f: "a text model" if io.text else "an image model" for f, io in FAMILY_IO.items()}
+
+
+def _text(family: str | None) -> bool | None:
+    """Whether ``family``'s model reads text (True) or images (False); None when unknown."""
+    io = family_io(family)
+    return None if io is None else io.text
 
 
 def model_family(model: str | Path) -> Family | None:
@@ -29,7 +37,7 @@ def model_family(model: str | Path) -> Family | None:
     if cfg is None:
         return "vit" if Path(model).is_file() else None
     family = FAMILIES.get(str(read_config(cfg).get("model_type")))
-    return family if family in ("vit", "bert") else None  # type: ignore[return-value]
+    return cast(Family, family) if family_io(family) is not None else None
 
 
 def model_positions(model: str | Path) -> int | None:
@@ -50,22 +58,25 @@ def loaded_family(model: object) -> Family:
 
 def check_data_kind(family: Family | None, data: Path, option: str = "--data") -> None:
     """An image model reads an image folder, a text model a GLUE TSV file."""
-    if family == "vit" and not data.is_dir():
+    text = _text(family)
+    if family is not None and text is False and not data.is_dir():
         fail(f"{option} {data}: the model is {KIND[family]}; give an image folder, not a file")
-    if family == "bert" and data.is_dir():
+    if family is not None and text is True and data.is_dir():
         fail(f"{option} {data}: the model is {KIND[family]}; give a GLUE TSV file (e.g. SST-2/dev.tsv)")
 
 
 def check_input_kind(family: Family | None, image: bool, text: bool, name: str = "the model") -> None:
     """``--image`` for an image model, ``--text`` for a text model."""
-    if family == "vit" and text:
-        fail(f"{name} is {KIND['vit']}: pass --image, not --text")
-    if family == "bert" and image:
-        fail(f"{name} is {KIND['bert']}: pass --text, not --image")
+    reads_text = _text(family)
+    if family is not None and reads_text is False and text:
+        fail(f"{name} is {KIND[family]}: pass --image, not --text")
+    if family is not None and reads_text is True and image:
+        fail(f"{name} is {KIND[family]}: pass --text, not --image")
 
 
 def predictor_family(pred: Predictor) -> Family:
-    return "vit" if pred.image is not None else "bert"
+    """An opened file's family (its metadata, checked against the contract when it opened)."""
+    return cast(Family, pred.metadata.family)
 
 
 def check_texts(texts: Sequence[str]) -> None:
@@ -103,8 +114,8 @@ def check_training_data(model: str, data: Path | None, option: str = "--data") -
     kind = training_data_kind(data) if data is not None else None
     if family is None or kind is None or kind == family:
         return
-    what = "an image folder" if kind == "vit" else "text data"
-    wanted = "an image folder" if family == "vit" else "a GLUE task folder, a .tsv or a .txt file"
+    what = "text data" if _text(kind) else "an image folder"
+    wanted = "a GLUE task folder, a .tsv or a .txt file" if _text(family) else "an image folder"
     fail(f"{option} {data} is {what} but the model is {KIND[family]}; give {wanted}")
 
 

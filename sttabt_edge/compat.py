@@ -60,6 +60,13 @@ class ModelParts:
     dropout: nn.Module | None  # BERT classifier dropout (identity in eval)
     dropout_p: float  # hidden dropout inside layers (applied only in training)
 
+    @property
+    def image(self) -> bool:
+        """Image inputs (ViT / DeiT: a patch embedding, a fixed token count, never padded, a norm
+        before the heads); else text (BERT). The one modality test of the PyTorch side (the
+        torch-free one is the runtime contract's ``FamilyIO``), so no layer compares family names."""
+        return self.family == "vit"
+
 
 def class_name(model: nn.Module) -> str:
     return type(model).__name__

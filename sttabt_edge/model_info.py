@@ -97,8 +97,12 @@ def describe(
 
 
 def _tokens(config: Mapping[str, Any], family: str, prefix: int) -> int | None:
-    """Sequence length at the model's input size: patches + prefix tokens, or BERT's position limit."""
-    if family == "bert":
+    """Sequence length at the model's input size: patches + prefix tokens, or a text model's position
+    limit (a variable length, in the contract's FAMILY_IO; imported here, not at the top, so the
+    layers below the runtime that read this module's shape rule do not import the runtime)."""
+    from sttabt_edge.runtime.contract import FAMILY_IO
+
+    if FAMILY_IO[family].variable_length:
         return config.get("max_position_embeddings")
     size, patch = config.get("image_size"), config.get("patch_size")
     if not (isinstance(size, int) and isinstance(patch, int) and patch > 0):

@@ -256,6 +256,8 @@ def test_tokenizer_file_must_be_a_plain_name_beside_the_model(tmp_path, name):
         ({**image_meta(), "keep_schedule": [0.5, 1.5]}, r"keep_schedule \[1\] must be in"),
         ({**image_meta(), "keep_schedule": [0.5]}, "keep_schedule has 1 entries for 2 layers"),
         ({**image_meta(), "family": "bert"}, "does not match family|preprocess must hold"),
+        ({**image_meta(), "family": ["vit"]}, r"family must be one of \['vit', 'bert'\], got list"),
+        ({**image_meta(), "family": {"vit": 1}}, "family must be one of"),
         ({k: v for k, v in image_meta().items() if k != "preprocess"}, "preprocess is missing"),
         (
             {**image_meta(), "preprocess": {"image": {"image_size": 8, "resize_size": 8, "std": [0, 1, 1]}}},

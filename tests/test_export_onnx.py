@@ -119,6 +119,19 @@ def bert05(tmp_path_factory, tokenizer) -> Graph:
     return Graph(path, model, reducer)
 
 
+def test_to_feeds_takes_dtypes_and_fills_from_the_contract():
+    """Names, dtypes and the fill of optional inputs come from runtime FAMILY_IO (#27)."""
+    ids = torch.tensor([[2, 5, 7], [2, 3, 0]], dtype=torch.int32)
+    feeds = ort_utils.to_feeds(TEXT, {"input_ids": ids})
+    assert all(feeds[n].dtype == np.int64 and feeds[n].shape == (2, 3) for n in TEXT)
+    assert (feeds["attention_mask"] == 1).all() and (feeds["token_type_ids"] == 0).all()
+    px = ort_utils.to_feeds(["pixel_values"], {"pixel_values": np.zeros((1, 3, 4, 4))})["pixel_values"]
+    assert px.dtype == np.float32 and px.flags.c_contiguous
+    assert ort_utils.to_feeds(["h"], {"h": np.ones((1, 2), np.int64)})["h"].dtype == np.float32
+    with pytest.raises(ExportError, match="'pixel_values' missing"):
+        ort_utils.to_feeds(["pixel_values"], {"input_ids": ids})
+
+
 def test_vit_sttabt_matches_pytorch_at_batch_1_and_3(vit05):
     for batch in (1, 3):
         x = images(batch, seed=batch)

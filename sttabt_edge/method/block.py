@@ -145,10 +145,10 @@ def query_rows(x: torch.Tensor, q_idx: torch.Tensor | int | None) -> torch.Tenso
     return batched_gather(x, q_idx)
 
 
-def key_padding_bias(family: str, pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """Padding bias of a full-length layer input; None for ViT, whose inputs are never padded
-    (an all-zero (B, H, N, N) add per layer is measurable in the exported graphs)."""
-    return None if family == "vit" else padding_bias(pad_mask, dtype)
+def key_padding_bias(padded: bool, pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """Padding bias of a full-length layer input; None where inputs are never padded (images: an
+    all-zero (B, H, N, N) add per layer is measurable in the exported graphs)."""
+    return padding_bias(pad_mask, dtype) if padded else None
 
 
 def padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

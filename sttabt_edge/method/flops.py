@@ -105,7 +105,7 @@ def embedding_flops(parts: ModelParts, n_tokens: Count | None = None) -> Count:
     including the prefix) overrides the patch count of the configured image size.
     BERT: 0 — token/position/type embeddings are lookups.
     """
-    if parts.family != "vit":
+    if not parts.image:
         return torch.zeros_like(n_tokens, dtype=_FLOAT) if isinstance(n_tokens, torch.Tensor) else 0.0
     conv = _patch_conv(parts)
     per_patch = (

@@ -69,7 +69,7 @@ def dense_forward(
     ``prefix_only_top``: the top layer computes only the prefix tokens' query rows (its map
     is then (B, H, P, N)), all the head and back-tracking read there.
     """
-    bias = key_padding_bias(parts.family, pad_mask, x.dtype)
+    bias = key_padding_bias(not parts.image, pad_mask, x.dtype)
     attns, hiddens = [], [x] if need_hidden else []
     top = len(parts.layers) - 1
     for i, layer in enumerate(parts.layers):

@@ -17,7 +17,7 @@ from sttabt_edge.errors import InputError
 
 def embed(parts: ModelParts, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs -> (tokens (B, N, C), pad_mask (B, N) bool, True for real tokens)."""
-    if parts.family == "vit":
+    if parts.image:
         return _embed_vit(parts, inputs)
     return _embed_bert(parts, inputs)
 
@@ -72,7 +72,7 @@ def _tracing() -> bool:
 
 def classify(parts: ModelParts, prefix_hidden: torch.Tensor) -> torch.Tensor:
     """Final hidden states of the prefix tokens (B, P, C) -> logits (B, num_labels)."""
-    if parts.family == "vit":
+    if parts.image:
         assert parts.final_norm is not None  # compat.model_parts finds one in every ViT/DeiT
         z = parts.final_norm(prefix_hidden)
         logits = [head(z[:, i]) for i, head in enumerate(parts.classifiers)]

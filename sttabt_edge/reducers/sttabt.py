@@ -173,7 +173,7 @@ class SttabtReducer(Reducer):
     def exact_counts(self, parts: ModelParts) -> bool:
         """Count-nested top-k on unpadded inputs (ViT) keeps exactly the static size per layer in
         every sample; union counts depend on the data."""
-        return self.thresholds is None and self.nesting == "count" and parts.family == "vit"
+        return self.thresholds is None and self.nesting == "count" and parts.image
 
     def extra_flops(self, inputs: Mapping[str, torch.Tensor], pad_mask: torch.Tensor) -> torch.Tensor | None:
         """The ApproxNet's FLOPs. The oracle (``approx=None``) reports none: its dense attention pass
