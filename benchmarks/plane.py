@@ -92,6 +92,35 @@ def export_point(p: dict[str, Any], work: Path, args: argparse.Namespace, calib:
     return {"files": files, "flops": summary["flops"], "method": summary["method"]}
 
 
+def setting_name(threads: int, spinning: bool) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''}, spinning {'on' if spinning else 'off'}"
+
+
+def time_file(
+    path: Path, dense: Path, inputs: Path, args: argparse.Namespace, threads: int, spinning: bool
+) -> dict[str, Any]:
+    """One file against dense fp32 at one (threads, spinning) setting, on the evaluation inputs."""
+    lat = bench(
+        path,
+        vs=dense,
+        threads=threads,
+        runs=args.runs,
+        warmup=3,
+        block=args.block,
+        inputs=inputs,
+        progress=False,
+        spinning=spinning,
+    )
+    return {
+        "threads": threads,
+        "spinning": spinning,
+        "p50_ms": lat.a.p50_ms,
+        "dense_fp32_p50_ms": lat.b.p50_ms if lat.b else None,
+        "x_dense_fp32": lat.ratio_p50,
+        "mb": lat.a.size_mb,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="the dense fine-tuned model dir")
@@ -118,11 +147,15 @@ def main() -> None:
     ap.add_argument(
         "--fuse", action="store_true", help="fused attention kernels (docs/export.md), every file"
     )
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, nargs="+", default=[2], help="intra-op threads; each count times every file"
+    )
     ap.add_argument(
         "--spinning",
-        action="store_true",
-        help="ORT's default intra-op spinning, inside a run only (docs/results.md: latency settings)",
+        choices=["off", "on"],
+        nargs="+",
+        default=["off"],
+        help="ORT's intra-op spinning (on: ORT's default, inside a run only); each times every file",
     )
     ap.add_argument("--runs", type=int, default=20, help="latency rounds per file")
     ap.add_argument("--block", type=int, default=5)
@@ -132,6 +165,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.sttabt_ratios and args.approx is None:
         raise SystemExit("error: STTABT top-k points need --approx DIR (a distilled ApproxNet)")
+    if min(args.threads) < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    # every (threads, spinning) pair times every file; the first pair leads the table and the plot
+    settings = [(t, spin == "on") for t in args.threads for spin in args.spinning]
     t0 = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
     examples = eval_examples(args)
@@ -151,17 +188,7 @@ def main() -> None:
         for p in todo:
             for kind, path in exported[p["name"]]["files"].items():
                 acc = runtime_accuracy(path, examples, num_tokens=num_tokens)
-                lat = bench(
-                    path,
-                    vs=dense,
-                    threads=args.threads,
-                    runs=args.runs,
-                    warmup=3,
-                    block=args.block,
-                    inputs=inputs,
-                    progress=False,
-                    spinning=args.spinning,
-                )
+                timed = [time_file(path, dense, inputs, args, t, spin) for t, spin in settings]
                 rows.append(
                     {
                         "name": p["name"],
@@ -171,20 +198,20 @@ def main() -> None:
                         "accuracy": acc["accuracy"],
                         "retention": acc.get("retention"),
                         "flops_ratio": exported[p["name"]]["flops"].get("ratio"),
-                        "p50_ms": lat.a.p50_ms,
-                        "dense_fp32_p50_ms": lat.b.p50_ms if lat.b else None,
-                        "x_dense_fp32": lat.ratio_p50,
-                        "mb": lat.a.size_mb,
+                        **timed[0],  # the first setting leads the table, the plot and the flat fields
+                        "latency": timed,
                     }
                 )
             bar.advance(job)
     by = {(r["name"], r["kind"]): r for r in rows}
     if ("dense", "int8") in by:  # the competitor a user picks: ratios to dense INT8 from the common reference
+        ref = by[("dense", "int8")]
         for r in rows:
-            r["x_dense_int8"] = r["x_dense_fp32"] / by[("dense", "int8")]["x_dense_fp32"]
+            r["x_dense_int8"] = r["x_dense_fp32"] / ref["x_dense_fp32"]
+            for mine, theirs in zip(r["latency"], ref["latency"], strict=True):
+                mine["x_dense_int8"] = mine["x_dense_fp32"] / theirs["x_dense_fp32"]
     wall = time.time() - t0
-    spin = "spinning on" if args.spinning else "spinning off"
-    table = Table(title=f"{len(examples)} evaluation examples; batch 1, {args.threads} threads, {spin}")
+    table = Table(title=f"{len(examples)} evaluation examples; batch 1, {setting_name(*settings[0])}")
     for col in (
         "point",
         "file",
@@ -210,14 +237,17 @@ def main() -> None:
             f"{r['mb']:.1f}",
         )
     Console().print(table)
+    if len(settings) > 1:
+        Console().print(settings_table(rows, settings))
     payload = {
         **environment(),
         "benchmark": "plane",
         "model": str(args.model),
         "data": str(args.data),
         "eval_examples": len(examples),
-        "threads": args.threads,
-        "spinning": args.spinning,
+        "threads": args.threads[0],
+        "spinning": settings[0][1],
+        "settings": [{"threads": t, "spinning": spin} for t, spin in settings],
         "runs": args.runs,
         "block": args.block,
         "fuse": args.fuse,
@@ -227,6 +257,17 @@ def main() -> None:
     write_json(args.out, payload)
     plot(rows, args.out.with_suffix(".png"), f"{args.model.name}: {len(examples)} examples, batch 1")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')} ({wall / 60:.1f} min)")
+
+
+def settings_table(rows: list[dict[str, Any]], settings: list[tuple[int, bool]]) -> Table:
+    """Each file's ratio at every setting: × dense INT8 where there is one, else × dense fp32."""
+    key = "x_dense_int8" if "x_dense_int8" in rows[0] else "x_dense_fp32"
+    table = Table(title=f"{key.replace('_', ' ')} at each setting")
+    for col in ("point", "file", *(setting_name(t, spin) for t, spin in settings)):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], *(f"{lat[key]:.3f}" for lat in r["latency"]))
+    return table
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -60,12 +60,18 @@ def test_plane_on_images_uses_the_held_out_half_and_vit_only_methods(tmp_path, m
     images = write_image_dir(tmp_path / "images", per_class=4, hw=(40, 48), seed=0)
     out = tmp_path / "plane.json"
     argv = ["plane.py", "--model", str(model), "--data", str(images), "--tome-ratios", "0.5"]
-    argv += ["--topk-ratios", "0.6", "--runs", "2", "--block", "2", "--threads", "1"]
-    argv += ["--work", str(tmp_path / "w"), "--out", str(out)]
+    argv += ["--topk-ratios", "0.6", "--runs", "2", "--block", "2", "--threads", "1", "2"]
+    argv += ["--spinning", "off", "on", "--work", str(tmp_path / "w"), "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     plane.main()
     res = json.loads(out.read_text())
     assert [r["name"] for r in res["rows"]] == ["dense", "topk@0.6", "tome@0.5"]
     assert res["eval_examples"] == 4 and all(r["kind"] == "fp32" for r in res["rows"])  # half of 8 images
+    settings = [(1, False), (1, True), (2, False), (2, True)]  # every (threads, spinning) pair times every file
+    assert [(s["threads"], s["spinning"]) for s in res["settings"]] == settings
+    for r in res["rows"]:
+        assert [(lat["threads"], lat["spinning"]) for lat in r["latency"]] == settings
+        assert all(lat["p50_ms"] > 0 and lat["x_dense_fp32"] > 0 for lat in r["latency"])
+        assert r["p50_ms"] == r["latency"][0]["p50_ms"]  # the first setting leads
     listed = (tmp_path / "w" / "eval_inputs.txt").read_text().splitlines()
     assert len(listed) == 4 and all(Path(p).is_file() for p in listed)
