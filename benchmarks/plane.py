@@ -71,21 +71,18 @@ def points(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def export_point(p: dict[str, Any], work: Path, args: argparse.Namespace, calib: Path) -> dict[str, Any]:
+    from sttabt_edge.export.request import GraphOptions, ModelSource, QuantizeOptions, VerifyOptions
+
     dst = work / f"{p['name'].replace('@', '_')}.onnx"
-    options = {k: p[k] for k in ("approx",) if k in p}
     trained = is_trained_dir(p["model"])  # its own reducer
     spec = None if trained else spec_from_options(p["method"], ReducerOptions(keep_ratio=p.get("keep_ratio")))
     req = ExportRequest(
-        model=p["model"],
+        source=ModelSource(model=p["model"], approx=p.get("approx")),
         out=dst,
         reducer=spec,
-        quantize=args.quantize,
-        calib=calib,
-        calib_samples=16,
-        latency_runs=0,
-        threads=args.threads,
-        fuse=args.fuse,
-        **options,
+        graph=GraphOptions(fuse=args.fuse),
+        quantize=QuantizeOptions(mode=args.quantize),
+        verify=VerifyOptions(calib=calib, calib_samples=16, latency_runs=0, threads=args.threads),
     )
     summary = run_export(req)
     files = {"fp32": fp32_sibling(dst), "int8": dst} if args.quantize else {"fp32": dst}

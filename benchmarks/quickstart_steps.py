@@ -18,8 +18,9 @@ from rich.progress import Progress
 
 from sttabt_edge.data import Example, batches
 from sttabt_edge.evaluate import evaluate
-from sttabt_edge.export.pipeline import ExportRequest, run_export
+from sttabt_edge.export.pipeline import run_export
 from sttabt_edge.export.quantize import quantize_onnx
+from sttabt_edge.export.request import ExportRequest, GraphOptions, ModelSource, VerifyOptions
 from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 from sttabt_edge.method.metrics import occupancy
 from sttabt_edge.reducers import SttabtReducer
@@ -134,15 +135,16 @@ def export_models(
     for method in ("sttabt", "dense"):
         fp32, int8 = args.out / f"{method}.fp32.onnx", args.out / f"{method}.onnx"
         req = ExportRequest(
-            model=str(args.model),
+            source=ModelSource(model=str(args.model), approx=approx_dir if method == "sttabt" else None),
             out=fp32,
             reducer=spec_from_options(method, ReducerOptions(keep_ratio=keep_ratio)),
-            approx=approx_dir if method == "sttabt" else None,
-            calib=args.export_calib,
-            calib_samples=args.export_samples,
-            latency_runs=0,
-            threads=args.threads,
-            simplify=args.simplify,
+            graph=GraphOptions(simplify=args.simplify),
+            verify=VerifyOptions(
+                calib=args.export_calib,
+                calib_samples=args.export_samples,
+                latency_runs=0,
+                threads=args.threads,
+            ),
         )
         out[method] = run_export(req, warn=warn)
         out[method]["quantization"] = quantize_onnx(fp32, int8, "dynamic", approx_embeddings=False).to_dict()

@@ -53,12 +53,13 @@ from rich.progress import (
 from rich.table import Table
 
 from sttabt_edge.data import Example, glue_tsv, image_folder, model_class_names
-from sttabt_edge.export.pipeline import (
+from sttabt_edge.export.pipeline import build_reducer, calibration_batch, run_export_tflite
+from sttabt_edge.export.request import (
     ExportRequest,
-    build_reducer,
-    calibration_batch,
+    GraphOptions,
+    ModelSource,
+    VerifyOptions,
     check_request,
-    run_export_tflite,
 )
 from sttabt_edge.export.tflite import quantize_tflite, read_sidecar
 from sttabt_edge.models.loading import load_model
@@ -150,16 +151,13 @@ def export_task(
             console.print(f"[yellow]WARNING: {msg}")
 
         req = ExportRequest(
-            model=str(model_dir),
+            source=ModelSource(model=str(model_dir), approx=args.approx),
             out=work / f"{method}.tflite",
             reducer=spec_from_options(method, ReducerOptions(keep_ratio=args.keep_ratio)),
-            approx=args.approx,
-            target="tflite",
-            seq_len=seq_len,
-            calib=data,
-            calib_samples=args.calib_samples,
-            latency_runs=0,
-            threads=args.threads,
+            graph=GraphOptions(target="tflite", seq_len=seq_len),
+            verify=VerifyOptions(
+                calib=data, calib_samples=args.calib_samples, latency_runs=0, threads=args.threads
+            ),
         )
         check_request(req)
         sc = SparseClassifier(model, build_reducer(model, req, warn))

@@ -177,7 +177,14 @@ def image_dirs(work: Path) -> dict[str, Any]:
 
 def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, Any]]:
     """The spec's file(s) through the CLI's export path: {name: record} (with ``int8``: both files)."""
-    from sttabt_edge.export.pipeline import ExportRequest, fp32_sibling, run_export
+    from sttabt_edge.export.pipeline import fp32_sibling, run_export
+    from sttabt_edge.export.request import (
+        ExportRequest,
+        GraphOptions,
+        ModelSource,
+        QuantizeOptions,
+        VerifyOptions,
+    )
     from sttabt_edge.export.tflite import read_sidecar
     from sttabt_edge.model_info import is_trained_dir
     from sttabt_edge.reducers.spec import ReducerOptions, spec_from_options
@@ -186,18 +193,18 @@ def build_file(s: FileSpec, work: Path, log: list[str]) -> dict[str, dict[str, A
     out.parent.mkdir(parents=True, exist_ok=True)
     options = ReducerOptions(keep_ratio=s.keep, nesting=s.nesting)
     req = ExportRequest(
-        model=s.model,
+        source=ModelSource(model=s.model, approx=None if s.approx is None else Path(s.approx)),
         out=out,
         reducer=None if is_trained_dir(s.model) else spec_from_options(s.method, options),  # trained: its own
-        target=s.target,
-        slots=s.slots if s.target == "tflite" and s.method == "sttabt" else None,
-        slot_quantile=s.quantile,
-        quantize="int8" if s.int8 else None,
-        approx_weights=s.approx_weights,
-        approx=None if s.approx is None else Path(s.approx),
-        calib=work / "data" / f"calib{s.calib_samples}",
-        calib_samples=s.calib_samples,
-        latency_runs=0,
+        graph=GraphOptions(
+            target=s.target,
+            slots=s.slots if s.target == "tflite" and s.method == "sttabt" else None,
+            slot_quantile=s.quantile,
+        ),
+        quantize=QuantizeOptions(mode="int8" if s.int8 else None, approx_weights=s.approx_weights),
+        verify=VerifyOptions(
+            calib=work / "data" / f"calib{s.calib_samples}", calib_samples=s.calib_samples, latency_runs=0
+        ),
     )
     t0 = time.perf_counter()
     with undone(s.variant), kept_check_reported(s.approx_weights):

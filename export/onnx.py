@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import onnx
 import torch
@@ -50,7 +50,7 @@ from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
 
-Batch = str | int  # "dynamic" or a fixed batch size
+Batch = Literal["dynamic"] | int  # "dynamic" or a fixed batch size
 
 
 class OnnxOptions(TypedDict):

@@ -18,61 +18,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 from sttabt_edge.errors import InputError
 from sttabt_edge.export import ort as ort_utils
 from sttabt_edge.export.graph import family_io
 from sttabt_edge.export.metadata import hf_config
 from sttabt_edge.export.onnx import Batch, OnnxOptions, export_onnx, first_sample
 from sttabt_edge.export.profile import model_feeds, pipeline_latency
+from sttabt_edge.export.request import QUANTIZE, ExportRequest, check_request
 from sttabt_edge.export.summary import ExportSummary, KeptSummary, WrittenFiles
-from sttabt_edge.export.tflite_graph import APPROX_WEIGHTS_DEFAULT, ApproxWeights
-from sttabt_edge.export.tflite_slots import SLOT_QUANTILE, SLOT_SIZINGS, SlotSizing
 from sttabt_edge.model_info import is_trained_dir, model_files
 from sttabt_edge.reducers.base import Reducer
-from sttabt_edge.reducers.spec import ReducerSpec, Target
 from sttabt_edge.sparse_model import SparseClassifier
 
 log = logging.getLogger(__name__)
 Warn = Callable[[str], None]
-QuantizeMode = Literal["int8", "int8-dynamic", "int8-static"]
-QUANTIZE: dict[QuantizeMode, str] = {"int8": "dynamic", "int8-dynamic": "dynamic", "int8-static": "static"}
-
-
-@dataclass
-class ExportRequest:
-    model: str
-    out: Path
-    # the reducer, built once where the input enters (the CLI's options via spec_from_options, a
-    # trained dir's metadata, compress's choice); None: a trained dir's own
-    reducer: ReducerSpec | None = None
-    approx: Path | None = None  # STTABT's ApproxNet dir (loaded from there unless approx_net; recorded)
-    approx_net: nn.Module | None = None  # the ApproxNet already loaded from ``approx`` (compress)
-    approx_factor: int = APPROX_FACTOR  # only for the untrained fallback
-    approx_heads: int | None = APPROX_HEADS  # only for the untrained fallback (None: the model's)
-    target: Target = "onnx"
-    seq_len: int = 128  # tflite text models: the static sequence length
-    slots: SlotSizing | None = None  # tflite STTABT static sizes; None: "calibrated" (export/tflite_slots.py)
-    slot_quantile: float = SLOT_QUANTILE  # "calibrated": the quantile of the rule's sizes on --calib
-    quantize: QuantizeMode | None = None  # "int8" = "int8-dynamic"
-    approx_weights: ApproxWeights = APPROX_WEIGHTS_DEFAULT  # tflite int8: the ApproxNet's stored weights
-    batch: Batch = "dynamic"
-    calib: Path | None = None
-    calib_samples: int = 16
-    opset: int = 17
-    dynamo: bool = False
-    simplify: bool = True
-    latency_runs: int = 20  # 0: skip the latency breakdown
-    threads: int = 2
-    fuse: bool = False  # com.microsoft contrib ops (export/fusion.py); off: some mobile ORT builds lack them
 
 
 def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
@@ -81,21 +47,23 @@ def build_reducer(model: nn.Module, req: ExportRequest, warn: Warn) -> Reducer:
 
     spec = req.reducer
     if spec is None:
-        raise InputError(f"--model {req.model} is no trained dir: the request needs a reducer spec")
+        raise InputError(f"--model {req.source.model} is no trained dir: the request needs a reducer spec")
     if not takes_approx(spec):
         return build(spec)
     from sttabt_edge.method.approxnet import ApproxNet, build_approxnet
 
-    if req.approx_net is not None:
-        approx = req.approx_net
-    elif req.approx is not None:
-        approx = ApproxNet.load(req.approx, model.config)
+    if req.source.approx_net is not None:
+        approx = req.source.approx_net
+    elif req.source.approx is not None:
+        approx = ApproxNet.load(req.source.approx, model.config)
     else:
         warn(
-            f"UNTRAINED ApproxNet (interpolate init, factor {req.approx_factor}): latency is representative; "
+            f"UNTRAINED ApproxNet (interpolate init, factor {req.source.approx_factor}): latency is representative; "
             "token selection and accuracy are NOT. Distil one (`sttabt-edge train approx`), pass --approx DIR."
         )
-        approx = build_approxnet(model, req.approx_factor, "interpolate", heads=req.approx_heads)
+        approx = build_approxnet(
+            model, req.source.approx_factor, "interpolate", heads=req.source.approx_heads
+        )
     return build(spec, approx.eval())
 
 
@@ -104,30 +72,30 @@ def calibration_batch(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The first ``calib_samples`` examples of an image folder or GLUE TSV, preprocessed like eval."""
     model, family = sc.model, sc.parts.family
-    n = req.calib_samples
+    n = req.verify.calib_samples
     if n < 1:
         raise InputError(f"--calib-samples must be >= 1, got {n}")
-    if req.calib is None:
+    if req.verify.calib is None:
         warn("no --calib data: verifying the export on SYNTHETIC inputs; pass real data for a real check")
         return synthetic_batch(model, family, n), "synthetic"
     from sttabt_edge.data import batches, glue_tsv, image_folder, image_preprocess_for
     from sttabt_edge.runtime import TextPreprocess
 
     if not family_io(family).text:
-        if not req.calib.is_dir():
-            raise InputError(f"--calib for an image model must be an image folder, got {req.calib}")
-        examples = image_folder(req.calib)[:n]
+        if not req.verify.calib.is_dir():
+            raise InputError(f"--calib for an image model must be an image folder, got {req.verify.calib}")
+        examples = image_folder(req.verify.calib)[:n]
         arrays, _ = next(batches(examples, n, image=image_preprocess_for(model)))
     else:
-        tok = model_files(req.model) / "tokenizer.json"
-        if not req.calib.is_file() or not tok.is_file():
+        tok = model_files(req.source.model) / "tokenizer.json"
+        if not req.verify.calib.is_file() or not tok.is_file():
             raise InputError(f"--calib for a text model must be a GLUE TSV file and {tok} must exist")
-        examples = glue_tsv(req.calib)[:n]
+        examples = glue_tsv(req.verify.calib)[:n]
         limit = int(hf_config(model).max_position_embeddings)
-        if req.target == "tflite":  # the static length; the tokenizer truncates keeping [SEP]
-            limit = min(limit, req.seq_len)
+        if req.graph.target == "tflite":  # the static length; the tokenizer truncates keeping [SEP]
+            limit = min(limit, req.graph.seq_len)
         arrays, _ = next(batches(examples, n, text=TextPreprocess.from_file(tok), max_length=limit))
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}, str(req.calib)
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}, str(req.verify.calib)
 
 
 def synthetic_batch(model: nn.Module, family: str, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -151,16 +119,18 @@ def load_source(req: ExportRequest, warn: Warn) -> SparseClassifier:
     from sttabt_edge.models.loading import load_model
     from sttabt_edge.train.artifacts import load_sttabt
 
-    if is_trained_dir(req.model):
-        if req.approx is not None:
+    if is_trained_dir(req.source.model):
+        if req.source.approx is not None:
             raise InputError(
-                f"--model {req.model} is a trained STTABT dir with its own ApproxNet; drop --approx"
+                f"--model {req.source.model} is a trained STTABT dir with its own ApproxNet; drop --approx"
             )
-        sc = load_sttabt(req.model)
+        sc = load_sttabt(req.source.model)
         if req.reducer is not None and sc.reducer.spec() != req.reducer:
-            raise InputError(f"--model {req.model}: the request's reducer is not the trained dir's own")
+            raise InputError(
+                f"--model {req.source.model}: the request's reducer is not the trained dir's own"
+            )
         return sc
-    model = load_model(req.model)
+    model = load_model(req.source.model)
     return SparseClassifier(model, build_reducer(model, req, warn))
 
 
@@ -170,51 +140,20 @@ def approx_record(req: ExportRequest) -> dict[str, Any] | None:
     from sttabt_edge.train.artifacts import APPROX_DIR
 
     none = {"source": None, "init": None, "factor": None, "seed": None, "heads": None}
-    if is_trained_dir(req.model):
-        approx = Path(req.model) / APPROX_DIR
+    if is_trained_dir(req.source.model):
+        approx = Path(req.source.model) / APPROX_DIR
         return {**none, "source": str(approx.resolve())} if approx.is_dir() else None
     if req.reducer is None or not takes_approx(req.reducer):
         return None
-    if req.approx is not None:
-        return {**none, "source": str(Path(req.approx).resolve())}
-    return {**none, "init": "interpolate", "factor": req.approx_factor, "seed": 0, "heads": req.approx_heads}
-
-
-def check_request(req: ExportRequest) -> None:
-    """Everything that can be wrong with a request without loading the model: fail before the load."""
-    suffix = {"onnx": ".onnx", "tflite": ".tflite"}.get(req.target)
-    if suffix is None:
-        raise InputError(f"--target must be onnx or tflite, got {req.target!r}")
-    if req.out.suffix != suffix:
-        raise InputError(
-            f"--out {req.out}: a {req.target} export is a {suffix} file (the runtime goes by the suffix)"
-        )
-    if req.quantize is not None and req.quantize not in QUANTIZE:
-        raise InputError(f"--quantize must be one of {sorted(QUANTIZE)}, got {req.quantize!r}")
-    if req.calib_samples < 1:
-        raise InputError(f"--calib-samples must be >= 1, got {req.calib_samples}")
-    if req.calib is not None and not req.calib.exists():
-        raise InputError(f"--calib {req.calib}: no such file or folder")
-    if req.reducer is None and not is_trained_dir(req.model):  # a trained dir brings its own reducer
-        raise InputError(f"--model {req.model} is no trained dir: the request needs a reducer spec")
-    if req.approx_net is not None and req.approx is None:
-        raise InputError("a loaded ApproxNet (approx_net) needs the dir it was loaded from (approx)")
-    if req.slots is not None and (req.target != "tflite" or req.slots not in SLOT_SIZINGS):
-        raise InputError(
-            f"--slots {req.slots} applies to --target tflite, one of {', '.join(SLOT_SIZINGS)} "
-            "(ONNX runs every layer on its data-dependent count)"
-        )
-    if not 0.0 < req.slot_quantile <= 1.0:
-        raise InputError(f"the slot quantile must be in (0, 1], got {req.slot_quantile:g}")
-    if req.target == "tflite":
-        if req.fuse:
-            raise InputError("--fuse is ONNX-only (it writes ONNX Runtime contrib ops)")
-        if req.batch not in ("dynamic", 1):
-            raise InputError("TFLite exports have a static batch of 1 (the runtime runs a batch row by row)")
-        if req.quantize == "int8-static":
-            raise InputError(
-                "TFLite supports --quantize int8 (dynamic-range weights); int8-static is ONNX-only"
-            )
+    if req.source.approx is not None:
+        return {**none, "source": str(Path(req.source.approx).resolve())}
+    return {
+        **none,
+        "init": "interpolate",
+        "factor": req.source.approx_factor,
+        "seed": 0,
+        "heads": req.source.approx_heads,
+    }
 
 
 def run_export(req: ExportRequest, warn: Warn = log.warning) -> ExportSummary:
@@ -223,20 +162,20 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> ExportSummary:
     check_request(req)
     sc = load_source(req, warn)
     calib, calib_src = calibration_batch(sc, req, warn)
-    if req.target == "tflite":
+    if req.graph.target == "tflite":
         return run_export_tflite(req, sc, calib, calib_src)
     kwargs: OnnxOptions = {
-        "batch": req.batch,
-        "opset": req.opset,
-        "dynamo": req.dynamo,
-        "simplify": req.simplify,
+        "batch": req.graph.batch,
+        "opset": req.graph.opset,
+        "dynamo": req.graph.dynamo,
+        "simplify": req.graph.simplify,
     }
-    tokenizer = _tokenizer(req.model)
+    tokenizer = _tokenizer(req.source.model)
     result = export_onnx(
         sc,
-        fp32_sibling(req.out) if req.quantize else req.out,
+        fp32_sibling(req.out) if req.quantize.mode else req.out,
         example_inputs=calib,
-        metadata={"source_model": req.model, "approx": approx_record(req)},
+        metadata={"source_model": req.source.model, "approx": approx_record(req)},
         tokenizer_file=tokenizer,
         **kwargs,
     )
@@ -244,26 +183,26 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> ExportSummary:
     summary: ExportSummary = {
         "out": str(req.out),
         "method": sc.reducer.name,
-        "batch": req.batch,
-        "exporter": "dynamo" if req.dynamo else "legacy (TorchScript)",
-        "opset": req.opset,
+        "batch": req.graph.batch,
+        "exporter": "dynamo" if req.graph.dynamo else "legacy (TorchScript)",
+        "opset": req.graph.opset,
         "calibration": calib_src,
         "parity": {k: v for k, v in report.items() if k != "kept_counts"},
         **kept_summary(report["kept_counts"], sc, calib),
         "flops": analytic_flops(sc, calib),
     }
-    sample = timing_sample(calib, req.batch)
+    sample = timing_sample(calib, req.graph.batch)
     summary["attention_widths_sample0"] = ort_utils.softmax_widths(path, model_feeds(sc, sample))
-    if req.fuse:  # after the widths: a fused file has no main-model Softmax left to measure
-        summary["fusion"] = _fuse(sc, path, calib, req.batch)
+    if req.graph.fuse:  # after the widths: a fused file has no main-model Softmax left to measure
+        summary["fusion"] = _fuse(sc, path, calib, req.graph.batch)
     summary["ort_nodes"] = ort_utils.optimized_node_counts(path)
     int8 = None
-    if req.quantize:
-        summary["quantization"] = _quantize(sc, path, req.out, QUANTIZE[req.quantize], calib)
+    if req.quantize.mode:
+        summary["quantization"] = _quantize(sc, path, req.out, QUANTIZE[req.quantize.mode], calib)
         int8 = req.out
     summary.update(written_files(req.out, path, tokenizer is not None))
-    if req.latency_runs > 0:
-        fuse = (lambda p: _fuse(sc, p, calib, req.batch)) if req.fuse else None
+    if req.verify.latency_runs > 0:
+        fuse = (lambda p: _fuse(sc, p, calib, req.graph.batch)) if req.graph.fuse else None
         summary["latency_ms"] = pipeline_latency(
             sc,
             path,
@@ -272,15 +211,15 @@ def run_export(req: ExportRequest, warn: Warn = log.warning) -> ExportSummary:
             kwargs,
             tokenizer,
             fuse,
-            runs=req.latency_runs,
-            threads=req.threads,
+            runs=req.verify.latency_runs,
+            threads=req.verify.threads,
             int8=int8,
         )
         summary["latency_note"] = (
-            f"batch 1, onnxruntime {req.threads} threads, spinning off, median of {req.latency_runs} runs, "
+            f"batch 1, onnxruntime {req.verify.threads} threads, spinning off, median of {req.verify.latency_runs} runs, "
             "each graph in its own session, one after another"
         )
-        if req.fuse:
+        if req.graph.fuse:
             summary["latency_note"] += (
                 "; --fuse: the pipeline and dense graphs are fused, STTABT's stage graphs "
                 "(approxnet, masks, sparse_model) are not"
@@ -297,16 +236,16 @@ def run_export_tflite(
 
     io = family_io(sc.parts.family)
     if io.variable_length:  # synthetic batches may exceed the static length; real ones are tokenized to it
-        calib = {k: v[:, : req.seq_len] for k, v in calib.items()}
+        calib = {k: v[:, : req.graph.seq_len] for k, v in calib.items()}
     path = export_tflite(
         sc,
-        fp32_sibling(req.out) if req.quantize else req.out,
+        fp32_sibling(req.out) if req.quantize.mode else req.out,
         example_inputs=calib,
-        metadata={"source_model": req.model, "approx": approx_record(req)},
-        seq_len=req.seq_len if io.variable_length else None,
-        tokenizer_file=_tokenizer(req.model),
-        slots=req.slots or "calibrated",
-        slot_quantile=req.slot_quantile,
+        metadata={"source_model": req.source.model, "approx": approx_record(req)},
+        seq_len=req.graph.seq_len if io.variable_length else None,
+        tokenizer_file=_tokenizer(req.source.model),
+        slots=req.graph.slots or "calibrated",
+        slot_quantile=req.graph.slot_quantile,
     )
     side = read_sidecar(path)
     summary: ExportSummary = {
@@ -317,8 +256,10 @@ def run_export_tflite(
         "tflite": {k: v for k, v in side["tflite"].items() if k != "verification"},
         "parity": side["tflite"].get("verification"),
     }
-    if req.quantize:
-        report = quantize_tflite(path, req.out, sc=sc, inputs=calib, approx_weights=req.approx_weights)
+    if req.quantize.mode:
+        report = quantize_tflite(
+            path, req.out, sc=sc, inputs=calib, approx_weights=req.quantize.approx_weights
+        )
         sizes = {"fp32_bytes": path.stat().st_size, "int8_bytes": req.out.stat().st_size}
         summary["quantization"] = {"mode": "dynamic-range", **report, **sizes}
         summary["quantization"]["approx_weights"] = read_sidecar(req.out)["tflite"]["approx_weights"]

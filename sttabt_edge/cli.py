@@ -216,29 +216,39 @@ def export_cmd(
     import sys
 
     from sttabt_edge.errors import SttabtError
-    from sttabt_edge.export.pipeline import ExportRequest, run_export
+    from sttabt_edge.export.pipeline import run_export
+    from sttabt_edge.export.request import (
+        ExportRequest,
+        GraphOptions,
+        ModelSource,
+        QuantizeOptions,
+        VerifyOptions,
+    )
 
-    try:  # run_export checks the request (check_request) before it loads anything
+    try:  # the options' one mapping onto the request; run_export checks it before it loads anything
         req = ExportRequest(
-            model=model,
+            source=ModelSource(
+                model=model,
+                approx=approx_dir,
+                approx_factor=UNTRAINED_FACTOR if approx_factor is None else approx_factor,
+                approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),
+            ),
             out=out,
             reducer=_export_spec(model, trained, method, keep_ratio, nesting, min_keep),
-            approx=approx_dir,
-            approx_factor=UNTRAINED_FACTOR if approx_factor is None else approx_factor,
-            approx_heads=APPROX_HEADS if approx_heads is None else (approx_heads or None),
-            slots=slots.value if slots else None,
-            quantize=quantize.value if quantize else None,
-            batch=fixed_batch,
-            calib=calib,
-            calib_samples=calib_samples,
-            opset=opset,
-            dynamo=dynamo,
-            simplify=simplify,
-            latency_runs=latency_runs,
-            threads=threads,
-            target=target.value,
-            seq_len=seq_len,
-            fuse=fuse,
+            graph=GraphOptions(
+                target=target.value,
+                seq_len=seq_len,
+                slots=slots.value if slots else None,
+                batch=fixed_batch,
+                opset=opset,
+                dynamo=dynamo,
+                simplify=simplify,
+                fuse=fuse,
+            ),
+            quantize=QuantizeOptions(mode=quantize.value if quantize else None),
+            verify=VerifyOptions(
+                calib=calib, calib_samples=calib_samples, latency_runs=latency_runs, threads=threads
+            ),
         )
         with contextlib.redirect_stdout(sys.stderr):  # converters log to stdout; stdout is the summary
             summary = run_export(req, warn=lambda m: typer.secho(f"WARNING: {m}", fg="yellow", err=True))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -232,10 +232,10 @@ def check_exists(name: str, path: Path | None, kind: str = "path") -> None:
         fail(f"{name} {path}: {what}")
 
 
-def check_batch(batch: str) -> int | str:
+def check_batch(batch: str) -> Literal["dynamic"] | int:
     """``--batch``: 'dynamic' or a positive integer (a fixed batch dimension)."""
     if batch == "dynamic":
-        return batch
+        return "dynamic"
     if not (batch.isascii() and batch.isdigit() and 0 < int(batch) <= MAX_BATCH):
         fail(f"--batch must be 'dynamic' or an integer in [1, {MAX_BATCH}], got {batch!r}")
     return int(batch)

@@ -63,16 +63,15 @@ def test_minilm_keep_ratio_one_is_dense_padded(minilm, shared_dir):
 def test_tflite_calibration_text_is_tokenized_to_the_static_length(minilm, shared_dir):
     """The TFLite export's calibration batch is tokenized at --seq-len (truncation keeps [SEP]),
     not cut after tokenization, which would drop [SEP] from long sentences."""
-    from sttabt_edge.export.pipeline import ExportRequest, calibration_batch
+    from sttabt_edge.export.pipeline import calibration_batch
+    from sttabt_edge.export.request import ExportRequest, GraphOptions, ModelSource, VerifyOptions
 
     model_dir = shared_dir / "models" / "minilm-l6-sst2"
     req = ExportRequest(
-        model=str(model_dir),
+        source=ModelSource(model=str(model_dir)),
         out=shared_dir / "unused.tflite",
-        target="tflite",
-        seq_len=8,
-        calib=shared_dir / "data" / "glue" / "SST-2" / "dev.tsv",
-        calib_samples=6,
+        graph=GraphOptions(target="tflite", seq_len=8),
+        verify=VerifyOptions(calib=shared_dir / "data" / "glue" / "SST-2" / "dev.tsv", calib_samples=6),
     )
     calib, _ = calibration_batch(SparseClassifier(minilm, DenseReducer()), req, lambda msg: None)
     ids, mask = calib["input_ids"], calib["attention_mask"]

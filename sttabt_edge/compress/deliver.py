@@ -49,22 +49,22 @@ def _export(
 ) -> ExportSummary:
     """One export of the chosen reducer (None: the trained dir's own), with the ApproxNet compress
     already holds (``approx_net``, loaded from ``approx``, the dir the export records)."""
-    from sttabt_edge.export.pipeline import ExportRequest, run_export
+    from sttabt_edge.export.pipeline import run_export
+    from sttabt_edge.export.request import (
+        ExportRequest,
+        GraphOptions,
+        ModelSource,
+        QuantizeOptions,
+        VerifyOptions,
+    )
 
     req = ExportRequest(
-        model=model,
+        source=ModelSource(model=model, approx=approx, approx_net=approx_net),
         out=out,
         reducer=reducer,
-        approx=approx,
-        approx_net=approx_net,
-        target=cfg.target,
-        seq_len=cfg.max_length,
-        quantize=cfg.quantize,
-        calib=calib_path(cfg),
-        calib_samples=16,
-        latency_runs=0,
-        threads=cfg.threads,
-        fuse=cfg.fuse,
+        graph=GraphOptions(target=cfg.target, seq_len=cfg.max_length, fuse=cfg.fuse),
+        quantize=QuantizeOptions(mode=cfg.quantize),
+        verify=VerifyOptions(calib=calib_path(cfg), calib_samples=16, latency_runs=0, threads=cfg.threads),
     )
     return run_export(req, warn=log.warning)
 
