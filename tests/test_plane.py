@@ -67,7 +67,12 @@ def test_plane_on_images_uses_the_held_out_half_and_vit_only_methods(tmp_path, m
     res = json.loads(out.read_text())
     assert [r["name"] for r in res["rows"]] == ["dense", "topk@0.6", "tome@0.5"]
     assert res["eval_examples"] == 4 and all(r["kind"] == "fp32" for r in res["rows"])  # half of 8 images
-    settings = [(1, False), (1, True), (2, False), (2, True)]  # every (threads, spinning) pair times every file
+    settings = [
+        (1, False),
+        (1, True),
+        (2, False),
+        (2, True),
+    ]  # every (threads, spinning) pair times every file
     assert [(s["threads"], s["spinning"]) for s in res["settings"]] == settings
     for r in res["rows"]:
         assert [(lat["threads"], lat["spinning"]) for lat in r["latency"]] == settings
