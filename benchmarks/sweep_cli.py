@@ -70,7 +70,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
         "--concrete",
         choices=["ste", "official"],
         default="ste",
-        help="concrete variant (SparseTrainConfig.concrete): ours (straight-through) or the official one",
+        help="concrete variant (SparseTrainConfig.sttabt.concrete): ours (straight-through) or the official one",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -81,7 +81,8 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     plan.approx_dir = args.approx
     if args.targets:
         plan.targets = args.targets
-    plan.scfg = plan.scfg.replace(init_schedule=args.init_schedule, concrete=args.concrete)
+    sttabt = plan.scfg.sttabt.replace(concrete=args.concrete)
+    plan.scfg = plan.scfg.replace(init_schedule=args.init_schedule, sttabt=sttabt)
     if args.sparse_steps:
         plan.sparse_cfg = plan.sparse_cfg.replace(steps=args.sparse_steps)
     work = args.work / args.budget / time.strftime("%Y%m%d-%H%M%S")
@@ -94,7 +95,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
         "targets": plan.targets,
         "sparse_steps": plan.sparse_cfg.steps,
         "init_schedule": plan.scfg.init_schedule,
-        "concrete": plan.scfg.concrete,
+        "concrete": plan.scfg.sttabt.concrete,
         **dict(d.header),
         "env": environment(),
     }

@@ -24,6 +24,7 @@ from typing import Any
 from sttabt_edge.cli_common import MAX_BATCH, MAX_SEQ_LEN
 from sttabt_edge.cli_train_checks import MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WORKERS
 from sttabt_edge.errors import InputError
+from sttabt_edge.train.config import LEGACY_SPARSE_KEYS
 
 # a rule returns None for a good value, else what the value must be ("an integer in [1, 4096]")
 Rule = Callable[[Any], str | None]
@@ -137,6 +138,37 @@ TRAIN_RULES: dict[str, Rule] = {
     "progress": flag,
 }
 
+
+def group(rules: Mapping[str, Rule], what: str) -> Rule:
+    """A nested config (SparseTrainConfig.sttabt / .ltp): an object of ``what``'s fields, each in its rule."""
+
+    def rule(v: Any) -> str | None:
+        if not isinstance(v, dict):
+            return f"a JSON object of {what} fields"
+        for key, value in v.items():
+            inner = rules.get(key)
+            if inner is None:
+                return f"an object of {what} fields ({', '.join(rules)}); {key!r} is not one"
+            if (want := inner(value)) is not None:
+                return f"an object whose {key} is {want}"
+        return None
+
+    return rule
+
+
+STTABT_RULES: dict[str, Rule] = {
+    "concrete": choice("ste", "official"),
+    "temperature": number(0.0, MAX_TEMPERATURE, low_open=True),
+    "min_keep": integer(1, MAX_SEQ_LEN),
+    "p": number(0.0, 1.0),
+    "head_reduce": choice("mean", "max"),
+}
+LTP_RULES: dict[str, Rule] = {
+    "temperature": number(0.0, MAX_TEMPERATURE, low_open=True),
+    "min_keep": integer(0, MAX_SEQ_LEN),
+}
+_GROUP_RULES = {"sttabt": STTABT_RULES, "ltp": LTP_RULES}
+
 SPARSE_RULES: dict[str, Rule] = {
     "target_retention": number(0.0, 1.0, low_open=True),
     "task_weight": number(0.0, MAX_WEIGHT),
@@ -155,15 +187,12 @@ SPARSE_RULES: dict[str, Rule] = {
     "init": threshold_init,
     "init_schedule": choice("constant", "union", "shared"),
     "calib_samples": integer(1, 10**6),
-    "temperature": number(0.0, MAX_TEMPERATURE, low_open=True),
-    "concrete": choice("ste", "official"),
-    "ltp_temperature": number(0.0, MAX_TEMPERATURE, low_open=True),
-    "min_keep": integer(1, MAX_SEQ_LEN),
-    "ltp_min_keep": integer(0, MAX_SEQ_LEN),
-    "p": number(0.0, 1.0),
-    "head_reduce": choice("mean", "max"),
+    "sttabt": group(STTABT_RULES, "SttabtSettings"),
+    "ltp": group(LTP_RULES, "LtpSettings"),
     "schedule": choice("geometric", "constant"),
     "extra": an_object,
+    # the old flat form of the groups' fields (config files written before #27), read as the groups'
+    **{key: _GROUP_RULES[g][name] for key, (g, name) in LEGACY_SPARSE_KEYS.items()},
 }
 
 

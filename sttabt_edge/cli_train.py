@@ -149,12 +149,18 @@ def _load_training(
 def _sparse_config(path: Path | None, options: dict[str, Any]) -> Any:
     """SparseTrainConfig from --sparse-config (else the defaults); the options given (not None) override it.
     Enum options arrive as their values. The file and the options are checked field by field first."""
+    from sttabt_edge.errors import InputError
     from sttabt_edge.train.config import SparseTrainConfig
 
     check_options(SPARSE_RULES, options)
     data = read_config("--sparse-config", path, SPARSE_RULES, "SparseTrainConfig") if path else {}
-    base = SparseTrainConfig.from_dict(data)
+    try:  # either form: the old flat reducer keys are grouped on load
+        base = SparseTrainConfig.from_dict(data)
+    except ValueError as e:  # a cross-field rule, e.g. a field given both flat and grouped
+        raise InputError(f"--sparse-config {path}: {e}") from e
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items() if v is not None}
+    if "concrete" in given:  # --concrete: the one option that sets the STTABT reducer's settings
+        given["sttabt"] = base.sttabt.replace(concrete=given.pop("concrete"))
     return base.replace(**given)
 
 
@@ -271,7 +277,7 @@ def train_concrete_cmd(
         )
         scfg = _sparse_config(sparse_config, {k: options[k] for k in names})
         if init_schedule is None and sparse_config is None:  # the variant's own default init
-            scfg = scfg.replace(init_schedule="shared" if scfg.concrete == "official" else "constant")
+            scfg = scfg.replace(init_schedule="shared" if scfg.sttabt.concrete == "official" else "constant")
         from sttabt_edge.method.approxnet import ApproxNet  # torch: after every check
         from sttabt_edge.train.concrete import train_concrete
 

@@ -16,10 +16,23 @@ from tiny import WORDS, save_tiny_text_model, write_sst2_dir
 from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
-from sttabt_edge.cli_config_checks import AUGMENT_RULES, SPARSE_RULES, TRAIN_RULES, read_config
+from sttabt_edge.cli_config_checks import (
+    AUGMENT_RULES,
+    LTP_RULES,
+    SPARSE_RULES,
+    STTABT_RULES,
+    TRAIN_RULES,
+    read_config,
+)
 from sttabt_edge.errors import InputError
 from sttabt_edge.train.augment import AugmentConfig
-from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
+from sttabt_edge.train.config import (
+    LEGACY_SPARSE_KEYS,
+    LtpSettings,
+    SparseTrainConfig,
+    SttabtSettings,
+    TrainConfig,
+)
 
 runner = CliRunner()
 RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
@@ -61,7 +74,9 @@ def test_the_tables_name_every_field():
     """A new config field cannot slip in unchecked: each dataclass field has a rule, and no rule is stale."""
     for cls, rules in (
         (TrainConfig, TRAIN_RULES),
-        (SparseTrainConfig, SPARSE_RULES),
+        (SparseTrainConfig, {k: r for k, r in SPARSE_RULES.items() if k not in LEGACY_SPARSE_KEYS}),
+        (SttabtSettings, STTABT_RULES),
+        (LtpSettings, LTP_RULES),
         (AugmentConfig, AUGMENT_RULES),
     ):
         assert {f.name for f in dataclasses.fields(cls)} == set(rules), cls.__name__
@@ -153,6 +168,11 @@ SPARSE_BAD = [
     ({"head_reduce": "sum"}, "head_reduce must be one of 'mean', 'max'"),
     ({"freeze_main": 1}, "freeze_main must be true or false"),
     ({"extra": [1]}, "extra must be a JSON object"),
+    ({"sttabt": {"p": 2}}, "sttabt must be an object whose p is a finite number in [0, 1], got"),
+    ({"sttabt": {"min_kep": 2}}, "sttabt must be an object of SttabtSettings fields (concrete, "),
+    ({"ltp": [1]}, "ltp must be a JSON object of LtpSettings fields"),
+    ({"ltp": {"temperature": 0}}, "ltp must be an object whose temperature is a finite number in (0, 1000]"),
+    ({"p": 0.2, "sttabt": {"p": 0.3}}, "p is given twice: flat (the old form) and as sttabt.p"),
 ]
 
 

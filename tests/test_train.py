@@ -31,7 +31,7 @@ from sttabt_edge.train.artifacts import load_sttabt
 from sttabt_edge.train.baselines import train_baseline
 from sttabt_edge.train.checkpoint import latest_checkpoint, load_checkpoint
 from sttabt_edge.train.concrete import build_objective, train_concrete
-from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
+from sttabt_edge.train.config import LtpSettings, SparseTrainConfig, SttabtSettings, TrainConfig
 from sttabt_edge.train.data import (
     TrainData,
     augment_image,
@@ -196,6 +196,70 @@ def test_configs_round_trip(tmp_path):
     )
 
 
+# the "sparse_config" of /work/runs/deit_fixed_medium_r0.5/sttabt.json, a run trained before #27 grouped the
+# reducer settings (the old flat form), copied verbatim
+OLD_FLAT_SPARSE = {
+    "approx_lr_scale": 1.0,
+    "calib_samples": 64,
+    "concrete": "ste",
+    "extra": {},
+    "freeze_main": False,
+    "hard_frac": 0.9,
+    "head_reduce": "mean",
+    "init": "calibrate",
+    "init_schedule": "constant",
+    "kd_temperature": 2.0,
+    "kd_weight": 1.0,
+    "ltp_min_keep": 1,
+    "ltp_temperature": 0.1,
+    "main_params": "all",
+    "min_keep": 4,
+    "p": 0.1,
+    "retention_control": "lagrangian",
+    "retention_dual_lr": 1.0,
+    "retention_weight": 10.0,
+    "schedule": "geometric",
+    "snap": True,
+    "target_retention": 0.5,
+    "task_weight": 0.0,
+    "temperature": 0.5,
+    "threshold_lr": 0.0,
+    "train_approx": False,
+}
+
+
+def test_sparse_config_groups_the_reducer_settings_and_reads_the_old_flat_form(tmp_path):
+    """#27: the reducer settings travel as typed groups (SttabtSettings, LtpSettings); a file in the old flat
+    form (``concrete``, ``ltp_temperature``, ...) loads into the same config, and saves grouped."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({**OLD_FLAT_SPARSE, "concrete": "official", "ltp_min_keep": 2, "p": 0.2}))
+    old = SparseTrainConfig.load(path)
+    assert old.sttabt == SttabtSettings(concrete="official", temperature=0.5, min_keep=4, p=0.2)
+    assert old.ltp == LtpSettings(temperature=0.1, min_keep=2)
+    assert old.hard_frac == 0.9 and old.retention_control == "lagrangian" and not old.train_approx
+    as_default = SparseTrainConfig.from_dict(OLD_FLAT_SPARSE)
+    assert as_default.sttabt == SttabtSettings() and as_default.ltp == LtpSettings()
+    saved = old.to_dict()
+    assert "concrete" not in saved and saved["sttabt"]["concrete"] == "official"
+    assert saved["ltp"] == {"temperature": 0.1, "min_keep": 2}
+    assert SparseTrainConfig.from_dict(saved) == old  # the grouped form round-trips
+    # the CLI's path: the file checked field by field (old keys by their group's rules), then --concrete on top
+    from sttabt_edge.cli_config_checks import SPARSE_RULES, read_config
+    from sttabt_edge.cli_train import _sparse_config
+
+    assert read_config("--sparse-config", path, SPARSE_RULES, "SparseTrainConfig")["ltp_min_keep"] == 2
+    assert _sparse_config(path, {"concrete": None}) == old
+    assert _sparse_config(path, {"concrete": "ste"}).sttabt == SttabtSettings(p=0.2)
+    with pytest.raises(ValueError, match="given twice"):
+        SparseTrainConfig.from_dict({"p": 0.2, "sttabt": {"p": 0.3}})
+    with pytest.raises(ValueError, match="unknown SttabtSettings keys"):
+        SparseTrainConfig.from_dict({"sttabt": {"pp": 0.3}})
+    with pytest.raises(ValueError, match="sttabt must be a SttabtSettings"):
+        SparseTrainConfig(sttabt={"concrete": "ste"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        LtpSettings(temperature=float("nan"))
+
+
 def test_schedules():
     assert [lr_factor(s, 2, 6) for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
     sched = geometric_schedule(0.4, 6)
@@ -254,7 +318,8 @@ def test_official_concrete_trains_calibrated_and_saves(image_dir, tmp_path):
     model = vit()
     data = image_data(image_dir, model)
     approx = build_approxnet(model, 4, "interpolate")
-    scfg = SparseTrainConfig(concrete="official", init_schedule="shared", hard_frac=0.25, calib_samples=8)
+    official = SttabtSettings(concrete="official")
+    scfg = SparseTrainConfig(sttabt=official, init_schedule="shared", hard_frac=0.25, calib_samples=8)
     train_concrete(model, approx, data, 0.5, cfg(steps=8), scfg=scfg, out=tmp_path / "c")
     logs = [json.loads(ln) for ln in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     soft = [r for r in logs if "retention" in r and not r["hard"]]
@@ -267,7 +332,7 @@ def test_official_concrete_trains_calibrated_and_saves(image_dir, tmp_path):
         out = sc(pixel_values=batch)
     assert abs(float(out.retention.mean()) - 0.5) < 0.15
     with pytest.raises(ValueError, match="concrete must be one of"):
-        SparseTrainConfig(concrete="nope")
+        SttabtSettings(concrete="nope")  # type: ignore[arg-type]
 
 
 def _short_and_long_text(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -612,7 +677,7 @@ def test_cli_train_verbs_and_eval(image_dir, tmp_path):
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "co" / "sttabt.json").read_text())
     assert (
-        saved["sparse_config"]["concrete"] == "official"
+        saved["sparse_config"]["sttabt"]["concrete"] == "official"
         and saved["sparse_config"]["init_schedule"] == "shared"
     )
     assert saved["reducer"]["concrete"] == "official"

@@ -131,7 +131,7 @@ def _ltp_objective(
     calib: Sequence[dict[str, torch.Tensor]],
 ) -> SparseObjective:
     """LTP: soft masks, then hard; its thresholds train at ``threshold_lr``."""
-    train_spec = spec.replace(temperature=scfg.ltp_temperature, min_keep=scfg.ltp_min_keep, soft=True)
+    train_spec = spec.replace(temperature=scfg.ltp.temperature, min_keep=scfg.ltp.min_keep, soft=True)
     ltp = cast(LtpReducer, build(train_spec))  # OBJECTIVES: an LtpSpec
 
     def set_phase(red: nn.Module, hard: bool) -> None:  # red is ``ltp``

@@ -87,16 +87,17 @@ def build_objective(
     at the first hard step)."""
     num_layers = int(hf_config(model).num_hidden_layers)
     init = 0.0 if scfg.init == "calibrate" else float(scfg.init)
-    official = scfg.concrete == "official"
+    settings = scfg.sttabt
+    official = settings.concrete == "official"
     thresholds: ConcreteThresholds | OfficialConcrete = (
-        OfficialConcrete(num_layers, init, OFFICIAL_TEMPERATURE, scfg.min_keep)
+        OfficialConcrete(num_layers, init, OFFICIAL_TEMPERATURE, settings.min_keep)
         if official
-        else ConcreteThresholds(num_layers, init, scfg.temperature, scfg.min_keep)
+        else ConcreteThresholds(num_layers, init, settings.temperature, settings.min_keep)
     )
     if official:  # the official loss: task (+ KD) + 1e-3 Σ (θ - init)² + factor · (occupancy - target)²
         family = compat.model_parts(model).family
         scfg = scfg.replace(retention_weight=OFFICIAL_RATIO_WEIGHT[family])
-    reducer = SttabtReducer(approx, thresholds=thresholds, p=scfg.p, head_reduce=scfg.head_reduce)
+    reducer = SttabtReducer(approx, thresholds=thresholds, p=settings.p, head_reduce=settings.head_reduce)
     train_approx = scfg.train_approx
     for p in approx.parameters():
         p.requires_grad_(train_approx)
@@ -181,7 +182,7 @@ def train_concrete(
                 scfg.init_schedule
             ]
             # ste: the noisy training-mode retention; official (no noise): the hard masks
-            noisy = scfg.concrete != "official"
+            noisy = scfg.sttabt.concrete != "official"
             calibrate(reducer, objective.sparse.parts, calib, scfg.target_retention, noisy=noisy)
             if isinstance(reducer.thresholds, OfficialConcrete):
                 reducer.thresholds.set_init()  # the regulariser pulls toward the calibrated start

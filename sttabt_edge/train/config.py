@@ -47,7 +47,13 @@ class JsonConfig:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The JSON dict as the fields take it (a config that changed its form converts older files here)."""
+        return data
+
+    @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        data = cls.prepare(data)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - known)
         if unknown:
@@ -155,6 +161,73 @@ class ApproxConfig(JsonConfig):
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
 
 
+def _finite(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not (math.isfinite(value) and value >= 0):  # NaN passes every comparison: test it by name
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class SttabtSettings(JsonConfig):
+    """The STTABT reducer that threshold training builds, less its thresholds (learned): what the trained
+    ``SttabtSpec`` holds besides them. Built once where input enters (``--concrete``, a config file)."""
+
+    # concrete variant: "ste" (this project's: logistic noise, straight-through hard masks) or
+    # "official" (run_bert_with_concrete: Φ(z-scored scores), T = 0.1, soft masks, method/concrete_official.py)
+    concrete: ConcreteVariant = "ste"
+    temperature: float = 0.5  # concrete relaxation temperature ("ste"; "official" uses 0.1)
+    min_keep: int = 4  # tokens always kept per layer, prefix included (short inputs keep their words)
+    p: float = 0.1  # back-tracking propagation weight (see method/backtrack.py)
+    head_reduce: HeadReduce = "mean"
+
+    def __post_init__(self) -> None:
+        if self.concrete not in CONCRETE_VARIANTS:
+            raise ValueError(f"concrete must be one of {CONCRETE_VARIANTS}, got {self.concrete!r}")
+        _finite(self, "temperature", "p")
+
+
+@dataclass(frozen=True)
+class LtpSettings(JsonConfig):
+    """The LTP baseline's training-time reducer settings (its thresholds are learned)."""
+
+    temperature: float = 0.1  # LTP's sigmoid temperature (importances are O(1))
+    min_keep: int = 1  # real tokens always kept per layer beyond the prefix
+
+    def __post_init__(self) -> None:
+        _finite(self, "temperature")
+
+
+# the flat keys of files written before the reducer settings were grouped (#27) -> (group, field)
+LEGACY_SPARSE_KEYS: dict[str, tuple[str, str]] = {
+    "concrete": ("sttabt", "concrete"),
+    "temperature": ("sttabt", "temperature"),
+    "min_keep": ("sttabt", "min_keep"),
+    "p": ("sttabt", "p"),
+    "head_reduce": ("sttabt", "head_reduce"),
+    "ltp_temperature": ("ltp", "temperature"),
+    "ltp_min_keep": ("ltp", "min_keep"),
+}
+_GROUPS: dict[str, type[SttabtSettings] | type[LtpSettings]] = {"sttabt": SttabtSettings, "ltp": LtpSettings}
+
+
+def nest_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """A SparseTrainConfig dict in either form -> the grouped form: the old flat keys (``concrete``,
+    ``ltp_temperature``, ...; run dirs and config files written before #27) move into their group.
+    A field given both flat and grouped is an error, not a silent choice."""
+    out = {k: v for k, v in data.items() if k not in LEGACY_SPARSE_KEYS}
+    for key, (group, name) in LEGACY_SPARSE_KEYS.items():
+        if key not in data:
+            continue
+        nested = out.get(group, {})
+        if not isinstance(nested, dict):
+            raise ValueError(f"{group} must be an object of {_GROUPS[group].__name__} fields")
+        if name in nested:
+            raise ValueError(f"{key} is given twice: flat (the old form) and as {group}.{name}")
+        out[group] = {**nested, name: data[key]}
+    return out
+
+
 @dataclass
 class SparseTrainConfig(JsonConfig):
     """Losses and phases shared by concrete (STTABT) and baseline (LTP / top-k) training."""
@@ -181,27 +254,30 @@ class SparseTrainConfig(JsonConfig):
     # or "shared" (one offset for all layers: the importance profile decides, early layers keep everything)
     init_schedule: InitSchedule = "constant"
     calib_samples: int = 64  # random training examples the thresholds are calibrated / snapped on
-    temperature: float = 0.5  # concrete relaxation temperature ("ste"; "official" uses 0.1)
-    # concrete variant: "ste" (this project's: logistic noise, straight-through hard masks) or
-    # "official" (run_bert_with_concrete: Φ(z-scored scores), T = 0.1, soft masks, method/concrete_official.py)
-    concrete: ConcreteVariant = "ste"
-    ltp_temperature: float = 0.1  # LTP's sigmoid temperature (importances are O(1))
-    min_keep: int = 4  # STTABT: tokens always kept per layer, prefix included (short inputs keep their words)
-    ltp_min_keep: int = 1  # LTP: real tokens always kept per layer beyond the prefix
-    p: float = 0.1  # back-tracking propagation weight (see method/backtrack.py)
-    head_reduce: HeadReduce = "mean"
+    sttabt: SttabtSettings = field(default_factory=SttabtSettings)  # concrete training's reducer
+    ltp: LtpSettings = field(default_factory=LtpSettings)  # the LTP baseline's
     schedule: KeepSchedule = "geometric"  # top-k baseline: "geometric" (q**l per layer) or "constant"
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored with the run
 
+    @classmethod
+    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Either JSON form (grouped, or the old flat one: :func:`nest_legacy`), its groups typed."""
+        grouped = nest_legacy(data)
+        for name, group in _GROUPS.items():
+            if isinstance(grouped.get(name), dict):
+                grouped[name] = group.from_dict(grouped[name])
+        return grouped
+
     def __post_init__(self) -> None:
+        for name, group in _GROUPS.items():
+            if not isinstance(getattr(self, name), group):
+                raise ValueError(f"{name} must be a {group.__name__}, got {getattr(self, name)!r}")
         if not 0.0 < self.target_retention <= 1.0:
             raise ValueError(f"target_retention must be in (0, 1], got {self.target_retention}")
         if not 0.0 <= self.hard_frac < 1.0:
             raise ValueError(f"hard_frac must be in [0, 1), got {self.hard_frac}")
         if self.init != "calibrate":
             float(self.init)  # raises ValueError for anything else
-        if self.concrete not in CONCRETE_VARIANTS:
-            raise ValueError(f"concrete must be one of {CONCRETE_VARIANTS}, got {self.concrete!r}")
         for name, choices in (
             ("retention_control", RetentionControl),
             ("main_params", MainParams),
@@ -210,10 +286,7 @@ class SparseTrainConfig(JsonConfig):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {get_args(choices)}, got {getattr(self, name)!r}")
         weights = ("task_weight", "kd_weight", "kd_temperature", "retention_weight", "retention_dual_lr")
-        for name in (*weights, "threshold_lr", "approx_lr_scale", "temperature", "ltp_temperature", "p"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):  # NaN passes every comparison: test it by name
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        _finite(self, *weights, "threshold_lr", "approx_lr_scale")
         if self.init_schedule not in INIT_SCHEDULES:
             raise ValueError(f"init_schedule must be one of {INIT_SCHEDULES}, got {self.init_schedule!r}")
 

@@ -81,8 +81,8 @@ def cli_commands(model_dir: Path, data: Path, work: Path, plan: SweepPlan) -> li
     if plan.calib_on_eval:
         sparse += " --calib-on eval"
     schedule = "" if plan.scfg.init_schedule == "constant" else f" --init-schedule {plan.scfg.init_schedule}"
-    if plan.scfg.concrete != "ste":
-        schedule += f" --concrete {plan.scfg.concrete}"
+    if plan.scfg.sttabt.concrete != "ste":
+        schedule += f" --concrete {plan.scfg.sttabt.concrete}"
     for r in plan.targets:
         if "concrete" in plan.methods:
             out.append(
