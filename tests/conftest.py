@@ -1,6 +1,15 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the shared helpers' folder on sys.path.
+
+The tests live one folder down, by package area (tests/<area>/test_*.py; tests/architecture/
+test_layout.py lists the areas). The helpers they share (tiny.py, handmade.py, fuzz.py,
+onnx_metadata.py, trainkit.py) sit here, beside this file, and are imported by name
+(``from tiny import tiny_vit``) from every area, in every xdist worker: this folder goes on sys.path
+here rather than by the accident of pytest's import mode. tests/ is no package (no __init__.py), so
+test modules import by their basename, which must be unique across the areas (test_layout.py).
+"""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +22,10 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # the runtime tests run without torch
     pass
+
+HELPERS_DIR = str(Path(__file__).resolve().parent)
+if HELPERS_DIR not in sys.path:
+    sys.path.insert(0, HELPERS_DIR)
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 

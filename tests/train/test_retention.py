@@ -150,7 +150,7 @@ def test_sparse_config_file_and_cli_overrides(tmp_path):
     a typo in the file is an error, not a silent default."""
     from sttabt_edge.cli_train import RetentionControl, _sparse_config
 
-    recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "deit_function_matching.json"
+    recipe = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes" / "deit_function_matching.json"
     scfg = _sparse_config(recipe, {"target_retention": 0.4, "task_weight": None})
     assert scfg.task_weight == 0.0 and scfg.retention_control == "lagrangian" and scfg.target_retention == 0.4
     scfg = _sparse_config(recipe, {"retention_control": RetentionControl.penalty})

@@ -14,7 +14,7 @@ from sttabt_edge.data import glue_tsv
 from sttabt_edge.method.approxnet import build_approxnet
 from sttabt_edge.models.loading import load_model
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_plane_exports_evaluates_and_times_every_point(tmp_path, monkeypatch):

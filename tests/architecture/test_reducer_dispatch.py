@@ -20,7 +20,7 @@ from pathlib import Path
 from sttabt_edge.reducers import factory
 from sttabt_edge.reducers.spec import SPECS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TREES = (ROOT / "sttabt_edge", ROOT / "export", ROOT / "runtime")  # the package (not the benchmarks)
 REDUCERS_DIR = ROOT / "sttabt_edge" / "reducers"
 KINDS = set(SPECS)

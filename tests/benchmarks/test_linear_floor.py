@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import load_model_from_string, numpy_helper
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_linear_stack_is_the_model_linear_layers(monkeypatch):

@@ -64,7 +64,7 @@ def test_benchmarks_silence_third_party_import_notices():
     import sys
     from pathlib import Path
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
     code = (
         "import logging, common; assert logging.getLogger('torchao').level == logging.NOTSET; "
         "common.quiet_third_party(); import torchao, transformers"

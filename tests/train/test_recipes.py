@@ -11,7 +11,7 @@ from sttabt_edge.compress import stages
 from sttabt_edge.train.config import SparseTrainConfig, TrainConfig
 from sttabt_edge.train.recipes import CONCRETE_SPARSE, CONCRETE_TRAIN
 
-RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes"
 
 
 def test_deit_recipe_files_equal_the_package_recipe():

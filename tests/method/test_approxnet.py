@@ -31,7 +31,7 @@ from sttabt_edge.method.flops import dense_flops
 from sttabt_edge.reducers.sttabt import SttabtReducer
 from sttabt_edge.sparse_model import SparseClassifier
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 L, H, C = 3, 4, 32
 
 

@@ -11,7 +11,7 @@ from sttabt_edge.data import glue_tsv
 from sttabt_edge.method.approxnet import build_approxnet
 from sttabt_edge.models.loading import load_model
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_lr_select_holds_out_training_sentences_and_picks_the_best(tmp_path, monkeypatch):

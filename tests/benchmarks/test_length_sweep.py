@@ -7,7 +7,7 @@ from pathlib import Path
 
 from handmade import save_sealed, text_graph, text_meta, word_tokenizer
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def test_sweep_times_every_pair_at_every_length(tmp_path, monkeypatch):

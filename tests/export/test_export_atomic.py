@@ -99,7 +99,7 @@ def test_onnx_export_killed_leaves_no_file_at_the_destination(tmp_path):
     out = folder_with(tmp_path)
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from tiny import tiny_vit
         import sttabt_edge.export.onnx as onnx_export
         from sttabt_edge.reducers.dense import DenseReducer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # installed names of the three source trees (pyproject's package-dir)
 TREES = {
     "sttabt_edge": ROOT / "sttabt_edge",

@@ -35,7 +35,7 @@ from sttabt_edge.train.config import (
 )
 
 runner = CliRunner()
-RECIPES = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "benchmarks" / "recipes"
 
 
 class Reached(Exception):

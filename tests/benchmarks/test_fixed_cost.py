@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sttabt_edge.cli import app
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _export(model: Path, out: Path, *extra: str) -> Path:
