@@ -92,7 +92,8 @@ TASKS: dict[str, dict[str, Any]] = {
         flops_examples=100,
     ),
 }
-# full: the README's command; smoke: the same path with toy budgets (tests/test_quickstart.py, ~1 min)
+# full: the README's command; smoke: the same path with toy budgets
+# (tests/benchmarks/test_quickstart.py, ~1 min)
 BUDGETS: dict[str, dict[str, Any]] = {
     "full": dict(
         bisect_steps=12,

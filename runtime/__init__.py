@@ -2,7 +2,7 @@
 
 Everything here depends only on numpy, pillow, tokenizers and onnxruntime (ai-edge-litert
 for .tflite), so it runs on an edge device without torch or transformers. Nothing in this
-package may import torch, directly or indirectly; ``tests/test_runtime_no_torch.py``
+package may import torch, directly or indirectly; ``tests/runtime/test_runtime_no_torch.py``
 enforces that.
 """
 

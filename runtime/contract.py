@@ -44,7 +44,7 @@ class FamilyIO:
     """A model family's I/O, in the manner of Optimum's export configs: the one place that says what
     differs between image (ViT, DeiT) and text (BERT) models. The runtime checks graphs and feeds
     against it and the exporter builds its example inputs, dynamic axes, static lengths and files
-    from it (the exporter has no ``family ==`` of its own; tests/test_architecture.py)."""
+    from it (the exporter has no ``family ==`` of its own; tests/architecture/test_architecture.py)."""
 
     family: str
     task: str

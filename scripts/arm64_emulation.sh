@@ -170,7 +170,7 @@ then pass "aarch64 python$PY ($SUITE, qemu -cpu $CPU), runtime imports, no torch
 else fail "ARM interpreter / imports"; fi
 
 # --------------------------------------------------------------------------- 2. runtime tests
-TESTS=(tests/test_runtime.py tests/test_preprocess.py tests/test_runtime_no_torch.py)
+TESTS=(tests/runtime/test_runtime.py tests/runtime/test_preprocess.py tests/runtime/test_runtime_no_torch.py)
 step "runtime tests on ARM: ${TESTS[*]} -m 'not integration'"
 if "$ARMPY" -m pytest -q -p no:cacheprovider -m "not integration" "${TESTS[@]}"; then
     pass "pytest on ARM: ${TESTS[*]} (-m 'not integration')"

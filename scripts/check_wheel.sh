@@ -5,7 +5,7 @@
 # venv: `import sttabt_edge.runtime`, and `sttabt-edge run`, `bench` and `info` on models the dev
 # venv exported (a tiny random ViT, STTABT with an untrained ApproxNet; a tiny BERT, dense, INT8);
 # `show` must refuse in one line. Needs the package index (about a minute the first time; the
-# venv is reused afterwards). Not part of the unit suite: tests/test_cli_no_torch.py checks the
+# venv is reused afterwards). Not part of the unit suite: tests/cli/test_cli_no_torch.py checks the
 # same import structure offline.
 #
 #   scripts/check_wheel.sh [WORK_DIR]      (default /tmp/sttabt-wheel-check; exits 1 on a failure)

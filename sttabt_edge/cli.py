@@ -42,7 +42,7 @@ app = typer.Typer(
     help="STTABT token pruning for edge CPUs.",
     # click's plain help layout: rich's option table squeezes each help into a column a few characters
     # wide (and cuts long option names) in an 80-column terminal. Up to 100 columns on wider ones;
-    # every subcommand's context inherits it (tests/test_cli_help.py).
+    # every subcommand's context inherits it (tests/cli/test_cli_help.py).
     rich_markup_mode=None,
     context_settings={"max_content_width": 100},
 )

@@ -8,7 +8,7 @@ one of its values. The same table checks the options a verb was given (``check_o
 value is refused alike from the command line or from a file. A text model's ``max_length`` is
 checked against its position table (``fit_max_length``). Every failure is an ``InputError`` (a
 ValueError; the CLI prints one ``error:`` line, exit 2) naming the file or option and the key.
-Torch-free; ``tests/test_cli_config_checks.py`` checks that the tables name every field of
+Torch-free; ``tests/cli/test_cli_config_checks.py`` checks that the tables name every field of
 TrainConfig, SparseTrainConfig and AugmentConfig.
 """
 

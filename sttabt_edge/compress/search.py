@@ -1,6 +1,6 @@
 """The choices ``compress`` makes, as small pure functions: the held-out split and the
 accuracy-budgeted search (the retention bisection is train/sweep.bisect_knob). No model here: each takes a measuring callable,
-so the logic is tested on its own (tests/test_compress.py)."""
+so the logic is tested on its own (tests/compress/test_compress.py)."""
 
 from __future__ import annotations
 

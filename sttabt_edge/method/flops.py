@@ -13,7 +13,7 @@ method, and per-sample numbers do not depend on who else is in the batch. Soft
 
 Note: FlopCounterMode does not count ``aten._scaled_dot_product_flash_attention_for_cpu``
 (what ``F.scaled_dot_product_attention`` runs on CPU), so counting the sparse path on
-CPU needs a ``custom_mapping`` for it (see tests/test_flops.py); these formulas count
+CPU needs a ``custom_mapping`` for it (see tests/method/test_flops.py); these formulas count
 the attention matmuls whatever kernel runs them.
 """
 

@@ -2,7 +2,7 @@
 
 CLI flags, export requests, export metadata (verify) and trained dirs all reach a reducer
 through :func:`build`, which looks the class up in :data:`REDUCERS` by the spec's kind: the one
-dispatch (``tests/test_reducer_dispatch.py``). :func:`make_reducer` is its by-name form.
+dispatch (``tests/architecture/test_reducer_dispatch.py``). :func:`make_reducer` is its by-name form.
 """
 
 from __future__ import annotations

@@ -300,7 +300,7 @@ def test_int8_approx_weights_float32_by_default(tmp_path, vit_file, vit, vit_red
 
 def test_thresholds_export_as_trained_inside_calibrated_slots(tmp_path, vit, vit_reducer, pixels):
     """The thresholds themselves run in the file (no fixed-count approximation), cut to slots sized
-    from their own sizes on the calibration batch (tests/test_tflite_slots.py checks the sizes)."""
+    from their own sizes on the calibration batch (tests/export/test_tflite_slots.py checks the sizes)."""
     th = SttabtReducer(vit_reducer.approx, thresholds=ConcreteThresholds(3, init=0.0).eval()).eval()
     path = export_tflite(SparseClassifier(vit, th), tmp_path / "th.tflite", example_inputs=pixels)
     side = read_sidecar(path)
