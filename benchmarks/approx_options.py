@@ -57,6 +57,7 @@ from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.approx import REPORT_FILE, heldout_attention_kl, train_approx
 from sttabt_edge.train.config import ApproxConfig, TrainConfig
 from sttabt_edge.train.data import Batch, TrainData, prepare_data
+from sttabt_edge.train.train_config import DataSettings, EvalSettings, OptimSettings, RunSettings
 
 OPTIONS = ((4, 12), (4, 4), (4, 1), (8, 12), (8, 1))
 SMALL = BUDGETS["small"]  # the train_sst2.py 'small' ApproxNet budget: 150 steps, batch 16 (lr 5e-4 there)
@@ -244,15 +245,10 @@ def main() -> None:
     held = data.eval_batches(64, args.held_out, MAX_LENGTH)
     eval_batches = data.eval_batches(64, args.max_eval, MAX_LENGTH)
     cfg = TrainConfig(
-        lr=args.lr,
-        steps=args.steps,
-        warmup=0.05,
-        batch_size=args.batch_size,
-        max_length=MAX_LENGTH,
-        log_every=10,
-        eval_batch_size=64,
-        max_eval_samples=args.held_out,
-        progress=True,
+        optim=OptimSettings(lr=args.lr, steps=args.steps, warmup=0.05, batch_size=args.batch_size),
+        data=DataSettings(max_length=MAX_LENGTH),
+        eval=EvalSettings(batch_size=64, max_samples=args.held_out),
+        run=RunSettings(log_every=10, progress=True),
     )
     results: dict[str, Any] = {
         "benchmark": "approx_options_sst2",
@@ -310,7 +306,13 @@ def main() -> None:
             t0 = time.perf_counter()
             out_dir = work / f"approx-{factor}x{heads}-s{seed}"
             acfg = ApproxConfig(factor=factor, init=args.init, heads=heads)
-            approx = train_approx(teacher, unlabeled, cfg=cfg.replace(seed=seed), out=out_dir, acfg=acfg)
+            approx = train_approx(
+                teacher,
+                unlabeled,
+                cfg=cfg.replace(optim=cfg.optim.replace(seed=seed)),
+                out=out_dir,
+                acfg=acfg,
+            )
             seconds = time.perf_counter() - t0
             report = json.loads((out_dir / REPORT_FILE).read_text())
             mm = mean_map_kl(teacher, approx, held)

@@ -31,6 +31,7 @@ from sttabt_edge.sparse_model import SparseClassifier
 from sttabt_edge.train.approx import heldout_attention_kl, train_approx
 from sttabt_edge.train.config import ApproxConfig, TrainConfig
 from sttabt_edge.train.data import TrainData
+from sttabt_edge.train.train_config import DataSettings, EvalSettings, OptimSettings, RunSettings
 from sttabt_edge.verify import Tolerance, reference_reducer, verify
 
 MODELS = ("dense_fp32", "dense_int8", "sttabt_fp32", "sttabt_int8")
@@ -73,16 +74,12 @@ def distil(net: torch.nn.Module, data: TrainData, args: argparse.Namespace, out:
     if out.exists():  # a previous quickstart's run: distil afresh (reuse one with --approx DIR)
         shutil.rmtree(out)
     cfg = TrainConfig(
-        lr=args.lr,
-        steps=args.steps,
-        batch_size=args.batch,
-        warmup=0.05,
-        grad_clip=args.grad_clip,
-        max_length=args.max_length,
-        log_every=50,
-        eval_batch_size=64,
-        max_eval_samples=args.kl_samples,
-        seed=0,
+        optim=OptimSettings(
+            lr=args.lr, steps=args.steps, batch_size=args.batch, warmup=0.05, grad_clip=args.grad_clip, seed=0
+        ),
+        data=DataSettings(max_length=args.max_length),
+        eval=EvalSettings(batch_size=64, max_samples=args.kl_samples),
+        run=RunSettings(log_every=50),
     )
     train_approx(net, data, cfg=cfg, out=out, acfg=acfg)
     report = json.loads((out / "report.json").read_text())

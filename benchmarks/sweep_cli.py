@@ -84,7 +84,9 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
     sttabt = plan.scfg.sttabt.replace(concrete=args.concrete)
     plan.scfg = plan.scfg.replace(init_schedule=args.init_schedule, sttabt=sttabt)
     if args.sparse_steps:
-        plan.sparse_cfg = plan.sparse_cfg.replace(steps=args.sparse_steps)
+        plan.sparse_cfg = plan.sparse_cfg.replace(
+            optim=plan.sparse_cfg.optim.replace(steps=args.sparse_steps)
+        )
     work = args.work / args.budget / time.strftime("%Y%m%d-%H%M%S")
     header = {
         "benchmark": d.name,
@@ -93,7 +95,7 @@ def main(d: Driver, argv: list[str] | None = None) -> None:
         "data": str(args.data),
         "calib_on": args.calib_on,
         "targets": plan.targets,
-        "sparse_steps": plan.sparse_cfg.steps,
+        "sparse_steps": plan.sparse_cfg.optim.steps,
         "init_schedule": plan.scfg.init_schedule,
         "concrete": plan.scfg.sttabt.concrete,
         **dict(d.header),

@@ -43,8 +43,10 @@ def plan_for(budget: str, methods: list[str] | None) -> SweepPlan:
     common = dict(batch_size=b["batch"], log_every=10, eval_batch_size=50, progress=True)
     plan = SweepPlan(
         targets=b["targets"],
-        approx_cfg=TrainConfig(lr=5e-4, steps=b["approx_steps"], warmup=0.05, max_eval_samples=100, **common),
-        sparse_cfg=TrainConfig(lr=1e-5, steps=b["sparse_steps"], warmup=0.1, **common),
+        approx_cfg=TrainConfig.of(
+            lr=5e-4, steps=b["approx_steps"], warmup=0.05, max_eval_samples=100, **common
+        ),
+        sparse_cfg=TrainConfig.of(lr=1e-5, steps=b["sparse_steps"], warmup=0.1, **common),
         acfg=ApproxConfig(factor=4, init="interpolate"),
         scfg=SparseTrainConfig(threshold_lr=0.05, hard_frac=0.2, calib_samples=b["calib"]),
         max_eval=b["max_eval"],

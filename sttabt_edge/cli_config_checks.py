@@ -25,6 +25,7 @@ from sttabt_edge.cli_common import MAX_BATCH, MAX_SEQ_LEN
 from sttabt_edge.cli_train_checks import MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WORKERS
 from sttabt_edge.errors import InputError
 from sttabt_edge.train.config import LEGACY_SPARSE_KEYS
+from sttabt_edge.train.train_config import FLAT_TRAIN_KEYS
 
 # a rule returns None for a good value, else what the value must be ("an integer in [1, 4096]")
 Rule = Callable[[Any], str | None]
@@ -112,35 +113,8 @@ def augment(v: Any) -> str | None:
     return None
 
 
-TRAIN_RULES: dict[str, Rule] = {
-    "lr": number(0.0, MAX_LR, low_open=True),
-    "steps": integer(0, MAX_STEPS),
-    "epochs": number(0.0, MAX_EPOCHS, low_open=True),
-    "batch_size": integer(1, MAX_BATCH),
-    "grad_accum": integer(1, MAX_BATCH),
-    "warmup": number(0.0, float(MAX_STEPS)),
-    "weight_decay": number(0.0, float(MAX_STEPS)),
-    "grad_clip": number(0.0, float(MAX_STEPS)),
-    "seed": integer(0, MAX_SEED),
-    "amp": choice("none", "bf16", "fp16"),
-    "log_every": integer(0, MAX_STEPS),
-    "eval_every": integer(0, MAX_STEPS),
-    "save_every": integer(0, MAX_STEPS),
-    "keep_checkpoints": integer(1, 10**6),
-    "max_length": integer(MIN_TEXT_TOKENS, MAX_SEQ_LEN),
-    "bucket_batches": integer(1, 10**6),
-    "augment": augment,
-    "num_workers": integer(0, MAX_WORKERS),
-    "eval_batch_size": integer(1, MAX_BATCH),
-    "max_eval_samples": integer(0, MAX_STEPS),
-    "device": pattern(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", "'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'"),
-    "stop_after": integer(0, MAX_STEPS),
-    "progress": flag,
-}
-
-
 def group(rules: Mapping[str, Rule], what: str) -> Rule:
-    """A nested config (SparseTrainConfig.sttabt / .ltp): an object of ``what``'s fields, each in its rule."""
+    """A nested config (TrainConfig.optim, SparseTrainConfig.sttabt, ...): an object of ``what``'s fields, each in its rule."""
 
     def rule(v: Any) -> str | None:
         if not isinstance(v, dict):
@@ -154,6 +128,48 @@ def group(rules: Mapping[str, Rule], what: str) -> Rule:
         return None
 
     return rule
+
+
+OPTIM_RULES: dict[str, Rule] = {
+    "lr": number(0.0, MAX_LR, low_open=True),
+    "steps": integer(0, MAX_STEPS),
+    "epochs": number(0.0, MAX_EPOCHS, low_open=True),
+    "batch_size": integer(1, MAX_BATCH),
+    "grad_accum": integer(1, MAX_BATCH),
+    "warmup": number(0.0, float(MAX_STEPS)),
+    "weight_decay": number(0.0, float(MAX_STEPS)),
+    "grad_clip": number(0.0, float(MAX_STEPS)),
+    "amp": choice("none", "bf16", "fp16"),
+    "seed": integer(0, MAX_SEED),
+}
+DATA_RULES: dict[str, Rule] = {
+    "max_length": integer(MIN_TEXT_TOKENS, MAX_SEQ_LEN),
+    "bucket_batches": integer(1, 10**6),
+    "augment": augment,
+    "num_workers": integer(0, MAX_WORKERS),
+}
+EVAL_RULES: dict[str, Rule] = {
+    "every": integer(0, MAX_STEPS),
+    "batch_size": integer(1, MAX_BATCH),
+    "max_samples": integer(0, MAX_STEPS),
+}
+RUN_RULES: dict[str, Rule] = {
+    "log_every": integer(0, MAX_STEPS),
+    "save_every": integer(0, MAX_STEPS),
+    "keep_checkpoints": integer(1, 10**6),
+    "stop_after": integer(0, MAX_STEPS),
+    "progress": flag,
+}
+_TRAIN_GROUP_RULES = {"optim": OPTIM_RULES, "data": DATA_RULES, "eval": EVAL_RULES, "run": RUN_RULES}
+TRAIN_RULES: dict[str, Rule] = {
+    "optim": group(OPTIM_RULES, "OptimSettings"),
+    "data": group(DATA_RULES, "DataSettings"),
+    "eval": group(EVAL_RULES, "EvalSettings"),
+    "run": group(RUN_RULES, "RunSettings"),
+    "device": pattern("auto|cpu|cuda|mps", "'auto', 'cpu', 'cuda' or 'mps'"),  # train_config.Device
+    # the flat form (recipes, run dirs and config files written before #27), read as the groups' fields
+    **{key: _TRAIN_GROUP_RULES[g][name] for key, (g, name) in FLAT_TRAIN_KEYS.items()},
+}
 
 
 STTABT_RULES: dict[str, Rule] = {

@@ -110,20 +110,20 @@ CalibOpt = Annotated[
 
 
 def _train_config(config: Path | None, defaults: dict[str, Any], options: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from --config (else the verb's defaults); the verb's options that name a
-    TrainConfig field and were given (not None) override it. The file is checked field by field
-    first, and a text model's max_length against its positions (cli_config_checks)."""
-    import dataclasses
+    """TrainConfig from --config (either form, else the verb's defaults); the verb's options that
+    name a TrainConfig option (flat names: FLAT_TRAIN_KEYS, the one map of options onto groups) and
+    were given (not None) override it. The file is checked field by field first, and a text model's
+    max_length against its positions (cli_config_checks)."""
+    from sttabt_edge.train.train_config import FLAT_TRAIN_KEYS, TrainConfig, nest_train
 
-    from sttabt_edge.train.config import TrainConfig
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
     data = read_config("--config", config, TRAIN_RULES, "TrainConfig") if config else None
-    base = TrainConfig.from_dict(data) if data is not None else TrainConfig(**defaults)
-    cfg = base.replace(**{k: v for k, v in options.items() if k in names and v is not None})
-    where = f"--config {config}" if data is not None and "max_length" in data else None
+    base = TrainConfig.from_dict(data) if data is not None else TrainConfig.of(**defaults)
+    given = {k: v for k, v in options.items() if (k in FLAT_TRAIN_KEYS or k == "device") and v is not None}
+    cfg = base.with_options(given)
+    in_file = data is not None and "max_length" in nest_train(data).get("data", {})
+    where = f"--config {config}" if in_file else None
     limit = model_positions(options["model"]) if model_family(options["model"]) == "bert" else None
-    return cfg.replace(max_length=fit_max_length(cfg.max_length, limit, where))
+    return cfg.replace(data=cfg.data.replace(max_length=fit_max_length(cfg.data.max_length, limit, where)))
 
 
 def _load_training(
@@ -207,7 +207,7 @@ def train_approx_cmd(
         from sttabt_edge.train.approx import REPORT_FILE, train_approx  # torch: after every check
         from sttabt_edge.train.config import ApproxConfig
 
-        net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.seed)
+        net, train_data, _ = _load_training(model, data, eval_data, labeled=False, seed=cfg.optim.seed)
         acfg = ApproxConfig(factor=factor, init=init.value, heads=heads or None, track_weight=track_weight)
         train_approx(net, train_data, cfg=cfg, out=out, acfg=acfg, resume=resume)
     except _train_errors() as e:
@@ -281,7 +281,9 @@ def train_concrete_cmd(
         from sttabt_edge.method.approxnet import ApproxNet  # torch: after every check
         from sttabt_edge.train.concrete import train_concrete
 
-        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
+        net, train_data, model_dir = _load_training(
+            model, data, eval_data, True, cfg.optim.seed, calib_on.value
+        )
         train_concrete(
             net,
             ApproxNet.load(approx, net.config),
@@ -333,7 +335,9 @@ def train_baseline_cmd(
         scfg = _sparse_config(sparse_config, {k: options[k] for k in names})
         from sttabt_edge.train.baselines import train_baseline  # torch: after every check
 
-        net, train_data, model_dir = _load_training(model, data, eval_data, True, cfg.seed, calib_on.value)
+        net, train_data, model_dir = _load_training(
+            model, data, eval_data, True, cfg.optim.seed, calib_on.value
+        )
         train_baseline(
             method.value, net, train_data, None, cfg, scfg, out=out, resume=resume, source_dir=model_dir
         )

@@ -26,7 +26,7 @@ def vit(seed: int = 0, dropout: float = 0.0) -> ViTForImageClassification:
 
 def cfg(**kw) -> TrainConfig:
     base = dict(lr=1e-3, steps=8, batch_size=4, warmup=0.0, log_every=1, progress=False, eval_batch_size=8)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.of(**{**base, **kw})
 
 
 @pytest.fixture()

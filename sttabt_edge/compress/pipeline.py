@@ -169,7 +169,7 @@ def _approx(
     return approx.eval(), {
         "dir": str(out),
         "trained_here": True,
-        "steps": tcfg.steps,
+        "steps": tcfg.optim.steps,
         "planned_seconds": round(seconds),
         "step_seconds": _round(alloc.step_seconds),
         **info,

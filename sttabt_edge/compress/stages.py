@@ -31,7 +31,7 @@ from sttabt_edge.train.data import BatchSource, TrainData
 from sttabt_edge.train.recipes import CONCRETE_SPARSE, CONCRETE_TRAIN
 
 # per modality: the distillation recipe (SST-2: the official AdamW 1e-4, clip 0.5; images:
-# benchmarks/quickstart.py's DeiT recipe), as TrainConfig fields; threshold training's is train/recipes.py
+# benchmarks/quickstart.py's DeiT recipe), as TrainConfig options (flat names); threshold training's is train/recipes.py
 APPROX_RECIPE = {
     "text": dict(lr=1e-4, grad_clip=0.5, warmup=0.05),
     "image": dict(lr=5e-4, grad_clip=1.0, warmup=0.05),
@@ -148,19 +148,22 @@ def _plan(
 ) -> tuple[TrainConfig, Allocation]:
     """A trainer's TrainConfig: ``fixed`` steps when given, else as many as ``seconds`` allow at the
     step time ``measure`` reports on the run's own batches."""
-    base = TrainConfig(
+    base = TrainConfig.of(
         steps=1,
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,
         eval_batch_size=64,
         seed=cfg.seed,
         **fields,
-    ).replace(**recipe)
+    ).with_options(recipe)
     if fixed is not None:
-        return base.replace(steps=fixed), Allocation(seconds, None, fixed)
-    source = split.data.source(base.batch_size, base.seed, base.augment, base.max_length, base.bucket_batches)
+        return base.replace(optim=base.optim.replace(steps=fixed)), Allocation(seconds, None, fixed)
+    optim, data = base.optim, base.data
+    source = split.data.source(
+        optim.batch_size, optim.seed, data.augment, data.max_length, data.bucket_batches
+    )
     alloc = allocate(seconds, measure(source), min_steps)
-    return base.replace(steps=max(alloc.steps, 1)), alloc
+    return base.replace(optim=optim.replace(steps=max(alloc.steps, 1))), alloc
 
 
 def plan_distillation(

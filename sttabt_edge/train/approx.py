@@ -67,7 +67,7 @@ class ApproxObjective(Objective):
         self.teacher.eval()
 
     def param_groups(self, cfg: TrainConfig) -> list[dict[str, Any]]:
-        return decay_groups(dict(self.approx.named_parameters()), cfg.lr, cfg.weight_decay)
+        return decay_groups(dict(self.approx.named_parameters()), cfg.optim.lr, cfg.optim.weight_decay)
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {"approx": self.approx}
@@ -152,9 +152,15 @@ def train_approx(
     )
     with distributed(cfg) as dist, frozen(teacher):
         teacher.to(dist.device)
-        approx = build_approxnet(teacher, acfg.factor, acfg.init, seed=cfg.seed, heads=acfg.heads)
-        source = data.source(cfg.batch_size, cfg.seed, cfg.augment, cfg.max_length, cfg.bucket_batches)
-        held = data.eval_batches(cfg.eval_batch_size, cfg.max_eval_samples, cfg.max_length)
+        approx = build_approxnet(teacher, acfg.factor, acfg.init, seed=cfg.optim.seed, heads=acfg.heads)
+        source = data.source(
+            cfg.optim.batch_size,
+            cfg.optim.seed,
+            cfg.data.augment,
+            cfg.data.max_length,
+            cfg.data.bucket_batches,
+        )
+        held = data.eval_batches(cfg.eval.batch_size, cfg.eval.max_samples, cfg.data.max_length)
         # before fit() restores a checkpoint, ``approx`` is the deterministic init (seeded), so a resumed
         # run measures the same "before" as the run it continues (its report may never have been written)
         kl_before = _maybe_kl(teacher, approx, held, dist)

@@ -31,8 +31,8 @@ def calibration_batches(
 ) -> list[dict[str, torch.Tensor]]:
     """``scfg.calib_samples`` random examples of ``data.calib`` (default: training) as tensors on
     ``device`` (see TrainData). Warns when they are much shorter or longer than the held-out inputs."""
-    batches = data.calibration_batches(scfg.calib_samples, cfg.seed, cfg.max_length)
-    warn_length_shift(data, batches, cfg.max_length)
+    batches = data.calibration_batches(scfg.calib_samples, cfg.optim.seed, cfg.data.max_length)
+    warn_length_shift(data, batches, cfg.data.max_length)
     return [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in batches]
 
 

@@ -109,11 +109,13 @@ def build_objective(
         approx.eval()  # dropout off: masks follow the predicted attention, not noise
 
     def groups(cfg: TrainConfig) -> list[dict[str, Any]]:
-        thr_lr = cfg.lr * 10 if official else scfg.threshold_lr  # official: p_logit at 10x the model's lr
+        thr_lr = (
+            cfg.optim.lr * 10 if official else scfg.threshold_lr
+        )  # official: p_logit at 10x the model's lr
         out = [{"params": [thresholds.logits], "lr": thr_lr, "weight_decay": 0.0, "clip": "thr"}]
         if train_approx:
-            lr = cfg.lr * scfg.approx_lr_scale
-            out += decay_groups(dict(approx.named_parameters()), lr, cfg.weight_decay, clip="approx")
+            lr = cfg.optim.lr * scfg.approx_lr_scale
+            out += decay_groups(dict(approx.named_parameters()), lr, cfg.optim.weight_decay, clip="approx")
         return out
 
     def snap() -> None:  # mid-run: a finished soft phase is not thrown away, so warn only
@@ -172,7 +174,13 @@ def train_concrete(
     with distributed(cfg) as dist:
         model.to(dist.device)
         approx.to(dist.device)
-        source = data.source(cfg.batch_size, cfg.seed, cfg.augment, cfg.max_length, cfg.bucket_batches)
+        source = data.source(
+            cfg.optim.batch_size,
+            cfg.optim.seed,
+            cfg.data.augment,
+            cfg.data.max_length,
+            cfg.data.bucket_batches,
+        )
         calib = calibration_batches(data, scfg, cfg, dist.device)
         objective = build_objective(model, approx, scfg, calib)
         reducer = objective.sparse.reducer
@@ -236,7 +244,7 @@ def held_out_evaluator(
     from sttabt_edge.evaluate import evaluate
     from sttabt_edge.sparse_model import SparseClassifier
 
-    examples = data.eval_examples(cfg.max_eval_samples)
+    examples = data.eval_examples(cfg.eval.max_samples)
 
     def run() -> dict[str, float]:
         if objective is None or objective.snap is None or objective.hard:
@@ -259,9 +267,9 @@ def held_out_evaluator(
             examples,
             image=data.image,
             text=data.text,
-            batch_size=cfg.eval_batch_size,
+            batch_size=cfg.eval.batch_size,
             task=data.task,
-            max_length=cfg.max_length,
+            max_length=cfg.data.max_length,
             progress=False,
         )
         return {**res.metrics, "retention": res.retention, "flops_ratio": res.flops_ratio}
@@ -275,7 +283,7 @@ def trained_meta(
     pre: dict[str, Any] = (
         {"image": data.image.to_dict()}
         if data.image is not None
-        else {"text": {"max_length": cfg.max_length, "tokenizer": "model/tokenizer.json"}}
+        else {"text": {"max_length": cfg.data.max_length, "tokenizer": "model/tokenizer.json"}}
     )
     return {
         "preprocessing": pre,

@@ -1,32 +1,27 @@
-"""Typed training configs (nanoGPT style): plain dataclasses with a JSON round trip.
+"""Typed training configs (nanoGPT style): plain dataclasses with a JSON round trip (jsonconfig.py).
 
-Configs are stored in every checkpoint and final output, so a run can be resumed or
-reproduced from its directory alone. Unknown keys are an error on load: a typo in a
-JSON config must not silently fall back to a default.
+The optimisation loop's ``TrainConfig`` lives in train_config.py (imported here, its home for
+callers); this module holds the ApproxNet's and threshold training's configs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
+from sttabt_edge.train.jsonconfig import JsonConfig, check_groups, nest_flat, typed_groups
+from sttabt_edge.train.jsonconfig import check_finite as _finite
+from sttabt_edge.train.train_config import TrainConfig as TrainConfig  # its callers' import
 
 if TYPE_CHECKING:  # annotations only: this module stays torch-free
     from sttabt_edge.method.backtrack import HeadReduce
-    from sttabt_edge.train.augment import AugmentConfig
 
-AmpMode = Literal["none", "bf16", "fp16"]
 ApproxInit = Literal["interpolate", "random"]
 # calibrated threshold init's keep schedule (see SparseTrainConfig.init_schedule)
 InitSchedule = Literal["constant", "union", "shared"]
 ConcreteVariant = Literal["ste", "official"]  # = reducers.spec.ConcreteKind (this module stays torch-free)
 KeepSchedule = Literal["geometric", "constant"]  # the top-k baseline's per-layer keep ratios
-AMP_MODES: tuple[AmpMode, ...] = get_args(AmpMode)
 INITS: tuple[ApproxInit, ...] = get_args(ApproxInit)
 INIT_SCHEDULES: tuple[InitSchedule, ...] = get_args(InitSchedule)
 CONCRETE_VARIANTS: tuple[ConcreteVariant, ...] = get_args(ConcreteVariant)
@@ -36,107 +31,6 @@ KEEP_SCHEDULES: tuple[KeepSchedule, ...] = get_args(KeepSchedule)
 RetentionControl = Literal["penalty", "lagrangian"]
 # which main-model weights threshold training fine-tunes: every one, or only LayerNorms and biases
 MainParams = Literal["all", "norms_biases"]
-
-C = TypeVar("C", bound="JsonConfig")
-
-
-class JsonConfig:
-    """Mixin: ``to_dict`` / ``from_dict`` / ``save`` / ``load`` for a dataclass."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """The JSON dict as the fields take it (a config that changed its form converts older files here)."""
-        return data
-
-    @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        data = cls.prepare(data)
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save(self, path: str | Path) -> None:
-        from sttabt_edge.train.checkpoint import atomic_write_text
-
-        atomic_write_text(Path(path), self.to_json())
-
-    @classmethod
-    def load(cls: type[C], path: str | Path) -> C:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-    def replace(self: C, **changes: Any) -> C:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-
-@dataclass
-class TrainConfig(JsonConfig):
-    """The optimisation loop shared by every trainer (engine.py)."""
-
-    lr: float = 5e-5  # peak learning rate of the main model (other groups scale from it)
-    steps: int = 0  # optimizer steps; 0 = derive from ``epochs``
-    epochs: float = 1.0  # used only when steps == 0
-    batch_size: int = 32  # per-process micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    warmup: float = 0.1  # linear warmup: fraction of the steps if < 1, else a number of steps
-    weight_decay: float = 0.01  # AdamW; never applied to biases, norms, thresholds (params with dim < 2)
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    seed: int = 0  # data order, dropout and concrete noise all derive from (seed, step)
-    amp: AmpMode = "none"  # "none" | "bf16" (CPU or GPU autocast) | "fp16" (CUDA, with GradScaler)
-    log_every: int = 10  # optimizer steps between metrics.jsonl lines
-    eval_every: int = 0  # optimizer steps between evaluations; 0 = only at the end
-    save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
-    keep_checkpoints: int = 2  # older checkpoints are deleted
-    max_length: int = 128  # text: truncate longer inputs (tokens, incl. [CLS]/[SEP])
-    bucket_batches: int = 50  # text: sort by length within chunks of this many batches
-    # images: RandomResizedCrop + flip for training batches (False: eval preprocessing). An AugmentConfig
-    # (JSON: "strong" = DeiT's recipe, or a dict of AugmentConfig fields, the rest default) adds
-    # RandAugment, random erasing, mixup / cutmix and label smoothing; labels become soft (B, C) targets
-    augment: bool | AugmentConfig = True
-    num_workers: int = 0  # DataLoader workers preparing batches
-    eval_batch_size: int = 64
-    max_eval_samples: int = 0  # 0 = the whole eval set
-    device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu", "cuda"
-    stop_after: int = 0  # stop (with a checkpoint) after this many steps of the schedule; 0 = run to the end
-    progress: bool = True  # rich progress bar (rank 0 only)
-
-    def __post_init__(self) -> None:
-        recipe: Any = self.augment
-        if isinstance(recipe, str | dict):  # from JSON
-            from sttabt_edge.train.augment import AugmentConfig
-
-            if isinstance(recipe, str) and recipe != "strong":
-                raise ValueError(
-                    f'augment must be true, false, "strong" or a dict of AugmentConfig fields, got {recipe!r}'
-                )
-            self.augment = AugmentConfig.from_dict(recipe if isinstance(recipe, dict) else {})
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0 or (self.steps == 0 and self.epochs <= 0):
-            raise ValueError(f"give steps > 0 or epochs > 0 (steps={self.steps}, epochs={self.epochs})")
-        if self.lr <= 0 or self.warmup < 0 or self.grad_clip < 0:
-            raise ValueError(
-                f"lr must be > 0, warmup and grad_clip >= 0 (lr={self.lr}, warmup={self.warmup})"
-            )
-
-    def total_steps(self, local_batches_per_epoch: int) -> int:
-        """Optimizer steps of the whole schedule, given one process's batches per epoch."""
-        if self.steps:
-            return self.steps
-        return max(1, math.ceil(self.epochs * local_batches_per_epoch / self.grad_accum))
-
-    def warmup_steps(self, total: int) -> int:
-        return int(round(self.warmup * total)) if self.warmup < 1 else int(self.warmup)
 
 
 @dataclass
@@ -159,13 +53,6 @@ class ApproxConfig(JsonConfig):
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-
-
-def _finite(owner: object, *names: str) -> None:
-    for name in names:
-        value = getattr(owner, name)
-        if not (math.isfinite(value) and value >= 0):  # NaN passes every comparison: test it by name
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -213,19 +100,8 @@ _GROUPS: dict[str, type[SttabtSettings] | type[LtpSettings]] = {"sttabt": Sttabt
 
 def nest_legacy(data: dict[str, Any]) -> dict[str, Any]:
     """A SparseTrainConfig dict in either form -> the grouped form: the old flat keys (``concrete``,
-    ``ltp_temperature``, ...; run dirs and config files written before #27) move into their group.
-    A field given both flat and grouped is an error, not a silent choice."""
-    out = {k: v for k, v in data.items() if k not in LEGACY_SPARSE_KEYS}
-    for key, (group, name) in LEGACY_SPARSE_KEYS.items():
-        if key not in data:
-            continue
-        nested = out.get(group, {})
-        if not isinstance(nested, dict):
-            raise ValueError(f"{group} must be an object of {_GROUPS[group].__name__} fields")
-        if name in nested:
-            raise ValueError(f"{key} is given twice: flat (the old form) and as {group}.{name}")
-        out[group] = {**nested, name: data[key]}
-    return out
+    ``ltp_temperature``, ...; run dirs and config files written before #27) move into their group."""
+    return nest_flat(data, LEGACY_SPARSE_KEYS, _GROUPS)
 
 
 @dataclass
@@ -262,16 +138,10 @@ class SparseTrainConfig(JsonConfig):
     @classmethod
     def prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Either JSON form (grouped, or the old flat one: :func:`nest_legacy`), its groups typed."""
-        grouped = nest_legacy(data)
-        for name, group in _GROUPS.items():
-            if isinstance(grouped.get(name), dict):
-                grouped[name] = group.from_dict(grouped[name])
-        return grouped
+        return typed_groups(nest_legacy(data), _GROUPS)
 
     def __post_init__(self) -> None:
-        for name, group in _GROUPS.items():
-            if not isinstance(getattr(self, name), group):
-                raise ValueError(f"{name} must be a {group.__name__}, got {getattr(self, name)!r}")
+        check_groups(self, _GROUPS)
         if not 0.0 < self.target_retention <= 1.0:
             raise ValueError(f"target_retention must be in (0, 1], got {self.target_retention}")
         if not 0.0 <= self.hard_frac < 1.0:

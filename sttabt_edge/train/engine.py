@@ -178,11 +178,11 @@ class FitResult:
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> Any:
-    if cfg.amp == "none":
+    if cfg.optim.amp == "none":
         return nullcontext()
-    if cfg.amp == "fp16" and device.type != "cuda":
+    if cfg.optim.amp == "fp16" and device.type != "cuda":
         raise InputError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.optim.amp == "bf16" else torch.float16)
 
 
 def fit(
@@ -199,13 +199,15 @@ def fit(
     """Optimise ``objective`` on ``source`` for ``cfg``'s schedule, checkpointing into ``run_dir``."""
     run_dir = Path(run_dir)
     objective.to(dist.device)
-    total = cfg.total_steps(source.local_batches(dist.world))
-    hard_limit = min(total, cfg.stop_after) if cfg.stop_after else total
+    total = cfg.optim.total_steps(source.local_batches(dist.world))
+    hard_limit = min(total, cfg.run.stop_after) if cfg.run.stop_after else total
     # fused: one kernel for all params (the single-tensor loop costs ~0.5 s/step on MiniLM's embeddings)
-    opt = torch.optim.AdamW(objective.param_groups(cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    warm = cfg.warmup_steps(total)
+    opt = torch.optim.AdamW(
+        objective.param_groups(cfg), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True
+    )
+    warm = cfg.optim.warmup_steps(total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warm, total))
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda") if cfg.optim.amp == "fp16" else None
     start = _restore(run_dir, objective, opt, sched, scaler, fingerprint, resume)
     log = MetricsLog(run_dir / METRICS_FILE, dist.is_main, start if resume else None)
     model: nn.Module = objective
@@ -213,7 +215,9 @@ def fit(
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=True)
     params = clip_sets(opt.param_groups)
-    batches = batch_stream(source, dist, start * cfg.grad_accum, hard_limit * cfg.grad_accum, cfg.num_workers)
+    batches = batch_stream(
+        source, dist, start * cfg.optim.grad_accum, hard_limit * cfg.optim.grad_accum, cfg.data.num_workers
+    )
     window: dict[str, float] = {}
     n_window, busy, done_here, last_logs, eval_metrics = 0, 0.0, 0, {}, {}
 
@@ -230,10 +234,12 @@ def fit(
                 "total_steps": total,
                 "rng": {
                     "scheme": "torch.manual_seed(step_seed(seed, step, rank)) per step",
-                    "seed": cfg.seed,
+                    "seed": cfg.optim.seed,
                 },
             }
-            save_checkpoint(run_dir, step, objective.checkpoint_modules(), state, meta, cfg.keep_checkpoints)
+            save_checkpoint(
+                run_dir, step, objective.checkpoint_modules(), state, meta, cfg.run.keep_checkpoints
+            )
         dist.barrier()
 
     def run_eval(step: int) -> dict[str, float]:
@@ -243,12 +249,12 @@ def fit(
         dist.barrier()
         return metrics
 
-    with progress_bar(cfg.progress and dist.is_main) as bar:
+    with progress_bar(cfg.run.progress and dist.is_main) as bar:
         job = bar.add_task(name, total=total, completed=start, info="")
         for step in range(start, hard_limit):
             objective.on_step(step, total)  # untimed: may run a one-off calibration (the hard-phase snap)
             t0 = time.perf_counter()
-            torch.manual_seed(step_seed(cfg.seed, step, dist.rank))
+            torch.manual_seed(step_seed(cfg.optim.seed, step, dist.rank))
             lr = opt.param_groups[0]["lr"]
             logs = _one_step(model, batches, cfg, dist, opt, scaler, params)
             sched.step()
@@ -258,11 +264,13 @@ def fit(
                 window[k] = window.get(k, 0.0) + v
             n_window += 1
             end = step + 1 == hard_limit
-            if (step + 1) % max(1, cfg.log_every) == 0 or end:
+            if (step + 1) % max(1, cfg.run.log_every) == 0 or end:
                 last_logs = reduce_mean({k: v / n_window for k, v in window.items()}, dist)
                 last_logs["lr"] = lr
                 step_time = busy / done_here  # mean seconds per optimizer step in this call
-                views = cfg.batch_size * cfg.grad_accum * dist.world  # images / sequences per step
+                views = (
+                    cfg.optim.batch_size * cfg.optim.grad_accum * dist.world
+                )  # images / sequences per step
                 log.write(
                     {
                         "step": step + 1,
@@ -275,9 +283,9 @@ def fit(
                 window, n_window = {}, 0
             else:
                 bar.update(job, completed=step + 1)
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
+            if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < total:
                 eval_metrics = run_eval(step + 1)
-            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or end:
+            if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or end:
                 save(step + 1)
     finished = hard_limit == total
     if finished:
@@ -303,21 +311,21 @@ def _one_step(
 ) -> dict[str, float]:
     """grad_accum micro-batches, clipping, one optimizer step; returns the step's mean logs."""
     sums: dict[str, float] = {}
-    for micro in range(cfg.grad_accum):
+    for micro in range(cfg.optim.grad_accum):
         inputs, labels = to_device(next(batches), dist.device)
-        sync = dist.world == 1 or micro == cfg.grad_accum - 1
+        sync = dist.world == 1 or micro == cfg.optim.grad_accum - 1
         with nullcontext() if sync else _no_sync(model), autocast(cfg, dist.device):
             loss, logs = model(inputs, labels)
-        loss = loss.float() / cfg.grad_accum
+        loss = loss.float() / cfg.optim.grad_accum
         (scaler.scale(loss) if scaler else loss).backward()
-        for k, v in {"loss": loss.detach() * cfg.grad_accum, **logs}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+        for k, v in {"loss": loss.detach() * cfg.optim.grad_accum, **logs}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / cfg.optim.grad_accum
     if scaler:
         scaler.unscale_(opt)
-    if cfg.grad_clip > 0:
+    if cfg.optim.grad_clip > 0:
         for name, group in params.items():
             key = "grad_norm" if name == "main" else f"grad_norm_{name}"
-            sums[key] = float(torch.nn.utils.clip_grad_norm_(group, cfg.grad_clip))
+            sums[key] = float(torch.nn.utils.clip_grad_norm_(group, cfg.optim.grad_clip))
     if scaler:
         scaler.step(opt)
         scaler.update()

@@ -237,7 +237,9 @@ class SparseObjective(Objective):
         groups = (
             []
             if self.scfg.freeze_main
-            else decay_groups(dict(self.sparse.model.named_parameters()), cfg.lr, cfg.weight_decay)
+            else decay_groups(
+                dict(self.sparse.model.named_parameters()), cfg.optim.lr, cfg.optim.weight_decay
+            )
         )
         groups += self._reducer_groups(cfg) if self._reducer_groups is not None else []
         if not groups:

@@ -74,10 +74,10 @@ def cli_commands(model_dir: Path, data: Path, work: Path, plan: SweepPlan) -> li
         if plan.approx_dir is not None
         else [
             f"sttabt-edge train approx {common} --factor {plan.acfg.factor} --init {plan.acfg.init} "
-            f"--out {approx_dir} --steps {a.steps} --batch-size {a.batch_size} --lr {a.lr:g}"
+            f"--out {approx_dir} --steps {a.optim.steps} --batch-size {a.optim.batch_size} --lr {a.optim.lr:g}"
         ]
     )
-    sparse = f"--steps {s.steps} --batch-size {s.batch_size} --lr {s.lr:g}"
+    sparse = f"--steps {s.optim.steps} --batch-size {s.optim.batch_size} --lr {s.optim.lr:g}"
     if plan.calib_on_eval:
         sparse += " --calib-on eval"
     schedule = "" if plan.scfg.init_schedule == "constant" else f" --init-schedule {plan.scfg.init_schedule}"
@@ -193,7 +193,7 @@ def run_sweep(
     t_start = time.perf_counter()
     dense = load_model(model_dir)
     data = prepare_data(data_path, dense, model_dir, class_names=model_class_names(model_dir))
-    max_length = plan.sparse_cfg.max_length
+    max_length = plan.sparse_cfg.data.max_length
     results: dict[str, Any] = {
         "points": [],
         "commands": cli_commands(model_dir, data_path, work, plan),
@@ -253,7 +253,7 @@ def run_sweep(
                     results["unreachable"].append({"method": method, "target": target, "reason": str(e)})
                     log(f"{method:12s} target {target:.2f}: skipped, {e}")
                     continue
-                point.update(train_steps=plan.sparse_cfg.steps, step_time_s=_step_time(run_dir))
+                point.update(train_steps=plan.sparse_cfg.optim.steps, step_time_s=_step_time(run_dir))
             point["train_seconds"] = time.perf_counter() - t0
             point.update(_eval(model, reducer, data, plan, f"{method} r={target:g}", max_length))
             results["points"].append(point)

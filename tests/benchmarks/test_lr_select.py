@@ -40,7 +40,7 @@ def test_lr_select_holds_out_training_sentences_and_picks_the_best(tmp_path, mon
     assert res["chosen_lr"] == max(accs, key=lambda lr: (accs[lr], -lr)) and res["environment"]["commit"]
     for r in res["runs"]:  # each run trained on the split and evaluated on its held-out file
         meta = json.loads((Path(r["dir"]) / "sttabt.json").read_text())
-        assert meta["eval"] == r["held_out"] and meta["train_config"]["lr"] == r["lr"]
+        assert meta["eval"] == r["held_out"] and meta["train_config"]["optim"]["lr"] == r["lr"]
 
     seconds = []
     train_one = lr_select.train_one

@@ -18,7 +18,11 @@ from typer.testing import CliRunner
 from sttabt_edge.cli import app
 from sttabt_edge.cli_config_checks import (
     AUGMENT_RULES,
+    DATA_RULES,
+    EVAL_RULES,
     LTP_RULES,
+    OPTIM_RULES,
+    RUN_RULES,
     SPARSE_RULES,
     STTABT_RULES,
     TRAIN_RULES,
@@ -32,6 +36,13 @@ from sttabt_edge.train.config import (
     SparseTrainConfig,
     SttabtSettings,
     TrainConfig,
+)
+from sttabt_edge.train.train_config import (
+    FLAT_TRAIN_KEYS,
+    DataSettings,
+    EvalSettings,
+    OptimSettings,
+    RunSettings,
 )
 
 runner = CliRunner()
@@ -73,7 +84,11 @@ def one_error(res, *needles):
 def test_the_tables_name_every_field():
     """A new config field cannot slip in unchecked: each dataclass field has a rule, and no rule is stale."""
     for cls, rules in (
-        (TrainConfig, TRAIN_RULES),
+        (TrainConfig, {k: r for k, r in TRAIN_RULES.items() if k not in FLAT_TRAIN_KEYS}),
+        (OptimSettings, OPTIM_RULES),
+        (DataSettings, DATA_RULES),
+        (EvalSettings, EVAL_RULES),
+        (RunSettings, RUN_RULES),
         (SparseTrainConfig, {k: r for k, r in SPARSE_RULES.items() if k not in LEGACY_SPARSE_KEYS}),
         (SttabtSettings, STTABT_RULES),
         (LtpSettings, LTP_RULES),
@@ -207,11 +222,11 @@ def test_max_length_default_is_cut_to_the_model_and_a_good_file_is_used(root, tm
 
     options = {"model": str(root / "bert"), "lr": None, "steps": 3}
     cfg = _train_config(None, {"lr": 2e-5, "steps": 500}, options)
-    assert (cfg.max_length, cfg.steps, cfg.lr) == (64, 3, 2e-5)
+    assert (cfg.data.max_length, cfg.optim.steps, cfg.optim.lr) == (64, 3, 2e-5)
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"max_length": 32, "lr": 1e-3, "augment": {"mixup": 0.2}}))
     cfg = _train_config(path, {}, options)
-    assert (cfg.max_length, cfg.lr, cfg.augment.mixup) == (32, 1e-3, 0.2)
+    assert (cfg.data.max_length, cfg.optim.lr, cfg.data.augment.mixup) == (32, 1e-3, 0.2)
 
 
 @settings(max_examples=60, deadline=None)

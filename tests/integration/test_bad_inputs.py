@@ -640,7 +640,7 @@ def test_resume_keeps_heldout_kl_before_and_refuses_a_malicious_trainer_state(tm
     out = tmp_path / "ax"
 
     def cfg(**kw):
-        return TrainConfig(
+        return TrainConfig.of(
             **{
                 "lr": 1e-3,
                 "steps": 4,

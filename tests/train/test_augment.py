@@ -243,11 +243,13 @@ def test_num_classes_comes_from_the_model_head(image_dir):
 
 
 def test_train_config_round_trip_and_old_configs(tmp_path):
-    assert TrainConfig().augment is True and TrainConfig.from_dict({"augment": False}).augment is False
+    assert (
+        TrainConfig().data.augment is True and TrainConfig.from_dict({"augment": False}).data.augment is False
+    )
     strong = TrainConfig.from_dict({"augment": "strong"})
-    assert strong.augment == AugmentConfig()
+    assert strong.data.augment == AugmentConfig()
     custom = TrainConfig.from_dict({"augment": {"mixup": 0.0, "cutmix": 0.0}})
-    assert custom.augment == AugmentConfig(mixup=0.0, cutmix=0.0)
+    assert custom.data.augment == AugmentConfig(mixup=0.0, cutmix=0.0)
     for c in (strong, custom, TrainConfig()):
         c.save(tmp_path / "c.json")
         assert TrainConfig.load(tmp_path / "c.json") == c
@@ -286,7 +288,7 @@ def test_baseline_trains_and_resumes_exactly_with_strong_augmentation(image_dir,
     )
 
     def run(out: Path, stop_after: int = 0, resume: bool = False):
-        cfg = TrainConfig(**kw, stop_after=stop_after)  # type: ignore[arg-type]
+        cfg = TrainConfig.of(**kw, stop_after=stop_after)
         return train_baseline("topk", vit(), data, 0.5, cfg, out=out, resume=resume)
 
     run(tmp_path / "a")

@@ -19,7 +19,7 @@ def test_configs_round_trip(tmp_path):
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
         TrainConfig.from_dict({"lr": 1.0, "lrr": 2.0})
     with pytest.raises(ValueError, match="amp"):
-        TrainConfig(amp="fp8")
+        TrainConfig.of(amp="fp8")
     assert (
         SparseTrainConfig.from_dict(SparseTrainConfig(target_retention=0.3).to_dict()).target_retention == 0.3
     )

@@ -87,7 +87,7 @@ def run(image_dir: Path, out: Path, control: str, steps: int = 40, **kw) -> list
     scfg = SparseTrainConfig(
         threshold_lr=0.3, hard_frac=0.1, retention_weight=0.0, retention_control=control, **kw
     )
-    cfg = TrainConfig(
+    cfg = TrainConfig.of(
         lr=1e-3, steps=steps, batch_size=4, warmup=0.0, log_every=1, progress=False, save_every=12
     )
     train_concrete(model, approx, data, 0.4, cfg, scfg=scfg, out=out)
@@ -120,10 +120,10 @@ def test_lagrangian_resumes_bit_exactly(image_dir, tmp_path):
     )
     base = dict(lr=1e-3, steps=24, batch_size=4, warmup=0.0, log_every=1, progress=False, save_every=12)
     out = tmp_path / "split"
-    train_concrete(model, approx, data, 0.4, TrainConfig(**base, stop_after=12), scfg=scfg, out=out)
+    train_concrete(model, approx, data, 0.4, TrainConfig.of(**base, stop_after=12), scfg=scfg, out=out)
     assert latest_checkpoint(out) is not None
     model, approx = vit(), build_approxnet(vit(), 4, "interpolate")
-    train_concrete(model, approx, data, 0.4, TrainConfig(**base), scfg=scfg, out=out, resume=True)
+    train_concrete(model, approx, data, 0.4, TrainConfig.of(**base), scfg=scfg, out=out, resume=True)
     assert soft_retentions(out) == full
 
 
@@ -135,7 +135,9 @@ def test_kd_only_norms_biases_training(image_dir, tmp_path):
     approx = build_approxnet(model, 4, "interpolate")
     scfg = SparseTrainConfig(task_weight=0.0, main_params="norms_biases", retention_control="lagrangian")
     recipe = AugmentConfig(randaug_n=1, mixup=0.8, cutmix=1.0)
-    cfg = TrainConfig(lr=1e-2, steps=4, batch_size=4, warmup=0.0, log_every=1, progress=False, augment=recipe)
+    cfg = TrainConfig.of(
+        lr=1e-2, steps=4, batch_size=4, warmup=0.0, log_every=1, progress=False, augment=recipe
+    )
     train_concrete(model, approx, data, 0.5, cfg, scfg=scfg, out=tmp_path / "fm")
     logs = [json.loads(ln) for ln in (tmp_path / "fm" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "kd" in r]
@@ -183,7 +185,7 @@ def test_soft_phase_evaluation_is_at_the_target_and_leaves_training_alone(image_
         data = prepare_data(image_dir, model)
         approx = build_approxnet(model, 4, "interpolate")
         scfg = SparseTrainConfig(threshold_lr=0.3, hard_frac=0.25, retention_control="lagrangian")
-        cfg = TrainConfig(
+        cfg = TrainConfig.of(
             lr=1e-3, steps=8, batch_size=4, warmup=0.0, log_every=1, progress=False, eval_every=eval_every
         )
         train_concrete(model, approx, data, 0.4, cfg, scfg=scfg, out=out)
