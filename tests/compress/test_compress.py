@@ -243,13 +243,19 @@ def test_budget_planning_turns_seconds_into_steps(tmp_path, sst2):
 
     tcfg, alloc = stages._plan(split, cfg, {"lr": 1e-4}, None, 30.0, measure, 20, log_every=5)
     assert (
-        seen == [8] and alloc.steps == 120 and tcfg.steps == 120 and tcfg.lr == 1e-4 and tcfg.log_every == 5
+        seen == [8]
+        and alloc.steps == 120
+        and tcfg.optim.steps == 120
+        and tcfg.optim.lr == 1e-4
+        and tcfg.run.log_every == 5
     )
     tcfg, alloc = stages._plan(split, cfg, {"lr": 1e-4}, 7, 30.0, measure, 20)
-    assert len(seen) == 1 and tcfg.steps == 7 and alloc.step_seconds is None
+    assert len(seen) == 1 and tcfg.optim.steps == 7 and alloc.step_seconds is None
     # the real probe measures the distillation objective on the run's own batches
     tcfg, alloc = stages.plan_distillation(net, split, cfg, seconds=60.0)
-    assert alloc.step_seconds is not None and alloc.step_seconds > 0 and tcfg.steps == max(alloc.steps, 1)
+    assert (
+        alloc.step_seconds is not None and alloc.step_seconds > 0 and tcfg.optim.steps == max(alloc.steps, 1)
+    )
 
 
 def test_verdict_names_a_dense_file_that_is_as_accurate_and_faster():
