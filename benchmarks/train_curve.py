@@ -137,17 +137,28 @@ def main() -> None:
         default=None,
         help="init_schedule_deit.py JSON of the runs' ApproxNet: its calibrated start is minute 0",
     )
+    ap.add_argument(
+        "--init-for",
+        nargs="+",
+        default=None,
+        help="the runs (NAMEs) whose ApproxNet --init measured (default: every run)",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train_curve.json"))
     args = ap.parse_args()
     init = json.loads(args.init.read_text()) if args.init else None
+    names = [spec.partition("=")[0] for spec in args.run]
+    if args.init_for is not None and (init is None or not set(args.init_for) <= set(names)):
+        ap.error(
+            f"--init-for needs --init and names among the runs ({', '.join(names)}), got {args.init_for}"
+        )
     runs = {}
     for spec in args.run:
         name, sep, d = spec.partition("=")
         if not sep or not (Path(d) / METRICS_FILE).is_file():
             ap.error(f"--run takes NAME=DIR with a {METRICS_FILE}, got {spec!r}")
         runs[name] = curve(Path(d))
-        if init is not None:
-            add_start(runs[name], init)
+        if init is not None and (args.init_for is None or name in args.init_for):
+            add_start(runs[name], init)  # another ApproxNet, or a baseline, starts elsewhere
     for name, r in runs.items():
         last = r["points"][-1] if r["points"] else {}
         print(
