@@ -44,7 +44,7 @@ def write_split(
     if not Path(model).is_dir():
         raise SystemExit(f"lr_select.py: --model must be a model folder (with tokenizer.json), got {model}")
     model_dir, net = Path(model), load_model(model)
-    cfg = CompressConfig(
+    cfg = CompressConfig.of(
         model=model,
         data=data,
         out=out,

@@ -154,7 +154,7 @@ def compress_cmd(
     for name, path in (("--data", data), ("--eval-data", eval_data), ("--holdout-data", holdout_data)):
         check_training_data(model, path, name)
     try:  # every option is checked here, before any model loads
-        cfg = CompressConfig(
+        cfg = CompressConfig.of(  # the one place the options land on the config (flat names)
             model=model,
             data=data,
             out=out,

@@ -62,9 +62,11 @@ def _export(
         source=ModelSource(model=model, approx=approx, approx_net=approx_net),
         out=out,
         reducer=reducer,
-        graph=GraphOptions(target=cfg.target, seq_len=cfg.max_length, fuse=cfg.fuse),
-        quantize=QuantizeOptions(mode=cfg.quantize),
-        verify=VerifyOptions(calib=calib_path(cfg), calib_samples=16, latency_runs=0, threads=cfg.threads),
+        graph=GraphOptions(target=cfg.delivery.target, seq_len=cfg.batch.max_length, fuse=cfg.delivery.fuse),
+        quantize=QuantizeOptions(mode=cfg.delivery.quantize),
+        verify=VerifyOptions(
+            calib=calib_path(cfg), calib_samples=16, latency_runs=0, threads=cfg.bench.threads
+        ),
     )
     return run_export(req, warn=log.warning)
 
@@ -73,7 +75,7 @@ def files_of(cfg: CompressConfig, out: Path) -> dict[str, Path]:
     """{"fp32": ..., "int8": ...} of one export (``int8`` only with --quantize)."""
     from sttabt_edge.export.pipeline import fp32_sibling
 
-    return {"fp32": fp32_sibling(out), "int8": out} if cfg.quantize else {"fp32": out}
+    return {"fp32": fp32_sibling(out), "int8": out} if cfg.delivery.quantize else {"fp32": out}
 
 
 def deliver(
@@ -92,7 +94,7 @@ def deliver(
     from sttabt_edge.train.artifacts import load_sttabt, trained_spec
     from sttabt_edge.verify import reference_reducer, verify
 
-    suffix = ".onnx" if cfg.target == "onnx" else ".tflite"
+    suffix = ".onnx" if cfg.delivery.target == "onnx" else ".tflite"
     model_out, dense_out = cfg.out / f"model{suffix}", cfg.out / "baseline" / f"dense{suffix}"
     dense_out.parent.mkdir(parents=True, exist_ok=True)
     if chosen.kind == "concrete":  # the trained dir: its model, thresholds and ApproxNet
@@ -153,22 +155,22 @@ def benchmark(cfg: CompressConfig, split: stages.Split, files: dict[str, Any]) -
 
     paths = files["paths"]
     pairs = [("sttabt_fp32", "dense_fp32")]
-    if cfg.quantize:
+    if cfg.delivery.quantize:
         pairs += [("dense_int8", "dense_fp32"), ("sttabt_int8", "dense_fp32"), ("sttabt_int8", "dense_int8")]
     # the held-out inputs themselves, taken in turn: a pruned model's latency depends on how many
     # tokens its thresholds keep for real inputs, which synthetic text or noise images do not show
     inputs = write_text_inputs([e.inputs for e in split.held[:BENCH_INPUTS]], cfg.out / "bench_inputs.txt")
     res: dict[str, Any] = {
         "seq_len": None,
-        "threads": cfg.threads,
-        "runs": cfg.bench_runs,
+        "threads": cfg.bench.threads,
+        "runs": cfg.bench.runs,
         "block": 5,
     }
     res["pairs"] = bench_pairs(
         {k: Path(v) for k, v in paths.items()},
         pairs,
-        threads=cfg.threads,
-        runs=cfg.bench_runs,
+        threads=cfg.bench.threads,
+        runs=cfg.bench.runs,
         warmup=5,
         seq_len=128,  # unused with real inputs
         block=5,

@@ -84,7 +84,7 @@ def run_compress(cfg: CompressConfig, console: Console | None = None, resume: bo
     with ph("split", "load the model and split the training data"):
         net = load_model(cfg.model).eval()
         model_dir = Path(cfg.model) if Path(cfg.model).is_dir() else None
-        data = prepare_data(cfg.data, net, model_dir, cfg.eval_data, labeled=True, seed=cfg.seed)
+        data = prepare_data(cfg.data, net, model_dir, cfg.selection.eval_data, labeled=True, seed=cfg.seed)
         split = stages.split_data(cfg, data)
         dense = stages.measure_dense(net, split, cfg)
         report["data"] = {
@@ -102,7 +102,7 @@ def run_compress(cfg: CompressConfig, console: Console | None = None, resume: bo
     # the budget is training time: distillation, then threshold training gets what distillation left
     with ph("distil", "ApproxNet"):
         approx, report["approx"] = _approx(
-            cfg, net, split, cfg.budget_s * (DISTIL_SHARE if cfg.concrete else 1.0), resume
+            cfg, net, split, cfg.budget.seconds * (DISTIL_SHARE if cfg.budget.concrete else 1.0), resume
         )
     with ph("search", "keep-ratio search on the held-out split (training-free back-tracking)"):
         probes = _search(cfg, net, approx, split, dense)
@@ -115,14 +115,14 @@ def run_compress(cfg: CompressConfig, console: Console | None = None, resume: bo
             split,
             dense,
             probes,
-            cfg.budget_s - ph.times["distil"],
+            cfg.budget.seconds - ph.times["distil"],
             resume,
             model_dir,
             report,
         )
     chosen = _choose(cfg, dense, probes, trained)
     report["dense"], report["chosen"] = dense.to_dict(), chosen.to_dict()
-    report["within_budget"] = cfg.max_drop is None or within(chosen, dense.accuracy, cfg.max_drop)
+    report["within_budget"] = cfg.goal.max_drop is None or within(chosen, dense.accuracy, cfg.goal.max_drop)
     console.print(
         f"chosen: {chosen.kind} at retention {chosen.retention:.3f}, held-out {chosen.accuracy:.2f}% "
         f"(dense {dense.accuracy:.2f}%)"
@@ -148,8 +148,11 @@ def _approx(
     from sttabt_edge.method.approxnet import ApproxNet
     from sttabt_edge.train.approx import REPORT_FILE as APPROX_REPORT
 
-    if cfg.approx is not None:
-        return ApproxNet.load(cfg.approx, net.config).eval(), {"dir": str(cfg.approx), "trained_here": False}
+    if cfg.approxnet.path is not None:
+        return ApproxNet.load(cfg.approxnet.path, net.config).eval(), {
+            "dir": str(cfg.approxnet.path),
+            "trained_here": False,
+        }
     out = cfg.out / "approx"
     if (out / APPROX_REPORT).is_file() and resume:  # finished in an earlier run
         return ApproxNet.load(out, net.config).eval(), {
@@ -161,7 +164,7 @@ def _approx(
     tcfg, alloc = stages.plan_distillation(net, split, cfg, seconds)
     if alloc.steps == 0:
         raise InputError(
-            f"--budget-minutes {cfg.budget_minutes:g} leaves {seconds:.0f} s for distillation, fewer "
+            f"--budget-minutes {cfg.budget.minutes:g} leaves {seconds:.0f} s for distillation, fewer "
             f"than {stages.MIN_APPROX_STEPS} steps of {alloc.step_seconds or 0:.2f} s; raise it or pass --approx"
         )
     approx = stages.distil(net, split, cfg, tcfg, out, resume)
@@ -180,16 +183,16 @@ def _search(cfg: CompressConfig, net: Any, approx: Any, split: stages.Split, den
     def at(r: float) -> Point:
         return stages.measure(net, stages.topk_reducer(approx, r), split, cfg, "topk", keep_ratio=round(r, 4))
 
-    if cfg.max_drop is not None:
-        return search_keep_ratio(at, dense.accuracy, cfg.max_drop, steps=cfg.search_steps)
+    if cfg.goal.max_drop is not None:
+        return search_keep_ratio(at, dense.accuracy, cfg.goal.max_drop, steps=cfg.selection.search_steps)
     batch = stages.calibration_batch(split, cfg)
-    assert cfg.target_retention is not None
+    assert cfg.goal.target_retention is not None
     from sttabt_edge.sparse_model import mean_retention
     from sttabt_edge.train.sweep import bisect_knob
 
     r, _ = bisect_knob(
         lambda k: mean_retention(net, stages.topk_reducer(approx, k), batch),
-        cfg.target_retention,
+        cfg.goal.target_retention,
         0.01,
         1.0,
         iters=12,
@@ -212,16 +215,16 @@ def _thresholds(
     """Train thresholds at one retention where they can pay off; None when skipped (reason in the report)."""
     from sttabt_edge.train.artifacts import TRAINED_FILE, load_sttabt
 
-    if not cfg.concrete:
+    if not cfg.budget.concrete:
         report["thresholds"] = {"skipped": "--no-concrete"}
         return None
-    if cfg.max_drop is not None:
-        best = best_point(probes, dense.accuracy, cfg.max_drop)
-        miss = first_failure(probes, dense.accuracy, cfg.max_drop, best)
+    if cfg.goal.max_drop is not None:
+        best = best_point(probes, dense.accuracy, cfg.goal.max_drop)
+        miss = first_failure(probes, dense.accuracy, cfg.goal.max_drop, best)
         target = miss.retention if miss is not None else (best.retention * 0.8 if best else 0.5)
     else:
-        assert cfg.target_retention is not None
-        target = cfg.target_retention
+        assert cfg.goal.target_retention is not None
+        target = cfg.goal.target_retention
     out = cfg.out / "sttabt"
     if not (resume and (out / TRAINED_FILE).is_file()):
         tcfg, alloc = stages.plan_concrete(net, approx, split, cfg, seconds)
@@ -245,8 +248,8 @@ def _thresholds(
 
 def _choose(cfg: CompressConfig, dense: Point, probes: list[Point], trained: Point | None) -> Point:
     points = probes + ([trained] if trained is not None else [])
-    if cfg.max_drop is not None:
-        best = best_point(points, dense.accuracy, cfg.max_drop)
+    if cfg.goal.max_drop is not None:
+        best = best_point(points, dense.accuracy, cfg.goal.max_drop)
         if best is None:  # nothing within the drop: the mildest probe, reported as such
             return max(points, key=lambda p: (p.accuracy, p.retention))
         return best

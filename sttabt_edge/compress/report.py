@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sttabt_edge.atomic import atomic_write_text
+from sttabt_edge.compress.config import flat_config
 
 LABELS = {
     "dense_fp32": "dense fp32",
@@ -145,7 +146,12 @@ def _resolution(cfg: dict[str, Any], data: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    cfg, chosen, dense, data = report["config"], report["chosen"], report["dense"], report["data"]
+    cfg, chosen, dense, data = (
+        flat_config(report["config"]),
+        report["chosen"],
+        report["dense"],
+        report["data"],
+    )
     goal = (
         f"at most {cfg['max_drop']:g} points below dense"
         if cfg["max_drop"] is not None
@@ -230,7 +236,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    dense, cfg = report["dense"], report["config"]
+    dense, cfg = report["dense"], flat_config(report["config"])
     probes = sorted(report["search"], key=lambda p: p["retention"])
     a.plot(
         [p["retention"] for p in probes],
@@ -295,7 +301,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
     """The verdict is decided once here; report.md and report.png read it from the report."""
-    report["verdict"] = verdict(rows(report), report["config"]["max_drop"])
+    report["verdict"] = verdict(rows(report), flat_config(report["config"])["max_drop"])
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     atomic_write_text(out / "report.md", markdown(report))
     plot(report, out / "report.png")

@@ -54,14 +54,16 @@ class Split:
 
 def split_data(cfg: CompressConfig, data: TrainData) -> Split:
     """Held-out selection split (``--holdout`` sentence-like training examples, or ``--holdout-data``)."""
-    lengths = [len(t) for t in data.tokens(cfg.max_length)[0]] if data.modality == "text" else None
-    min_tokens = cfg.holdout_min_tokens if data.modality == "text" else 0
+    lengths = [len(t) for t in data.tokens(cfg.batch.max_length)[0]] if data.modality == "text" else None
+    min_tokens = cfg.selection.holdout_min_tokens if data.modality == "text" else 0
     report = data.eval_examples() if data.eval else []
-    if cfg.holdout_data is not None:
-        held = _load_examples(cfg.holdout_data, data.modality)
+    if cfg.selection.holdout_data is not None:
+        held = _load_examples(cfg.selection.holdout_data, data.modality)
         fit = list(data.train)
     else:
-        fit_idx, held_idx = split_holdout(len(data.train), cfg.holdout, cfg.seed, lengths, min_tokens)
+        fit_idx, held_idx = split_holdout(
+            len(data.train), cfg.selection.holdout, cfg.seed, lengths, min_tokens
+        )
         fit, held = [data.train[i] for i in fit_idx], [data.train[i] for i in held_idx]
     dropped = 0
     if data.modality == "text" and all(isinstance(e.inputs, str) for e in fit + held):
@@ -71,14 +73,14 @@ def split_data(cfg: CompressConfig, data: TrainData) -> Split:
     base = replace(data, train=fit, eval=held, calib=None, _tokens={})
     calib = None
     if lengths is not None and min_tokens:  # retention is calibrated on inputs shaped like the held-out ones
-        fit_lengths = [len(t) for t in base.tokens(cfg.max_length)[0]]
+        fit_lengths = [len(t) for t in base.tokens(cfg.batch.max_length)[0]]
         calib = [e for e, n in zip(fit, fit_lengths, strict=True) if n >= min_tokens] or None
     split_data_ = replace(base, calib=calib)
     held_examples = split_data_.eval_examples()
     occ_len, mean_len = None, 0.0
     if data.text is not None:
-        occ_len = longest_length(held_examples, data.text, cfg.max_length)
-        mean_len = float(np.mean([len(t) for t in _token_lengths(held_examples, data, cfg.max_length)]))
+        occ_len = longest_length(held_examples, data.text, cfg.batch.max_length)
+        mean_len = float(np.mean([len(t) for t in _token_lengths(held_examples, data, cfg.batch.max_length)]))
     return Split(split_data_, held_examples, report, dropped, occ_len, mean_len)
 
 
@@ -109,7 +111,7 @@ def measure(
         batch_size=64,
         task=d.task,
         name=kind,
-        max_length=cfg.max_length,
+        max_length=cfg.batch.max_length,
         occupancy_length=split.occupancy_length,
     )
     return Point(
@@ -128,12 +130,12 @@ def measure_dense(model: nn.Module, split: Split, cfg: CompressConfig) -> Point:
 
 
 def calibration_batch(split: Split, cfg: CompressConfig, n: int = 256) -> dict[str, torch.Tensor]:
-    (b,) = split.data.calibration_batches(n, seed=cfg.seed, max_length=cfg.max_length, chunk=n)
+    (b,) = split.data.calibration_batches(n, seed=cfg.seed, max_length=cfg.batch.max_length, chunk=n)
     return {k: torch.from_numpy(v) for k, v in b.items()}
 
 
 def approx_config(cfg: CompressConfig) -> ApproxConfig:
-    return ApproxConfig(factor=cfg.approx_factor, init="interpolate", heads=cfg.approx_heads)
+    return ApproxConfig(factor=cfg.approxnet.factor, init="interpolate", heads=cfg.approxnet.heads)
 
 
 def _plan(
@@ -150,8 +152,8 @@ def _plan(
     step time ``measure`` reports on the run's own batches."""
     base = TrainConfig.of(
         steps=1,
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
+        batch_size=cfg.batch.size,
+        max_length=cfg.batch.max_length,
         eval_batch_size=64,
         seed=cfg.seed,
         **fields,
@@ -173,7 +175,7 @@ def plan_distillation(
 
     def measure(source: BatchSource) -> float:
         approx = build_approxnet(
-            model, cfg.approx_factor, "interpolate", seed=cfg.seed, heads=cfg.approx_heads
+            model, cfg.approxnet.factor, "interpolate", seed=cfg.seed, heads=cfg.approxnet.heads
         )
         with frozen(model):
             return step_seconds(ApproxObjective(model, approx, DistillWeights()), source)
@@ -182,7 +184,7 @@ def plan_distillation(
         split,
         cfg,
         APPROX_RECIPE[split.data.modality],
-        cfg.approx_steps,
+        cfg.budget.approx_steps,
         seconds,
         measure,
         MIN_APPROX_STEPS,
@@ -219,7 +221,7 @@ def plan_concrete(
         split,
         cfg,
         CONCRETE_TRAIN[split.data.modality],
-        cfg.threshold_steps,
+        cfg.budget.threshold_steps,
         seconds,
         measure,
         MIN_CONCRETE_STEPS,

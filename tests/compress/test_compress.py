@@ -78,7 +78,7 @@ def test_config_refuses_bad_requests_before_loading(tmp_path):
         (dict(max_drop=1, eval_data=tmp_path / "nope"), "--eval-data"),
     ):
         with pytest.raises(InputError, match=match):
-            CompressConfig(**ok, **bad)
+            CompressConfig.of(**ok, **bad)
 
 
 @pytest.fixture()
@@ -224,7 +224,7 @@ def test_budget_planning_turns_seconds_into_steps(tmp_path, sst2):
 
     assert allocate(10.0, 0.5, min_steps=5).steps == 20 and allocate(1.0, 0.5, min_steps=5).steps == 0
     model_dir = save_tiny_text_model(tmp_path / "bert", WORDS, num_labels=2)
-    cfg = CompressConfig(
+    cfg = CompressConfig.of(
         model=str(model_dir),
         data=sst2,
         out=tmp_path / "o",
