@@ -160,12 +160,8 @@ def _plan(
     ).with_options(recipe)
     if fixed is not None:
         return base.replace(optim=base.optim.replace(steps=fixed)), Allocation(seconds, None, fixed)
-    optim, data = base.optim, base.data
-    source = split.data.source(
-        optim.batch_size, optim.seed, data.augment, data.max_length, data.bucket_batches
-    )
-    alloc = allocate(seconds, measure(source), min_steps)
-    return base.replace(optim=optim.replace(steps=max(alloc.steps, 1))), alloc
+    alloc = allocate(seconds, measure(split.data.training_source(base)), min_steps)
+    return base.replace(optim=base.optim.replace(steps=max(alloc.steps, 1))), alloc
 
 
 def plan_distillation(

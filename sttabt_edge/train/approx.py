@@ -153,13 +153,7 @@ def train_approx(
     with distributed(cfg) as dist, frozen(teacher):
         teacher.to(dist.device)
         approx = build_approxnet(teacher, acfg.factor, acfg.init, seed=cfg.optim.seed, heads=acfg.heads)
-        source = data.source(
-            cfg.optim.batch_size,
-            cfg.optim.seed,
-            cfg.data.augment,
-            cfg.data.max_length,
-            cfg.data.bucket_batches,
-        )
+        source = data.training_source(cfg)
         held = data.eval_batches(cfg.eval.batch_size, cfg.eval.max_samples, cfg.data.max_length)
         # before fit() restores a checkpoint, ``approx`` is the deterministic init (seeded), so a resumed
         # run measures the same "before" as the run it continues (its report may never have been written)

@@ -190,13 +190,7 @@ def train_baseline(
     out = Path(out)
     with distributed(cfg) as dist:
         model.to(dist.device)
-        source = data.source(
-            cfg.optim.batch_size,
-            cfg.optim.seed,
-            cfg.data.augment,
-            cfg.data.max_length,
-            cfg.data.bucket_batches,
-        )
+        source = data.training_source(cfg)
         calib = calibration_batches(data, scfg, cfg, dist.device)
         objective = build_baseline(method, model, scfg, calib)
         reducer = objective.sparse.reducer

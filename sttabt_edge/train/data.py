@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from sttabt_edge.runtime import ImagePreprocess, TextPreprocess
 from sttabt_edge.train.augment import AugmentConfig, mix_batch, rand_augment, random_erasing
 from sttabt_edge.train.plans import bucketed_batches, shard, shuffled_batches
 from sttabt_edge.train.sources import HFImage, load_splits, open_image, split_half
+
+if TYPE_CHECKING:
+    from sttabt_edge.train.train_config import TrainConfig
 
 __all__ = [
     "Batch",
@@ -278,6 +281,11 @@ class TrainData:
         if max_length not in self._tokens:
             self._tokens[max_length] = tokenize_all([e.inputs for e in self.train], self.text, max_length)  # type: ignore[arg-type, misc]
         return self._tokens[max_length]
+
+    def training_source(self, cfg: TrainConfig) -> BatchSource:
+        """:meth:`source` with a training config's batch, seed and data settings: every trainer's batches."""
+        d = cfg.data
+        return self.source(cfg.optim.batch_size, cfg.optim.seed, d.augment, d.max_length, d.bucket_batches)
 
     def source(
         self,
