@@ -24,7 +24,6 @@ what a short input cannot win back (``length_sweep.py`` shows the crossing).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from common import environment, write_json
+from common import environment, interleaved_latency, write_json
 from onnx.utils import Extractor
 from rich.console import Console
 from rich.table import Table
@@ -40,7 +39,7 @@ from rich.table import Table
 from sttabt_edge.method.approxnet import APPROX_SCOPE
 from sttabt_edge.runtime.bench import synthetic_inputs
 from sttabt_edge.runtime.predictor import load
-from sttabt_edge.runtime.sessions import interleaved_times_ms, session_options
+from sttabt_edge.runtime.sessions import session_options
 
 PARTS = ("approxnet", "approxnet+masks", "pipeline", "dense")
 
@@ -111,15 +110,9 @@ def time_parts(
         f = {k: v for k, v in given.items() if k in names}
         return lambda: s.run(None, f)
 
-    times = interleaved_times_ms({k: runner(s, feeds[k]) for k, s in sessions.items()}, runs=runs, warmup=5)
-    dense = times["dense"]
-    return {
-        k: {
-            "p50_ms": statistics.median(t),
-            "x_dense": statistics.median(a / b for a, b in zip(t, dense, strict=True)),
-        }
-        for k, t in times.items()
-    }
+    order = ["dense", *(k for k in sessions if k != "dense")]  # interleaved_latency's reference is its first
+    lat = interleaved_latency({k: runner(sessions[k], feeds[k]) for k in order}, runs=runs, warmup=5)
+    return {k: {"p50_ms": lat[k]["median_ms"], "x_dense": lat[k]["ratio_vs_ref"]} for k in sessions}
 
 
 def main() -> None:

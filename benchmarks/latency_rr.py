@@ -13,18 +13,16 @@ and setting, ``runtime.sessions.session_options`` (spinning, when on, stops when
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from common import environment, quiet_third_party, write_json
+from common import environment, interleaved_latency, quiet_third_party, write_json
 from rich.console import Console
 from rich.table import Table
 
 from sttabt_edge.runtime.bench_inputs import read_inputs
 from sttabt_edge.runtime.predictor import load
-from sttabt_edge.runtime.sessions import interleaved_times_ms
 
 
 def time_setting(
@@ -42,14 +40,9 @@ def time_setting(
 
         return run
 
-    times = interleaved_times_ms({k: runner(k) for k in preds}, runs=runs, warmup=5)
-    return {
-        k: {
-            "p50_ms": statistics.median(t),
-            "x_ref": statistics.median(a / b for a, b in zip(t, times[ref], strict=True)),
-        }
-        for k, t in times.items()
-    }
+    order = [ref, *(k for k in preds if k != ref)]  # interleaved_latency's reference is its first
+    lat = interleaved_latency({k: runner(k) for k in order}, runs=runs, warmup=5)
+    return {k: {"p50_ms": lat[k]["median_ms"], "x_ref": lat[k]["ratio_vs_ref"]} for k in preds}
 
 
 def main() -> None:
