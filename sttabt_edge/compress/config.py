@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from sttabt_edge.defaults import APPROX_FACTOR, APPROX_HEADS
 from sttabt_edge.errors import InputError
-from sttabt_edge.train.jsonconfig import JsonConfig, check_groups, nest_flat, typed_groups
+from sttabt_edge.train.jsonconfig import JsonConfig, check_groups, nest_flat, split_flat, typed_groups
 
 if TYPE_CHECKING:  # annotations only: this module stays torch-free
     from sttabt_edge.reducers.spec import Target
@@ -255,15 +255,4 @@ class CompressConfig(JsonConfig):
 
 
 def _split(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    top: dict[str, Any] = {}
-    groups: dict[str, dict[str, Any]] = {}
-    for key, value in options.items():
-        if key in FLAT_COMPRESS_KEYS:
-            group, name = FLAT_COMPRESS_KEYS[key]
-            groups.setdefault(group, {})[name] = value
-        elif key in TOP_LEVEL:
-            top[key] = value
-        else:
-            known = sorted([*FLAT_COMPRESS_KEYS, *TOP_LEVEL])
-            raise InputError(f"unknown compress option {key!r}; expected one of {known}")
-    return top, groups
+    return split_flat(options, FLAT_COMPRESS_KEYS, TOP_LEVEL, "compress", InputError)

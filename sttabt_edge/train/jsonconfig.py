@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +78,29 @@ def nest_flat(
             raise ValueError(f"{key} is given twice: flat (the old form) and as {group}.{name}")
         out[group] = {**nested, name: data[key]}
     return out
+
+
+def split_flat(
+    options: Mapping[str, Any],
+    flat: Mapping[str, tuple[str, str]],
+    top_level: Sequence[str],
+    what: str,
+    error: type[Exception] = ValueError,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Options by flat name (a CLI's, a recipe's) -> (top-level fields, {group: {field: value}}), each
+    key of ``flat`` into its group; any other name is an ``error`` naming the ``what`` options."""
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in options.items():
+        if key in flat:
+            group, name = flat[key]
+            groups.setdefault(group, {})[name] = value
+        elif key in top_level:
+            top[key] = value
+        else:
+            known = sorted([*flat, *top_level])
+            raise error(f"unknown {what} option {key!r}; expected one of {known}")
+    return top, groups
 
 
 def typed_groups(data: dict[str, Any], groups: Mapping[str, type[JsonConfig]]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from sttabt_edge.train.jsonconfig import JsonConfig, check_groups, nest_flat, typed_groups
+from sttabt_edge.train.jsonconfig import JsonConfig, check_groups, nest_flat, split_flat, typed_groups
 
 if TYPE_CHECKING:  # annotations only: this module stays torch-free
     from sttabt_edge.train.augment import AugmentConfig
@@ -157,18 +157,8 @@ class TrainConfig(JsonConfig):
     def with_options(self, options: Mapping[str, Any]) -> TrainConfig:
         """This config with ``options`` set: flat names (the CLI's options, the recipes' keys, each
         moved into its group by FLAT_TRAIN_KEYS) or ``device``."""
-        changes: dict[str, Any] = {}
-        for key, value in options.items():
-            if key not in FLAT_TRAIN_KEYS and key != "device":
-                known = sorted([*FLAT_TRAIN_KEYS, "device"])
-                raise ValueError(f"unknown TrainConfig option {key!r}; expected one of {known}")
-            group, name = FLAT_TRAIN_KEYS.get(key, ("", key))
-            if group:
-                changes.setdefault(group, {})[name] = value
-            else:
-                changes[name] = value
-        groups = {g: replace(getattr(self, g), **v) for g, v in changes.items() if g in _GROUPS}
-        return self.replace(**{**changes, **groups})
+        top, changes = split_flat(options, FLAT_TRAIN_KEYS, ("device",), "TrainConfig")
+        return self.replace(**top, **{g: replace(getattr(self, g), **v) for g, v in changes.items()})
 
     @classmethod
     def of(cls, **options: Any) -> TrainConfig:
