@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny import VISION
 from torch.utils.flop_counter import FlopCounterMode
 
 from sttabt_edge.compat import ModelParts, model_parts
@@ -65,15 +66,7 @@ def counted(fn: Callable[[], Any]) -> tuple[int, Any]:
 
 def _vit(cls_name: str = "ViTForImageClassification") -> torch.nn.Module:
     torch.manual_seed(0)
-    kw = dict(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=5,
-    )
+    kw = dict(VISION)
     if cls_name.startswith("DeiT"):
         cfg = transformers.DeiTConfig(**kw)
     else:

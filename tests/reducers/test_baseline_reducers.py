@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from tiny import tiny_bert
+from tiny import VISION, tiny_bert
 from transformers import (
     DeiTConfig,
     DeiTForImageClassificationWithTeacher,
@@ -28,15 +28,6 @@ from sttabt_edge.reducers.topk import evit_schedule
 from sttabt_edge.sparse_model import SparseClassifier
 
 assert_close = torch.testing.assert_close
-VISION = dict(
-    hidden_size=32,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    intermediate_size=64,
-    image_size=32,
-    patch_size=8,
-    num_labels=5,
-)
 SCHEDULE = [0.7, 0.5, 0.3]
 
 
